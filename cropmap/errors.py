@@ -1,0 +1,57 @@
+"""One exception tree for cropmap: every error a user can cause derives from :class:`CropmapError`.
+
+Messages say what went wrong *and* what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CropmapError",
+    "ConfigError",
+    "UnknownCountryError",
+    "DataNotFoundError",
+    "MissingBandError",
+    "IncompatibleInputError",
+    "CatalogError",
+    "EmptyAOIError",
+    "AssetReadError",
+]
+
+
+class CropmapError(Exception):
+    """Base class of every error cropmap raises on purpose."""
+
+
+class ConfigError(CropmapError, ValueError):
+    """A configuration file or value is malformed."""
+
+
+class UnknownCountryError(ConfigError):
+    """A country code that has no config in ``configs/countries``."""
+
+
+class DataNotFoundError(CropmapError, FileNotFoundError):
+    """An input file is missing; the message names its public source."""
+
+
+class MissingBandError(CropmapError, KeyError):
+    """A band the computation needs is absent from the input."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IncompatibleInputError(CropmapError, ValueError):
+    """Inputs that must agree (season, bands, bins, CRS) do not."""
+
+
+class CatalogError(CropmapError, ConnectionError):
+    """A STAC catalog or API could not be reached or read."""
+
+
+class EmptyAOIError(CropmapError, ValueError):
+    """An area of interest intersects no tile."""
+
+
+class AssetReadError(CropmapError, OSError):
+    """An asset (band file) is missing, unreadable or corrupt."""

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cropmap.data import data_dir
+
+DATA = data_dir()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder (../shared/data or $CROPMAP_DATA_DIR); tests need it, CI has it."""
+    if not DATA.exists():
+        pytest.fail(f"real data folder {DATA} missing: set CROPMAP_DATA_DIR")
+    return DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_threaded_blas():
+    # 2-core CI: keep BLAS from oversubscribing next to torch and Dask threads
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    yield
