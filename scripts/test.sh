@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command of the README: creates .venv if missing, installs, runs the whole suite
+# (slow end-to-end tests included). Extra arguments go to pytest, e.g. `-m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.cache/prefect}" PREFECT_SERVER_ANALYTICS_ENABLED=false
+exec .venv/bin/python -m pytest "$@"
