@@ -1,0 +1,223 @@
+"""Checkpoints: weights plus everything prediction needs, and a model card JSON beside them.
+
+A checkpoint file (``torch.save`` of plain types, loadable with ``weights_only=True``) holds the
+``state_dict``, the model registry name and configuration (:func:`cropmap.models.build_model`), the
+feature kind, band list, season, bin count, normalisation, class names/colours, the experiment config,
+the scores and the cropmap version. ``<path>.card.json`` holds the same without the weights.
+
+Normalisation (:func:`fit_normalisation` / :func:`apply_normalisation`): ``log1p(x * scale)`` then a
+per-band standardisation whose mean and std come from the training split only. ``x`` is surface
+reflectance 0..1; ``scale`` (10000) returns it to the digital numbers the seed's log1p was made for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cropmap import __version__
+from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
+from cropmap.season import Season
+
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "fit_normalisation",
+    "apply_normalisation",
+    "card_path",
+]
+
+_FORMAT = 1
+
+
+def fit_normalisation(x: np.ndarray, *, scale: float = 10000.0) -> dict[str, Any]:
+    """Per-band statistics of ``log1p(x * scale)`` over samples and time.
+
+    ``x``: ``(N, band, time)`` reflectance 0..1 (NaN rows are ignored). Returns a JSON-able dict
+    ``{"method": "log1p_standard", "scale", "mean": [band], "std": [band]}``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 3:
+        raise IncompatibleInputError(f"normalisation expects (N, band, time), got {x.shape}")
+    z = np.log1p(np.clip(x, 0, None) * scale)
+    mean = np.nanmean(z, axis=(0, 2))
+    std = np.nanstd(z, axis=(0, 2))
+    std = np.where(std > 1e-6, std, 1.0)  # a constant band must not blow up
+    return {"method": "log1p_standard", "scale": float(scale), "mean": mean.tolist(), "std": std.tolist()}
+
+
+def apply_normalisation(x: np.ndarray, normalisation: dict[str, Any]) -> np.ndarray:
+    """``(log1p(clip(x, 0) * scale) - mean[band]) / std[band]``, ``x`` ``(N, band, time)`` -> float32."""
+    if normalisation.get("method") != "log1p_standard":
+        raise ConfigError(f"unknown normalisation method {normalisation.get('method')!r}")
+    x = np.asarray(x, dtype=np.float32)
+    mean = np.asarray(normalisation["mean"], dtype=np.float32)
+    std = np.asarray(normalisation["std"], dtype=np.float32)
+    if x.ndim != 3 or x.shape[1] != mean.size:
+        raise IncompatibleInputError(f"normalisation for {mean.size} bands got input of shape {x.shape}")
+    z = np.log1p(np.clip(x, 0, None) * np.float32(normalisation["scale"]))
+    return ((z - mean[None, :, None]) / std[None, :, None]).astype(np.float32)
+
+
+def card_path(path: str | Path) -> Path:
+    """The model card beside a checkpoint: ``<path>.card.json``."""
+    return Path(f"{path}.card.json")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint; ``model`` is in eval mode on the CPU."""
+
+    model: torch.nn.Module = field(repr=False)
+    model_name: str
+    model_config: dict
+    feature_kind: str
+    bands: tuple[str, ...]
+    season: Season
+    n_bins: int
+    normalisation: dict
+    class_names: tuple[str, ...]
+    class_colours: tuple[str, ...] | None
+    config: dict
+    scores: dict
+    version: str
+
+    def check_compatible(self, *, bands: Sequence[str], season: Season, n_bins: int, what: str) -> None:
+        """Raise :class:`IncompatibleInputError` naming the first mismatch of bands, season or bins."""
+        if tuple(bands) != self.bands:
+            raise IncompatibleInputError(
+                f"{what}: bands {list(bands)} differ from the model's {list(self.bands)} (same names, same order)"
+            )
+        self.season.require_same(season, what=what)
+        if int(n_bins) != self.n_bins:
+            raise IncompatibleInputError(f"{what}: {n_bins} time bins, the model was trained on {self.n_bins}")
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """``x`` ``(N, band, time)`` reflectance 0..1 -> the model's normalised float32 input."""
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[1:] != (len(self.bands), self.n_bins):
+            raise IncompatibleInputError(
+                f"expected (N, {len(self.bands)} bands, {self.n_bins} bins), got {x.shape}"
+            )
+        return apply_normalisation(x, self.normalisation)
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096, device: str | None = None) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1.
+
+        Rows holding any NaN (no valid observation) come back as NaN rows. ``device`` defaults to
+        CUDA when available.
+        """
+        z = self.normalise(x)
+        out = np.full((len(z), len(self.class_names)), np.nan, dtype=np.float32)
+        ok = np.flatnonzero(~np.isnan(z).any(axis=(1, 2)))
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = self.model.to(dev).eval()
+        for i in range(0, len(ok), batch_size):
+            rows = ok[i:i + batch_size]
+            logits = model(torch.from_numpy(z[rows]).to(dev))
+            out[rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return out
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    model_name: str,
+    model_config: dict,
+    feature_kind: str,
+    bands: list[str],
+    season: Season,
+    n_bins: int,
+    normalisation: dict,
+    class_names: list[str],
+    class_colours: list[str] | None,
+    config: dict,
+    scores: dict,
+) -> Path:
+    """Write the checkpoint (temporary name, then rename) and its model card; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": _FORMAT,
+        "model_name": model_name,
+        "model_config": _plain(model_config),
+        "feature_kind": feature_kind,
+        "bands": list(bands),
+        "season": season.model_dump(),
+        "n_bins": int(n_bins),
+        "normalisation": _plain(normalisation),
+        "class_names": list(class_names),
+        "class_colours": None if class_colours is None else list(class_colours),
+        "config": _plain(config),
+        "scores": _plain(scores),
+        "version": __version__,
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({**meta, "state_dict": state}, tmp)
+    os.replace(tmp, path)
+    card = card_path(path)
+    tmp_card = card.with_name(f".{card.name}.tmp")
+    tmp_card.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
+    os.replace(tmp_card, card)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint`; the model is rebuilt and in eval mode."""
+    from cropmap.models import build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"checkpoint {path} not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which
+        raise ConfigError(f"{path} is not a readable cropmap checkpoint: {err}") from err
+    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+        raise ConfigError(f"{path} is not a cropmap checkpoint of format {_FORMAT}")
+    model = build_model(blob["model_name"], **blob["model_config"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return Checkpoint(
+        model=model,
+        model_name=blob["model_name"],
+        model_config=blob["model_config"],
+        feature_kind=blob["feature_kind"],
+        bands=tuple(blob["bands"]),
+        season=Season(**blob["season"]),
+        n_bins=blob["n_bins"],
+        normalisation=blob["normalisation"],
+        class_names=tuple(blob["class_names"]),
+        class_colours=None if blob["class_colours"] is None else tuple(blob["class_colours"]),
+        config=blob["config"],
+        scores=blob["scores"],
+        version=blob["version"],
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy: tuples to lists, NumPy scalars/arrays to Python, dataclasses to dicts."""
+    if hasattr(value, "model_dump"):
+        return _plain(value.model_dump())
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

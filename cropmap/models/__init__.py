@@ -1,0 +1,34 @@
+"""Models: CropNet (2D, and the authors'-code variant), CropNet1D, and the random-forest baseline.
+
+:func:`build_model` is the one registry: ``build_model("cropnet", n_bands=10, n_classes=7)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from cropmap.errors import ConfigError
+from cropmap.models.cropnet import CROPNET_CODE, CROPNET_V1, CropNet, CropNet1D, count_parameters
+
+__all__ = ["build_model", "MODELS", "CropNet", "CropNet1D", "count_parameters", "CROPNET_V1", "CROPNET_CODE"]
+
+#: name -> (class, default configuration). Every torch model takes (N, band, time) matrices.
+MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "cropnet": (CropNet, CROPNET_V1),
+    "cropnet-code": (CropNet, CROPNET_CODE),
+    "cropnet1d": (CropNet1D, CROPNET_V1),
+}
+
+
+def build_model(name: str, **cfg: Any) -> nn.Module:
+    """A torch model by registry name; ``cfg`` (``n_bands``, ``n_classes``, overrides) is keyword-only.
+
+    >>> count_parameters(build_model("cropnet", n_bands=10, n_classes=7))
+    4691655
+    """
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    cls, defaults = MODELS[name]
+    return cls(**{**defaults, **cfg})
