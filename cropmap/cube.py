@@ -1,0 +1,299 @@
+"""Per-tile 5-day median cubes: STAC items -> masked observations -> composite -> one Zarr store per tile.
+
+Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage reads)::
+
+    <out_dir>/<tile id>.zarr            e.g. 32633-10m-1024px_r0473c0054.zarr (exists = complete)
+        reflectance  (time, band, y, x) float32, surface reflectance 0..1, NaN = no data
+        filled_fraction (y, x) float32  share of (bin, band) values interpolated; 1 = never observed
+        time  bin start dates (datetime64[ns]), band  canonical names (B02 ... B12)
+        y, x  pixel-centre coordinates in metres of the tile's UTM CRS; spatial_ref (CF grid mapping)
+        attrs: tile_id, tile_crs ("EPSG:32633"), tile_transform (6 floats a b c d e f of the
+        rasterio Affine), season_* (Season.to_attrs), season_year, bin_edges (ISO dates),
+        source_items (ids), filled_fraction (tile mean), status ("complete" | "empty"), reason
+
+Loading uses odc-stac (measured against stackstac in bench/cube.py; docs/performance.md says why).
+Memory: the observation cube is chunked in space only (``chunk`` x ``chunk`` pixels, all dates in one
+chunk for the median), so one task holds about ``3 x dates x bands x chunk^2 x 4`` bytes: 256 px,
+120 dates, 10 bands -> ~0.9 GB per worker thread, independent of the tile or country size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+import pystac
+import rasterio
+import rioxarray  # noqa: F401 - registers the .rio accessor
+import xarray as xr
+
+from cropmap.bands import S2_BANDS, SCL
+from cropmap.composite import median_composite
+from cropmap.errors import AssetReadError, CropmapError
+from cropmap.grid import Tile
+from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
+from cropmap.season import Season
+from cropmap.stac import asset_scale_offset, band_assets
+
+__all__ = ["CubeOptions", "CubeResult", "load_observations", "build_tile_cube", "open_tile_cube",
+           "AssetUnavailableWarning"]
+
+# GDAL must read .aux.xml sidecars (the real Earth Search JPEG2000 assets keep their georeferencing
+# there); remote probes fail fast instead of retrying for minutes.
+_GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "NO", "GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "1",
+             "AWS_NO_SIGN_REQUEST": "YES"}
+
+
+class AssetUnavailableWarning(UserWarning):
+    """An item's asset is missing, unreachable or unreadable; the tile is built without it."""
+
+
+@dataclass(frozen=True)
+class CubeOptions:
+    """How a tile cube is built.
+
+    bands: canonical reflectance bands, in output order. invalid_scl / dilate_pixels: SCL masking
+    (:func:`cropmap.masking.valid_from_scl`). chunk: spatial Dask chunk (pixels). on_asset_error:
+    ``"warn"`` drops an unusable asset with an :class:`AssetUnavailableWarning`, ``"fail"`` raises
+    :class:`AssetReadError`.
+    """
+
+    bands: tuple[str, ...] = S2_BANDS
+    invalid_scl: tuple[int, ...] = DEFAULT_INVALID_SCL
+    dilate_pixels: int = 0
+    chunk: int = 256
+    on_asset_error: Literal["warn", "fail"] = "warn"
+
+
+@dataclass(frozen=True)
+class CubeResult:
+    """What happened to one tile: ``status`` is "written", "skipped" (already complete) or "empty"."""
+
+    tile_id: str
+    path: Path
+    status: str
+    reason: str = ""
+    n_items: int = 0
+    unavailable: tuple[str, ...] = field(default_factory=tuple)  # "item/asset" pairs dropped
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe(href: str) -> str:
+    """"" if ``href`` opens as a raster, else the reason (cached: items repeat across tiles)."""
+    try:
+        with rasterio.Env(**_GDAL_ENV), rasterio.open(href) as src:
+            if src.crs is None:
+                return "no georeferencing (CRS missing: sidecar unreadable?)"
+    except Exception as err:  # noqa: BLE001 - GDAL raises many types for one meaning: unusable
+        return str(err).splitlines()[0][:200]
+    return ""
+
+
+def _usable_items(items: Sequence[pystac.Item], bands: Sequence[str], on_error: str
+                  ) -> tuple[list[pystac.Item], list[str]]:
+    """Copies of ``items`` holding only readable assets of ``bands`` + SCL, renamed to canonical keys."""
+    kept, dropped = [], []
+    for item in items:
+        keys = band_assets(item, [*bands, SCL])
+        clone = item.clone()
+        clone.assets = {}
+        for band, key in keys.items():
+            asset = item.assets[key]
+            href = asset.get_absolute_href() or asset.href
+            reason = _probe(href)
+            if reason:
+                msg = f"item {item.id} asset {key!r} ({band}) unavailable: {href}: {reason}"
+                if on_error == "fail":
+                    raise AssetReadError(msg + "; set on_asset_error='warn' to build the tile without it")
+                warnings.warn(msg, AssetUnavailableWarning, stacklevel=3)
+                dropped.append(f"{item.id}/{key}")
+                continue
+            copy = asset.clone()
+            copy.href = href
+            clone.add_asset(band, copy)
+        if SCL in clone.assets and any(b in clone.assets for b in bands):
+            kept.append(clone)
+        elif clone.assets:
+            warnings.warn(f"item {item.id} skipped: it has no usable {SCL} or no usable band of "
+                          f"{list(bands)}", AssetUnavailableWarning, stacklevel=3)
+    return kept, dropped
+
+
+def _solar_day(item: pystac.Item) -> str:
+    """Local solar date: acquisitions of one overpass split over MGRS tiles fall on the same day."""
+    lon = (item.bbox[0] + item.bbox[2]) / 2 if item.bbox else 0.0
+    when = item.datetime or item.common_metadata.start_datetime
+    return (when + dt.timedelta(hours=lon / 15)).date().isoformat()
+
+
+def load_observations(
+    tile: Tile,
+    items: Sequence[pystac.Item],
+    *,
+    bands: Sequence[str] = S2_BANDS,
+    chunk: int = 256,
+    on_asset_error: str = "warn",
+) -> tuple[xr.DataArray, xr.DataArray, list[str]]:
+    """Lazy observations of ``items`` on ``tile``'s grid, one date per local solar day.
+
+    Returns ``(refl, scl, dropped)``: ``refl`` ``(time, band, y, x)`` float32 surface reflectance
+    (DN x scale + offset from each item's ``raster:bands``; nodata -> NaN), ``scl`` ``(time, y, x)``
+    uint8 (0 = no data), both Dask arrays chunked ``(1, chunk, chunk)`` in space, nearest-neighbour
+    resampled from each file's own georeferencing (not the item's ``proj:`` fields); ``dropped``
+    lists the ``item/asset`` pairs that were unavailable. Items of the same solar day are fused
+    (first valid pixel). A band no item provides is all NaN. Nothing is read but file headers.
+    """
+    import odc.stac
+    from odc.geo.geobox import GeoBox
+
+    usable, dropped = _usable_items(items, bands, on_asset_error)
+    if not usable:
+        raise _NoObservations("no item has a usable SCL and reflectance asset", dropped)
+    days = sorted({_solar_day(it) for it in usable})
+    for it in usable:
+        it.properties["cropmap:solar_day"] = _solar_day(it)
+    odc.stac.configure_rio(**{k: v for k, v in _GDAL_ENV.items()})
+    geobox = GeoBox(tile.shape, tile.transform, tile.crs)
+    present = [b for b in bands if any(b in it.assets for it in usable)]
+    ds = odc.stac.load(usable, bands=[*present, SCL], geobox=geobox, chunks={"x": chunk, "y": chunk},
+                       groupby="cropmap:solar_day", resampling="nearest",
+                       fail_on_error=on_asset_error == "fail")
+    if ds.sizes["time"] != len(days):
+        raise CropmapError(f"tile {tile.id}: odc-stac grouped {ds.sizes['time']} dates, expected {len(days)}")
+    by_day = {d: [it for it in usable if it.properties["cropmap:solar_day"] == d] for d in days}
+    layers = []
+    for band in bands:
+        if band not in present:
+            layers.append(da.full((len(days), *tile.shape), np.nan, dtype=np.float32, chunks=(1, chunk, chunk)))
+            continue
+        # scale/offset per date: Earth Search changed the offset with processing baseline 04.00
+        so = np.array([next((asset_scale_offset(it, band) for it in by_day[d] if band in it.assets), (1.0, 0.0))
+                       for d in days], dtype=np.float64)
+        raw = ds[band]
+        nodata = raw.attrs.get("nodata", 0)
+        scale = xr.DataArray(so[:, 0].astype(np.float32), dims="time")
+        offset = xr.DataArray(so[:, 1].astype(np.float32), dims="time")
+        refl = (raw.astype(np.float32) * scale + offset).where(raw != nodata)
+        layers.append(refl.data)
+    times = ds["time"].values.astype("datetime64[ns]")
+    refl = xr.DataArray(da.stack(layers, axis=1), dims=("time", "band", "y", "x"),
+                        coords={"time": times, "band": list(bands), "y": ds["y"].values, "x": ds["x"].values},
+                        name="reflectance", attrs={"units": "surface reflectance (0-1)"})
+    scl = ds[SCL].drop_vars("spatial_ref", errors="ignore").assign_coords(time=times)
+    return refl, scl, dropped
+
+
+class _NoObservations(CropmapError):
+    def __init__(self, reason: str, dropped: list[str]):
+        super().__init__(reason)
+        self.reason, self.dropped = reason, dropped
+
+
+def cube_path(out_dir: str | Path, tile: Tile) -> Path:
+    return Path(out_dir) / f"{tile.id}.zarr"
+
+
+def build_tile_cube(
+    tile: Tile,
+    items: Sequence[pystac.Item],
+    season: Season,
+    year: int,
+    out_dir: str | Path,
+    *,
+    options: CubeOptions = CubeOptions(),
+    overwrite: bool = False,
+) -> CubeResult:
+    """Build and write ``tile``'s 5-day median cube (layout in the module docstring).
+
+    Compositing is :func:`cropmap.composite.median_composite` (the one used for pixel samples), after
+    SCL masking. Written to a hidden temporary store and renamed when complete; an existing store is
+    skipped unless ``overwrite``. A tile with no usable observation is written all-NaN with
+    ``status="empty"`` and the ``reason``. Computes one tile, chunk by chunk, with the current Dask
+    scheduler (a distributed client if one is active).
+    """
+    target = cube_path(out_dir, tile)
+    if target.exists() and not overwrite:
+        return CubeResult(tile.id, target, "skipped", "already complete")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ids = [it.id for it in items]
+    reason, dropped = "", []
+    try:
+        refl, scl, dropped = load_observations(tile, items, bands=options.bands, chunk=options.chunk,
+                                               on_asset_error=options.on_asset_error)
+        valid = valid_from_scl(scl, invalid=options.invalid_scl, dilate_pixels=options.dilate_pixels)
+        cube = median_composite(refl, season, year, valid=valid)
+    except _NoObservations as err:
+        reason, dropped = err.reason if items else "no STAC item found for the tile and season", err.dropped
+        cube = _empty_cube(tile, season, year, options)
+    cube = cube.assign_coords(y=_centres(tile, "y"), x=_centres(tile, "x"))
+    ds = cube.to_dataset(name="reflectance")
+    ds = ds.reset_coords("filled_fraction")
+    ds = ds.rio.write_crs(tile.crs).rio.write_transform(tile.transform)
+    # not "crs"/"transform": rioxarray strips attributes of those names as legacy georeferencing
+    ds.attrs = {**season.to_attrs(), "season_year": year, "tile_id": tile.id, "tile_crs": tile.crs,
+                "tile_transform": list(tile.transform)[:6], "source_items": ids,
+                "bin_edges": [str(d) for d in season.bin_edges(year)], "unavailable_assets": dropped,
+                "bands": list(options.bands), "invalid_scl": list(options.invalid_scl),
+                "dilate_pixels": options.dilate_pixels}
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.chunk({"time": -1, "band": -1, "y": options.chunk, "x": options.chunk}).to_zarr(tmp, mode="w", consolidated=False)
+    # status needs the computed filled fraction: read back the small (y, x) layer, not the cube
+    filled = xr.open_zarr(tmp, consolidated=False)["filled_fraction"].values
+    if not reason and np.all(filled >= 1.0):
+        reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
+    status = "empty" if reason else "complete"
+    import zarr
+
+    group = zarr.open_group(str(tmp), mode="r+")
+    group.attrs.update({"status": status, "reason": reason, "filled_fraction": float(np.mean(filled))})
+    if target.exists():  # overwrite=True: a directory cannot be replaced atomically
+        shutil.rmtree(target)
+    os.replace(tmp, target)  # "exists" means "complete"
+    return CubeResult(tile.id, target, "empty" if reason else "written", reason, len(ids), tuple(dropped))
+
+
+def _centres(tile: Tile, dim: str) -> np.ndarray:
+    xmin, _, _, ymax = tile.bounds
+    r, n = tile.grid.resolution, tile.grid.tile_size
+    return (xmin + (np.arange(n) + 0.5) * r) if dim == "x" else (ymax - (np.arange(n) + 0.5) * r)
+
+
+def _empty_cube(tile: Tile, season: Season, year: int, options: CubeOptions) -> xr.DataArray:
+    n, c = season.n_bins, options.chunk
+    data = da.full((n, len(options.bands), *tile.shape), np.nan, dtype=np.float32, chunks=(n, -1, c, c))
+    frac = xr.DataArray(da.ones(tile.shape, dtype=np.float32, chunks=c), dims=("y", "x"))
+    return xr.DataArray(data, dims=("time", "band", "y", "x"),
+                        coords={"time": season.bin_starts(year), "band": list(options.bands), "filled_fraction": frac},
+                        name="reflectance")
+
+
+def open_tile_cube(path: str | Path) -> xr.DataArray:
+    """A tile cube written by :func:`build_tile_cube`: ``(time, band, y, x)`` float32, lazy (Dask).
+
+    ``.rio.crs`` / ``.rio.transform()`` give the tile's grid; ``.attrs`` the metadata listed in the
+    module docstring; coordinate ``filled_fraction`` ``(y, x)``. Use
+    ``Season.from_attrs(cube.attrs)`` to check the season against a checkpoint.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
+        raise CropmapError(f"{path} is not a tile cube (no Zarr store); build it with `cropmap cube`")
+    ds = xr.open_zarr(path, consolidated=False)
+    cube = ds["reflectance"].assign_coords(filled_fraction=ds["filled_fraction"])
+    cube.attrs = dict(ds.attrs)
+    return cube.rio.write_crs(ds.attrs["tile_crs"]).rio.write_transform(_affine(ds.attrs["tile_transform"]))
+
+
+def _affine(values: Sequence[float]):
+    from affine import Affine
+
+    return Affine(*values[:6])
