@@ -1,0 +1,448 @@
+"""Readers of the other real sample layouts and of openEO cubes.
+
+Every sample reader returns the sample-set structure of :mod:`cropmap.samples` (built with
+:func:`~cropmap.samples.make_sample_set`): ``reflectance (sample, time, band)`` float32 0..1 with NaN
+for no data, real dates on ``time``, ``label``/``class_name``, ``region``, ``lat``/``lon``.
+
+- :func:`read_worldcereal`: WorldCereal extractions (parquet), wide (``OPTICAL-B02-ts0-10m`` ...)
+  or long (one row per sample and timestamp, ``S2-L2A-B02`` ...) layout; labels through the legends
+  in ``worldcereal/legend/`` (:func:`worldcereal_legend`).
+- :func:`read_sits`: sits ``.rda`` sample tibbles (MODIS series of Mato Grosso, via ``rdata``).
+- :func:`read_openeo_cube`: an openEO netCDF cube -> ``(time, band, y, x)`` reflectance, SCL apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cropmap.bands import S2_BANDS, canonical_band, require_bands
+from cropmap.data import data_file
+from cropmap.errors import ConfigError, IncompatibleInputError
+from cropmap.samples import make_sample_set
+from cropmap.season import Season
+
+__all__ = [
+    "WORLDCEREAL_NODATA",
+    "read_worldcereal",
+    "worldcereal_legend",
+    "read_sits",
+    "read_openeo_cube",
+    "summarize_samples",
+    "real_sample_sets",
+]
+
+#: The no-data value of WorldCereal and openEO uint16 bands.
+WORLDCEREAL_NODATA = 65535
+_WIDE_COL = re.compile(r"^OPTICAL-(B\d{2}|B8A)-ts(\d+)-\d+m$")
+_LONG_COL = re.compile(r"^S2-L2A-(B\d{2}|B8A)$")
+# canonical order of every S2 band a file may hold (S2_BANDS plus the 60 m ones)
+_S2_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+_EWOC_COLUMNS = ("label_full", "sampling_label", "finetune_class", "LC_label",
+                 "level_1", "level_2", "level_3", "level_4", "level_5")
+
+
+# --------------------------------------------------------------------------- legends
+@lru_cache(maxsize=16)
+def worldcereal_legend(name: str = "label_full", *, folder: str | None = None) -> dict[int, str]:
+    """WorldCereal ``ewoc_code`` (int, e.g. ``1101060000``) -> class name.
+
+    ``name`` is a column of ``crop_type_class_mappings_ewoc.csv`` (``label_full``, ``sampling_label``,
+    ``finetune_class``, ``LC_label``, ``level_1`` ... ``level_5``) or a mapping of
+    ``class_mappings.json`` (``CROPTYPE24``, ``LANDCOVER10``, ...). ``folder`` overrides the legend
+    folder (default ``worldcereal/legend`` under :func:`cropmap.data.data_dir`).
+    """
+    def _path(file: str) -> Path:
+        return Path(folder) / file if folder else data_file(f"worldcereal/legend/{file}")
+
+    if name in _EWOC_COLUMNS:
+        # the file starts with a byte-order mark; codes are written "11-01-06-000-0"
+        table = pd.read_csv(_path("crop_type_class_mappings_ewoc.csv"), sep=";", encoding="utf-8-sig",
+                            dtype=str, keep_default_na=False)
+        codes = table["ewoc_code"].str.replace("-", "", regex=False).astype(np.int64)
+        return {int(c): n for c, n in zip(codes, table[name]) if n}
+    mappings = json.loads(_path("class_mappings.json").read_text())
+    if name not in mappings:
+        raise ConfigError(f"unknown WorldCereal legend {name!r}; use one of "
+                          f"{', '.join((*_EWOC_COLUMNS, *mappings))}")
+    return {int(code): label for code, label in mappings[name].items()}
+
+
+@lru_cache(maxsize=2)
+def _legacy_croptypes(folder: str | None = None) -> tuple[dict[int, int], dict[int, str]]:
+    """Legacy ``CROPTYPE_LABEL`` (e.g. 1200) -> ``ewoc_code``, and ewoc code -> the legacy name.
+
+    From ``wc2eurocrops_map_legacy_croptype_codes.csv``. The names (``"Permanent grass crops"`` ->
+    ``permanent_grass_crops``) stand in for the few codes the ewoc legend lacks (13-00-00-000-0).
+    """
+    file = "wc2eurocrops_map_legacy_croptype_codes.csv"
+    path = Path(folder) / file if folder else data_file(f"worldcereal/legend/{file}")
+    table = pd.read_csv(path, dtype=str)
+    codes = table["ewoc_code"].str.replace("-", "", regex=False).astype(np.int64).tolist()
+    names = table["name"].str.strip().str.lower().str.replace(r"[^a-z0-9]+", "_", regex=True).str.strip("_")
+    return (dict(zip(table["croptype"].astype(np.int64).tolist(), codes)),
+            dict(zip(reversed(codes), reversed(names.tolist()))))
+
+
+def _class_table(codes: np.ndarray, legend: dict[int, str]) -> tuple[np.ndarray, list[str]]:
+    """Labels indexing the class names present, ordered by their smallest ewoc code."""
+    names = np.array([legend.get(int(c), "unknown") for c in codes], dtype=object)
+    first_code: dict[str, int] = {}
+    for code, name in zip(codes.tolist(), names):
+        first_code[name] = min(first_code.get(name, code), code)
+    class_names = sorted(first_code, key=lambda n: (first_code[n], n))
+    index = {n: i for i, n in enumerate(class_names)}
+    return np.array([index[n] for n in names], dtype=np.int64), class_names
+
+
+# --------------------------------------------------------------------------- WorldCereal
+def _region_from_ref_id(ref_id: pd.Series) -> np.ndarray:
+    # "2017_UGA_WFP-field-survey_POLY_111" -> "UGA"; the token is kept as written ("AF", "BE")
+    return ref_id.astype(str).str.split("_").str[1].fillna("").to_numpy(dtype=object)
+
+
+def _dekad(ts: pd.Timestamp) -> int:
+    """Dekad number since year 0 (dekads start on days 1, 11 and 21 of each month)."""
+    return (ts.year * 12 + ts.month - 1) * 3 + min((ts.day - 1) // 10, 2)
+
+
+def _step_grid(anchor: pd.Timestamp, n: int, cadence: str, *, last: bool) -> pd.DatetimeIndex:
+    """``n`` step dates of a month or dekad grid; ``anchor`` is the last step (``last``) or the first."""
+    back = n - 1 if last else 0
+    if cadence == "dekad":
+        k = _dekad(anchor) - back + np.arange(n)
+    else:  # month starts: every third dekad
+        k = 3 * (anchor.year * 12 + anchor.month - 1 - back + np.arange(n))
+    months = k // 3
+    return pd.DatetimeIndex(pd.to_datetime(
+        {"year": months // 12, "month": months % 12 + 1, "day": (k % 3) * 10 + 1}))
+
+
+def _wide_times(table: pd.DataFrame, n_time: int, cadence: str) -> pd.DatetimeIndex:
+    starts = pd.to_datetime(table["start_date"]).unique()
+    ends = pd.to_datetime(table["end_date"]).unique() if "end_date" in table else starts[:0]
+    if len(starts) != 1 or len(ends) > 1:
+        raise IncompatibleInputError(
+            f"rows have {len(starts)} start_date and {len(ends)} end_date values; a sample set shares "
+            "one time axis: read each group separately (filter the table first)")
+    if cadence not in ("auto", "month", "dekad"):
+        raise ConfigError(f"cadence must be 'auto', 'month' or 'dekad', got {cadence!r}")
+    start = pd.Timestamp(starts[0])
+    if not len(ends):  # no end_date: step k is start + k steps
+        if cadence == "auto":
+            raise ConfigError("no end_date column to tell the time step: pass cadence='month' or 'dekad'")
+        return _step_grid(start, n_time, cadence, last=False)
+    # The last step is end_date. The window starts at start_date, usually step 0; the dekadal
+    # prometheo file carries one empty step before it (its ts0 is no data in every band and meteo).
+    end = pd.Timestamp(ends[0])
+    for option in ("month", "dekad") if cadence == "auto" else (cadence,):
+        if option == "month" and end.day != 1:
+            continue
+        grid = _step_grid(end, n_time, option, last=True)
+        if start in grid:
+            return grid
+    raise ConfigError(f"{n_time} steps ending {end.date()} do not reach start_date {start.date()} on a "
+                      f"{'month or dekad' if cadence == 'auto' else cadence} grid: pass cadence=")
+
+
+def _read_wide(table: pd.DataFrame, cadence: str) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], pd.DataFrame]:
+    cols: dict[tuple[str, int], str] = {}
+    for col in table.columns:
+        if m := _WIDE_COL.match(col):
+            cols[(m.group(1), int(m.group(2)))] = col
+    bands = [b for b in _S2_ORDER if any(k[0] == b for k in cols)]
+    n_time = max(t for _, t in cols) + 1
+    needed = [f"{b}@ts{t}" for b in bands for t in range(n_time)]
+    require_bands([f"{b}@ts{t}" for b, t in cols], needed, where="WorldCereal wide table (band@timestep)")
+    raw = np.stack([table[[cols[(b, t)] for b in bands]].to_numpy() for t in range(n_time)], axis=1)
+    return raw, _wide_times(table, n_time, cadence), bands, table
+
+
+def _read_long(table: pd.DataFrame) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], pd.DataFrame]:
+    band_cols = {m.group(1): c for c in table.columns if (m := _LONG_COL.match(c))}
+    bands = [b for b in _S2_ORDER if b in band_cols]
+    table = table.assign(timestamp=pd.to_datetime(table["timestamp"]))
+    times = pd.DatetimeIndex(np.sort(table["timestamp"].unique()))
+    samples = pd.Index(table["sample_id"].unique())
+    if table.duplicated(["sample_id", "timestamp"]).any():
+        raise ConfigError("long WorldCereal table has several rows for one sample and timestamp")
+    raw = np.full((len(samples), len(times), len(bands)), WORLDCEREAL_NODATA, dtype=np.float64)
+    i = samples.get_indexer(table["sample_id"])
+    t = times.get_indexer(table["timestamp"])
+    raw[i, t] = table[[band_cols[b] for b in bands]].to_numpy(np.float64)
+    per_sample = table.drop_duplicates("sample_id").set_index("sample_id").loc[samples].reset_index()
+    return raw, times, bands, per_sample
+
+
+def read_worldcereal(
+    path: str | Path,
+    *,
+    layout: Literal["auto", "wide", "long"] = "auto",
+    bands: Sequence[str] | None = None,
+    legend: str = "label_full",
+    cadence: Literal["auto", "month", "dekad"] = "auto",
+    scale: float = 1e-4,
+    legend_folder: str | Path | None = None,
+) -> xr.Dataset:
+    """A WorldCereal point extraction (parquet) as a sample set.
+
+    Layouts (``layout="auto"`` tells them apart by their columns):
+
+    - **wide**: one row per sample, columns ``OPTICAL-{band}-ts{k}-{res}m``; step ``k`` is dated
+      ``start_date`` + k months or dekads (``cadence``; ``"auto"`` matches ``end_date``).
+    - **long**: one row per sample and ``timestamp``, columns ``S2-L2A-{band}``.
+
+    Values are reflectance x 10000 (``scale`` converts them), 65535 = no data -> NaN. ``bands``
+    (default: every S2 band in the file, in canonical order) missing from the file raise
+    :class:`~cropmap.errors.MissingBandError` naming them. Labels: the row's ``ewoc_code`` (or, in
+    the legacy prometheo files, ``CROPTYPE_LABEL`` translated through
+    ``wc2eurocrops_map_legacy_croptype_codes.csv``) mapped to names with
+    :func:`worldcereal_legend` ``(legend)``; codes the legend lacks become ``"unknown"``. ``region``
+    is the country token of ``ref_id`` (``UGA``, ``SSD``, ``BEL`` ...). Extra coords: ``sample``
+    (``sample_id``), ``ewoc_code``.
+    """
+    path = Path(path)
+    table = pd.read_parquet(path)
+    is_long = "timestamp" in table.columns and any(_LONG_COL.match(c) for c in table.columns)
+    is_wide = any(_WIDE_COL.match(c) for c in table.columns)
+    if layout == "auto":
+        if not (is_long or is_wide):
+            raise ConfigError(f"{path.name}: neither OPTICAL-Bxx-tsK-... (wide) nor timestamp + S2-L2A-Bxx "
+                              "(long) columns: not a WorldCereal extraction")
+        layout = "long" if is_long else "wide"
+    if layout == "wide":
+        raw, times, found, per_sample = _read_wide(table, cadence)
+    elif layout == "long":
+        raw, times, found, per_sample = _read_long(table)
+    else:
+        raise ConfigError(f"layout must be 'auto', 'wide' or 'long', got {layout!r}")
+    wanted = list(bands) if bands is not None else found
+    require_bands(found, wanted, where=f"{path.name}")
+    raw = raw[:, :, [found.index(b) for b in wanted]]
+    values = np.where(raw == WORLDCEREAL_NODATA, np.nan, raw).astype(np.float32) * np.float32(scale)
+
+    folder = str(legend_folder) if legend_folder is not None else None
+    if "ewoc_code" in per_sample:
+        codes = per_sample["ewoc_code"].to_numpy(np.int64)
+    elif "CROPTYPE_LABEL" in per_sample:
+        to_ewoc, fallback_names = _legacy_croptypes(folder)
+        codes = np.array([to_ewoc.get(int(c), 0) for c in per_sample["CROPTYPE_LABEL"]], dtype=np.int64)
+    else:
+        raise ConfigError(f"{path.name}: no ewoc_code or CROPTYPE_LABEL column to take labels from")
+    names = worldcereal_legend(legend, folder=folder)
+    if "ewoc_code" not in per_sample:
+        names = {**fallback_names, **names}
+    labels, class_names = _class_table(codes, names)
+    ds = make_sample_set(
+        values,
+        times=times,
+        bands=wanted,
+        labels=labels,
+        class_names=class_names,
+        region=_region_from_ref_id(per_sample["ref_id"]).tolist(),
+        lat=per_sample["lat"].to_numpy(float) if "lat" in per_sample else None,
+        lon=per_sample["lon"].to_numpy(float) if "lon" in per_sample else None,
+        source=str(path),
+    )
+    ids = per_sample["sample_id"].astype(str).to_numpy() if "sample_id" in per_sample else None
+    if ids is None and per_sample.index.name == "sample_id":
+        ids = per_sample.index.astype(str).to_numpy()
+    if ids is not None:
+        ds = ds.assign_coords(sample=ids)
+    ds.attrs["layout"] = layout
+    return ds.assign_coords(ewoc_code=("sample", codes))
+
+
+# --------------------------------------------------------------------------- sits
+def read_sits(path: str | Path, *, region: str = "BRA-MT") -> xr.Dataset:
+    """A sits sample tibble (``.rda``) as a sample set; bands keep the sensor's names, upper-cased.
+
+    ``samples_mt_9classes.rda``: 2115 MODIS series x 23 dates (16-day) x 6 bands (``MIR``, ``BLUE``,
+    ``NIR``, ``RED``, ``EVI``, ``NDVI``; reflectances 0..1 and the two indices -1..1), 9 classes
+    (sorted by name). The samples come from different seasons (2000s-2010s), all on the same MODIS
+    day-of-year steps: ``time`` holds the dates of the most frequent season, coord ``start_date``
+    ``(sample,)`` the real first date of each sample (its k-th value was observed
+    ``time[k] - time[0]`` later, within a day across leap years).
+    """
+    import rdata  # optional at import time: only this reader needs it
+
+    path = Path(path)
+    with warnings.catch_warnings():
+        # rdata warns once per sample that it has no constructor for R's "Date"/"tbl_df" classes
+        warnings.simplefilter("ignore", UserWarning)
+        objects = rdata.read_rda(str(path))
+    frames = [v for v in objects.values() if isinstance(v, pd.DataFrame) and "time_series" in v]
+    if len(frames) != 1:
+        raise ConfigError(f"{path.name}: expected one sits sample tibble with a time_series column")
+    tibble = frames[0]
+    series = tibble["time_series"].tolist()
+    columns = [str(c) for c in series[0].columns if str(c) != "Index"]
+    lengths = {len(s) for s in series}
+    if len(lengths) != 1:
+        raise IncompatibleInputError(f"{path.name}: series of different lengths {sorted(lengths)}")
+    for s in series:
+        require_bands([str(c) for c in s.columns], columns, where=f"{path.name} time_series")
+    values = np.stack([s[columns].to_numpy(np.float32) for s in series])
+    # R "Date": days since 1970-01-01
+    days = np.stack([s["Index"].to_numpy(np.float64) for s in series]).astype(np.int64)
+    offsets = days - days[:, :1]
+    reference = pd.Series(days[:, 0]).mode().iloc[0]
+    ref_offsets = offsets[np.flatnonzero(days[:, 0] == reference)[0]]
+    if np.abs(offsets - ref_offsets).max() > 1:
+        raise IncompatibleInputError(f"{path.name}: samples are not on common time steps")
+    epoch = np.datetime64("1970-01-01", "D")
+    names = tibble["label"].astype(str).to_numpy()
+    class_names = sorted(set(names))
+    index = {n: i for i, n in enumerate(class_names)}
+    ds = make_sample_set(
+        values,
+        times=(epoch + reference + ref_offsets).astype("datetime64[ns]"),
+        bands=[c.upper() for c in columns],
+        labels=np.array([index[n] for n in names]),
+        class_names=class_names,
+        region=region,
+        lat=tibble["latitude"].to_numpy(float),
+        lon=tibble["longitude"].to_numpy(float),
+        source=str(path),
+    )
+    ds["reflectance"].attrs["units"] = "reflectance 0-1 (indices EVI/NDVI -1..1)"
+    return ds.assign_coords(start_date=("sample", (epoch + days[:, 0]).astype("datetime64[ns]")))
+
+
+# --------------------------------------------------------------------------- openEO cubes
+def _openeo_band(name: str) -> str | None:
+    # "S2-L2A-B04" -> "B04"; "S2-L2A-AOT", "S1-SIGMA0-VV", "slope" -> None
+    short = re.sub(r"^S2(-L2A)?[-_]", "", name)
+    if short == name and not re.fullmatch(r"B\d{1,2}A?|SCL", name):
+        return None
+    band = canonical_band(short)
+    return band if band in (*_S2_ORDER, "SCL") else None
+
+
+def read_openeo_cube(
+    path: str | Path,
+    *,
+    bands: Sequence[str] | None = None,
+    scale: float = 1e-4,
+    nodata: Sequence[float] = (0, WORLDCEREAL_NODATA),
+    chunks: dict | None = None,
+) -> xr.DataArray:
+    """An openEO netCDF cube (``t, y, x`` variables ``S2-L2A-B04`` ...) as ``(time, band, y, x)``.
+
+    Returns float32 surface reflectance 0..1 (values x ``scale``; ``nodata`` values and NaN -> NaN),
+    ``band`` in canonical names and order (``B01`` ... ``B12``), the CRS written with rioxarray, and
+    the scene classification kept apart as coord ``scl`` ``(time, y, x)`` float32 (NaN = none) when
+    the file has one: ``median_composite(cube, season, year, valid=valid_from_scl(cube.scl))``.
+    Other variables (S1, DEM, meteo, AOT) are ignored. ``bands`` absent from the file raise
+    :class:`~cropmap.errors.MissingBandError`. ``chunks`` (e.g. ``{}``) opens it lazily with Dask.
+    """
+    path = Path(path)
+    ds = xr.open_dataset(path, chunks=chunks, decode_coords="all")
+    found = {b: v for v in ds.data_vars if (b := _openeo_band(str(v)))}
+    available = [b for b in _S2_ORDER if b in found]
+    wanted = list(bands) if bands is not None else available
+    require_bands(available, wanted, where=path.name)
+    if not wanted:
+        raise ConfigError(f"{path.name}: no Sentinel-2 reflectance band among {list(ds.data_vars)}")
+
+    def _clean(var: str) -> xr.DataArray:
+        da = ds[var].astype(np.float32)
+        return da.where(~da.isin(list(nodata)))
+
+    time_dim = "t" if "t" in ds.dims else "time"
+    cube = xr.concat([_clean(found[b]) for b in wanted], dim="band", coords="minimal", compat="override")
+    cube = (cube * np.float32(scale)).assign_coords(band=wanted).rename({time_dim: "time"})
+    cube = cube.transpose("time", "band", "y", "x").drop_vars("crs", errors="ignore")
+    if "SCL" in found:
+        scl = ds[found["SCL"]].astype(np.float32).rename({time_dim: "time"}).transpose("time", "y", "x")
+        cube = cube.assign_coords(scl=scl.drop_vars("crs", errors="ignore"))
+    cube.name = "reflectance"
+    cube.attrs = {"units": "surface reflectance (0-1)", "source": str(path)}
+    if "crs" in ds.variables:
+        wkt = ds["crs"].attrs.get("crs_wkt") or ds["crs"].attrs.get("spatial_ref")
+        if wkt:
+            import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+            cube = cube.rio.write_crs(wkt)
+    return cube
+
+
+# --------------------------------------------------------------------------- summary
+def _best_year(times: np.ndarray, season: Season) -> int:
+    """The season year whose window overlaps the dates ``times`` the most."""
+    t0, t1 = pd.Timestamp(times.min()), pd.Timestamp(times.max())
+
+    def overlap(year: int) -> float:
+        first, last = (pd.Timestamp(d) for d in season.window(year))
+        return (min(t1, last) - max(t0, first)).days
+
+    return max(range(t0.year - 1, t1.year + 1), key=overlap)
+
+
+def summarize_samples(
+    samples: xr.Dataset,
+    *,
+    season: Season | None = None,
+    year: int | None = None,
+) -> dict:
+    """Shape, classes, counts and gaps of a sample set, before and after 5-day compositing.
+
+    ``season`` defaults to the seed's window for the samples' hemisphere (south when the median
+    latitude is negative); ``year`` to the season year the dates cover best. Returns a dict with
+    ``shape`` (sample, time, band), ``bands``, ``dates`` (first, last), ``class_counts``
+    {name: count}, ``regions`` {region: count}, ``nodata_fraction`` (NaN share of the raw values),
+    ``season``, ``season_year``, ``n_bins`` and, after :func:`~cropmap.composite.median_composite`,
+    ``filled_fraction`` (mean share of bins interpolated) and ``empty_samples`` (no valid value).
+    """
+    from cropmap.composite import median_composite  # the one compositing implementation
+
+    if season is None:
+        lat = float(np.nanmedian(samples["lat"].values)) if np.isfinite(samples["lat"].values).any() else 0.0
+        season = Season.for_hemisphere("south" if lat < 0 else "north")
+    times = samples["time"].values
+    year = _best_year(times, season) if year is None else year
+    composite = median_composite(samples["reflectance"], season, year)
+    filled = composite["filled_fraction"].values
+    counts = np.bincount(samples["label"].values, minlength=samples.sizes["class"])
+    regions, region_counts = np.unique(samples["region"].values, return_counts=True)
+    return {
+        "shape": tuple(samples["reflectance"].shape),
+        "bands": [str(b) for b in samples["band"].values],
+        "dates": (str(times.min())[:10], str(times.max())[:10]),
+        "class_counts": {str(n): int(c) for n, c in zip(samples["class_name"].values, counts)},
+        "regions": {str(r): int(c) for r, c in zip(regions, region_counts)},
+        "nodata_fraction": float(np.isnan(samples["reflectance"].values).mean()),
+        "season": season.describe(),
+        "season_year": int(year),
+        "n_bins": season.n_bins,
+        "filled_fraction": float(filled.mean()),
+        "empty_samples": int((filled == 1.0).sum()),
+    }
+
+
+def real_sample_sets() -> dict[str, tuple[Callable[[], xr.Dataset], Season | None]]:
+    """The real sample sets of ``../shared/data``: name -> (loader, season or None for automatic)."""
+    from cropmap.samples import read_victoria
+
+    def wc(name: str) -> Callable[[], xr.Dataset]:
+        return lambda: read_worldcereal(data_file(f"worldcereal/{name}"))
+
+    south = Season.for_hemisphere("south")
+    return {
+        "victoria-train": (lambda: read_victoria("train"), south),
+        "victoria-test": (lambda: read_victoria("test"), south),
+        "worldcereal-uga-ssd": (wc("test_public_extractions.parquet"), None),
+        "worldcereal-bel-long": (wc("private_extractions_dummy_BEL.parquet"), None),
+        "worldcereal-bel-monthly": (wc("prometheo_worldcereal_dataset.parquet"), None),
+        "worldcereal-bel-dekadal": (wc("prometheo_worldcereal_dataset_10D.parquet"), None),
+        "sits-mato-grosso": (lambda: read_sits(data_file("sits_mato_grosso/samples_mt_9classes.rda")), south),
+    }
