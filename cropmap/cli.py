@@ -58,3 +58,74 @@ def samples_summary(
             f"{s['season']} {s['season_year']}", f"{s['filled_fraction']:.1%}", str(s["empty_samples"]),
         )
     Console(width=200).print(table)
+
+
+# --- models, training and experiments (cropmap.models, cropmap.experiment) ---------------------------
+
+
+@app.command()
+def params(
+    n_bands: int = typer.Option(10, help="bands (rows of the feature matrix)"),
+    n_bins: int = typer.Option(73, help="time bins (43 for May-Nov, 73 for a full year)"),
+    n_classes: int = typer.Option(7, help="classes"),
+) -> None:
+    """Print the parameter count of every registered model."""
+    import torch
+
+    from cropmap.models import MODELS, build_model, count_parameters
+
+    for name in MODELS:
+        model = build_model(name, n_bands=n_bands, n_classes=n_classes).eval()
+        with torch.no_grad():  # prove the shape works, not just the count
+            model(torch.zeros(2, n_bands, n_bins))
+        n = count_parameters(model)
+        typer.echo(f"{name:14s} {n:>10,d}  ({n / 1e6:.2f}M) for {n_bands} bands x {n_bins} bins x {n_classes} classes")
+
+
+@app.command()
+def experiment(
+    config: str = typer.Argument(..., help="experiment YAML, e.g. configs/experiments/victoria.yaml"),
+    seeds: str = typer.Option("", help="comma-separated seeds overriding the config's, e.g. 0"),
+    output: str = typer.Option("", help="folder for the table, CSV and confusion matrices (default: the config's)"),
+) -> None:
+    """Run a source -> target experiment grid and write docs/results/<name>.md and .csv."""
+    import shlex
+    import sys
+
+    from cropmap.experiment import load_experiment, run_experiment
+
+    cfg = load_experiment(config)
+    update = {}
+    if seeds:
+        update["seeds"] = [int(s) for s in seeds.split(",")]
+    if output:
+        update["output"] = output
+    cfg = cfg.model_copy(update=update)
+    command = "cropmap " + " ".join(shlex.quote(a) for a in ["experiment", *sys.argv[2:]])
+    run_experiment(cfg, command=command)
+
+
+# --- demo: the offline DEMO country (cropmap.demo) ---------------------------------------------------
+demo_app = typer.Typer(help="The offline DEMO country (synthetic layout, real Victoria spectra).",
+                       no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("build")
+def demo_build(
+    out: str = typer.Option(None, "--out", help="Output folder (default $CROPMAP_DEMO_DIR or ~/.cache/cropmap/demo)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the folder is complete."),
+) -> None:
+    """Write the DEMO static STAC catalog, reference crop map and layout (skipped if complete)."""
+    import time
+
+    from cropmap.demo import build_demo, read_layout
+
+    started = time.perf_counter()
+    paths = build_demo(out, force=force)
+    layout = read_layout(paths.root)
+    typer.echo(f"DEMO catalog:   {paths.catalog}")
+    typer.echo(f"reference map:  {paths.reference}")
+    typer.echo(f"layout:         {paths.layout} ({len(layout['fields'])} fields, {len(layout['dates'])} dates, "
+               f"{len(layout['tiles'])} tiles of {layout['tile_px']} px)")
+    typer.echo(f"done in {time.perf_counter() - started:.1f} s")

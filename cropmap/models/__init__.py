@@ -10,9 +10,10 @@ from typing import Any
 from torch import nn
 
 from cropmap.errors import ConfigError
+from cropmap.models.forest import build_forest
 from cropmap.models.cropnet import CROPNET_CODE, CROPNET_V1, CropNet, CropNet1D, count_parameters
 
-__all__ = ["build_model", "MODELS", "CropNet", "CropNet1D", "count_parameters", "CROPNET_V1", "CROPNET_CODE"]
+__all__ = ["build_model", "MODELS", "build_forest", "CropNet", "CropNet1D", "count_parameters", "CROPNET_V1", "CROPNET_CODE"]
 
 #: name -> (class, default configuration). Every torch model takes (N, band, time) matrices.
 MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
