@@ -1,0 +1,187 @@
+"""cropmap on a real multi-process Dask cluster: a `dask scheduler` and two `dask worker` processes on
+127.0.0.1 (not a LocalCluster), a compositing graph over real Sentinel-2 acquisitions, and a worker
+killed mid-computation.
+
+The worker-kill test runs last in this file: it leaves the module's cluster with one worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from cropmap.cluster import ADDRESS_ENV, DaskClusterError, dask_target
+from cropmap.composite import median_composite
+from cropmap.errors import ConfigError
+from cropmap.masking import valid_from_scl
+from cropmap.season import Season
+
+DASK = Path(sys.executable).with_name("dask")
+APRIL = Season(start="04-01", end="04-30")
+BANDS = ["B01", "B04", "B08", "B11"]
+# The file stores one chunk per date; splitting y/x on purpose makes tile-like tasks to distribute.
+pytestmark = pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    # Own session, so a kill reaches only this process. The workers import this module's helpers by
+    # name, like any task function: a cluster needs the client's software, here tests/ on the path.
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return subprocess.Popen([str(DASK), *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory):
+    """Address and worker processes of a scheduler + 2 single-thread, nanny-less workers on 127.0.0.1."""
+    tmp = tmp_path_factory.mktemp("dask")
+    sched_file = tmp / "scheduler.json"
+    procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                     "--scheduler-file", str(sched_file)], tmp / "scheduler.log")]
+    try:
+        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 30, "the scheduler file")
+        address = json.loads(sched_file.read_text())["address"]
+        workers = {}
+        for name in ("w0", "w1"):
+            # --no-nanny: killing the process kills the worker (a nanny would restart it)
+            workers[name] = _spawn(["worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
+                                    "--no-dashboard", "--memory-limit", "1GiB", "--host", "127.0.0.1"],
+                                   tmp / f"{name}.log")
+        procs += workers.values()
+        yield address, workers
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:  # a graceful close is not what is tested here
+                proc.kill()
+                proc.wait()
+
+
+def _remote_latency(block: np.ndarray) -> np.ndarray:
+    # Stands in for object-store latency (a real tile read takes seconds), so a worker can be
+    # killed while work is still pending; the values pass through unchanged.
+    time.sleep(0.05)
+    return block
+
+
+def _composite_graph(path: Path) -> xr.DataArray:
+    """Lazy composite of 12 raw real acquisitions: 4 bands, SCL-masked, 12 spatial chunks; computes nothing."""
+    ds = xr.open_dataset(path, engine="h5netcdf", chunks={"t": -1, "y": 22, "x": 16})
+    refl = xr.concat([ds[f"S2-L2A-{b}"].astype("float32") / 10000 for b in BANDS], dim="band")
+    refl = refl.assign_coords(band=BANDS).rename(t="time").transpose("time", "band", "y", "x")
+    refl = refl.copy(data=refl.data.map_blocks(_remote_latency, dtype=refl.dtype))
+    valid = valid_from_scl(ds["S2-L2A-SCL"].rename(t="time"))
+    return median_composite(refl, APRIL, 2023, valid=valid)
+
+
+@pytest.fixture(scope="module")
+def cube_path(shared_data) -> Path:
+    return shared_data / "openeo_gfmap/cdse_sentinel2_l2a.nc"
+
+
+@pytest.fixture(scope="module")
+def local_result(cube_path) -> xr.DataArray:
+    """The same graph computed in this process (threads), the reference for the cluster runs."""
+    return _composite_graph(cube_path).compute(scheduler="threads")
+
+
+def _assert_identical(got: xr.DataArray, want: xr.DataArray) -> None:
+    assert got.dims == want.dims == ("time", "band", "y", "x")
+    assert got.shape == (6, 4, 66, 64)
+    # bitwise: same float32 values and the same NaN positions
+    np.testing.assert_array_equal(got.values.view(np.uint32), want.values.view(np.uint32))
+    np.testing.assert_array_equal(got.filled_fraction.values, want.filled_fraction.values)
+    assert np.isfinite(want.values).mean() > 0.5  # a real, mostly observed composite, not all-NaN
+
+
+def test_target_resolution_order(monkeypatch):
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    assert dask_target().is_local
+    assert dask_target(n_workers=2).task_runner_kwargs() == {
+        "cluster_class": "distributed.LocalCluster",
+        "cluster_kwargs": {"processes": True, "dashboard_address": None, "n_workers": 2}}
+    monkeypatch.setenv(ADDRESS_ENV, "tcp://10.1.2.3:8786")
+    assert (dask_target().address, dask_target().source) == ("tcp://10.1.2.3:8786", "env")
+    # the config wins over the environment; an empty config value does not
+    assert dask_target("cropmap-scheduler.cropmap.svc.cluster.local:8786").source == "config"
+    assert dask_target("").address == "tcp://10.1.2.3:8786"
+
+
+@pytest.mark.parametrize("bad", ["tcp://", "http://host:8786", "host:port", "two words:8786"])
+def test_malformed_address_is_a_config_error(monkeypatch, bad):
+    monkeypatch.setenv(ADDRESS_ENV, bad)
+    with pytest.raises(ConfigError, match=ADDRESS_ENV):
+        dask_target()
+
+
+def test_unreachable_scheduler_names_the_address(monkeypatch):
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    with pytest.raises(DaskClusterError, match="127.0.0.1:9"):
+        dask_target("tcp://127.0.0.1:9", timeout_s=1).client()  # port 9 (discard): nothing listens
+
+
+def test_local_cluster_when_no_address(monkeypatch, cube_path, local_result):
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    with dask_target(n_workers=1, threads_per_worker=2, processes=False).client() as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+        got = client.compute(_composite_graph(cube_path)).result()
+    _assert_identical(got, local_result)
+
+
+def test_graph_computes_on_external_scheduler_identically(monkeypatch, scheduler, cube_path, local_result):
+    address, _ = scheduler
+    monkeypatch.setenv(ADDRESS_ENV, address)
+    with dask_target().client() as client:
+        client.wait_for_workers(2, timeout=60)
+        workers = client.scheduler_info()["workers"]
+        assert sorted(w["name"] for w in workers.values()) == ["w0", "w1"]
+        graph = _composite_graph(cube_path)
+        future = client.compute(graph)
+        got = future.result(timeout=120)
+        # both worker processes did part of the work (tasks were shipped, not run here)
+        ran_on = client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log))
+        assert all(n > 0 for n in ran_on.values())
+    _assert_identical(got, local_result)
+
+
+def test_killing_a_worker_mid_run_loses_nothing(scheduler, cube_path, local_result):
+    address, procs = scheduler
+    with dask_target(address).client() as client:
+        client.wait_for_workers(2, timeout=60)
+        by_name = {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
+        future = client.compute(_composite_graph(cube_path))
+        # kill w1 once it holds finished pieces of the result and work is still pending: its results
+        # are lost and must be recomputed on w0, its running task rescheduled
+        held = _wait_for(lambda: len(client.has_what().get(by_name["w1"], ())) >= 5 and not future.done()
+                         and len(client.has_what()[by_name["w1"]]), 60, "w1 to hold results")
+        assert not future.done()
+        procs["w1"].send_signal(signal.SIGKILL)
+        procs["w1"].wait(timeout=10)
+        got = future.result(timeout=120)
+        assert list(client.scheduler_info()["workers"]) == [by_name["w0"]]
+    assert held >= 5
+    _assert_identical(got, local_result)
