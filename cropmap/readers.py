@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -179,7 +178,8 @@ def _read_long(table: pd.DataFrame) -> tuple[np.ndarray, pd.DatetimeIndex, list[
     i = samples.get_indexer(table["sample_id"])
     t = times.get_indexer(table["timestamp"])
     raw[i, t] = table[[band_cols[b] for b in bands]].to_numpy(np.float64)
-    per_sample = table.drop_duplicates("sample_id").set_index("sample_id").loc[samples].reset_index()
+    # first row of each sample, in the order of ``samples`` (unique() keeps first appearance too)
+    per_sample = table.drop_duplicates("sample_id").reset_index(drop=True)
     return raw, times, bands, per_sample
 
 
@@ -253,11 +253,8 @@ def read_worldcereal(
         lon=per_sample["lon"].to_numpy(float) if "lon" in per_sample else None,
         source=str(path),
     )
-    ids = per_sample["sample_id"].astype(str).to_numpy() if "sample_id" in per_sample else None
-    if ids is None and per_sample.index.name == "sample_id":
-        ids = per_sample.index.astype(str).to_numpy()
-    if ids is not None:
-        ds = ds.assign_coords(sample=ids)
+    if "sample_id" in per_sample:
+        ds = ds.assign_coords(sample=per_sample["sample_id"].astype(str).to_numpy())
     ds.attrs["layout"] = layout
     return ds.assign_coords(ewoc_code=("sample", codes))
 
@@ -273,34 +270,34 @@ def read_sits(path: str | Path, *, region: str = "BRA-MT") -> xr.Dataset:
     ``(sample,)`` the real first date of each sample (its k-th value was observed
     ``time[k] - time[0]`` later, within a day across leap years).
     """
-    import rdata  # optional at import time: only this reader needs it
+    import rdata  # only this reader needs it
 
     path = Path(path)
-    with warnings.catch_warnings():
-        # rdata warns once per sample that it has no constructor for R's "Date"/"tbl_df" classes
-        warnings.simplefilter("ignore", UserWarning)
-        objects = rdata.read_rda(str(path))
-    frames = [v for v in objects.values() if isinstance(v, pd.DataFrame) and "time_series" in v]
-    if len(frames) != 1:
+    # R data frames, tibbles and Dates kept as plain dicts/arrays: 10x faster than 2000 DataFrames
+    keep = {cls: (lambda obj, attrs: obj) for cls in ("data.frame", "tbl_df", "tbl", "Date")}
+    objects = rdata.conversion.convert(rdata.parser.parse_file(str(path)),
+                                       constructor_dict={**rdata.conversion.DEFAULT_CLASS_MAP, **keep})
+    tibbles = [v for v in objects.values() if isinstance(v, dict) and "time_series" in v]
+    if len(tibbles) != 1:
         raise ConfigError(f"{path.name}: expected one sits sample tibble with a time_series column")
-    tibble = frames[0]
-    series = tibble["time_series"].tolist()
-    columns = [str(c) for c in series[0].columns if str(c) != "Index"]
-    lengths = {len(s) for s in series}
+    tibble = {str(k): v for k, v in tibbles[0].items()}
+    series = [{str(k): np.asarray(v) for k, v in s.items()} for s in tibble["time_series"]]
+    columns = [c for c in series[0] if c != "Index"]
+    lengths = {len(s["Index"]) for s in series}
     if len(lengths) != 1:
         raise IncompatibleInputError(f"{path.name}: series of different lengths {sorted(lengths)}")
     for s in series:
-        require_bands([str(c) for c in s.columns], columns, where=f"{path.name} time_series")
-    values = np.stack([s[columns].to_numpy(np.float32) for s in series])
+        require_bands(s, columns, where=f"{path.name} time_series")
+    values = np.stack([np.stack([s[c] for c in columns], axis=-1) for s in series]).astype(np.float32)
     # R "Date": days since 1970-01-01
-    days = np.stack([s["Index"].to_numpy(np.float64) for s in series]).astype(np.int64)
+    days = np.stack([s["Index"] for s in series]).astype(np.int64)
     offsets = days - days[:, :1]
     reference = pd.Series(days[:, 0]).mode().iloc[0]
     ref_offsets = offsets[np.flatnonzero(days[:, 0] == reference)[0]]
     if np.abs(offsets - ref_offsets).max() > 1:
         raise IncompatibleInputError(f"{path.name}: samples are not on common time steps")
     epoch = np.datetime64("1970-01-01", "D")
-    names = tibble["label"].astype(str).to_numpy()
+    names = np.asarray(tibble["label"]).astype(str)
     class_names = sorted(set(names))
     index = {n: i for i, n in enumerate(class_names)}
     ds = make_sample_set(
@@ -310,8 +307,8 @@ def read_sits(path: str | Path, *, region: str = "BRA-MT") -> xr.Dataset:
         labels=np.array([index[n] for n in names]),
         class_names=class_names,
         region=region,
-        lat=tibble["latitude"].to_numpy(float),
-        lon=tibble["longitude"].to_numpy(float),
+        lat=np.asarray(tibble["latitude"], dtype=float),
+        lon=np.asarray(tibble["longitude"], dtype=float),
         source=str(path),
     )
     ds["reflectance"].attrs["units"] = "reflectance 0-1 (indices EVI/NDVI -1..1)"
