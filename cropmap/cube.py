@@ -44,8 +44,8 @@ from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
 from cropmap.stac import asset_scale_offset, band_assets
 
-__all__ = ["CubeOptions", "CubeResult", "load_observations", "build_tile_cube", "open_tile_cube",
-           "AssetUnavailableWarning"]
+__all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
+           "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
 
 # GDAL must read .aux.xml sidecars (the real Earth Search JPEG2000 assets keep their georeferencing
 # there); remote probes fail fast instead of retrying for minutes.
@@ -128,6 +128,11 @@ def _usable_items(items: Sequence[pystac.Item], bands: Sequence[str], on_error: 
     return kept, dropped
 
 
+def _item_dt(item: pystac.Item) -> np.datetime64:
+    when = item.datetime or item.common_metadata.start_datetime
+    return np.datetime64(when.replace(tzinfo=None), "ns")
+
+
 def _solar_day(item: pystac.Item) -> str:
     """Local solar date: acquisitions of one overpass split over MGRS tiles fall on the same day."""
     lon = (item.bbox[0] + item.bbox[2]) / 2 if item.bbox else 0.0
@@ -161,35 +166,70 @@ def load_observations(
     days = sorted({_solar_day(it) for it in usable})
     for it in usable:
         it.properties["cropmap:solar_day"] = _solar_day(it)
-    odc.stac.configure_rio(**{k: v for k, v in _GDAL_ENV.items()})
+    odc.stac.configure_rio(**_GDAL_ENV)
     geobox = GeoBox(tile.shape, tile.transform, tile.crs)
-    present = [b for b in bands if any(b in it.assets for it in usable)]
-    ds = odc.stac.load(usable, bands=[*present, SCL], geobox=geobox, chunks={"x": chunk, "y": chunk},
-                       groupby="cropmap:solar_day", resampling="nearest",
-                       fail_on_error=on_asset_error == "fail")
-    if ds.sizes["time"] != len(days):
-        raise CropmapError(f"tile {tile.id}: odc-stac grouped {ds.sizes['time']} dates, expected {len(days)}")
     by_day = {d: [it for it in usable if it.properties["cropmap:solar_day"] == d] for d in days}
+    # one representative time per solar day: the first acquisition of the day
+    times = np.array([min(_item_dt(it) for it in by_day[d]) for d in days], dtype="datetime64[ns]")
+
+    def _load(band: str) -> tuple[xr.DataArray, list[str]] | None:
+        # one load per band, over the items that have it: odc-stac takes the band list from the
+        # first item, so an asset dropped from one item must not hide the band for all others
+        having = [it for it in usable if band in it.assets]
+        if not having:
+            return None
+        ds = odc.stac.load(having, bands=[band], geobox=geobox, chunks={"x": chunk, "y": chunk},
+                           groupby="cropmap:solar_day", resampling="nearest",
+                           fail_on_error=on_asset_error == "fail")
+        have_days = sorted({it.properties["cropmap:solar_day"] for it in having})
+        if ds.sizes["time"] != len(have_days):
+            raise CropmapError(f"tile {tile.id}: odc-stac grouped {ds.sizes['time']} dates of {band}, "
+                               f"expected {len(have_days)}")
+        pos = [days.index(d) for d in have_days]
+        return ds[band].drop_vars("spatial_ref", errors="ignore").assign_coords(time=times[pos]), have_days
+
     layers = []
     for band in bands:
-        if band not in present:
-            layers.append(da.full((len(days), *tile.shape), np.nan, dtype=np.float32, chunks=(1, chunk, chunk)))
+        loaded = _load(band)
+        if loaded is None:
+            layers.append(xr.DataArray(da.full((len(days), *tile.shape), np.nan, dtype=np.float32,
+                                               chunks=(1, chunk, chunk)), dims=("time", "y", "x")))
             continue
+        raw, have_days = loaded
         # scale/offset per date: Earth Search changed the offset with processing baseline 04.00
-        so = np.array([next((asset_scale_offset(it, band) for it in by_day[d] if band in it.assets), (1.0, 0.0))
-                       for d in days], dtype=np.float64)
-        raw = ds[band]
+        so = np.array([next(asset_scale_offset(it, band) for it in by_day[d] if band in it.assets)
+                       for d in have_days], dtype=np.float64)
         nodata = raw.attrs.get("nodata", 0)
-        scale = xr.DataArray(so[:, 0].astype(np.float32), dims="time")
-        offset = xr.DataArray(so[:, 1].astype(np.float32), dims="time")
-        refl = (raw.astype(np.float32) * scale + offset).where(raw != nodata)
-        layers.append(refl.data)
-    times = ds["time"].values.astype("datetime64[ns]")
-    refl = xr.DataArray(da.stack(layers, axis=1), dims=("time", "band", "y", "x"),
-                        coords={"time": times, "band": list(bands), "y": ds["y"].values, "x": ds["x"].values},
+        scale = xr.DataArray(so[:, 0], dims="time")
+        offset = xr.DataArray(so[:, 1], dims="time")
+        # float64 arithmetic, one rounding to float32: DN 507 -> exactly float32(0.0507)
+        refl = (raw.astype(np.float64) * scale + offset).astype(np.float32).where(raw != nodata)
+        layers.append(refl.reindex(time=times))  # dates without this band: NaN
+    y, x = geobox.coords["y"].values, geobox.coords["x"].values
+    refl = xr.DataArray(da.stack([lay.data for lay in layers], axis=1), dims=("time", "band", "y", "x"),
+                        coords={"time": times, "band": list(bands), "y": y, "x": x},
                         name="reflectance", attrs={"units": "surface reflectance (0-1)"})
-    scl = ds[SCL].drop_vars("spatial_ref", errors="ignore").assign_coords(time=times)
+    scl_raw, _ = _load(SCL)
+    scl = scl_raw.reindex(time=times, fill_value=0).assign_coords(y=y, x=x)  # 0 = SCL "no data"
     return refl, scl, dropped
+
+
+def composite_observations(
+    refl: xr.DataArray,
+    scl: xr.DataArray,
+    season: Season,
+    year: int,
+    *,
+    options: CubeOptions = CubeOptions(),
+) -> xr.DataArray:
+    """SCL-mask ``refl`` ``(time, band, y, x)`` with ``scl`` ``(time, y, x)`` and composite it.
+
+    The one compositing path of cubes: :func:`cropmap.masking.valid_from_scl` with the options' classes
+    and dilation, then :func:`cropmap.composite.median_composite` (the function pixel samples use).
+    Returns ``(time=bins, band, y, x)`` float32, lazy when the inputs are.
+    """
+    valid = valid_from_scl(scl, invalid=options.invalid_scl, dilate_pixels=options.dilate_pixels)
+    return median_composite(refl, season, year, valid=valid)
 
 
 class _NoObservations(CropmapError):
@@ -229,8 +269,7 @@ def build_tile_cube(
     try:
         refl, scl, dropped = load_observations(tile, items, bands=options.bands, chunk=options.chunk,
                                                on_asset_error=options.on_asset_error)
-        valid = valid_from_scl(scl, invalid=options.invalid_scl, dilate_pixels=options.dilate_pixels)
-        cube = median_composite(refl, season, year, valid=valid)
+        cube = composite_observations(refl, scl, season, year, options=options)
     except _NoObservations as err:
         reason, dropped = err.reason if items else "no STAC item found for the tile and season", err.dropped
         cube = _empty_cube(tile, season, year, options)

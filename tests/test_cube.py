@@ -1,0 +1,214 @@
+"""Per-tile cubes on real Sentinel-2 L2A items, checked against plain NumPy + rasterio."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+from cropmap.composite import median_composite
+from cropmap.config import CatalogConfig
+from cropmap.cube import (AssetUnavailableWarning, CubeOptions, build_tile_cube, composite_observations,
+                          load_observations, open_tile_cube)
+from cropmap.errors import AssetReadError
+from cropmap.grid import Grid
+from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
+from cropmap.season import Season
+from cropmap.stac import search_items
+
+BANDS = ("B02", "B03", "B04", "B08")  # the bands whose files are local in s2_l2a_stac
+FILES = {"B02": "B02.tif", "B03": "B03.tif", "B04": "B04.tif", "B08": "B08.tif", "SCL": "SCL.tif"}
+KEYS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
+AUG = Season(start="08-08", end="08-22")  # bins 08-08, 08-13, 08-18
+# 2.56 km tile over 33TWM where the 18 Aug scene is partly cloudy (file row ~320, col ~357)
+TILE = Grid(32633, tile_size=256).tile(1890, 212)
+
+
+@pytest.fixture(scope="module")
+def twm_items(shared_data):
+    cat = CatalogConfig(path=shared_data / "s2_l2a_stac/catalog.json")
+    items = search_items(cat, bbox=TILE.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
+    assert [it.id[4:9] for it in items] == ["33TWM"] * 5
+    return items
+
+
+@pytest.fixture(scope="module")
+def built(twm_items, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cubes")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssetUnavailableWarning)  # all four bands + SCL are local
+        result = build_tile_cube(TILE, twm_items, AUG, 2023, out, options=CubeOptions(bands=BANDS, chunk=128))
+    return result
+
+
+def _numpy_reference(item_dir: Path, item_json: dict, invalid) -> np.ndarray:
+    """(band, y, x) reflectance of one item on TILE's 10 m pixel centres, read with plain rasterio."""
+    xmin, _, _, ymax = TILE.bounds
+    xs = xmin + (np.arange(256) + 0.5) * 10
+    ys = ymax - (np.arange(256) + 0.5) * 10
+    out = []
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="NO"):
+        with rasterio.open(item_dir / FILES["SCL"]) as src:
+            inv = ~src.transform
+            cols = np.floor(inv.a * xs + inv.c).astype(int)
+            rows = np.floor(inv.e * ys + inv.f).astype(int)
+            scl = src.read(1)[np.ix_(rows, cols)]
+        for band in BANDS:
+            with rasterio.open(item_dir / FILES[band]) as src:
+                inv = ~src.transform
+                cols = np.floor(inv.a * xs + inv.c).astype(int)
+                rows = np.floor(inv.e * ys + inv.f).astype(int)
+                dn = src.read(1)[np.ix_(rows, cols)].astype(np.float64)
+            rb = item_json["assets"][KEYS[band]]["raster:bands"][0]
+            # Earth Search: offset already removed from the DNs when this flag is set
+            offset = 0.0 if item_json["properties"].get("earthsearch:boa_offset_applied") else rb["offset"]
+            refl = (dn * rb["scale"] + offset).astype(np.float32)
+            refl[(dn == rb["nodata"]) | np.isin(scl, invalid)] = np.nan
+            out.append(refl)
+    return np.stack(out)
+
+
+def test_cube_equals_numpy_rasterio_reference(built, twm_items):
+    assert built.status == "written" and built.n_items == 5 and built.reason == ""
+    cube = open_tile_cube(built.path)
+    assert cube.dims == ("time", "band", "y", "x") and cube.dtype == np.float32
+    assert cube.shape == (3, 4, 256, 256) and list(cube.band.values) == list(BANDS)
+    obs, days = [], []
+    for it in twm_items:
+        item_dir = Path(it.get_self_href()).parent
+        obs.append(_numpy_reference(item_dir, json.loads(Path(it.get_self_href()).read_text()), DEFAULT_INVALID_SCL))
+        days.append(it.datetime.date())
+    obs = np.stack(obs)  # (time, band, y, x)
+    bin_of = np.array([(d - dt.date(2023, 8, 8)).days // 5 for d in days])
+    ref = np.full((3, *obs.shape[1:]), np.nan, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        for b in range(3):
+            ref[b] = np.nanmedian(obs[bin_of == b], axis=0)
+    got = cube.values
+    observed = ~np.isnan(ref)
+    assert 0.5 < observed.mean() < 1.0  # clouds on 18 Aug leave gaps: interpolation is exercised
+    np.testing.assert_array_equal(got[observed], ref[observed])
+    # gap bins: linear interpolation along the bins, nearest value at the ends
+    t = np.arange(3.0)
+    series = ref.reshape(3, -1)
+    expected = series.copy()
+    for j in np.flatnonzero(np.isnan(series).any(axis=0)):
+        ok = ~np.isnan(series[:, j])
+        expected[:, j] = np.interp(t, t[ok], series[ok, j]) if ok.any() else np.nan
+    np.testing.assert_allclose(got.reshape(3, -1), expected, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(cube.filled_fraction.values, (~observed).mean(axis=(0, 1)), rtol=1e-6)
+    # a real, plausible surface: no negative reflectance over summer vegetation
+    assert np.nanmin(got[:, :3]) >= 0 and 0.1 < np.nanmedian(got[:, 3]) < 0.6
+
+
+def test_cube_metadata_and_georeferencing(built, twm_items):
+    cube = open_tile_cube(built.path)
+    a = cube.attrs
+    assert a["tile_id"] == TILE.id and a["status"] == "complete"
+    assert Season.from_attrs(a) == AUG and a["season_year"] == 2023
+    assert a["source_items"] == [it.id for it in twm_items]
+    assert a["bin_edges"] == ["2023-08-08", "2023-08-13", "2023-08-18", "2023-08-23"]
+    assert cube.rio.crs.to_epsg() == 32633 and cube.rio.transform() == TILE.transform
+    assert 0 < a["filled_fraction"] < 1
+    assert list(cube.time.values.astype("datetime64[D]").astype(str)) == a["bin_edges"][:3]
+    assert float(cube.x[0]) == TILE.bounds[0] + 5 and float(cube.y[0]) == TILE.bounds[3] - 5
+
+
+def test_existing_cube_is_skipped_and_leftover_temp_ignored(built, twm_items, tmp_path):
+    mtime = (built.path / "zarr.json").stat().st_mtime_ns
+    again = build_tile_cube(TILE, twm_items, AUG, 2023, built.path.parent, options=CubeOptions(bands=BANDS))
+    assert again.status == "skipped" and (built.path / "zarr.json").stat().st_mtime_ns == mtime
+    # a crashed run leaves a hidden temporary store: it never counts as complete
+    crashed = tmp_path / f".{TILE.id}.zarr.tmp-1"
+    crashed.mkdir()
+    (crashed / "zarr.json").write_text("{}")
+    empty = build_tile_cube(TILE, [], AUG, 2023, tmp_path, options=CubeOptions(bands=BANDS, chunk=128))
+    assert empty.status == "empty" and (tmp_path / f"{TILE.id}.zarr").exists()
+    assert not list(tmp_path.glob(f".{TILE.id}.zarr.tmp-[!1]*"))  # our own temporary name was renamed
+
+
+def test_tile_without_items_is_explicit_all_nodata(tmp_path):
+    res = build_tile_cube(TILE, [], AUG, 2023, tmp_path, options=CubeOptions(bands=BANDS, chunk=128))
+    cube = open_tile_cube(res.path)
+    assert res.status == "empty" and "no STAC item" in res.reason
+    assert cube.attrs["status"] == "empty" and cube.attrs["reason"] == res.reason
+    assert cube.shape == (3, 4, 256, 256) and np.isnan(cube.values).all()
+    assert (cube.filled_fraction.values == 1).all()
+
+
+def test_fully_masked_tile_is_empty_with_reason(twm_items, tmp_path):
+    opts = CubeOptions(bands=("B04",), chunk=128, invalid_scl=tuple(range(12)))  # every SCL class rejected
+    res = build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path, options=opts)
+    assert res.status == "empty" and "masked" in res.reason
+    assert np.isnan(open_tile_cube(res.path).values).all()
+
+
+def test_unreachable_asset_warns_naming_item_and_asset(twm_items, tmp_path):
+    # B11 (swir16) points at an s3 https URL this machine cannot reach in every real item
+    opts = CubeOptions(bands=("B04", "B11"), chunk=128)
+    with pytest.warns(AssetUnavailableWarning) as record:
+        res = build_tile_cube(TILE, twm_items[:2], AUG, 2023, tmp_path, options=opts)
+    messages = [str(w.message) for w in record]
+    assert any(twm_items[0].id in m and "'swir16'" in m for m in messages)
+    assert res.status == "written" and f"{twm_items[1].id}/swir16" in res.unavailable
+    cube = open_tile_cube(res.path)
+    assert np.isnan(cube.sel(band="B11").values).all() and not np.isnan(cube.sel(band="B04").values).all()
+    with pytest.raises(AssetReadError, match="swir16"):
+        build_tile_cube(TILE, twm_items[:1], AUG, 2023, tmp_path / "fail",
+                        options=CubeOptions(bands=("B04", "B11"), on_asset_error="fail"))
+
+
+def test_corrupt_local_asset_warns_and_tile_continues(twm_items, tmp_path):
+    import pystac
+
+    src_dir = Path(twm_items[0].get_self_href()).parent
+    copy = tmp_path / "item"
+    shutil.copytree(src_dir, copy, ignore=shutil.ignore_patterns("GRANULE"))
+    (copy / "B04.tif").write_bytes(b"not a JPEG2000 file" * 10)
+    item = pystac.Item.from_file(str(copy / f"{twm_items[0].id}.json"))
+    item.make_asset_hrefs_absolute()
+    with pytest.warns(AssetUnavailableWarning, match=f"{item.id} asset 'red'"):
+        refl, scl, dropped = load_observations(TILE, [item, twm_items[1]], bands=("B02", "B04"), chunk=128)
+    assert f"{item.id}/red" in dropped
+    day0 = refl.isel(time=0).compute()
+    assert np.isnan(day0.sel(band="B04")).all() and not np.isnan(day0.sel(band="B02")).all()
+
+
+def _raise_on_compute(*args, **kwargs):
+    raise AssertionError("building the cube graph computed something")
+
+
+def test_graph_building_reads_no_pixels(twm_items):
+    with dask.config.set(scheduler=_raise_on_compute):
+        refl, scl, _ = load_observations(TILE, twm_items, bands=BANDS, chunk=128)
+        cube = composite_observations(refl, scl, AUG, 2023)
+    assert cube.chunks is not None and cube.data.chunksize[2:] == (128, 128)
+    assert cube.data.chunksize[0] == AUG.n_bins  # all dates of a chunk in one task: the median needs them
+
+
+def test_cube_and_sample_compositing_identical_on_raw_acquisitions(shared_data):
+    """The openeo_gfmap raw acquisitions as a Dask cube and as (sample, time, band) pixels."""
+    ds = xr.open_dataset(shared_data / "openeo_gfmap/cdse_sentinel2_l2a.nc").load()
+    bands = ["B04", "B08", "B11"]
+    refl = xr.concat([ds[f"S2-L2A-{b}"].astype("float32") / 10000 for b in bands], dim="band")
+    refl = refl.assign_coords(band=bands).rename(t="time").transpose("time", "band", "y", "x")
+    scl = ds["S2-L2A-SCL"].rename(t="time").transpose("time", "y", "x")
+    april = Season(start="04-01", end="04-30")
+    cube = composite_observations(refl.chunk({"y": 33, "x": 32}), scl.chunk({"y": 33, "x": 32}), april, 2023)
+    cube = cube.compute()
+    samples = refl.stack(sample=("y", "x")).transpose("sample", "time", "band")
+    scl_s = scl.stack(sample=("y", "x")).transpose("sample", "time")
+    pixels = median_composite(samples, april, 2023, valid=valid_from_scl(scl_s))
+    as_cube = pixels.unstack("sample").transpose("time", "band", "y", "x")
+    assert np.isfinite(cube.values).mean() > 0.9
+    np.testing.assert_array_equal(cube.values, as_cube.values)
+    np.testing.assert_array_equal(cube.filled_fraction.values, as_cube.filled_fraction.transpose("y", "x").values)
