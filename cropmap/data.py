@@ -8,6 +8,7 @@ A missing file raises :class:`~cropmap.errors.DataNotFoundError` naming its publ
 
 from __future__ import annotations
 
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -92,12 +93,21 @@ def data_file(relpath: str, *, download: bool | None = None) -> Path:
 
 def _download(source: PublicSource, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(source.url, timeout=60) as response:
-            with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+    # written to a temporary name beside the target, renamed only when complete
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(source.url, timeout=60) as response:
+                expected = response.headers.get("Content-Length")
                 while chunk := response.read(1 << 20):
                     tmp.write(chunk)
-    except OSError as err:
-        raise DataNotFoundError(f"could not fetch {source.url}: {err}") from err
+            # read(n) returns short on a dropped connection instead of raising: check the length
+            if expected is not None and tmp.tell() != int(expected):
+                raise http.client.IncompleteRead(b"", int(expected) - tmp.tell())
+        except (OSError, http.client.HTTPException) as err:  # a truncated body is an HTTPException
+            tmp.close()
+            os.unlink(tmp.name)
+            raise DataNotFoundError(
+                f"could not fetch {source.url} ({source.repo} at {source.commit}, {source.path}): {err}"
+            ) from err
     os.replace(tmp.name, target)
     return target
