@@ -191,6 +191,7 @@ def read_worldcereal(
     legend: str = "label_full",
     cadence: Literal["auto", "month", "dekad"] = "auto",
     scale: float = 1e-4,
+    region: str | None = None,
     legend_folder: str | Path | None = None,
 ) -> xr.Dataset:
     """A WorldCereal point extraction (parquet) as a sample set.
@@ -206,9 +207,10 @@ def read_worldcereal(
     :class:`~cropmap.errors.MissingBandError` naming them. Labels: the row's ``ewoc_code`` (or, in
     the legacy prometheo files, ``CROPTYPE_LABEL`` translated through
     ``wc2eurocrops_map_legacy_croptype_codes.csv``) mapped to names with
-    :func:`worldcereal_legend` ``(legend)``; codes the legend lacks become ``"unknown"``. ``region``
-    is the country token of ``ref_id`` (``UGA``, ``SSD``, ``BEL`` ...). Extra coords: ``sample``
-    (``sample_id``), ``ewoc_code``.
+    :func:`worldcereal_legend` ``(legend)``; codes the legend lacks become ``"unknown"``; classes are
+    ordered by ewoc code. ``region`` is the country token of ``ref_id`` as written (``UGA``, ``SSD``,
+    ``BEL``; ``AF`` for the pan-African One Acre Fund points, ``BE`` in the prometheo files) unless
+    ``region`` overrides it. Extra coords: ``sample`` (``sample_id``), ``ewoc_code``.
     """
     path = Path(path)
     table = pd.read_parquet(path)
@@ -248,7 +250,7 @@ def read_worldcereal(
         bands=wanted,
         labels=labels,
         class_names=class_names,
-        region=_region_from_ref_id(per_sample["ref_id"]).tolist(),
+        region=region if region is not None else _region_from_ref_id(per_sample["ref_id"]).tolist(),
         lat=per_sample["lat"].to_numpy(float) if "lat" in per_sample else None,
         lon=per_sample["lon"].to_numpy(float) if "lon" in per_sample else None,
         source=str(path),

@@ -126,9 +126,13 @@ def test_prometheo_monthly_and_dekadal(shared_data, name, n_time, step_days):
 # ----------------------------------------------------------------------------- errors
 def test_missing_band_is_named(shared_data, tmp_path):
     path = shared_data / "worldcereal/test_public_extractions.parquet"
+    table = pd.read_parquet(path)
     with pytest.raises(MissingBandError, match="B09"):
         read_worldcereal(path, bands=[*S2_BANDS, "B09"])
-    table = pd.read_parquet(path)
+    chosen = read_worldcereal(path, bands=["B08", "B04"], region="EAF")
+    assert chosen["band"].values.tolist() == ["B08", "B04"] and set(chosen["region"].values) == {"EAF"}
+    nir = _wide_reference(table, 12)[..., S2_BANDS.index("B08")]
+    np.testing.assert_allclose(chosen["reflectance"].values[..., 0], nir, rtol=1e-6, equal_nan=True)
     no_b05 = tmp_path / "no_b05.parquet"
     table.drop(columns=[c for c in table.columns if c.startswith("OPTICAL-B05-")]).to_parquet(no_b05)
     assert "B05" not in read_worldcereal(no_b05)["band"].values  # default: the bands the file has
@@ -226,3 +230,18 @@ def test_summary_of_monthly_samples_on_the_5_day_grid(public):
     assert s["class_counts"]["maize"] == (table["label_full"] == "maize").sum()
     # monthly values on 5-day bins: at most 7 of the 43 May-Nov bins hold an observation
     assert 36 / 43 - 1e-6 <= s["filled_fraction"] < 1
+
+
+def test_samples_summary_command_prints_the_real_sets():
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    result = CliRunner().invoke(app, ["samples", "summary", "--set", "victoria-train", "--set",
+                                      "worldcereal-bel-long"])
+    assert result.exit_code == 0, result.output
+    assert "400 x 73 x 10" in result.output and "100 x 16 x 10" in result.output
+    assert "canola 50" in result.output and "BEL 100" in result.output
+    assert "worldcereal-uga-ssd" not in result.output
+    bad = CliRunner().invoke(app, ["samples", "summary", "--set", "nowhere"])
+    assert bad.exit_code != 0 and "nowhere" in bad.output
