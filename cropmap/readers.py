@@ -127,6 +127,8 @@ def _step_grid(anchor: pd.Timestamp, n: int, cadence: str, *, last: bool) -> pd.
 
 
 def _wide_times(table: pd.DataFrame, n_time: int, cadence: str) -> pd.DatetimeIndex:
+    if "start_date" not in table:
+        raise ConfigError("a wide WorldCereal table needs a start_date column to date its time steps")
     starts = pd.to_datetime(table["start_date"]).unique()
     ends = pd.to_datetime(table["end_date"]).unique() if "end_date" in table else starts[:0]
     if len(starts) != 1 or len(ends) > 1:

@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from cropmap.bands import S2_BANDS
-from cropmap.errors import ConfigError, CropmapError, MissingBandError
+from cropmap.errors import ConfigError, CropmapError, IncompatibleInputError, MissingBandError
 from cropmap.readers import read_openeo_cube, read_sits, read_worldcereal, summarize_samples
 
 # resolution suffix of each band in the wide WorldCereal columns (from the files' column names)
@@ -142,6 +142,18 @@ def test_missing_band_is_named(shared_data, tmp_path):
     table.drop(columns=["OPTICAL-B05-ts3-20m"]).to_parquet(one_step)
     with pytest.raises(MissingBandError, match="B05@ts3"):
         read_worldcereal(one_step)
+
+
+def test_time_axis_errors(shared_data, tmp_path):
+    path = shared_data / "worldcereal/test_public_extractions.parquet"
+    with pytest.raises(ConfigError, match="dekad"):  # 12 dekads cannot reach back to start_date
+        read_worldcereal(path, cadence="dekad")
+    table = pd.read_parquet(path)
+    table.loc[3, "start_date"] = "2017-01-01"
+    mixed = tmp_path / "mixed_start.parquet"
+    table.to_parquet(mixed)
+    with pytest.raises(IncompatibleInputError, match="start_date"):
+        read_worldcereal(mixed)
 
 
 def test_not_a_worldcereal_table(tmp_path):
