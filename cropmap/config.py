@@ -124,12 +124,10 @@ def load_country(code: str, configs_dir: str | Path | None = None) -> CountryCon
     raw.setdefault("code", code)
     if raw["code"] != code:
         raise ConfigError(f"{path}: code {raw['code']!r} does not match the file name {code!r}")
-    geojson = (raw.get("outline") or {}).get("geojson")
-    if geojson is not None and not Path(geojson).is_absolute():
-        raw["outline"]["geojson"] = str(folder / geojson)  # relative to the config file
-    catalog_path = (raw.get("catalog") or {}).get("path")
-    if catalog_path is not None and not Path(catalog_path).is_absolute():
-        raw["catalog"]["path"] = str(folder / catalog_path)
+    for section, key in (("outline", "geojson"), ("catalog", "path")):
+        value = (raw.get(section) or {}).get(key)
+        if value is not None:  # "~" expanded; relative paths are relative to the config file
+            raw[section][key] = str(folder / Path(value).expanduser())
     try:
         return CountryConfig.model_validate(raw)
     except ValidationError as err:
