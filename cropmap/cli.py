@@ -120,9 +120,14 @@ def demo_build(
     import time
 
     from cropmap.demo import build_demo, read_layout
+    from cropmap.errors import CropmapError
 
     started = time.perf_counter()
-    paths = build_demo(out, force=force)
+    try:
+        paths = build_demo(out, force=force)
+    except CropmapError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
     layout = read_layout(paths.root)
     typer.echo(f"DEMO catalog:   {paths.catalog}")
     typer.echo(f"reference map:  {paths.reference}")

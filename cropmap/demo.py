@@ -1,0 +1,478 @@
+"""The offline DEMO country: a small Sentinel-2-like L2A static STAC catalog built from REAL spectra.
+
+The LAYOUT is synthetic; the SPECTRA are real. A square area near Horsham (Victoria, Australia; UTM zone
+54 south, EPSG:32754, 10 m pixels) is cut into rectangular fields of a few hectares. Each field gets one
+class of the Victoria data set (``victoria_s2``: bare ground, canola, cereals, legumes, forest, grassland,
+water, urban) and ONE real pixel time series of that class, read with
+:func:`cropmap.samples.read_victoria`; every pixel of the field carries that series plus small Gaussian
+noise. The WEST half of the area uses series of the Victoria *train* split (it serves for training), the
+EAST half series of the *test* split (it is only mapped and scored), so a model trained on the west and
+scored on the east sees the same split as the Victoria experiment.
+
+Scenes are written every 5 days (the dates of the Victoria series: 2017-08-01 + 5 k) over the southern
+season window of season year 2017 (:data:`cropmap.season.SOUTH`, 1 Nov 2017 - 31 May 2018) plus a
+margin. Clouds are injected as smooth blobs on some dates (one date fully overcast), with brightened
+reflectance, SCL 8/9 and a displaced cloud shadow (SCL 3, darkened); clear pixels get SCL 4 (vegetation,
+NDVI > 0.35), 5 (not vegetated) or 6 (water). One date has a strip of no data (0) at the scene edge.
+
+What it writes (folder from ``$CROPMAP_DEMO_DIR``, default ``~/.cache/cropmap/demo``)::
+
+    catalog.json                      STAC catalog (relative links)
+    sentinel-2-l2a/collection.json    collection, one item per date covering the whole area
+    sentinel-2-l2a/<id>/<id>.json     item like Earth Search v1 (proj:epsg AND proj:code, raster:bands,
+                                      eo:bands, eo:cloud_cover)
+    sentinel-2-l2a/<id>/<key>.tif     uint16 COGs: blue green red rededge1 rededge2 rededge3 nir nir08
+                                      swir16 swir22 (reflectance x 10000, nodata 0) and scl
+    reference.tif                     reference crop map, uint8 class ids (Victoria order), 255 = nodata,
+                                      colour table
+    demo.json                         the layout: grid, tiles, dates, classes, fields, cloudy dates
+
+The build is deterministic (same spec, same bytes of data) and is skipped when the folder is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pystac
+import rasterio
+import xarray as xr
+from pyproj import Transformer
+from rasterio.transform import Affine
+from scipy import ndimage
+
+from cropmap.bands import S2_BANDS
+from cropmap.errors import ConfigError
+from cropmap.samples import read_victoria
+from cropmap.season import SOUTH, Season
+
+__all__ = ["DemoSpec", "DemoPaths", "EARTH_SEARCH_KEYS", "build_demo", "default_demo_dir", "demo_country",
+           "read_layout"]
+
+#: Earth Search v1 asset key of each canonical band (the order of :data:`S2_BANDS`, then SCL).
+EARTH_SEARCH_KEYS: dict[str, str] = {
+    "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2", "B07": "rededge3",
+    "B08": "nir", "B8A": "nir08", "B11": "swir16", "B12": "swir22", "SCL": "scl",
+}
+# (common_name, centre wavelength um, full width at half maximum um) as Earth Search publishes them
+_EO = {
+    "B02": ("blue", 0.49, 0.098), "B03": ("green", 0.56, 0.045), "B04": ("red", 0.665, 0.038),
+    "B05": ("rededge", 0.704, 0.019), "B06": ("rededge", 0.74, 0.018), "B07": ("rededge", 0.783, 0.028),
+    "B08": ("nir", 0.842, 0.145), "B8A": ("nir08", 0.865, 0.033), "B11": ("swir16", 1.61, 0.143),
+    "B12": ("swir22", 2.19, 0.242),
+}
+_EXTENSIONS = [
+    "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+]
+_COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+# Bump when the layout algorithm changes: a complete folder built by another version is rebuilt.
+_LAYOUT_VERSION = 1
+_LAYOUT_FILE = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Parameters of the demo area (all defaults give the documented DEMO country).
+
+    ``origin`` is the upper-left corner (x, y) in metres of ``epsg``, on the lattice of
+    :class:`cropmap.grid.Grid` (origin x = 0, y = 10 000 000 m; steps of ``tile_px * resolution``), so the
+    grid splits the area into exactly ``tiles_x * tiles_y`` tiles. ``field_px`` bounds the side of a field in pixels (14-30 px = 140-300 m,
+    2-9 ha). ``noise`` is the standard deviation of the per-pixel noise in reflectance (0..1) units.
+    ``margin_days`` extends the season window on both sides (room for interpolation and augmentation).
+    """
+
+    epsg: int = 32754
+    origin: tuple[float, float] = (606720.0, 5936000.0)
+    resolution: float = 10.0
+    tile_px: int = 128
+    tiles_x: int = 2
+    tiles_y: int = 2
+    season_year: int = 2017
+    margin_days: int = 30
+    field_px: tuple[int, int] = (14, 30)
+    noise: float = 0.005
+    cloudy_fraction: float = 0.35
+    seed: int = 20170801
+
+    def __post_init__(self) -> None:
+        if self.tiles_x < 2 or self.tiles_x % 2:
+            raise ConfigError(f"tiles_x must be even and >= 2 (west and east halves), got {self.tiles_x}")
+        if self.tiles_y < 1 or self.tile_px < 2 * self.field_px[1]:
+            raise ConfigError(f"tile_px ({self.tile_px}) must hold two of the largest fields ({self.field_px[1]} px)")
+        if not 0 < self.field_px[0] <= self.field_px[1]:
+            raise ConfigError(f"field_px must be (min, max) with 0 < min <= max, got {self.field_px}")
+
+    @property
+    def season(self) -> Season:
+        return SOUTH
+
+    @property
+    def width(self) -> int:
+        return self.tile_px * self.tiles_x
+
+    @property
+    def height(self) -> int:
+        return self.tile_px * self.tiles_y
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.resolution, 0.0, self.origin[0], 0.0, -self.resolution, self.origin[1])
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in metres of ``epsg``."""
+        x0, y0 = self.origin
+        return x0, y0 - self.height * self.resolution, x0 + self.width * self.resolution, y0
+
+    def token(self) -> str:
+        """Hash of the spec and the layout version: a folder built from another spec is rebuilt."""
+        text = json.dumps({"v": _LAYOUT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where a built demo lies."""
+
+    root: Path
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.json"
+
+    @property
+    def collection(self) -> Path:
+        return self.root / "sentinel-2-l2a" / "collection.json"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.tif"
+
+    @property
+    def layout(self) -> Path:
+        return self.root / _LAYOUT_FILE
+
+
+def default_demo_dir() -> Path:
+    """``$CROPMAP_DEMO_DIR``, else ``~/.cache/cropmap/demo``."""
+    env = os.environ.get("CROPMAP_DEMO_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cropmap" / "demo"
+
+
+def read_layout(root: str | Path) -> dict:
+    """The ``demo.json`` of a built demo (grid, tiles, dates, classes, fields)."""
+    path = DemoPaths(Path(root)).layout
+    if not path.exists():
+        raise ConfigError(f"{path} missing: {root} is not a complete demo; run `cropmap demo build`")
+    return json.loads(path.read_text())
+
+
+def build_demo(out: str | Path | None = None, *, spec: DemoSpec = DemoSpec(), force: bool = False) -> DemoPaths:
+    """Write the demo catalog, reference map and layout into ``out`` (default :func:`default_demo_dir`).
+
+    Skipped when ``out`` already holds a complete demo of the same ``spec`` (unless ``force``). The demo is
+    built in a sibling temporary folder and renamed into place, so ``out`` is either complete or absent.
+    A non-empty ``out`` that is not a demo folder is never overwritten (:class:`ConfigError`).
+    """
+    root = Path(out).expanduser() if out is not None else default_demo_dir()
+    paths = DemoPaths(root)
+    if root.exists():
+        if paths.layout.exists():
+            if not force and json.loads(paths.layout.read_text()).get("token") == spec.token():
+                return paths
+        elif any(root.iterdir()):
+            raise ConfigError(f"{root} exists and is not a cropmap demo folder; choose another output folder")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_demo(tmp, spec)
+        if root.exists():
+            old = root.parent / f".{root.name}.old-{os.getpid()}"
+            os.replace(root, old)
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
+def demo_country(paths: DemoPaths | str | Path | None = None, *, configs_dir: str | Path | None = None):
+    """The ``DEMO`` country config (``configs/countries/DEMO.yaml``) with its catalog at a built demo.
+
+    ``paths``: a built demo (:class:`DemoPaths` or its folder); default :func:`default_demo_dir`, which
+    is NOT built here (call :func:`build_demo` first). Returns a :class:`cropmap.config.CountryConfig`.
+    """
+    from cropmap.config import load_country  # the config layer is optional for building the demo
+
+    root = paths.root if isinstance(paths, DemoPaths) else Path(paths or default_demo_dir()).expanduser()
+    config = load_country("DEMO", configs_dir)
+    catalog = config.catalog.model_copy(update={"path": DemoPaths(root).catalog, "url": None})
+    return config.model_copy(update={"catalog": catalog})
+
+
+# --- layout -----------------------------------------------------------------------------------------
+
+
+def _split(length: int, lo: int, hi: int, rng: np.random.Generator) -> list[int]:
+    """Cut ``length`` pixels into pieces of ``lo``..``hi`` (the last piece absorbs the remainder)."""
+    edges = [0]
+    while length - edges[-1] > hi:
+        step = int(rng.integers(lo, hi + 1))
+        if length - (edges[-1] + step) < lo:  # the remainder would be a sliver: stop here
+            break
+        edges.append(edges[-1] + step)
+    return [*edges, length]
+
+
+def _fields(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
+    """Field id raster ``(y, x)`` int32 and the field table (rows, cols, part)."""
+    field_id = np.full((spec.height, spec.width), -1, dtype=np.int32)
+    fields: list[dict] = []
+    half = spec.width // 2
+    lo, hi = spec.field_px
+    for part, col0 in (("west", 0), ("east", half)):
+        rows = _split(spec.height, lo, hi, rng)
+        for r0, r1 in zip(rows[:-1], rows[1:]):
+            cols = _split(half, lo, hi, rng)  # each strip of rows gets its own column cuts
+            for c0, c1 in zip(cols[:-1], cols[1:]):
+                field_id[r0:r1, col0 + c0:col0 + c1] = len(fields)
+                fields.append({"id": len(fields), "part": part, "rows": [r0, r1],
+                               "cols": [col0 + c0, col0 + c1]})
+    return field_id, fields
+
+
+def _assign_series(fields: list[dict], splits: dict[str, xr.Dataset], rng: np.random.Generator) -> None:
+    """Give each field a class (balanced within each half) and one real series of that class."""
+    n_class = splits["train"].sizes["class"]
+    for part, split in (("west", "train"), ("east", "test")):
+        mine = [f for f in fields if f["part"] == part]
+        classes = rng.permutation(np.resize(np.arange(n_class), len(mine)))
+        labels = splits[split]["label"].values
+        pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in range(n_class)}
+        for f, c in zip(mine, classes):
+            pool = pools[int(c)]
+            f.update({"class": int(c), "split": split, "series": int(pool.pop(0))})
+            pool.append(f["series"])  # reused only when a class has more fields than series
+
+
+def _dates(spec: DemoSpec, victoria_times: np.ndarray) -> np.ndarray:
+    """Indices of the Victoria dates inside the season window plus the margin."""
+    first, last = spec.season.window(spec.season_year)
+    margin = np.timedelta64(spec.margin_days, "D")
+    days = victoria_times.astype("datetime64[D]")
+    keep = (days >= np.datetime64(first) - margin) & (days <= np.datetime64(last) + margin)
+    if not keep.any():
+        raise ConfigError(f"no Victoria date falls in the {spec.season_year} season window; "
+                          "the series cover 2017-08-01 .. 2018-07-27")
+    return np.flatnonzero(keep)
+
+
+def _cloud_plan(n_dates: int, spec: DemoSpec, rng: np.random.Generator) -> dict[int, float]:
+    """Date index -> cloud cover fraction for the cloudy dates (one of them fully overcast)."""
+    n_cloudy = max(2, round(spec.cloudy_fraction * n_dates))
+    picks = np.sort(rng.choice(np.arange(1, n_dates - 1), size=min(n_cloudy, n_dates - 2), replace=False))
+    cover = {int(k): float(rng.uniform(0.05, 0.6)) for k in picks}
+    cover[int(picks[len(picks) // 2])] = 1.0
+    return cover
+
+
+# --- one scene ---------------------------------------------------------------------------------------
+
+
+def _clouds(shape: tuple[int, int], cover: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Cloud density (0..1 inside clouds, 0 outside) and a shadow mask, both ``(y, x)``."""
+    h, w = shape
+    coarse = rng.random((h // 32 + 3, w // 32 + 3))
+    smooth = ndimage.zoom(coarse, 32, order=3)[:h, :w]
+    if cover >= 1.0:
+        density = np.clip((smooth - smooth.min()) / (np.ptp(smooth) + 1e-9), 0.05, 1.0)
+    else:
+        thr = np.quantile(smooth, 1.0 - cover)
+        density = np.where(smooth > thr, (smooth - thr) / (smooth.max() - thr + 1e-9), 0.0)
+    cloud = density > 0
+    # Late-morning sun in the north-east: shadows fall to the south-west (rows down, columns left).
+    dy, dx = 10, -14
+    shifted = np.zeros_like(cloud)
+    shifted[dy:, :w + dx] = cloud[:-dy, -dx:]
+    return density, shifted & ~cloud
+
+
+def _scene(series: np.ndarray, field_id: np.ndarray, water: np.ndarray, cover: float, nodata_cols: int,
+           spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """One acquisition: ``(band, y, x)`` uint16 reflectance x 10000, ``(y, x)`` uint16 SCL, cloud %.
+
+    ``series``: ``(field, band)`` reflectance 0..1 of every field on this date.
+    """
+    refl = series[field_id].transpose(2, 0, 1)  # (band, y, x)
+    refl = refl + rng.normal(0.0, spec.noise, refl.shape).astype(np.float32)
+    red, nir = refl[S2_BANDS.index("B04")], refl[S2_BANDS.index("B08")]
+    ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
+    scl = np.where(water[field_id], 6, np.where(ndvi > 0.35, 4, 5)).astype(np.uint16)
+    cloud_pct = 0.0
+    if cover > 0:
+        density, shadow = _clouds(field_id.shape, cover, rng)
+        cloud = density > 0
+        # bright, flat spectra, a little darker in the SWIR
+        swir_drop = np.array([1.0] * 8 + [0.85, 0.7], dtype=np.float32)[:, None, None]
+        bright = (0.3 + 0.4 * density)[None] * swir_drop + rng.normal(0, 0.01, refl.shape)
+        refl = np.where(cloud[None], bright, refl)
+        refl = np.where(shadow[None], refl * 0.4, refl)
+        scl = np.where(cloud, np.where(density > 0.4, 9, 8), np.where(shadow, 3, scl)).astype(np.uint16)
+        cloud_pct = float(100.0 * cloud.mean())
+    dn = np.clip(np.rint(refl * 10000.0), 1, 65535).astype(np.uint16)  # 0 is reserved for no data
+    if nodata_cols:
+        dn[:, :, -nodata_cols:] = 0
+        scl[:, -nodata_cols:] = 0
+    return dn, scl, cloud_pct
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+
+def _write_cog(path: Path, data: np.ndarray, spec: DemoSpec, *, nodata: int,
+               colormap: dict | None = None, tags: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="COG", width=spec.width, height=spec.height, count=1, dtype=data.dtype.name,
+                   crs=f"EPSG:{spec.epsg}", transform=spec.transform, nodata=nodata, compress="DEFLATE",
+                   predictor=2, blocksize=spec.tile_px, overviews="NONE")
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(data, 1)
+        if colormap:
+            ds.write_colormap(1, colormap)
+        if tags:
+            ds.update_tags(**tags)
+
+
+def _geometry(spec: DemoSpec) -> tuple[dict, list[float]]:
+    left, bottom, right, top = spec.bounds
+    to_ll = Transformer.from_crs(spec.epsg, 4326, always_xy=True)
+    ring = [to_ll.transform(x, y) for x, y in ((left, bottom), (right, bottom), (right, top), (left, top))]
+    ring = [[round(lon, 7), round(lat, 7)] for lon, lat in ring]
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}, [min(lons), min(lats), max(lons), max(lats)]
+
+
+def _item(date: np.datetime64, k: int, cloud_pct: float, folder: Path, spec: DemoSpec) -> pystac.Item:
+    day = dt.datetime.fromisoformat(str(date.astype("datetime64[D]")))
+    platform = "sentinel-2a" if k % 2 == 0 else "sentinel-2b"
+    item_id = f"S2{platform[-1].upper()}_DEMO_{day:%Y%m%d}_0_L2A"
+    geometry, bbox = _geometry(spec)
+    # Sentinel-2 passes over Victoria around 10:20 local time, i.e. about 00:20 UTC the same day.
+    item = pystac.Item(item_id, geometry, bbox, day.replace(hour=0, minute=20, tzinfo=dt.timezone.utc), {
+        "platform": platform, "constellation": "sentinel-2", "instruments": ["msi"],
+        "eo:cloud_cover": round(cloud_pct, 4), "proj:epsg": spec.epsg, "proj:code": f"EPSG:{spec.epsg}",
+        "proj:shape": [spec.height, spec.width], "proj:transform": list(spec.transform)[:6],
+        "s2:processing_baseline": "02.06", "cropmap:synthetic_layout": True,
+    }, stac_extensions=list(_EXTENSIONS))
+    grid = {"proj:shape": [spec.height, spec.width], "proj:transform": list(spec.transform)[:6], "gsd": 10}
+    for band, key in EARTH_SEARCH_KEYS.items():
+        extra = dict(grid)
+        if band == "SCL":
+            extra["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "spatial_resolution": 10}]
+            title = "Scene classification map (SCL)"
+        else:
+            common, centre, fwhm = _EO[band]
+            extra["eo:bands"] = [{"name": key, "common_name": common, "description": f"{key} ({band})",
+                                  "center_wavelength": centre, "full_width_half_max": fwhm}]
+            extra["raster:bands"] = [{"nodata": 0, "data_type": "uint16", "bits_per_sample": 15,
+                                      "spatial_resolution": 10, "scale": 0.0001, "offset": 0}]
+            title = f"{key} ({band}) - 10m"
+        item.add_asset(key, pystac.Asset(str(folder / item_id / f"{key}.tif"), title=title, media_type=_COG_TYPE,
+                                         roles=["data"], extra_fields=extra))
+    return item
+
+
+def _write_demo(root: Path, spec: DemoSpec) -> None:
+    splits = {s: read_victoria(s) for s in ("train", "test")}
+    rng = np.random.default_rng(spec.seed)
+    field_id, fields = _fields(spec, rng)
+    _assign_series(fields, splits, rng)
+    times = splits["train"]["time"].values
+    date_idx = _dates(spec, times)
+    clouds = _cloud_plan(len(date_idx), spec, rng)
+    clear = [k for k in range(len(date_idx)) if k not in clouds]
+    nodata_date = clear[len(clear) // 3]  # one clear date has a no-data strip (the scene edge)
+
+    # (field, time, band) reflectance of each field's series, 0..1
+    series = np.stack([splits[f["split"]]["reflectance"].values[f["series"]] for f in fields])
+    class_names = [str(c) for c in splits["train"]["class_name"].values]
+    water = np.array([class_names[f["class"]] == "water" for f in fields])
+
+    collection_dir = root / "sentinel-2-l2a"
+    items, dates = [], []
+    for k, t in enumerate(date_idx):
+        scene_rng = np.random.default_rng([spec.seed, int(t)])
+        nodata_cols = 20 if k == nodata_date else 0
+        dn, scl, cloud_pct = _scene(series[:, t, :], field_id, water, clouds.get(k, 0.0), nodata_cols,
+                                    spec, scene_rng)
+        item = _item(times[t], k, cloud_pct, collection_dir, spec)
+        for b, band in enumerate(S2_BANDS):
+            _write_cog(collection_dir / item.id / f"{EARTH_SEARCH_KEYS[band]}.tif", dn[b], spec, nodata=0)
+        _write_cog(collection_dir / item.id / "scl.tif", scl, spec, nodata=0)
+        items.append(item)
+        dates.append(str(times[t].astype("datetime64[D]")))
+
+    _write_catalog(root, items, spec)
+    classes = np.array([f["class"] for f in fields], dtype=np.uint8)[field_id]
+    colours = [str(c) for c in splits["train"]["class_colour"].values]
+    cmap = {i: (*(int(c[j:j + 2], 16) for j in (1, 3, 5)), 255) for i, c in enumerate(colours)}
+    _write_cog(DemoPaths(root).reference, classes, spec, nodata=255, colormap=cmap,
+               tags={f"class_{i}": n for i, n in enumerate(class_names)})
+    layout = _layout(spec, fields, dates, clouds, nodata_date, class_names, colours)
+    DemoPaths(root).layout.write_text(json.dumps(layout, indent=1))  # written last: marks completion
+
+
+def _write_catalog(root: Path, items: list[pystac.Item], spec: DemoSpec) -> None:
+    _, bbox = _geometry(spec)
+    times = [i.datetime for i in items]
+    catalog = pystac.Catalog("cropmap-demo", "cropmap DEMO country: synthetic field layout, real Victoria "
+                             "Sentinel-2 spectra (victoria_s2, charlotte-pel/igarss2019-dl4sits)")
+    collection = pystac.Collection(
+        "sentinel-2-l2a",
+        "Sentinel-2-like L2A scenes of the cropmap DEMO country. The field layout, noise and clouds are "
+        "synthetic; every field carries one REAL Victoria (Australia) Sentinel-2 pixel time series.",
+        pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([[min(times), max(times)]])),
+        license="GPL-3.0-only", stac_extensions=list(_EXTENSIONS),
+    )
+    catalog.add_child(collection)
+    collection.add_items(items)
+    # a file href: pystac would take a folder name with a dot ("x.partial-1") for a file name
+    catalog.normalize_hrefs(str(root / "catalog.json"))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+
+
+def _layout(spec: DemoSpec, fields: list[dict], dates: list[str], clouds: dict[int, float], nodata_date: int,
+            class_names: list[str], colours: list[str]) -> dict:
+    left, bottom, right, top = spec.bounds
+    step = spec.tile_px * spec.resolution
+    tiles = [{"row": r, "col": c, "part": "west" if c < spec.tiles_x // 2 else "east",
+              "bounds": [left + c * step, top - (r + 1) * step, left + (c + 1) * step, top - r * step]}
+             for r in range(spec.tiles_y) for c in range(spec.tiles_x)]
+    return {
+        "description": "cropmap DEMO country: the field layout, noise and clouds are SYNTHETIC; each field "
+                       "carries one REAL Victoria Sentinel-2 series (west: train split, east: test split)",
+        "token": spec.token(), "spec": dataclasses.asdict(spec),
+        "epsg": spec.epsg, "transform": list(spec.transform)[:6], "width": spec.width, "height": spec.height,
+        "bounds": list(spec.bounds), "bbox_lonlat": _geometry(spec)[1], "tile_px": spec.tile_px,
+        "tiles": tiles, "west_cols": [0, spec.width // 2], "east_cols": [spec.width // 2, spec.width],
+        "season": spec.season.model_dump(), "season_year": spec.season_year, "dates": dates,
+        "cloudy_dates": {dates[k]: round(v, 4) for k, v in sorted(clouds.items())},
+        "nodata_strip_date": dates[nodata_date],
+        "classes": [{"id": i, "name": n, "colour": c} for i, (n, c) in enumerate(zip(class_names, colours))],
+        "fields": fields,
+        "files": {"catalog": "catalog.json", "reference": "reference.tif"},
+    }
