@@ -146,7 +146,10 @@ def load_aoi(aoi: CountryConfig | OutlineConfig | str | Path | tuple | BaseGeome
     elif isinstance(aoi, (str, Path)):
         geom = _read_geojson(Path(aoi))
     elif isinstance(aoi, (tuple, list)) and len(aoi) == 4:
-        geom = OutlineConfig(bbox=tuple(aoi)).bbox and shapely.box(*aoi)
+        try:
+            geom = shapely.box(*OutlineConfig(bbox=tuple(aoi)).bbox)
+        except ValueError as err:  # pydantic's ValidationError
+            raise ConfigError(f"bad AOI bbox {tuple(aoi)}: {err}") from err
     else:
         raise ConfigError(f"unsupported AOI {aoi!r}: give a country config, GeoJSON path or lon/lat bbox")
     if geom.is_empty:
