@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from cropmap.bands import require_bands
+from cropmap.errors import ConfigError
 
 __all__ = [
     "FeatureKind",
@@ -99,4 +100,4 @@ def compute_features(composite: xr.DataArray, kind: FeatureKind, **options) -> x
         return median_1d(composite)
     if kind == "harmonic":
         return harmonic_coefficients(composite, **options)
-    raise ValueError(f"unknown feature kind {kind!r}; use '2d', '1d' or 'harmonic'")
+    raise ConfigError(f"unknown feature kind {kind!r}; use '2d', '1d' or 'harmonic'")
