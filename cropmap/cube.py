@@ -24,7 +24,7 @@ import functools
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,16 +36,17 @@ import rasterio
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
-from cropmap.bands import S2_BANDS, SCL
+from cropmap.bands import S2_BANDS, SCL, canonical_band
 from cropmap.composite import median_composite
-from cropmap.errors import AssetReadError, CropmapError
-from cropmap.grid import Tile
+from cropmap.errors import AssetReadError, ConfigError, CropmapError
+from cropmap.config import CountryConfig
+from cropmap.grid import Tile, tiles_for_aoi
 from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
-from cropmap.stac import asset_scale_offset, band_assets
+from cropmap.stac import asset_scale_offset, band_assets, search_items, season_search_window
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
+           "build_cubes", "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
 
 # GDAL must read .aux.xml sidecars (the real Earth Search JPEG2000 assets keep their georeferencing
 # there); remote probes fail fast instead of retrying for minutes.
@@ -72,6 +73,14 @@ class CubeOptions:
     dilate_pixels: int = 0
     chunk: int = 256
     on_asset_error: Literal["warn", "fail"] = "warn"
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.bands if canonical_band(b) != b or b == SCL]
+        if bad or not self.bands:
+            raise ConfigError(f"bands must be canonical reflectance bands like {', '.join(S2_BANDS)}; got {bad or 'none'}")
+        if self.chunk < 16 or self.on_asset_error not in ("warn", "fail") or self.dilate_pixels < 0:
+            raise ConfigError(f"bad cube options: chunk={self.chunk} (>= 16), on_asset_error="
+                              f"{self.on_asset_error!r} ('warn' or 'fail'), dilate_pixels={self.dilate_pixels} (>= 0)")
 
 
 @dataclass(frozen=True)
@@ -299,6 +308,39 @@ def build_tile_cube(
         shutil.rmtree(target)
     os.replace(tmp, target)  # "exists" means "complete"
     return CubeResult(tile.id, target, "empty" if reason else "written", reason, len(ids), tuple(dropped))
+
+
+def build_cubes(
+    country: CountryConfig,
+    out_dir: str | Path,
+    *,
+    tiles: Sequence[Tile] | None = None,
+    options: CubeOptions = CubeOptions(),
+    overwrite: bool = False,
+    progress: Callable[[CubeResult], None] | None = None,
+) -> list[CubeResult]:
+    """Build the cube of every tile of ``country`` (or of ``tiles``), one tile at a time.
+
+    Per tile: search the country's catalog over the tile's lon/lat footprint in the season window
+    plus ``catalog.margin_days`` (:mod:`cropmap.stac`), then :func:`build_tile_cube`. Tiles already
+    complete are skipped, so a rerun resumes. Memory is bounded by one tile's chunks in flight,
+    never by the country; with a ``distributed.Client`` active, each tile's chunks run on its workers.
+    """
+    if tiles is None:
+        tiles = tiles_for_aoi(country)
+    start, end = season_search_window(country.season, country.year, country.catalog.margin_days)
+    results = []
+    for tile in tiles:
+        if cube_path(out_dir, tile).exists() and not overwrite:
+            result = CubeResult(tile.id, cube_path(out_dir, tile), "skipped", "already complete")
+        else:
+            items = search_items(country.catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
+            result = build_tile_cube(tile, items, country.season, country.year, out_dir, options=options,
+                                     overwrite=overwrite)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
 
 
 def _centres(tile: Tile, dim: str) -> np.ndarray:

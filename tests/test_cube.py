@@ -223,3 +223,27 @@ def test_cube_and_sample_compositing_identical_on_raw_acquisitions(shared_data):
     assert np.isfinite(cube.values).mean() > 0.9
     np.testing.assert_array_equal(cube.values, as_cube.values)
     np.testing.assert_array_equal(cube.filled_fraction.values, as_cube.filled_fraction.transpose("y", "x").values)
+
+
+def test_cli_builds_then_skips_and_reports_errors(shared_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    (tmp_path / "SVN.yaml").write_text(
+        "name: Slovenia (part)\noutline: {bbox: [15.70, 46.60, 15.72, 46.61]}\nhemisphere: north\n"
+        "season: {start: '08-08', end: '08-22'}\nyear: 2023\n"
+        f"catalog: {{path: {shared_data / 's2_l2a_stac/catalog.json'}, margin_days: 2}}\ntile_size: 128\n")
+    args = ["cube", "SVN", "--configs-dir", str(tmp_path), "--out", str(tmp_path / "cubes"), "--bands", "B04,B08",
+            "--max-tiles", "2", "--chunk", "64"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "2 written, 0 skipped, 0 empty" in first.output
+    cubes = sorted((tmp_path / "cubes").glob("*.zarr"))
+    assert len(cubes) == 2 and open_tile_cube(cubes[0]).shape == (3, 2, 128, 128)
+    again = CliRunner().invoke(app, args)
+    assert "0 written, 2 skipped" in again.output
+    bad = CliRunner().invoke(app, ["cube", "../SVN", "--configs-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "unknown country" in bad.output
+    bad = CliRunner().invoke(app, [*args[:6], "--bands", "B04,NDVI"])
+    assert bad.exit_code == 2 and "NDVI" in bad.output
