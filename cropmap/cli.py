@@ -134,3 +134,49 @@ def demo_build(
     typer.echo(f"layout:         {paths.layout} ({len(layout['fields'])} fields, {len(layout['dates'])} dates, "
                f"{len(layout['tiles'])} tiles of {layout['tile_px']} px)")
     typer.echo(f"done in {time.perf_counter() - started:.1f} s")
+
+
+# --- cube: per-tile 5-day median cubes from STAC (cropmap.cube) --------------------------------------
+@app.command("cube")
+def cube(
+    country: str = typer.Argument(..., help="Country code with a config in configs/countries (e.g. BEL)."),
+    out: str = typer.Option(..., "--out", help="Folder for the <tile id>.zarr stores."),
+    bbox: tuple[float, float, float, float] = typer.Option(
+        None, "--bbox", help="Only tiles over this lon/lat box: WEST SOUTH EAST NORTH."),
+    geojson: str = typer.Option(None, "--geojson", help="Only tiles over this GeoJSON area (EPSG:4326)."),
+    catalog: str = typer.Option(None, "--catalog", help="Static catalog.json instead of the config's STAC API."),
+    max_tiles: int = typer.Option(None, "--max-tiles", help="Build at most this many tiles (in id order)."),
+    bands: str = typer.Option(None, "--bands", help="Comma-separated canonical bands (default: the 10 S2 bands)."),
+    chunk: int = typer.Option(256, "--chunk", help="Spatial Dask chunk in pixels (memory per task)."),
+    fail_on_asset_error: bool = typer.Option(False, "--fail-on-asset-error",
+                                             help="Stop at an unreadable asset instead of warning."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild tiles that are already complete."),
+    configs_dir: str = typer.Option(None, "--configs-dir", help="Folder of country YAMLs (default configs/countries)."),
+) -> None:
+    """Build 5-day median cubes (one Zarr per tile) for a country or an area inside it."""
+    from cropmap.bands import S2_BANDS
+    from cropmap.config import CatalogConfig, load_country
+    from cropmap.cube import CubeOptions, build_cubes
+    from cropmap.errors import CropmapError
+    from cropmap.grid import tiles_for_aoi
+
+    try:
+        cfg = load_country(country, configs_dir=configs_dir)
+        if catalog:
+            cfg = cfg.model_copy(update={"catalog": CatalogConfig(
+                path=catalog, collection=cfg.catalog.collection, max_cloud_cover=cfg.catalog.max_cloud_cover,
+                margin_days=cfg.catalog.margin_days)})
+        aoi = bbox if bbox else (geojson if geojson else cfg)
+        tiles = tiles_for_aoi(aoi, tile_size=cfg.tile_size)
+        if max_tiles is not None:
+            tiles = tiles[:max_tiles]
+        opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
+                           on_asset_error="fail" if fail_on_asset_error else "warn")
+        typer.echo(f"{cfg.name}: {len(tiles)} tile(s) of {cfg.tile_size} px, season {cfg.season.describe()} {cfg.year}")
+        results = build_cubes(cfg, out, tiles=tiles, options=opts, overwrite=overwrite,
+                              progress=lambda r: typer.echo(f"{r.tile_id}: {r.status} {r.reason}".rstrip()))
+    except CropmapError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "empty")}
+    typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
