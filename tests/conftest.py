@@ -31,3 +31,11 @@ def demo_paths(tmp_path_factory, shared_data):
     from cropmap.demo import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo") / "demo")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
+    """A small CropNet checkpoint trained for seconds on the real Victoria train split (predict, mosaic)."""
+    from test_predict import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("ckpt") / "tiny.pt")

@@ -1,0 +1,404 @@
+"""Checkpoint + tile cubes -> per-tile class, confidence (and probability) GeoTIFFs.
+
+Three layers:
+
+- :func:`predict_cube`: one composite cube in memory -> an :class:`xarray.Dataset` of maps (no I/O);
+- :func:`predict_tile`: one tile cube on disk -> GeoTIFFs named by tile id, written to a temporary
+  name and renamed when complete; a finished tile (same checkpoint and options) is skipped;
+- :func:`predict_tiles`: many tiles, one Dask task per tile. Every cube is checked against the
+  checkpoint (bands, season, bins) *before* any task runs.
+
+Features are built exactly as in training: the cube is the output of
+:func:`cropmap.composite.median_composite`, :func:`cropmap.features.compute_features` turns it into
+the checkpoint's feature kind, :meth:`Checkpoint.predict_proba` normalises and classifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+
+from cropmap.errors import DataNotFoundError, IncompatibleInputError
+from cropmap.season import Season
+from cropmap.tiles_io import atomic_path
+
+__all__ = [
+    "NODATA",
+    "PRODUCTS",
+    "PredictOptions",
+    "TileResult",
+    "open_cube",
+    "check_cube",
+    "predict_cube",
+    "predict_tile",
+    "predict_tiles",
+    "tile_path",
+    "run_key",
+]
+
+#: Nodata value of every uint8 product (class, confidence, probability).
+NODATA = 255
+#: Products written per tile; ``probability`` only with ``PredictOptions.probabilities``.
+PRODUCTS = ("class", "confidence", "probability")
+# Dataset variable of each product ("class" is the dim of the probabilities)
+_VARIABLE = {"class": "label", "confidence": "confidence", "probability": "probability"}
+#: File with the run's provenance (checkpoint, model card, options), written beside the tiles.
+RUN_FILE = "run.json"
+
+
+class PredictOptions(BaseModel):
+    """Options of a prediction run (the ``predict`` section of a config)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Pixels whose fraction of interpolated (unobserved) bins exceeds this are nodata.
+    max_filled_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    #: Pixels per forward pass.
+    batch_size: int = Field(4096, ge=1)
+    #: Also write per-class probabilities (uint8 percent, one band per class).
+    probabilities: bool = False
+    #: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
+    device: Literal["cuda", "cpu"] | None = None
+
+    def output_key(self) -> dict:
+        """The options that change the written pixels (the device and batch size do not)."""
+        return {"max_filled_fraction": self.max_filled_fraction, "probabilities": self.probabilities}
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What :func:`predict_tile` did: ``status`` is ``"done"`` (computed now) or ``"skipped"``."""
+
+    tile_id: str
+    status: Literal["done", "skipped"]
+    paths: dict[str, Path]
+
+
+def tile_path(out_dir: str | Path, tile_id: str, product: str) -> Path:
+    """``<out_dir>/<tile_id>.<product>.tif``."""
+    return Path(out_dir) / f"{tile_id}.{product}.tif"
+
+
+def open_cube(path: str | Path) -> xr.DataArray:
+    """A tile cube store (Zarr) as a lazy ``(time, band, y, x)`` float32 DataArray with its attrs.
+
+    The store holds one data variable with those dims (reflectance 0..1 composites), the
+    ``filled_fraction`` ``(y, x)`` coordinate, the season attrs (:meth:`Season.to_attrs`), the tile id
+    (``tile_id``; the store's name without suffix otherwise) and a CRS readable by rioxarray.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"tile cube {path} not found; build it first (cropmap cube ...)")
+    ds = xr.open_zarr(path, decode_coords="all")
+    cubes = [v for v in ds.data_vars.values() if {"time", "band", "y", "x"} <= set(v.dims)]
+    if len(cubes) != 1:
+        raise IncompatibleInputError(
+            f"{path}: expected one (time, band, y, x) variable, found {[str(n) for n in ds.data_vars]}"
+        )
+    cube = cubes[0].transpose("time", "band", "y", "x")
+    cube.attrs = {**ds.attrs, **cube.attrs}
+    cube.attrs.setdefault("tile_id", path.name.split(".")[0])
+    return cube
+
+
+def check_cube(checkpoint, cube: xr.DataArray, *, what: str) -> None:
+    """Raise :class:`IncompatibleInputError` unless the cube's bands, season and bins fit the model.
+
+    Reads only metadata (dims, coords, attrs): nothing is computed.
+    """
+    missing = {"time", "band", "y", "x"} - set(cube.dims)
+    if missing:
+        raise IncompatibleInputError(f"{what}: cube lacks dim(s) {sorted(missing)}; expected (time, band, y, x)")
+    if "filled_fraction" not in cube.coords:
+        raise IncompatibleInputError(f"{what}: cube lacks the filled_fraction coordinate of median_composite")
+    if not any(k.startswith("season_") for k in cube.attrs):
+        raise IncompatibleInputError(f"{what}: cube has no season attributes (Season.to_attrs)")
+    checkpoint.check_compatible(
+        bands=[str(b) for b in cube["band"].values],
+        season=Season.from_attrs(cube.attrs),
+        n_bins=cube.sizes["time"],
+        what=what,
+    )
+
+
+def _model_input(checkpoint, cube: xr.DataArray) -> np.ndarray:
+    """``(y * x, band, time)`` float32 features of the cube, as training builds them."""
+    from cropmap.features import compute_features
+
+    feats = compute_features(cube, checkpoint.feature_kind)
+    if "feature" in feats.dims and checkpoint.feature_kind == "1d":
+        # the 1D vector is the band x time matrix flattened band-major: the nets take the matrix
+        matrix = feats.transpose("y", "x", "feature").values
+        return matrix.reshape(-1, len(checkpoint.bands), checkpoint.n_bins)
+    if not {"band", "time"} <= set(feats.dims):
+        raise IncompatibleInputError(
+            f"checkpoint feature kind {checkpoint.feature_kind!r}: predict needs band x time features"
+        )
+    values = feats.transpose("y", "x", "band", "time").values
+    return values.reshape(-1, *values.shape[2:]).astype(np.float32, copy=False)
+
+
+def _device(options: PredictOptions) -> str:
+    import torch
+
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise IncompatibleInputError("device 'cuda' requested but torch sees no CUDA GPU; use device='cpu'")
+    return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = PredictOptions()) -> xr.Dataset:
+    """Classify every pixel of one composite cube.
+
+    ``cube``: ``(time, band, y, x)`` float32 reflectance 0..1 from
+    :func:`~cropmap.composite.median_composite` (NumPy or Dask; it is loaded: one tile fits memory),
+    with its ``filled_fraction`` ``(y, x)`` coordinate and season attrs. Returns a Dataset on the
+    cube's ``y``/``x`` coords:
+
+    - ``label`` ``(y, x)`` uint8 (the ``class`` product): index into ``checkpoint.class_names``, 255 = nodata;
+    - ``confidence`` ``(y, x)`` uint8: the winning softmax probability in percent (0-100), 255 = nodata;
+    - ``probability`` ``(class, y, x)`` uint8 percent, only with ``options.probabilities``.
+
+    Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
+    is NaN. On CUDA the forward pass runs under bf16 autocast.
+    """
+    import torch
+
+    check_cube(checkpoint, cube, what=f"tile {cube.attrs.get('tile_id', '?')}")
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    x = _model_input(checkpoint, cube.load() if cube.chunks else cube)
+    usable = cube["filled_fraction"].values.reshape(-1) <= options.max_filled_fraction
+    usable &= ~np.isnan(x).any(axis=(1, 2))
+    rows = np.flatnonzero(usable)
+    device = _device(options)
+    proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    if rows.size:
+        with autocast:
+            proba[rows] = checkpoint.predict_proba(x[rows], batch_size=options.batch_size, device=device)
+    ok = ~np.isnan(proba).any(axis=1)
+    cls = np.where(ok, np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1), NODATA).astype(np.uint8)
+    conf = np.where(ok, np.rint(np.nanmax(np.where(ok[:, None], proba, 0), axis=1) * 100), NODATA)
+    coords = {"y": cube["y"], "x": cube["x"]}
+    out = xr.Dataset(
+        {
+            "label": (("y", "x"), cls.reshape(ny, nx)),
+            "confidence": (("y", "x"), conf.astype(np.uint8).reshape(ny, nx)),
+        },
+        coords=coords,
+    )
+    if options.probabilities:
+        pct = np.where(ok[:, None], np.rint(np.nan_to_num(proba) * 100), NODATA).astype(np.uint8)
+        out["probability"] = (("class", "y", "x"), pct.T.reshape(-1, ny, nx))
+        out = out.assign_coords({"class": list(checkpoint.class_names)})
+    out.attrs = {"tile_id": cube.attrs.get("tile_id", ""), "nodata": NODATA}
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_key(checkpoint_path: str | Path, options: PredictOptions) -> str:
+    """Hash of the checkpoint's bytes and the output options: a tile written under another key is redone."""
+    st = Path(checkpoint_path).stat()
+    blob = json.dumps({"checkpoint": _file_sha256(str(Path(checkpoint_path).resolve()), st.st_size, st.st_mtime_ns),
+                       "options": options.output_key()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_checkpoint(path: str, mtime_ns: int):
+    # one load per worker process and checkpoint version, not one per tile
+    from cropmap.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _load(path: str | Path):
+    path = Path(path).resolve()
+    if not path.exists():
+        raise DataNotFoundError(f"checkpoint {path} not found")
+    return _cached_checkpoint(str(path), path.stat().st_mtime_ns)
+
+
+def _products(options: PredictOptions) -> tuple[str, ...]:
+    return PRODUCTS if options.probabilities else PRODUCTS[:2]
+
+
+def _is_finished(out_dir: Path, tile_id: str, options: PredictOptions, key: str) -> bool:
+    import rasterio
+
+    paths = [tile_path(out_dir, tile_id, p) for p in _products(options)]
+    if not all(p.exists() for p in paths):
+        return False
+    with rasterio.open(paths[0]) as src:  # the class map is written last: it carries the key
+        return src.tags().get("cropmap_run_key") == key
+
+
+def predict_tile(
+    checkpoint_path: str | Path,
+    cube_path: str | Path,
+    out_dir: str | Path,
+    *,
+    options: PredictOptions = PredictOptions(),
+    force: bool = False,
+) -> TileResult:
+    """Predict one tile cube and write ``<tile_id>.{class,confidence[,probability]}.tif`` in ``out_dir``.
+
+    GeoTIFFs on the cube's grid (CRS and transform from the cube), uint8, nodata 255, DEFLATE.
+    The class map carries a colour table and the class names (band tags ``class_names`` as JSON and
+    ``class_<i>``) and is written last, so its presence with this run's key means the tile is
+    complete; such a tile is skipped unless ``force``.
+    """
+    out_dir = Path(out_dir)
+    cube = open_cube(cube_path)
+    tile_id = str(cube.attrs["tile_id"])
+    key = run_key(checkpoint_path, options)
+    paths = {p: tile_path(out_dir, tile_id, p) for p in _products(options)}
+    if not force and _is_finished(out_dir, tile_id, options, key):
+        return TileResult(tile_id, "skipped", paths)
+    import rioxarray  # noqa: F401  (the .rio accessor: CRS and transform of the cube)
+
+    checkpoint = _load(checkpoint_path)
+    maps = predict_cube(checkpoint, cube, options=options)
+    crs, transform = cube.rio.crs, cube.rio.transform(recalc=True)
+    if crs is None:
+        raise IncompatibleInputError(f"tile {tile_id}: the cube has no CRS; write it with rioxarray")
+    source_items = cube.attrs.get("source_items", cube.attrs.get("source_item_ids", []))
+    source_items = [source_items] if isinstance(source_items, str) else [str(s) for s in source_items]
+    tags = {
+        "tile_id": tile_id,
+        "cropmap_run_key": key,
+        "model_name": checkpoint.model_name,
+        "class_names": json.dumps(list(checkpoint.class_names)),
+        "season": json.dumps(checkpoint.season.model_dump()),
+        "season_year": str(cube.attrs.get("season_year", "")),
+        "source_items": json.dumps(source_items),
+    }
+    for product in [p for p in paths if p != "class"] + ["class"]:
+        data = maps[_VARIABLE[product]].values
+        _write_geotiff(paths[product], data if data.ndim == 3 else data[None], crs=crs, transform=transform,
+                       tags=tags, product=product, checkpoint=checkpoint)
+    return TileResult(tile_id, "done", paths)
+
+
+def _colormap(colours: Sequence[str] | None, n: int) -> dict[int, tuple[int, int, int, int]]:
+    """Colour table entries for classes 0..n-1 (``#rrggbb``), nodata transparent."""
+    if colours is None:
+        import matplotlib
+
+        colours = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors[:n]]
+    cmap = {i: (int(c[1:3], 16), int(c[3:5], 16), int(c[5:7], 16), 255) for i, c in enumerate(colours)}
+    cmap[NODATA] = (0, 0, 0, 0)
+    return cmap
+
+
+def _write_geotiff(path: Path, data: np.ndarray, *, crs, transform, tags: dict, product: str, checkpoint) -> None:
+    import rasterio
+
+    ny, nx = data.shape[1:]
+    profile = {
+        "driver": "GTiff", "dtype": "uint8", "count": data.shape[0], "height": ny, "width": nx,
+        "crs": crs, "transform": transform, "nodata": NODATA, "compress": "deflate",
+    }
+    if ny >= 256 and nx >= 256:
+        profile.update(tiled=True, blockxsize=256, blockysize=256)
+    with atomic_path(path) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**tags, product=product)
+            if product == "class":
+                dst.write_colormap(1, _colormap(checkpoint.class_colours, len(checkpoint.class_names)))
+                dst.update_tags(1, **{f"class_{i}": n for i, n in enumerate(checkpoint.class_names)})
+                dst.set_band_description(1, "crop class")
+            elif product == "confidence":
+                dst.set_band_description(1, "confidence (max softmax, percent)")
+            else:
+                for i, name in enumerate(checkpoint.class_names, start=1):
+                    dst.set_band_description(i, f"probability of {name} (percent)")
+
+
+def write_run_file(checkpoint_path: str | Path, out_dir: str | Path, *, options: PredictOptions,
+                   cube_paths: Sequence[str | Path] = ()) -> Path:
+    """``<out_dir>/run.json``: the provenance the mosaic's STAC item reports (no timestamps: reruns
+    write the same bytes)."""
+    from cropmap import __version__
+    from cropmap.checkpoint import card_path
+
+    card = card_path(checkpoint_path)
+    ckpt = _load(checkpoint_path)
+    record = {
+        "checkpoint": str(Path(checkpoint_path).resolve()),
+        "run_key": run_key(checkpoint_path, options),
+        "model_card": json.loads(card.read_text()) if card.exists() else {
+            "model_name": ckpt.model_name, "scores": ckpt.scores, "config": ckpt.config},
+        "class_names": list(ckpt.class_names),
+        "class_colours": None if ckpt.class_colours is None else list(ckpt.class_colours),
+        "options": options.model_dump(),
+        "cubes": sorted(str(Path(p).resolve()) for p in cube_paths),
+        "software_version": __version__,
+    }
+    path = Path(out_dir) / RUN_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    return path
+
+
+def predict_tiles(
+    checkpoint_path: str | Path,
+    cube_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    options: PredictOptions = PredictOptions(),
+    force: bool = False,
+    client=None,
+    scheduler: str = "synchronous",
+) -> list[TileResult]:
+    """Predict many tiles, one Dask task per tile; returns one :class:`TileResult` per cube, in order.
+
+    All cubes are opened (metadata only) and checked against the checkpoint first: a wrong band list,
+    season or bin count raises :class:`IncompatibleInputError` before any tile is computed. Tasks get
+    only paths and options (small, serialisable); each worker loads the checkpoint once. With a
+    ``distributed.Client`` the tasks run on its cluster, and on CUDA they request the Dask resource
+    ``{"GPU": 1}`` (GPU workers advertise it); without one, the local ``scheduler`` runs them
+    (synchronous by default: torch already uses every core inside a tile).
+    """
+    import dask
+
+    checkpoint = _load(checkpoint_path)
+    tile_ids: dict[str, Path] = {}
+    for path in cube_paths:
+        cube = open_cube(path)
+        tid = str(cube.attrs["tile_id"])
+        if tid in tile_ids:
+            raise IncompatibleInputError(f"tile id {tid} appears twice: {tile_ids[tid]} and {path}")
+        tile_ids[tid] = Path(path)
+        check_cube(checkpoint, cube, what=f"tile {tid} ({path})")
+    write_run_file(checkpoint_path, out_dir, options=options, cube_paths=cube_paths)
+    annotations = {"resources": {"GPU": 1}} if _device(options) == "cuda" and client is not None else {}
+    with dask.annotate(**annotations):
+        tasks = [
+            dask.delayed(predict_tile, pure=False)(
+                str(checkpoint_path), str(path), str(out_dir), options=options, force=force,
+                dask_key_name=f"predict-tile-{tid}",
+            )
+            for tid, path in tile_ids.items()
+        ]
+    if client is not None:
+        return list(client.gather(client.compute(tasks)))
+    return list(dask.compute(*tasks, scheduler=scheduler))

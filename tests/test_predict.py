@@ -1,0 +1,169 @@
+"""Tile prediction on the real Victoria series laid out as rasters, against the model on the samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import torch
+import xarray as xr
+from affine import Affine
+
+from cropmap.checkpoint import fit_normalisation, load_checkpoint, save_checkpoint
+from cropmap.composite import median_composite
+from cropmap.errors import IncompatibleInputError
+from cropmap.features import compute_features
+from cropmap.models import build_model
+from cropmap.predict import NODATA, PredictOptions, open_cube, predict_tile, predict_tiles, tile_path
+from cropmap.samples import read_victoria
+from cropmap.season import Season
+
+#: The Victoria series: 73 five-day steps from 2017-08-01 (see cropmap.samples.VICTORIA_START).
+VIC_SEASON = Season(start="08-01", end="07-31", hemisphere="south")
+VIC_YEAR = 2017
+EPSG = 32755  # UTM 55S covers Victoria
+ORIGIN = (300000.0, 5900000.0)  # upper-left corner of tile (0, 0), metres
+
+
+def train_tiny_model(path: Path, *, epochs: int = 25) -> Path:
+    """A small CropNet trained for seconds on the real Victoria train split, saved as a checkpoint."""
+    train = read_victoria("train")
+    comp = median_composite(train["reflectance"], VIC_SEASON, VIC_YEAR)
+    x = compute_features(comp, "2d").values  # (sample, band, time)
+    y = torch.from_numpy(train["label"].values.astype(np.int64))
+    norm = fit_normalisation(x)
+    config = {"channels": (8, 16, 16, 16), "dropout": 0.0, "first_stride": 2}
+    torch.manual_seed(0)
+    model = build_model("cropnet", n_bands=10, n_classes=8, **config)
+    from cropmap.checkpoint import apply_normalisation
+
+    z = torch.from_numpy(apply_normalisation(x, norm))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(z), y).backward()
+        opt.step()
+    model.eval()
+    return save_checkpoint(
+        path, model=model, model_name="cropnet", model_config={"n_bands": 10, "n_classes": 8, **config},
+        feature_kind="2d", bands=[str(b) for b in comp.band.values], season=VIC_SEASON, n_bins=VIC_SEASON.n_bins,
+        normalisation=norm, class_names=[str(c) for c in train["class_name"].values],
+        class_colours=[str(c) for c in train["class_colour"].values], config={"test": "tiny"}, scores={},
+    )
+
+
+def raster_obs(series: np.ndarray, times: np.ndarray, bands, *, ny: int, nx: int) -> xr.DataArray:
+    """``(sample, time, band)`` pixel series -> ``(time, band, y, x)`` observations, row-major."""
+    values = series.reshape(ny, nx, *series.shape[1:]).transpose(2, 3, 0, 1)
+    return xr.DataArray(values, dims=("time", "band", "y", "x"), coords={"time": times, "band": list(bands)})
+
+
+def write_tile_cube(path: Path, obs: xr.DataArray, *, tile_id: str, row: int, col: int,
+                    season: Season = VIC_SEASON) -> Path:
+    """Composite observations with cropmap's one compositing function and store them as a tile cube."""
+    ny, nx = obs.sizes["y"], obs.sizes["x"]
+    transform = Affine(10.0, 0.0, ORIGIN[0] + col * nx * 10.0, 0.0, -10.0, ORIGIN[1] - row * ny * 10.0)
+    xs = transform.c + (np.arange(nx) + 0.5) * 10.0
+    ys = transform.f - (np.arange(ny) + 0.5) * 10.0
+    comp = median_composite(obs.assign_coords(y=ys, x=xs), season, VIC_YEAR)
+    comp = comp.rio.write_crs(EPSG).rio.write_transform(transform)
+    comp.attrs.update(tile_id=tile_id, source_items=[f"victoria-{tile_id}"])
+    ds = comp.to_dataset(name="reflectance")
+    ds.attrs = dict(comp.attrs)
+    ds.to_zarr(path, mode="w")
+    return path
+
+
+def victoria_tiles(folder: Path, *, rows: int, cols: int, ny: int, nx: int, split: str = "test",
+                   blank: dict[int, slice] | None = None) -> tuple[list[Path], xr.Dataset]:
+    """The real Victoria series cut into ``rows x cols`` tiles of ``ny x nx`` pixels (sample order is
+    tile-major, then row-major inside a tile). ``blank`` maps a sample to the time steps set to NaN."""
+    samples = read_victoria("test") if split == "test" else xr.concat(
+        [read_victoria("train"), read_victoria("test")], dim="sample")
+    refl = samples["reflectance"].values.copy()
+    for s, steps in (blank or {}).items():
+        refl[s, steps] = np.nan
+    n = ny * nx
+    paths = []
+    for k in range(rows * cols):
+        obs = raster_obs(refl[k * n:(k + 1) * n], samples.time.values, samples.band.values, ny=ny, nx=nx)
+        paths.append(write_tile_cube(folder / f"T{k // cols}_{k % cols}.zarr", obs, tile_id=f"T{k // cols}_{k % cols}",
+                                     row=k // cols, col=k % cols))
+    return paths, samples.assign(reflectance=(samples["reflectance"].dims, refl))
+
+
+def test_tile_classes_equal_the_model_on_the_samples(tiny_checkpoint, tmp_path):
+    # pixel 7: no observation at all; pixel 8: 90 % of the dates missing -> both nodata
+    blank = {7: slice(None), 8: slice(0, 66)}
+    (cube,), samples = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank=blank)
+    result = predict_tile(tiny_checkpoint, cube, tmp_path / "out", options=PredictOptions(probabilities=True))
+    assert result.status == "done"
+    ckpt = load_checkpoint(tiny_checkpoint)
+    # the reference: the same model on the sample set composited as training does, no raster involved
+    comp = median_composite(samples["reflectance"], VIC_SEASON, VIC_YEAR)
+    proba = ckpt.predict_proba(compute_features(comp, "2d").values)
+    with rasterio.open(result.paths["class"]) as src:
+        classes = src.read(1).reshape(-1)
+        assert src.crs.to_epsg() == EPSG and src.transform == Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+        assert json.loads(src.tags()["class_names"]) == list(ckpt.class_names)
+        assert src.colormap(1)[1][:3] == tuple(int(ckpt.class_colours[1][i:i + 2], 16) for i in (1, 3, 5))
+    with rasterio.open(result.paths["confidence"]) as src:
+        confidence = src.read(1).reshape(-1)
+    with rasterio.open(result.paths["probability"]) as src:
+        prob = src.read().reshape(len(ckpt.class_names), -1)
+    usable = np.ones(400, bool)
+    usable[[7, 8]] = False
+    np.testing.assert_array_equal(classes[usable], proba[usable].argmax(1))
+    np.testing.assert_array_equal(confidence[usable], np.rint(proba[usable].max(1) * 100))
+    np.testing.assert_array_equal(prob[:, usable], np.rint(proba[usable].T * 100))
+    assert (classes[~usable] == NODATA).all() and (confidence[~usable] == NODATA).all()
+    assert len(np.unique(classes[usable])) >= 4  # a trained model, not a constant map
+    # the model is right on most real test pixels (tiny net, seconds of training)
+    assert (classes[usable] == samples["label"].values[usable]).mean() > 0.5
+
+
+def test_threshold_decides_nodata(tiny_checkpoint, tmp_path):
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={8: slice(0, 66)})
+    filled = open_cube(cube)["filled_fraction"].values.reshape(-1)[8]
+    assert 0.8 < filled < 1.0
+    lenient = predict_tile(tiny_checkpoint, cube, tmp_path / "o", options=PredictOptions(max_filled_fraction=1.0))
+    with rasterio.open(lenient.paths["class"]) as src:
+        assert src.read(1).reshape(-1)[8] != NODATA
+
+
+def test_rerun_skips_finished_tiles_and_force_redoes_them(tiny_checkpoint, tmp_path):
+    cubes, _ = victoria_tiles(tmp_path, rows=1, cols=2, ny=10, nx=20)
+    out = tmp_path / "out"
+    first = predict_tiles(tiny_checkpoint, cubes, out)
+    assert [r.status for r in first] == ["done", "done"]
+    stamp = tile_path(out, "T0_0", "class").stat().st_mtime_ns
+    assert [r.status for r in predict_tiles(tiny_checkpoint, cubes, out)] == ["skipped", "skipped"]
+    assert tile_path(out, "T0_0", "class").stat().st_mtime_ns == stamp
+    assert [r.status for r in predict_tiles(tiny_checkpoint, cubes, out, force=True)] == ["done", "done"]
+    # other output options are another product: the tiles are redone, not reused
+    changed = predict_tiles(tiny_checkpoint, cubes, out, options=PredictOptions(max_filled_fraction=0.5))
+    assert [r.status for r in changed] == ["done", "done"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # no temporaries left
+
+
+@pytest.mark.parametrize("change", ["bands", "season"])
+def test_incompatible_cube_fails_before_any_work(tiny_checkpoint, tmp_path, change):
+    cubes, samples = victoria_tiles(tmp_path, rows=1, cols=2, ny=10, nx=20)
+    obs = raster_obs(samples["reflectance"].values[:200], samples.time.values, samples.band.values, ny=10, nx=20)
+    if change == "bands":
+        obs = obs.isel(band=[0, 1, 2, 3, 4, 5, 6, 7, 9, 8])  # B12 before B11
+        bad = write_tile_cube(tmp_path / "bad.zarr", obs, tile_id="bad", row=1, col=0)
+        match = "bands"
+    else:
+        other = Season(start="08-01", end="07-31", hemisphere="north")
+        bad = write_tile_cube(tmp_path / "bad.zarr", obs, tile_id="bad", row=1, col=0, season=other)
+        match = "season"
+    out = tmp_path / "out"
+    with pytest.raises(IncompatibleInputError, match=match):
+        predict_tiles(tiny_checkpoint, [*cubes, bad], out)
+    assert not out.exists() or not any(out.iterdir())  # the good tiles were not computed either
