@@ -90,25 +90,14 @@ def tile_path(out_dir: str | Path, tile_id: str, product: str) -> Path:
 
 
 def open_cube(path: str | Path) -> xr.DataArray:
-    """A tile cube store (Zarr) as a lazy ``(time, band, y, x)`` float32 DataArray with its attrs.
+    """A tile cube store as a lazy ``(time, band, y, x)`` DataArray: :func:`cropmap.cube.open_tile_cube`
+    (the layout is documented in :mod:`cropmap.cube`), with a clear error when the store is missing."""
+    from cropmap.cube import open_tile_cube
 
-    The store holds one data variable with those dims (reflectance 0..1 composites), the
-    ``filled_fraction`` ``(y, x)`` coordinate, the season attrs (:meth:`Season.to_attrs`), the tile id
-    (``tile_id``; the store's name without suffix otherwise) and a CRS readable by rioxarray.
-    """
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"tile cube {path} not found; build it first (cropmap cube ...)")
-    ds = xr.open_zarr(path, decode_coords="all")
-    cubes = [v for v in ds.data_vars.values() if {"time", "band", "y", "x"} <= set(v.dims)]
-    if len(cubes) != 1:
-        raise IncompatibleInputError(
-            f"{path}: expected one (time, band, y, x) variable, found {[str(n) for n in ds.data_vars]}"
-        )
-    cube = cubes[0].transpose("time", "band", "y", "x")
-    cube.attrs = {**ds.attrs, **cube.attrs}
-    cube.attrs.setdefault("tile_id", path.name.split(".")[0])
-    return cube
+    return open_tile_cube(path)
 
 
 def check_cube(checkpoint, cube: xr.DataArray, *, what: str) -> None:

@@ -71,11 +71,12 @@ def write_tile_cube(path: Path, obs: xr.DataArray, *, tile_id: str, row: int, co
     xs = transform.c + (np.arange(nx) + 0.5) * 10.0
     ys = transform.f - (np.arange(ny) + 0.5) * 10.0
     comp = median_composite(obs.assign_coords(y=ys, x=xs), season, VIC_YEAR)
-    comp = comp.rio.write_crs(EPSG).rio.write_transform(transform)
-    comp.attrs.update(tile_id=tile_id, source_items=[f"victoria-{tile_id}"])
-    ds = comp.to_dataset(name="reflectance")
-    ds.attrs = dict(comp.attrs)
-    ds.to_zarr(path, mode="w")
+    # the layout of cropmap.cube.build_tile_cube (read back with cropmap.cube.open_tile_cube)
+    ds = comp.to_dataset(name="reflectance").reset_coords("filled_fraction")
+    ds = ds.rio.write_crs(EPSG).rio.write_transform(transform)
+    ds.attrs = {**season.to_attrs(), "season_year": VIC_YEAR, "tile_id": tile_id, "tile_crs": f"EPSG:{EPSG}",
+                "tile_transform": list(transform)[:6], "source_items": [f"victoria-{tile_id}"], "status": "complete"}
+    ds.to_zarr(path, mode="w", consolidated=False)
     return path
 
 
