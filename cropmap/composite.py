@@ -70,13 +70,21 @@ def interpolate_gaps(binned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     prev = np.maximum.accumulate(np.where(was_gap, t.dtype.type(-1), t), axis=0)
     nxt = np.flip(np.minimum.accumulate(np.flip(np.where(was_gap, t.dtype.type(n), t), axis=0), axis=0), axis=0)
     has_prev, has_next = prev >= 0, nxt < n
+    both = has_prev & has_next
     v_prev = np.take_along_axis(binned, np.clip(prev, 0, n - 1), axis=0)
     v_next = np.take_along_axis(binned, np.clip(nxt, 0, n - 1), axis=0)
-    span = np.maximum(nxt - prev, 1)  # 0 on observed bins, which keep their value
-    w = np.where(has_prev & has_next, (t - prev) / span, 0.0).astype(np.float32)
-    inner = v_prev + w * (v_next - v_prev)
-    filled = np.where(has_prev & has_next, inner, np.where(has_prev, v_prev, v_next))
-    return np.where(was_gap, filled, binned).astype(np.float32), was_gap
+    # weights in float32: quotients of integers below 2**14 round identically in float32 and float64
+    w = (t - prev).astype(np.float32)
+    w /= np.maximum(nxt - prev, 1)  # span 0 on observed bins, which keep their value
+    w[~both] = 0
+    # in place, same operations as v_prev + w * (v_next - v_prev): float32 temporaries only
+    filled = v_next - v_prev
+    filled *= w
+    filled += v_prev
+    np.copyto(filled, v_prev, where=has_prev & ~has_next)  # after the last observation: nearest
+    np.copyto(filled, v_next, where=~has_prev)  # before the first one (NaN if none at all)
+    np.copyto(filled, binned, where=~was_gap)
+    return filled, was_gap
 
 
 def _composite_kernel(values: np.ndarray, bins: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
