@@ -24,7 +24,7 @@ What it writes (folder from ``$CROPMAP_DEMO_DIR``, default ``~/.cache/cropmap/de
     sentinel-2-l2a/<id>/<key>.tif     uint16 COGs: blue green red rededge1 rededge2 rededge3 nir nir08
                                       swir16 swir22 (reflectance x 10000, nodata 0) and scl
     reference.tif                     reference crop map, uint8 class ids (Victoria order), 255 = nodata,
-                                      colour table
+                                      colour table, band tags class_<id> = name
     demo.json                         the layout: grid, tiles, dates, classes, fields, cloudy dates
 
 The build is deterministic (same spec, same bytes of data) and is skipped when the folder is complete.
@@ -76,7 +76,7 @@ _EXTENSIONS = [
 ]
 _COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 # Bump when the layout algorithm changes: a complete folder built by another version is rebuilt.
-_LAYOUT_VERSION = 1
+_LAYOUT_VERSION = 2
 _LAYOUT_FILE = "demo.json"
 
 
@@ -352,8 +352,9 @@ def _write_cog(path: Path, data: np.ndarray, spec: DemoSpec, *, nodata: int,
         ds.write(data, 1)
         if colormap:
             ds.write_colormap(1, colormap)
-        if tags:
-            ds.update_tags(**tags)
+        if tags:  # per band, like cropmap.predict's class maps: class_<id> = name
+            ds.update_tags(1, **tags)
+            ds.set_band_description(1, "crop class")
 
 
 def _geometry(spec: DemoSpec) -> tuple[dict, list[float]]:
