@@ -180,3 +180,58 @@ def cube(
         raise typer.Exit(2) from err
     counts = {s: sum(r.status == s for r in results) for s in ("written", "skipped", "empty")}
     typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+# --- predict and mosaic: tile maps and country COGs (cropmap.predict, cropmap.mosaic) ----------------
+@app.command("predict")
+def predict(
+    checkpoint: str = typer.Argument(..., help="Checkpoint (.pt) from `cropmap experiment` / training."),
+    cubes: list[str] = typer.Argument(..., help="Tile cube stores (<tile id>.zarr) or folders holding them."),
+    out: str = typer.Option(..., "--out", help="Folder for <tile id>.{class,confidence}.tif and run.json."),
+    max_filled_fraction: float = typer.Option(0.8, help="Pixels with more interpolated bins than this are nodata."),
+    batch_size: int = typer.Option(4096, help="Pixels per forward pass."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
+    device: str = typer.Option(None, help="cuda or cpu (default: CUDA when available)."),
+    force: bool = typer.Option(False, "--force", help="Redo tiles that are already complete."),
+) -> None:
+    """Classify tile cubes with a checkpoint: one class map and one confidence map per tile."""
+    from pathlib import Path
+
+    from cropmap.errors import CropmapError
+    from cropmap.predict import PredictOptions, predict_tiles
+
+    paths = []
+    for c in cubes:  # a folder of stores, or stores themselves
+        p = Path(c)
+        paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
+    try:
+        options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
+                                 probabilities=probabilities, device=device)
+        results = predict_tiles(checkpoint, paths, out, options=options, force=force)
+    except CropmapError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    for r in results:
+        typer.echo(f"{r.tile_id}: {r.status}")
+    typer.echo(f"{sum(r.status == 'done' for r in results)} done, {sum(r.status == 'skipped' for r in results)} skipped")
+
+
+@app.command("mosaic")
+def mosaic(
+    tiles: str = typer.Argument(..., help="Folder of tile outputs written by `cropmap predict`."),
+    out: str = typer.Option(..., "--out", help="Folder for the COGs, STAC item and quicklook."),
+    name: str = typer.Option("cropmap", help="Product name: <name>_class.tif, <name>.json ..."),
+    blocksize: int = typer.Option(512, help="COG block size in pixels (multiple of 16)."),
+) -> None:
+    """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG."""
+    from cropmap.errors import CropmapError
+    from cropmap.mosaic import mosaic_tiles
+
+    try:
+        result = mosaic_tiles(tiles, out, name=name, blocksize=blocksize)
+    except CropmapError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    for product, path in result.cogs.items():
+        typer.echo(f"{product}: {path}")
+    typer.echo(f"STAC item: {result.stac_item}\nquicklook: {result.quicklook}\n{len(result.tile_ids)} tiles")

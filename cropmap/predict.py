@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cropmap.errors import DataNotFoundError, IncompatibleInputError
 from cropmap.season import Season
-from cropmap.tiles_io import atomic_path
+from cropmap.tiles_io import TEMP_MARK, atomic_path
 
 __all__ = [
     "NODATA",
@@ -283,6 +283,9 @@ def predict_tile(
         data = maps[_VARIABLE[product]].values
         _write_geotiff(paths[product], data if data.ndim == 3 else data[None], crs=crs, transform=transform,
                        tags=tags, product=product, checkpoint=checkpoint)
+    # temporaries of this tile left by a killed run: the tile is complete now, they are litter
+    for stale in out_dir.glob(f".{tile_id}.*{TEMP_MARK}*"):
+        stale.unlink(missing_ok=True)
     return TileResult(tile_id, "done", paths)
 
 

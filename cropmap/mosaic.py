@@ -1,0 +1,386 @@
+"""Tile predictions -> one Cloud Optimized GeoTIFF per product, a STAC Item and a quicklook.
+
+Pipeline (memory bounded by a block, never by the country):
+
+1. :func:`tile_grid`: the tiles' footprints on one pixel grid (same CRS, resolution, aligned origins),
+   no pixel read;
+2. :func:`write_vrt`: a GDAL VRT that places every tile at its pixel offset (nodata where no tile);
+3. :func:`write_cog`: rio-cogeo copies the VRT block by block into a COG (DEFLATE, internal
+   overviews: ``mode`` for classes, ``average`` for confidence and probabilities, nodata ignored),
+   validated with ``cog_validate(strict=True)``;
+4. :func:`write_stac_item` (projection, raster and classification extensions, provenance) and
+   :func:`write_quicklook` (PNG read from the overviews, with a legend).
+
+Everything is written to a temporary name and renamed; the outputs hold no timestamps, so a rerun on
+the same tiles writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+import rasterio
+from affine import Affine
+
+from cropmap.errors import CropmapError, DataNotFoundError, IncompatibleInputError
+from cropmap.predict import NODATA, RUN_FILE
+from cropmap.tiles_io import TEMP_MARK, atomic_path, is_temporary
+
+__all__ = [
+    "MosaicError",
+    "MosaicResult",
+    "TileGrid",
+    "OVERVIEW_RESAMPLING",
+    "tile_grid",
+    "write_vrt",
+    "write_cog",
+    "write_stac_item",
+    "write_quicklook",
+    "mosaic_tiles",
+]
+
+#: Overview resampling per product: a class is never averaged.
+OVERVIEW_RESAMPLING = {"class": "mode", "confidence": "average", "probability": "average"}
+
+
+class MosaicError(CropmapError):
+    """A mosaic could not be built or failed COG validation."""
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The mosaic's grid: union of the tiles' footprints on their common pixel grid.
+
+    ``offsets[i]`` is the (column, row) of tile ``paths[i]``'s upper-left pixel in the mosaic.
+    """
+
+    crs: rasterio.crs.CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    paths: tuple[Path, ...]
+    offsets: tuple[tuple[int, int], ...]
+    shapes: tuple[tuple[int, int], ...]  # (height, width) of each tile
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in the CRS units (metres)."""
+        t = self.transform
+        return (t.c, t.f + self.height * t.e, t.c + self.width * t.a, t.f)
+
+
+@dataclass(frozen=True)
+class MosaicResult:
+    """Paths written by :func:`mosaic_tiles`."""
+
+    cogs: dict[str, Path]
+    stac_item: Path | None
+    quicklook: Path | None
+    tile_ids: tuple[str, ...]
+
+
+def tile_grid(paths: Sequence[str | Path]) -> TileGrid:
+    """Check that the tile GeoTIFFs share one pixel grid and place them on it (metadata only).
+
+    Raises :class:`IncompatibleInputError` for another CRS, resolution, band count or dtype, a tile
+    off the common pixel grid, or two tiles that overlap.
+    """
+    if not paths:
+        raise DataNotFoundError("no tile outputs to mosaic; run `cropmap predict` first")
+    metas = []
+    for p in paths:
+        with rasterio.open(p) as src:
+            metas.append((Path(p), src.crs, src.transform, src.width, src.height, src.count, src.dtypes[0]))
+    first = metas[0]
+    res_x, res_y = first[2].a, first[2].e
+    for path, crs, t, _, _, count, dtype in metas[1:]:
+        if crs != first[1] or (t.a, t.e, t.b, t.d) != (res_x, res_y, 0.0, 0.0) or count != first[5] or dtype != first[6]:
+            raise IncompatibleInputError(
+                f"{path.name}: CRS {crs}, pixel size ({t.a}, {t.e}), {count} x {dtype} differ from "
+                f"{first[0].name} ({first[1]}, ({res_x}, {res_y}), {first[5]} x {first[6]}); "
+                "mosaic tiles of one grid (one UTM zone) at a time"
+            )
+    x0 = min(m[2].c for m in metas)
+    y0 = max(m[2].f for m in metas)
+    offsets, shapes = [], []
+    for path, _, t, w, h, _, _ in metas:
+        col, row = (t.c - x0) / res_x, (t.f - y0) / res_y
+        if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+            raise IncompatibleInputError(f"{path.name} is off the pixel grid of the other tiles by a fraction of a pixel")
+        offsets.append((int(round(col)), int(round(row))))
+        shapes.append((h, w))
+    width = max(c + s[1] for (c, _), s in zip(offsets, shapes))
+    height = max(r + s[0] for (_, r), s in zip(offsets, shapes))
+    taken = np.zeros((height, width), dtype=bool) if width * height <= 50_000_000 else None
+    if taken is not None:  # overlap check on a boolean map: 50 MB at most, skipped beyond
+        for (c, r), (h, w), m in zip(offsets, shapes, metas):
+            if taken[r:r + h, c:c + w].any():
+                raise IncompatibleInputError(f"{m[0].name} overlaps another tile; each pixel must come from one tile")
+            taken[r:r + h, c:c + w] = True
+    return TileGrid(first[1], Affine(res_x, 0.0, x0, 0.0, res_y, y0), width, height, first[5],
+                    tuple(m[0] for m in metas), tuple(offsets), tuple(shapes))
+
+
+def write_vrt(grid: TileGrid, path: str | Path, *, colormap: dict | None = None,
+              band_tags: Sequence[dict] | None = None, descriptions: Sequence[str] | None = None) -> Path:
+    """A GDAL VRT placing every tile at its offset; uncovered pixels read as nodata (255)."""
+    t = grid.transform
+    lines = [f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">',
+             f"  <SRS>{escape(grid.crs.to_wkt())}</SRS>",
+             f"  <GeoTransform>{t.c!r}, {t.a!r}, 0.0, {t.f!r}, 0.0, {t.e!r}</GeoTransform>"]
+    for b in range(1, grid.count + 1):
+        lines.append(f'  <VRTRasterBand dataType="Byte" band="{b}">')
+        lines.append(f"    <NoDataValue>{NODATA}</NoDataValue>")
+        if descriptions:
+            lines.append(f"    <Description>{escape(descriptions[b - 1])}</Description>")
+        if colormap and b == 1:
+            lines.append("    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>")
+            for i in range(256):
+                c = colormap.get(i, (0, 0, 0, 0))
+                lines.append(f'      <Entry c1="{c[0]}" c2="{c[1]}" c3="{c[2]}" c4="{c[3]}"/>')
+            lines.append("    </ColorTable>")
+        if band_tags:
+            lines.append("    <Metadata>")
+            lines += [f"      <MDI key={quoteattr(k)}>{escape(str(v))}</MDI>" for k, v in band_tags[b - 1].items()]
+            lines.append("    </Metadata>")
+        for p, (c, r), (h, w) in zip(grid.paths, grid.offsets, grid.shapes):
+            lines += ["    <SimpleSource>",
+                      f'      <SourceFilename relativeToVRT="0">{escape(str(Path(p).resolve()))}</SourceFilename>',
+                      f"      <SourceBand>{b}</SourceBand>",
+                      f'      <SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>',
+                      f'      <DstRect xOff="{c}" yOff="{r}" xSize="{w}" ySize="{h}"/>',
+                      "    </SimpleSource>"]
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksize: int = 512,
+              colormap: dict | None = None, tags: dict | None = None) -> Path:
+    """Copy ``source`` (a VRT or raster) block by block into a validated COG at ``path``.
+
+    DEFLATE, ``blocksize`` x ``blocksize`` internal tiles (a multiple of 16), overviews by
+    ``resampling`` down to one block, band tags and descriptions forwarded, dataset ``tags`` added.
+    Raises :class:`MosaicError` if ``rio_cogeo.cogeo.cog_validate(strict=True)`` rejects the result.
+    """
+    from rio_cogeo.cogeo import cog_translate, cog_validate
+    from rio_cogeo.profiles import cog_profiles
+
+    if blocksize % 16:
+        raise MosaicError(f"blocksize must be a multiple of 16, got {blocksize}")
+    profile = {**cog_profiles.get("deflate"), "blockxsize": blocksize, "blockysize": blocksize}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # in_memory=False: the intermediate raster goes to disk, never the whole country in RAM
+        cog_translate(source, tmp, profile, nodata=NODATA, overview_resampling=resampling, in_memory=False,
+                      quiet=True, forward_band_tags=True, colormap=colormap, additional_cog_metadata=tags,
+                      config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize)})
+        valid, errors, warnings = cog_validate(tmp, strict=True, quiet=True)
+        if not valid:
+            raise MosaicError(f"{path.name} is not a valid COG: {'; '.join(errors + warnings)}")
+    return path
+
+
+def _tile_tags(path: Path) -> tuple[dict, dict]:
+    with rasterio.open(path) as src:
+        return src.tags(), src.tags(1)
+
+
+def _colormap_of(path: Path) -> dict | None:
+    with rasterio.open(path) as src:
+        try:
+            return {k: tuple(v) for k, v in src.colormap(1).items()}
+        except ValueError:
+            return None
+
+
+def mosaic_tiles(
+    tile_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str = "cropmap",
+    products: Sequence[str] | None = None,
+    blocksize: int = 512,
+    stac: bool = True,
+    quicklook: bool = True,
+) -> MosaicResult:
+    """Mosaic the tile GeoTIFFs of :func:`cropmap.predict.predict_tiles` in ``tile_dir``.
+
+    Writes ``<out_dir>/<name>_<product>.tif`` (COG, uint8, nodata 255) for each product present
+    (``class``, ``confidence``, ``probability``) or listed in ``products``, then ``<name>.json`` (STAC
+    Item) and ``<name>_quicklook.png``. Tiles are ``<tile_id>.<product>.tif``; temporary names left by
+    an interrupted run are ignored.
+    """
+    tile_dir, out_dir = Path(tile_dir), Path(out_dir)
+    if not tile_dir.is_dir():
+        raise DataNotFoundError(f"tile folder {tile_dir} not found; run `cropmap predict` first")
+    found = {p.name.split(".")[-2] for p in tile_dir.glob("*.*.tif") if not is_temporary(p)}
+    products = [p for p in OVERVIEW_RESAMPLING if p in found] if products is None else list(products)
+    if "class" not in products:
+        raise DataNotFoundError(f"{tile_dir} holds no class tiles (*.class.tif); run `cropmap predict` first")
+    class_tiles = _tiles(tile_dir, "class")
+    tile_ids = tuple(p.name.split(".")[0] for p in class_tiles)
+    cogs: dict[str, Path] = {}
+    for product in products:
+        paths = _tiles(tile_dir, product)
+        if tuple(p.name.split(".")[0] for p in paths) != tile_ids:
+            raise IncompatibleInputError(f"{tile_dir}: the {product} tiles differ from the class tiles; rerun predict")
+        grid = tile_grid(paths)
+        tags, _ = _tile_tags(paths[0])
+        with rasterio.open(paths[0]) as src:
+            descriptions = [d or "" for d in src.descriptions]
+            band_tags = [src.tags(b) for b in range(1, src.count + 1)]
+        colormap = _colormap_of(paths[0]) if product == "class" else None
+        keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "cropmap_run_key") if k in tags}
+        cog = out_dir / f"{name}_{product}.tif"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # the VRT is a step, not an output: a hidden name, removed whatever happens
+        vrt = out_dir / f".{name}_{product}{TEMP_MARK}{os.getpid()}.vrt"
+        try:
+            write_vrt(grid, vrt, colormap=colormap, band_tags=band_tags, descriptions=descriptions)
+            write_cog(vrt, cog, resampling=OVERVIEW_RESAMPLING[product], blocksize=blocksize, colormap=colormap,
+                      tags={**keep, "product": product, "tiles": str(len(paths))})
+        finally:
+            vrt.unlink(missing_ok=True)
+        cogs[product] = cog
+    png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
+    item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir,
+                           quicklook=png) if stac else None
+    return MosaicResult(cogs, item, png, tile_ids)
+
+
+def _tiles(tile_dir: Path, product: str) -> list[Path]:
+    return sorted(p for p in tile_dir.glob(f"*.{product}.tif") if not is_temporary(p))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_-]+", "-", text).strip("-") or "class"
+
+
+def _class_legend(cog: Path) -> tuple[list[str], dict[int, tuple]]:
+    with rasterio.open(cog) as src:
+        names = json.loads(src.tags().get("class_names", "[]"))
+        return names, {k: tuple(v) for k, v in src.colormap(1).items()}
+
+
+def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_dir: str | Path | None = None,
+                    quicklook: Path | None = None) -> Path:
+    """A STAC Item (JSON) describing the mosaics: geometry (EPSG:4326), season as start/end
+    datetimes, projection extension (code, shape, transform, bbox), raster extension (nodata, data
+    type, resolution) and classification extension (values, names, colours) on the assets, and the
+    provenance under ``cropmap:*`` (model card, run options, source items, tiles, software version).
+    Asset hrefs are relative to the item. No timestamps: a rerun writes the same bytes."""
+    import pystac
+    from pystac.extensions.classification import Classification, ClassificationExtension
+    from pystac.extensions.projection import ProjectionExtension
+    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
+    from rasterio.warp import transform_geom
+
+    from cropmap import __version__
+    from cropmap.season import Season
+
+    path = Path(path)
+    with rasterio.open(cogs["class"]) as src:
+        crs, transform, shape, bounds, tags = src.crs, src.transform, (src.height, src.width), src.bounds, src.tags()
+    ring = [(bounds.left, bounds.bottom), (bounds.right, bounds.bottom), (bounds.right, bounds.top),
+            (bounds.left, bounds.top), (bounds.left, bounds.bottom)]
+    geom = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7)
+    lons, lats = zip(*geom["coordinates"][0])
+    props: dict = {"cropmap:software_version": __version__}
+    start = end = None
+    if "season" in tags and tags.get("season_year"):
+        first, last = Season(**json.loads(tags["season"])).window(int(tags["season_year"]))
+        start, end = f"{first.isoformat()}T00:00:00Z", f"{last.isoformat()}T23:59:59Z"
+    run = Path(tile_dir) / RUN_FILE if tile_dir is not None else None
+    if run is not None and run.exists():
+        record = json.loads(run.read_text())
+        props.update({"cropmap:model_card": record.get("model_card"), "cropmap:options": record.get("options"),
+                      "cropmap:run_key": record.get("run_key")})
+    if tile_dir is not None:
+        sources, tiles = set(), []
+        for tile in _tiles(Path(tile_dir), "class"):
+            t, _ = _tile_tags(tile)
+            tiles.append(t.get("tile_id", tile.name.split(".")[0]))
+            sources.update(json.loads(t.get("source_items", "[]")))
+        props.update({"cropmap:tiles": tiles, "cropmap:source_items": sorted(sources)})
+    if start is None:  # STAC needs a date; without a season there is none to give
+        raise MosaicError(f"{cogs['class'].name} carries no season; was it written by cropmap predict?")
+    item = pystac.Item(
+        id=name, geometry=geom, bbox=[min(lons), min(lats), max(lons), max(lats)], datetime=None,
+        properties=props, start_datetime=pystac.utils.str_to_datetime(start),
+        end_datetime=pystac.utils.str_to_datetime(end),
+    )
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    epsg = crs.to_epsg()
+    proj.code = f"EPSG:{epsg}" if epsg else None
+    if epsg is None:
+        proj.wkt2 = crs.to_wkt()
+    proj.shape, proj.transform = list(shape), list(transform)[:6]
+    proj.bbox = [bounds.left, bounds.bottom, bounds.right, bounds.top]
+    names, colours = _class_legend(cogs["class"])
+    for product, cog in cogs.items():
+        with rasterio.open(cog) as src:
+            count = src.count
+        asset = pystac.Asset(href=f"./{cog.name}", media_type=pystac.MediaType.COG, roles=["data"],
+                             title={"class": "crop class", "confidence": "confidence (percent)",
+                                    "probability": "class probabilities (percent)"}.get(product, product))
+        item.add_asset(product, asset)
+        RasterExtension.ext(asset, add_if_missing=True).bands = [
+            RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, spatial_resolution=abs(transform.a),
+                              unit=None if product == "class" else "percent") for _ in range(count)]
+        if product == "class":
+            ClassificationExtension.ext(asset, add_if_missing=True).classes = [
+                Classification.create(value=i, description=n, name=_slug(n),
+                                      color_hint="{:02X}{:02X}{:02X}".format(*colours.get(i, (0, 0, 0))[:3]))
+                for i, n in enumerate(names)]
+    if quicklook is not None:
+        item.add_asset("quicklook", pystac.Asset(href=f"./{quicklook.name}", media_type=pystac.MediaType.PNG,
+                                                 roles=["overview"], title="quicklook with legend"))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
+    return path
+
+
+def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int = 1024) -> Path:
+    """A PNG of the class map (at most ``max_pixels`` on the long side, read from the overviews with
+    mode resampling) with a legend of the classes it shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from rasterio.enums import Resampling
+
+    names, colours = _class_legend(Path(class_cog))
+    with rasterio.open(class_cog) as src:
+        scale = max(src.width, src.height) / max_pixels
+        shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+        data = src.read(1, out_shape=shape, resampling=Resampling.mode)
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    for k, c in colours.items():
+        lut[k] = c
+    lut[NODATA] = (0, 0, 0, 0)
+    fig, ax = plt.subplots(figsize=(8, 8 * shape[0] / shape[1] + 1), dpi=100)
+    ax.imshow(lut[data], interpolation="nearest")
+    ax.set_axis_off()
+    present = [i for i in range(len(names)) if (data == i).any()]
+    handles = [Patch(facecolor=np.array(colours.get(i, (0, 0, 0, 255))) / 255, edgecolor="k", label=names[i])
+               for i in present]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(4, len(handles)),
+                  frameon=False, fontsize=9)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
