@@ -247,3 +247,22 @@ def test_cli_builds_then_skips_and_reports_errors(shared_data, tmp_path):
     assert bad.exit_code == 2 and "unknown country" in bad.output
     bad = CliRunner().invoke(app, [*args[:6], "--bands", "B04,NDVI"])
     assert bad.exit_code == 2 and "NDVI" in bad.output
+
+
+def test_same_day_items_of_overlapping_mgrs_tiles_are_fused(shared_data):
+    """33TWL and 33TWM overlap by ~10 km: each overpass must count once, first valid pixel wins."""
+    tile = Grid(32633, tile_size=256).tile(1915, 219)  # y 5 095 040..5 097 600: in both granules
+    cat = CatalogConfig(path=shared_data / "s2_l2a_stac/catalog.json")
+    items = search_items(cat, bbox=tile.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
+    assert len(items) == 10
+    refl, scl, _ = load_observations(tile, items, bands=("B04",), chunk=128)
+    assert refl.sizes["time"] == 5 and scl.sizes["time"] == 5
+    first_of_day = {}
+    for it in items:  # items come sorted by (datetime, id): the first of each day wins
+        first_of_day.setdefault(it.datetime.date(), it)
+    firsts = list(first_of_day.values())
+    seconds = [it for it in items if it not in firsts]
+    a = load_observations(tile, firsts, bands=("B04",), chunk=128)[0].values
+    b = load_observations(tile, seconds, bands=("B04",), chunk=128)[0].values
+    assert np.isnan(a).any() or not np.array_equal(a, b, equal_nan=True)  # the two granules differ somewhere
+    np.testing.assert_array_equal(refl.values, np.where(np.isnan(a), b, a))
