@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sklearn.model_selection import train_test_split
 from torch import nn
 from tqdm.auto import tqdm
@@ -55,9 +55,18 @@ class TrainConfig(BaseModel):
     device: str | None = None
     progress: bool = True
 
-    def model_post_init(self, __context: Any) -> None:
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:  # one error type for every bad config
+            raise ConfigError(f"invalid training settings: {err}") from err
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentation(cls, value: str) -> str:
+        if value not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {value!r}; choose one of {', '.join(AUGMENTATIONS)}")
+        return value
 
 
 @dataclass

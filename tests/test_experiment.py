@@ -1,0 +1,106 @@
+"""The experiment grid end to end on a tiny file in the CropGlobe layout (real Victoria spectra in it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cropmap.cli import app
+from cropmap.errors import ConfigError
+from cropmap.experiment import _window_start, load_experiment, run_experiment
+from cropmap.samples import read_victoria
+from cropmap.season import Season
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "experiments"
+
+
+def _cropglobe_file(folder: Path, iso3: str, split: str, per_class: int) -> None:
+    """``median_S2_{ISO3}_month1-12_day5.npz``: fea (N, 10, 73) x 10000, lbl (N,) in 0..6."""
+    ds = read_victoria(split)
+    y = ds["label"].values.astype(int)
+    rows = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(7)])  # 7 classes like CropGlobe
+    fea = np.round(ds["reflectance"].values[rows].transpose(0, 2, 1) * 10000).astype(np.uint16)
+    np.savez(folder / f"median_S2_{iso3}_month1-12_day5.npz", fea=fea, lbl=y[rows].astype(np.int64))
+
+
+@pytest.fixture()
+def tiny_config(shared_data, tmp_path):
+    _cropglobe_file(tmp_path, "FRA", "train", 10)
+    _cropglobe_file(tmp_path, "BEL", "test", 6)
+    cfg = yaml.safe_load((CONFIGS / "cropglobe-fra-bel.yaml").read_text())  # the shipped scenario, made tiny
+    cfg["source"]["path"] = str(tmp_path / "median_S2_FRA_month1-12_day5.npz")
+    cfg["target"]["path"] = str(tmp_path / "median_S2_BEL_month1-12_day5.npz")
+    cfg.update(seeds=[0, 1], target_shifts_days=[0, 10], output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+               train={"epochs": 1, "lr": 1e-3, "batch_size": 16, "progress": False, "model_options": {"channels": [8] * 4}},
+               forest={"n_estimators": 10},
+               runs=[{"features": "2d", "model": "cropnet1d", "augment": ["all"]},
+                     {"features": "1d", "model": "rf", "augment": ["none", "shift"], "augment_copies": 1},
+                     {"features": "harmonic", "model": "rf"}])
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_grid_writes_table_csv_confusions_and_reuses_checkpoints(tiny_config, tmp_path):
+    cfg = load_experiment(tiny_config)
+    assert cfg.season.n_bins == 43 and (cfg.context_season.n_bins == 73)
+    frame = run_experiment(cfg, command="cropmap experiment tiny.yaml", log=lambda _: None)
+    assert len(frame) == 4 * 2 * 2  # 4 runs x 2 seeds x 2 shifts
+    assert set(frame.shift_days) == {0, 10} and frame.oa.between(0, 1).all()
+    md = (tmp_path / "out" / "cropglobe-fra-bel.md").read_text()
+    assert "cropmap experiment tiny.yaml" in md and "| 2d | cropnet1d | all |" in md and "OA +10 d" in md
+    assert "| harmonic | rf | none |" in md and "± " in md
+    csv = pd.read_csv(tmp_path / "out" / "cropglobe-fra-bel.csv")
+    assert len(csv) == 16 and "f1_corn" in csv.columns
+    assert (tmp_path / "out" / "cropglobe-fra-bel" / "confusion_2d_cropnet1d_all.png").exists()
+    ckpts = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(ckpts) == 2  # one network per seed
+    # a second run trains nothing and gives the same figures
+    again = run_experiment(cfg, log=lambda _: None)
+    net = again[again.model == "cropnet1d"]
+    assert net.cached.all()
+    assert np.allclose(net.oa.values, frame[frame.model == "cropnet1d"].oa.values)
+
+
+def test_cli_experiment_with_seed_override(tiny_config, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["experiment", str(tiny_config), "--seeds", "3", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    csv = pd.read_csv(out / "cropglobe-fra-bel.csv")
+    assert set(csv.seed) == {3}
+
+
+def test_window_of_the_season_in_the_full_year():
+    full = Season(start="01-01", end="12-31")
+    assert _window_start(full, Season(start="05-01", end="11-30"), 2021) == 24  # Jan 1 + 120 days
+    with pytest.raises(ConfigError, match="does not sit on the bins"):
+        _window_start(full, Season(start="05-03", end="11-30"), 2021)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_are_valid(path):
+    cfg = load_experiment(path)
+    assert cfg.name == path.stem and cfg.runs
+    assert len(cfg.seeds) >= 3
+
+
+def test_bad_configs_raise_config_errors(tmp_path):
+    base = yaml.safe_load((CONFIGS / "victoria.yaml").read_text())
+    cases = {
+        "rf on 2d": {"runs": [{"features": "2d", "model": "rf"}]},
+        "unknown augmentation": {"runs": [{"features": "2d", "model": "cropnet", "augment": ["mixup"]}]},
+        "training setting": {"train": {"epochs": 0}},
+        "typo": {"seedz": [1]},
+    }
+    for name, change in cases.items():
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(ConfigError):
+            load_experiment(path)
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "nope.yaml")
