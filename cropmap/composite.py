@@ -60,6 +60,21 @@ def interpolate_gaps(binned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (and is all ``was_gap``): cropmap never invents values for it.
     """
     binned = np.asarray(binned, dtype=np.float32)
+    n = binned.shape[0]
+    flat = binned.reshape(n, -1)
+    if flat.shape[1] <= _INTERP_BLOCK:
+        return _interpolate_block(binned)
+    # a cube chunk in blocks of series: the temporaries stay a few MB whatever the chunk size
+    filled, was_gap = np.empty_like(flat), np.empty(flat.shape, dtype=bool)
+    for j in range(0, flat.shape[1], _INTERP_BLOCK):
+        filled[:, j:j + _INTERP_BLOCK], was_gap[:, j:j + _INTERP_BLOCK] = _interpolate_block(flat[:, j:j + _INTERP_BLOCK])
+    return filled.reshape(binned.shape), was_gap.reshape(binned.shape)
+
+
+_INTERP_BLOCK = 1 << 15  # series per block of interpolate_gaps
+
+
+def _interpolate_block(binned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     was_gap = np.isnan(binned)
     n = binned.shape[0]
     # small integer indices: a cube chunk holds ~10^7 values, and int64 temporaries dominated the
