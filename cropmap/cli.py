@@ -192,6 +192,7 @@ def predict(
     batch_size: int = typer.Option(4096, help="Pixels per forward pass."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
     device: str = typer.Option(None, help="cuda or cpu (default: CUDA when available)."),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16."),
     force: bool = typer.Option(False, "--force", help="Redo tiles that are already complete."),
 ) -> None:
     """Classify tile cubes with a checkpoint: one class map and one confidence map per tile."""
@@ -206,7 +207,7 @@ def predict(
         paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
     try:
         options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
-                                 probabilities=probabilities, device=device)
+                                 probabilities=probabilities, device=device, precision=precision)
         results = predict_tiles(checkpoint, paths, out, options=options, force=force)
     except CropmapError as err:
         typer.echo(f"error: {err}", err=True)

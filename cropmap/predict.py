@@ -69,10 +69,15 @@ class PredictOptions(BaseModel):
     probabilities: bool = False
     #: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
     device: Literal["cuda", "cpu"] | None = None
+    #: Arithmetic of the forward pass: ``"auto"`` is bf16 autocast on CUDA and fp32 on the CPU;
+    #: ``"bf16"`` on a CPU with AVX512-BF16/AMX is about 2x faster (bench/predict.py,
+    #: docs/performance.md) but may flip near-tie pixels.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def output_key(self) -> dict:
         """The options that change the written pixels (the device and batch size do not)."""
-        return {"max_filled_fraction": self.max_filled_fraction, "probabilities": self.probabilities}
+        return {"max_filled_fraction": self.max_filled_fraction, "probabilities": self.probabilities,
+                "precision": self.precision}
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,7 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     - ``probability`` ``(class, y, x)`` uint8 percent, only with ``options.probabilities``.
 
     Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
-    is NaN. On CUDA the forward pass runs under bf16 autocast.
+    is NaN. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
     """
     import torch
 
@@ -170,7 +175,8 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     rows = np.flatnonzero(usable)
     device = _device(options)
     proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else contextlib.nullcontext()
+    bf16 = options.precision == "bf16" or (options.precision == "auto" and device == "cuda")
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     if rows.size:
         with autocast:
             proba[rows] = checkpoint.predict_proba(x[rows], batch_size=options.batch_size, device=device)

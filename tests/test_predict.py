@@ -18,7 +18,7 @@ from cropmap.composite import median_composite
 from cropmap.errors import IncompatibleInputError
 from cropmap.features import compute_features
 from cropmap.models import build_model
-from cropmap.predict import NODATA, PredictOptions, open_cube, predict_tile, predict_tiles, tile_path
+from cropmap.predict import NODATA, PredictOptions, open_cube, predict_cube, predict_tile, predict_tiles, tile_path
 from cropmap.samples import read_victoria
 from cropmap.season import Season
 
@@ -168,3 +168,28 @@ def test_incompatible_cube_fails_before_any_work(tiny_checkpoint, tmp_path, chan
     with pytest.raises(IncompatibleInputError, match=match):
         predict_tiles(tiny_checkpoint, [*cubes, bad], out)
     assert not out.exists() or not any(out.iterdir())  # the good tiles were not computed either
+
+
+def test_bf16_on_cpu_keeps_the_classes(tiny_checkpoint, tmp_path):
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
+    ckpt = load_checkpoint(tiny_checkpoint)
+    fp32 = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32"))
+    bf16 = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="bf16", device="cpu"))
+    same = (fp32["label"].values == bf16["label"].values).mean()
+    assert same >= 0.99, same
+    assert np.abs(fp32["confidence"].values.astype(int) - bf16["confidence"].values).max() <= 5
+
+
+def test_tiles_run_on_a_distributed_cluster(tiny_checkpoint, tmp_path):
+    from distributed import Client, LocalCluster
+
+    cubes, _ = victoria_tiles(tmp_path, rows=1, cols=2, ny=10, nx=20)
+    local = predict_tiles(tiny_checkpoint, cubes, tmp_path / "local")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        remote = predict_tiles(tiny_checkpoint, cubes, tmp_path / "remote", client=client)
+    assert [r.tile_id for r in remote] == [r.tile_id for r in local] and {r.status for r in remote} == {"done"}
+    for r in local:
+        for product in ("class", "confidence"):
+            with rasterio.open(r.paths[product]) as a, rasterio.open(remote[0].paths[product].parent / r.paths[product].name) as b:
+                np.testing.assert_array_equal(a.read(), b.read())
