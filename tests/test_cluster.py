@@ -162,9 +162,9 @@ def test_graph_computes_on_external_scheduler_identically(monkeypatch, scheduler
         graph = _composite_graph(cube_path)
         future = client.compute(graph)
         got = future.result(timeout=120)
-        # both worker processes did part of the work (tasks were shipped, not run here)
-        ran_on = client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log))
-        assert all(n > 0 for n in ran_on.values())
+        # both worker processes executed part of the graph (tasks were shipped, not run here)
+        executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+        assert len(executed) == 2 and all(n > 0 for n in executed.values()), executed
     _assert_identical(got, local_result)
 
 
