@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cropmap.cluster import ADDRESS_ENV, DaskClusterError, dask_target
+from cropmap.cluster import ADDRESS_ENV, GPU_RESOURCE, DaskClusterError, dask_target
 from cropmap.composite import median_composite
 from cropmap.errors import ConfigError
 from cropmap.masking import valid_from_scl
@@ -53,7 +53,8 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
-    """Address and worker processes of a scheduler + 2 single-thread, nanny-less workers on 127.0.0.1."""
+    """Address and worker processes of a scheduler + 2 single-thread, nanny-less workers on 127.0.0.1;
+    w1 advertises the Dask resource GPU=1."""
     tmp = tmp_path_factory.mktemp("dask")
     sched_file = tmp / "scheduler.json"
     procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
@@ -64,8 +65,10 @@ def scheduler(tmp_path_factory):
         workers = {}
         for name in ("w0", "w1"):
             # --no-nanny: killing the process kills the worker (a nanny would restart it)
+            # w1 advertises a GPU the way deploy/'s GPU worker group does (no GPU needed to advertise)
+            extra = ["--resources", f"{GPU_RESOURCE}=1"] if name == "w1" else []
             workers[name] = _spawn(["worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
-                                    "--no-dashboard", "--memory-limit", "1GiB", "--host", "127.0.0.1"],
+                                    "--no-dashboard", "--memory-limit", "1GiB", "--host", "127.0.0.1", *extra],
                                    tmp / f"{name}.log")
         procs += workers.values()
         yield address, workers
@@ -166,6 +169,25 @@ def test_graph_computes_on_external_scheduler_identically(monkeypatch, scheduler
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
         assert len(executed) == 2 and all(n > 0 for n in executed.values()), executed
     _assert_identical(got, local_result)
+
+
+def _worker_name(i: int) -> str:
+    from distributed import get_worker
+
+    return get_worker().name
+
+
+def test_gpu_annotated_tasks_run_only_where_a_gpu_is_advertised(scheduler):
+    import dask
+
+    address, _ = scheduler
+    with dask_target(address).client() as client:
+        client.wait_for_workers(2, timeout=60)
+        with dask.annotate(resources={GPU_RESOURCE: 1}):
+            gpu_tasks = [dask.delayed(_worker_name, pure=False)(i) for i in range(8)]
+        free_tasks = [dask.delayed(_worker_name, pure=False)(i) for i in range(8)]
+        gpu_ran, _ = client.gather(client.compute([gpu_tasks, free_tasks]))
+    assert set(gpu_ran) == {"w1"}
 
 
 def test_killing_a_worker_mid_run_loses_nothing(scheduler, cube_path, local_result):
