@@ -119,14 +119,22 @@ def tile_grid(paths: Sequence[str | Path]) -> TileGrid:
         shapes.append((h, w))
     width = max(c + s[1] for (c, _), s in zip(offsets, shapes))
     height = max(r + s[0] for (_, r), s in zip(offsets, shapes))
-    taken = np.zeros((height, width), dtype=bool) if width * height <= 50_000_000 else None
-    if taken is not None:  # overlap check on a boolean map: 50 MB at most, skipped beyond
-        for (c, r), (h, w), m in zip(offsets, shapes, metas):
-            if taken[r:r + h, c:c + w].any():
-                raise IncompatibleInputError(f"{m[0].name} overlaps another tile; each pixel must come from one tile")
-            taken[r:r + h, c:c + w] = True
+    _check_overlaps(offsets, shapes, [m[0] for m in metas])
     return TileGrid(first[1], Affine(res_x, 0.0, x0, 0.0, res_y, y0), width, height, first[5],
                     tuple(m[0] for m in metas), tuple(offsets), tuple(shapes))
+
+
+def _check_overlaps(offsets: list[tuple[int, int]], shapes: list[tuple[int, int]], paths: list[Path]) -> None:
+    """Raise if two tile rectangles share a pixel. Vectorised per tile: O(n^2) comparisons in NumPy,
+    about a second for 10,000 tiles, with memory O(n) (no country-sized pixel map)."""
+    col, row = np.array(offsets, dtype=np.int64).T.reshape(2, -1)
+    h, w = np.array(shapes, dtype=np.int64).T.reshape(2, -1)
+    for i in range(len(offsets)):
+        j = np.arange(i + 1, len(offsets))
+        hit = (col[j] < col[i] + w[i]) & (col[i] < col[j] + w[j]) & (row[j] < row[i] + h[i]) & (row[i] < row[j] + h[j])
+        if hit.any():
+            raise IncompatibleInputError(
+                f"{paths[i].name} overlaps {paths[j[hit][0]].name}; each pixel must come from one tile")
 
 
 def write_vrt(grid: TileGrid, path: str | Path, *, colormap: dict | None = None,

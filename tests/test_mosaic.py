@@ -156,3 +156,17 @@ def test_killed_run_resumes_and_gives_byte_identical_mosaics(tiny_checkpoint, tm
     for product in ("class", "confidence"):
         assert resumed.cogs[product].read_bytes() == reference.cogs[product].read_bytes()
         assert again.cogs[product].read_bytes() == reference.cogs[product].read_bytes()
+
+
+def test_overlapping_tiles_are_refused(mosaic_run, tmp_path):
+    root, _, _ = mosaic_run
+    src_path = tile_path(root / "tiles", "T0_0", "class")
+    moved = tmp_path / "T9_9.class.tif"
+    with rasterio.open(src_path) as src:
+        profile, data = src.profile, src.read()
+    profile["transform"] = profile["transform"] * rasterio.Affine.translation(5, 5)  # half a tile over
+    with rasterio.open(moved, "w", **profile) as dst:
+        dst.write(data)
+    with pytest.raises(IncompatibleInputError, match="overlaps"):
+        tile_grid([src_path, moved])
+    tile_grid([src_path, tile_path(root / "tiles", "T0_1", "class")])  # neighbours sharing an edge are fine
