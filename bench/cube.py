@@ -9,7 +9,7 @@ every 5 ms with psutil; "peak" = highest RSS during the measured call minus RSS 
    B11, SCL-masked to NaN) repeated 6 times 30 days apart (72 dates, 2 Apr - 27 Sep: a season at
    Sentinel-2's 2-3 day revisit) and tiled in space to SIZE x SIZE, chunked (1 date, 4 bands, CHUNK,
    CHUNK) like a cube loaded from STAC. Observed bins of both results are checked equal first.
-2. loader: stackstac (cropmap.cube.load_observations) against odc-stac, loading one 512 px tile over 33TWM
+2. loader: odc-stac (cropmap.cube.load_observations) against stackstac, loading one 512 px tile over 33TWM
    (4 bands + SCL, 5 dates), values checked equal: from the real static catalog as it is (whole-image
    JPEG2000 at 120 m) and from 10 m tiled COG crops of the same values (what Earth Search serves).
 3. tiles: ``build_tile_cube`` over 1, 2, 4, 8 tiles of 512 px (real catalog, 4 bands) one after the
@@ -209,37 +209,55 @@ def _cog_items(folder: Path):
     return [pystac.Item.from_dict(json.loads(line)) for line in (folder / "items.ndjson").read_text().splitlines()]
 
 
-def case_loader(which: str, chunk: int, threads: int, cog_dir: str | None = None) -> dict:
+def case_loader(which: str, chunk: int, threads: int, cog_dir: str | None = None, repeat: int = 3) -> dict:
+    """Best of ``repeat`` runs, each on a freshly built graph (no reader objects reused)."""
+    runs = [_load_once(which, chunk, threads, cog_dir) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["seconds"])
+    # time: the best run; memory: the first run (later runs reuse what the first one allocated)
+    return {**best, "peak_mb": runs[0]["peak_mb"], "repeat": repeat,
+            "all_seconds": [round(r["seconds"], 3) for r in runs]}
+
+
+def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None) -> dict:
     import dask
 
     tile = _stac_tiles(1)[0]
     items = _stac_items(tile) if cog_dir is None else _cog_items(Path(cog_dir))
-    if which == "stackstac":  # cropmap's own loader
+    if which == "odc-stac":  # cropmap's own loader
         from cropmap.cube import load_observations
 
         refl, scl, _ = load_observations(tile, items, bands=STAC_BANDS, chunk=chunk)
         arrays = [refl, scl]
-    else:  # odc-stac as cropmap used it first: one load per band, fused by solar day
-        import odc.stac
-        from odc.geo.geobox import GeoBox
+    else:  # stackstac on the same grid (one item per day on this tile: no same-day fusing needed)
+        import rasterio
+        import stackstac
 
         from cropmap.stac import band_assets
 
-        odc.stac.configure_rio(GDAL_DISABLE_READDIR_ON_OPEN="NO")
+        dicts = []
+        for it in items:  # stackstac reads proj:epsg and needs absolute hrefs (../shared/notes/stack.md)
+            d = it.to_dict(transform_hrefs=False)
+            for k in d["assets"]:
+                d["assets"][k]["href"] = it.assets[k].get_absolute_href()
+            d["properties"].setdefault("proj:epsg", 32633)
+            dicts.append(d)
         keys = band_assets(items[0], [*STAC_BANDS, "SCL"])
-        geobox = GeoBox(tile.shape, tile.transform, tile.crs)
-        ds = odc.stac.load(items, bands=list(keys.values()), geobox=geobox, chunks={"x": chunk, "y": chunk},
-                           groupby="solar_day", resampling="nearest")
-        arrays = [ds[keys[b]] for b in STAC_BANDS] + [ds[keys["SCL"]]]
+        env = stackstac.DEFAULT_GDAL_ENV.updated(always=dict(GDAL_DISABLE_READDIR_ON_OPEN="NO"),
+                                                 open=dict(GDAL_DISABLE_READDIR_ON_OPEN="NO"))
+        arr = stackstac.stack(dicts, assets=list(keys.values()), epsg=32633, resolution=10, bounds=tile.bounds,
+                              chunksize=(1, 1, chunk, chunk), resampling=rasterio.enums.Resampling.nearest,
+                              dtype=np.dtype("uint16"), fill_value=np.uint16(0), rescale=False, gdal_env=env,
+                              snap_bounds=False, sortby_date=False, properties=False, band_coords=False)
+        arrays = [arr]
     with dask.config.set(scheduler="threads", num_workers=threads), PeakRSS() as mem:
         t0 = time.perf_counter()
         out = dask.compute(*[a.data for a in arrays])
         seconds = time.perf_counter() - t0
-    if which == "stackstac":  # back to DNs for the comparison: reflectance = DN * 1e-4 here
+    if which == "odc-stac":  # back to DNs for the comparison: reflectance = DN * 1e-4 here
         dn = np.nan_to_num(np.rint(out[0] * 10000), nan=0).astype(np.int64)
         scl = out[1].astype(np.int64)
     else:
-        dn, scl = np.stack(out[:4], axis=1).astype(np.int64), out[4].astype(np.int64)
+        dn, scl = out[0][:, :4].astype(np.int64), out[0][:, 4].astype(np.int64)
     fmt = "jp2-120m" if cog_dir is None else "cog-10m"
     return {"case": f"loader-{which}-{fmt}", "seconds": seconds, "peak_mb": mem.delta / 2**20, "tile_px": 512,
             "dates": len(items), "bands": [*STAC_BANDS, "SCL"], "chunks": [1, chunk, chunk],
@@ -273,7 +291,8 @@ def _child(args) -> None:
         res = case_composite(args.case.split("-", 1)[1], args.size, args.chunk, args.threads)
     elif args.case.startswith("loader-"):
         which = "odc-stac" if "odc" in args.case else "stackstac"
-        res = case_loader(which, args.chunk, args.threads, args.cog_dir if args.case.endswith("cog") else None)
+        res = case_loader(which, args.chunk, args.threads, args.cog_dir if args.case.endswith("cog") else None,
+                          repeat=args.repeat)
     elif args.case.startswith("tiles-"):
         res = case_tiles(int(args.case.split("-")[1]), args.chunk, args.threads)
     else:
@@ -288,6 +307,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="Dask threads")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--cog-dir", help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, default=5, help="loader runs per case (best is kept)")
     p.add_argument("--skip", default="", help="comma-separated groups to skip: composite,loader,tiles")
     args = p.parse_args()
     if args.case:
@@ -302,19 +322,23 @@ def main() -> None:
     cog_dir = tempfile.mkdtemp(prefix="cropmap-bench-cog-")
     if "loader" not in skip:
         make_cog_items(Path(cog_dir))
-        cases += ["loader-odc-jp2", "loader-stackstac-jp2", "loader-odc-cog", "loader-stackstac-cog"]
+        # both orders, so that a warm cache favours neither loader
+        cases += ["loader-odc-jp2", "loader-stackstac-jp2", "loader-odc-cog", "loader-stackstac-cog",
+                  "loader-stackstac-cog", "loader-odc-cog"]
     if "tiles" not in skip:
         cases += [f"tiles-{n}" for n in (1, 2, 4, 8)]
     results = {}
     for case in cases:
         cmd = [sys.executable, __file__, "--case", case, "--size", str(args.size), "--chunk", str(args.chunk),
-               "--threads", str(args.threads), "--cog-dir", cog_dir]
+               "--threads", str(args.threads), "--cog-dir", cog_dir, "--repeat", str(args.repeat)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(f"{case} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
-        results[case] = json.loads(line[7:])
+        res = json.loads(line[7:])
+        if case not in results or res.get("seconds", 0) < results[case].get("seconds", 0):
+            results[case] = res  # a case run twice keeps its best
         print(line)
     shutil.rmtree(cog_dir, ignore_errors=True)
     if "composite-cropmap" in results and "composite-xarray" in results:

@@ -9,12 +9,15 @@ Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage
         y, x  pixel-centre coordinates in metres of the tile's UTM CRS; spatial_ref (CF grid mapping)
         attrs: tile_id, tile_crs ("EPSG:32633"), tile_transform (6 floats a b c d e f of the
         rasterio Affine), season_* (Season.to_attrs), season_year, bin_edges (ISO dates),
-        source_items (ids), filled_fraction (tile mean), status ("complete" | "empty"), reason
+        source_items (ids), unavailable_assets ("item/asset"), bands, invalid_scl, dilate_pixels,
+        config_hash (of the above but unavailable_assets), cropmap_version, filled_fraction (tile
+        mean), status ("complete" | "empty"), reason (why empty)
 
-Loading uses stackstac (measured against odc-stac in bench/cube.py: same values, 2.6x faster on
-tiled COGs and 10x on whole-image JPEG2000 because it keeps each asset open per thread instead of
-reopening it for every chunk; docs/performance.md has the figures).
-Memory: observations are chunked (1 date, 1 band, ``chunk`` x ``chunk`` px); the median rechunks each
+Loading uses odc-stac, chosen by measurement against stackstac (bench/cube.py, docs/performance.md):
+identical values; on tiled COGs, the format Earth Search serves, odc-stac is 2-7x faster and lighter;
+stackstac wins (1.4-2.2x) only on whole-image JPEG2000 like the test fixtures, because it keeps each
+file open per thread while odc-stac reopens it for every chunk.
+Memory: observations are chunked (1 date, 1 band, ``chunk`` x ``chunk`` px, one odc-stac load per band); the median rechunks each
 band's chunk to all dates at once, so one compositing task holds about ``4 x dates x chunk^2 x 4``
 bytes (input, sorted copy, output, interpolation temporaries): 256 px and 120 dates -> ~125 MB per
 worker thread, plus the loader's open files. It does not depend on the tile count or the country:
@@ -25,8 +28,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
-import shutil
+import hashlib
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ import rasterio
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
+from cropmap import __version__
 from cropmap.bands import S2_BANDS, SCL, canonical_band
 from cropmap.composite import median_composite
 from cropmap.errors import AssetReadError, ConfigError, CropmapError
@@ -48,6 +52,7 @@ from cropmap.grid import Tile, tiles_for_aoi
 from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
 from cropmap.stac import asset_scale_offset, band_assets, search_items, season_search_window
+from cropmap.tiles_io import atomic_path
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
            "build_cubes", "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
@@ -166,52 +171,64 @@ def load_observations(
     Returns ``(refl, scl, dropped)``: ``refl`` ``(time, band, y, x)`` float32 surface reflectance
     (DN x scale + offset from each item's ``raster:bands``; nodata -> NaN), ``scl`` ``(time, y, x)``
     uint8 (0 = no data), both Dask arrays chunked ``(1, chunk, chunk)`` in space, nearest-neighbour
-    resampled (stackstac) from each file's own georeferencing (not the item's ``proj:`` fields); ``dropped``
+    resampled from each file's own georeferencing (not the item's ``proj:`` fields); ``dropped``
     lists the ``item/asset`` pairs that were unavailable. Items of the same solar day are fused
     (first valid pixel). A band no item provides is all NaN. Nothing is read but file headers.
     """
-    import stackstac
-    from rasterio.enums import Resampling
-    from rasterio.errors import RasterioIOError
+    import odc.stac
+    from odc.geo.geobox import GeoBox
 
     usable, dropped = _usable_items(items, bands, on_asset_error)
     if not usable:
         raise _NoObservations("no item has a usable SCL and reflectance asset", dropped)
-    present = [b for b in bands if any(b in it.assets for it in usable)]
-    env = stackstac.DEFAULT_GDAL_ENV.updated(always=_GDAL_ENV, open=_GDAL_ENV)
-    raw = stackstac.stack(
-        [_stackstac_dict(it) for it in usable], assets=[*present, SCL], epsg=tile.grid.epsg,
-        resolution=tile.grid.resolution, bounds=tile.bounds, snap_bounds=False,
-        resampling=Resampling.nearest, chunksize=(1, 1, chunk, chunk), dtype=np.dtype("uint16"),
-        fill_value=np.uint16(0), rescale=False, sortby_date=False, xy_coords="center", properties=False,
-        band_coords=False, gdal_env=env,
-        # read-time failures the header probe could not see: nodata when warning, raise when failing
-        errors_as_nodata=() if on_asset_error == "fail" else (RasterioIOError(".*"),),
-    )
-    if raw.shape[2:] != tile.shape:
-        raise CropmapError(f"tile {tile.id}: stackstac built a {raw.shape[2:]} grid, expected {tile.shape}")
-    # DN -> reflectance per item (scale/offset can differ between items), one float32 rounding
-    so = np.array([[asset_scale_offset(it, b) if b in it.assets else (1.0, 0.0) for b in present]
-                   for it in usable], dtype=np.float64).reshape(len(usable), len(present), 2)
-    dn = raw.sel(band=present)
-    scale = xr.DataArray(so[..., 0], dims=("time", "band"))
-    offset = xr.DataArray(so[..., 1], dims=("time", "band"))
-    refl = (dn.astype(np.float64) * scale + offset).astype(np.float32).where(dn != 0)  # DN 0 = S2 no data
-    scl = raw.sel(band=SCL).astype(np.uint8)
-    # one observation per local solar day: tiles of one overpass are fused, first valid pixel wins
-    day_of = [_solar_day(it) for it in usable]
-    days = sorted(set(day_of))
-    groups = [[i for i, d in enumerate(day_of) if d == day] for day in days]
-    times = np.array([_item_dt(usable[g[0]]) for g in groups], dtype="datetime64[ns]")
-    refl = _fuse(refl, groups, times, nodata=np.nan)
-    scl = _fuse(scl, groups, times, nodata=0)
-    if len(present) < len(bands):  # bands no item provides: all NaN, in the requested order
-        refl = refl.reindex(band=list(bands))
-    y, x = _centres(tile, "y"), _centres(tile, "x")
-    refl = xr.DataArray(refl.transpose("time", "band", "y", "x").data, dims=("time", "band", "y", "x"),
+    days = sorted({_solar_day(it) for it in usable})
+    for it in usable:
+        it.properties["cropmap:solar_day"] = _solar_day(it)
+    odc.stac.configure_rio(**_GDAL_ENV)
+    geobox = GeoBox(tile.shape, tile.transform, tile.crs)
+    by_day = {d: [it for it in usable if it.properties["cropmap:solar_day"] == d] for d in days}
+    # one representative time per solar day: the first acquisition of the day
+    times = np.array([min(_item_dt(it) for it in by_day[d]) for d in days], dtype="datetime64[ns]")
+
+    def _load(band: str) -> tuple[xr.DataArray, list[str]] | None:
+        # one load per band, over the items that have it: odc-stac takes the band list from the
+        # first item, so an asset dropped from one item must not hide the band for all others
+        having = [it for it in usable if band in it.assets]
+        if not having:
+            return None
+        ds = odc.stac.load(having, bands=[band], geobox=geobox, chunks={"x": chunk, "y": chunk},
+                           groupby="cropmap:solar_day", resampling="nearest",
+                           fail_on_error=on_asset_error == "fail")
+        have_days = sorted({it.properties["cropmap:solar_day"] for it in having})
+        if ds.sizes["time"] != len(have_days):
+            raise CropmapError(f"tile {tile.id}: odc-stac grouped {ds.sizes['time']} dates of {band}, "
+                               f"expected {len(have_days)}")
+        pos = [days.index(d) for d in have_days]
+        return ds[band].drop_vars("spatial_ref", errors="ignore").assign_coords(time=times[pos]), have_days
+
+    layers = []
+    for band in bands:
+        loaded = _load(band)
+        if loaded is None:
+            layers.append(xr.DataArray(da.full((len(days), *tile.shape), np.nan, dtype=np.float32,
+                                               chunks=(1, chunk, chunk)), dims=("time", "y", "x")))
+            continue
+        raw, have_days = loaded
+        # scale/offset per date: Earth Search changed the offset with processing baseline 04.00
+        so = np.array([next(asset_scale_offset(it, band) for it in by_day[d] if band in it.assets)
+                       for d in have_days], dtype=np.float64)
+        nodata = raw.attrs.get("nodata", 0)
+        scale = xr.DataArray(so[:, 0], dims="time")
+        offset = xr.DataArray(so[:, 1], dims="time")
+        # float64 arithmetic, one rounding to float32: DN 507 -> exactly float32(0.0507)
+        refl = (raw.astype(np.float64) * scale + offset).astype(np.float32).where(raw != nodata)
+        layers.append(refl.reindex(time=times))  # dates without this band: NaN
+    y, x = geobox.coords["y"].values, geobox.coords["x"].values
+    refl = xr.DataArray(da.stack([lay.data for lay in layers], axis=1), dims=("time", "band", "y", "x"),
                         coords={"time": times, "band": list(bands), "y": y, "x": x},
                         name="reflectance", attrs={"units": "surface reflectance (0-1)"})
-    scl = xr.DataArray(scl.data, dims=("time", "y", "x"), coords={"time": times, "y": y, "x": x}, name=SCL)
+    scl_raw, _ = _load(SCL)
+    scl = scl_raw.reindex(time=times, fill_value=0).assign_coords(y=y, x=x)  # 0 = SCL "no data"
     return refl, scl, dropped
 
 
@@ -231,38 +248,6 @@ def composite_observations(
     """
     valid = valid_from_scl(scl, invalid=options.invalid_scl, dilate_pixels=options.dilate_pixels)
     return median_composite(refl, season, year, valid=valid)
-
-
-def _stackstac_dict(item: pystac.Item) -> dict:
-    """Item dict as stackstac 0.5 wants it: absolute hrefs, ``proj:epsg`` (pystac 1.15 writes ``proj:code``)."""
-    d = item.to_dict(transform_hrefs=False, include_self_link=False)
-    epsg = d["properties"].get("proj:epsg") or _epsg_of(d["properties"].get("proj:code"))
-    if epsg is not None:
-        d["properties"]["proj:epsg"] = epsg
-    for key, asset in d["assets"].items():
-        asset["href"] = item.assets[key].get_absolute_href() or asset["href"]
-        code = asset.get("proj:epsg") or _epsg_of(asset.get("proj:code"))
-        if code is not None:
-            asset["proj:epsg"] = code
-    return d
-
-
-def _epsg_of(code: str | None) -> int | None:
-    if isinstance(code, str) and code.upper().startswith("EPSG:"):
-        return int(code.split(":")[1])
-    return None
-
-
-def _fuse(arr: xr.DataArray, groups: list[list[int]], times: np.ndarray, *, nodata: float) -> xr.DataArray:
-    """One slice per group of ``time`` indices; several items of a group are mosaicked (first valid)."""
-    import stackstac
-
-    if all(len(g) == 1 for g in groups):
-        return arr.isel(time=[g[0] for g in groups]).assign_coords(time=times)
-    parts = [arr.isel(time=g) if len(g) == 1 else
-             stackstac.mosaic(arr.isel(time=g), dim="time", nodata=nodata, reverse=True).expand_dims("time")
-             for g in groups]
-    return xr.concat([p.drop_vars("time", errors="ignore") for p in parts], dim="time").assign_coords(time=times)
 
 
 class _NoObservations(CropmapError):
@@ -316,21 +301,23 @@ def build_tile_cube(
                 "bin_edges": [str(d) for d in season.bin_edges(year)], "unavailable_assets": dropped,
                 "bands": list(options.bands), "invalid_scl": list(options.invalid_scl),
                 "dilate_pixels": options.dilate_pixels}
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.chunk({"time": -1, "band": -1, "y": options.chunk, "x": options.chunk}).to_zarr(tmp, mode="w", consolidated=False)
-    # status needs the computed filled fraction: read back the small (y, x) layer, not the cube
-    filled = xr.open_zarr(tmp, consolidated=False)["filled_fraction"].values
-    if not reason and np.all(filled >= 1.0):
-        reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
-    status = "empty" if reason else "complete"
+    # what the cube depends on, so that a flow can tell a stale cube from a complete one
+    ds.attrs["config_hash"] = hashlib.sha256(json.dumps(
+        {k: ds.attrs[k] for k in sorted(ds.attrs) if k != "unavailable_assets"}, sort_keys=True, default=str
+    ).encode()).hexdigest()[:16]
+    ds.attrs["cropmap_version"] = __version__
     import zarr
 
-    group = zarr.open_group(str(tmp), mode="r+")
-    group.attrs.update({"status": status, "reason": reason, "filled_fraction": float(np.mean(filled))})
-    if target.exists():  # overwrite=True: a directory cannot be replaced atomically
-        shutil.rmtree(target)
-    os.replace(tmp, target)  # "exists" means "complete"
+    # written under a hidden temporary name, renamed when complete (cropmap.tiles_io)
+    with atomic_path(target) as tmp:
+        ds.chunk({"time": -1, "band": -1, "y": options.chunk, "x": options.chunk}).to_zarr(
+            tmp, mode="w", consolidated=False)
+        # status needs the computed filled fraction: read back the small (y, x) layer, not the cube
+        filled = xr.open_zarr(tmp, consolidated=False)["filled_fraction"].values
+        if not reason and np.all(filled >= 1.0):
+            reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
+        zarr.open_group(str(tmp), mode="r+").attrs.update(
+            {"status": "empty" if reason else "complete", "reason": reason, "filled_fraction": float(np.mean(filled))})
     return CubeResult(tile.id, target, "empty" if reason else "written", reason, len(ids), tuple(dropped))
 
 
