@@ -170,3 +170,20 @@ def test_overlapping_tiles_are_refused(mosaic_run, tmp_path):
     with pytest.raises(IncompatibleInputError, match="overlaps"):
         tile_grid([src_path, moved])
     tile_grid([src_path, tile_path(root / "tiles", "T0_1", "class")])  # neighbours sharing an edge are fine
+
+
+def test_cli_mosaic_rerun_is_byte_identical(mosaic_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    root, _, result = mosaic_run
+    run = CliRunner().invoke(app, ["mosaic", str(root / "tiles"), "--out", str(tmp_path), "--name", "vic",
+                                   "--blocksize", "16"])
+    assert run.exit_code == 0, run.output
+    for product, cog in result.cogs.items():
+        assert (tmp_path / cog.name).read_bytes() == cog.read_bytes(), product
+    assert (tmp_path / "vic.json").read_bytes() == result.stac_item.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in result.stac_item.parent.iterdir())
+    missing = CliRunner().invoke(app, ["mosaic", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
+    assert missing.exit_code == 2 and "run `cropmap predict` first" in missing.output
