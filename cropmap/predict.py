@@ -65,6 +65,9 @@ class PredictOptions(BaseModel):
     max_filled_fraction: float = Field(0.8, ge=0.0, le=1.0)
     #: Pixels per forward pass.
     batch_size: int = Field(4096, ge=1)
+    #: Pixels loaded and featurised at once (whole rows of the tile): bounds memory per tile task,
+    #: about ``block_pixels x bins x bands x 4 bytes x 3`` (65536 px, 73 bins, 10 bands: ~0.6 GB).
+    block_pixels: int = Field(65536, ge=1)
     #: Also write per-class probabilities (uint8 percent, one band per class).
     probabilities: bool = False
     #: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
@@ -154,7 +157,7 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     """Classify every pixel of one composite cube.
 
     ``cube``: ``(time, band, y, x)`` float32 reflectance 0..1 from
-    :func:`~cropmap.composite.median_composite` (NumPy or Dask; it is loaded: one tile fits memory),
+    :func:`~cropmap.composite.median_composite` (NumPy or Dask; loaded ``options.block_pixels`` at a time),
     with its ``filled_fraction`` ``(y, x)`` coordinate and season attrs. Returns a Dataset on the
     cube's ``y``/``x`` coords:
 
@@ -169,17 +172,21 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
 
     check_cube(checkpoint, cube, what=f"tile {cube.attrs.get('tile_id', '?')}")
     ny, nx = cube.sizes["y"], cube.sizes["x"]
-    x = _model_input(checkpoint, cube.load() if cube.chunks else cube)
-    usable = cube["filled_fraction"].values.reshape(-1) <= options.max_filled_fraction
-    usable &= ~np.isnan(x).any(axis=(1, 2))
-    rows = np.flatnonzero(usable)
     device = _device(options)
-    proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
     bf16 = options.precision == "bf16" or (options.precision == "auto" and device == "cuda")
-    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    if rows.size:
-        with autocast:
-            proba[rows] = checkpoint.predict_proba(x[rows], batch_size=options.batch_size, device=device)
+    proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
+    filled = cube["filled_fraction"].values.reshape(-1)
+    # blocks of whole rows: a 1024 px tile's cube is 3 GB (73 bins x 10 bands float32), a block ~200 MB
+    step = max(1, options.block_pixels // nx)
+    for y0 in range(0, ny, step):
+        block = cube.isel(y=slice(y0, y0 + step))
+        x = _model_input(checkpoint, block.load() if block.chunks else block)
+        first = y0 * nx
+        usable = (filled[first:first + len(x)] <= options.max_filled_fraction) & ~np.isnan(x).any(axis=(1, 2))
+        rows = np.flatnonzero(usable)
+        if rows.size:
+            with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                proba[first + rows] = checkpoint.predict_proba(x[rows], batch_size=options.batch_size, device=device)
     ok = ~np.isnan(proba).any(axis=1)
     cls = np.where(ok, np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1), NODATA).astype(np.uint8)
     conf = np.where(ok, np.rint(np.nanmax(np.where(ok[:, None], proba, 0), axis=1) * 100), NODATA)

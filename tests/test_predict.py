@@ -193,3 +193,13 @@ def test_tiles_run_on_a_distributed_cluster(tiny_checkpoint, tmp_path):
         for product in ("class", "confidence"):
             with rasterio.open(r.paths[product]) as a, rasterio.open(remote[0].paths[product].parent / r.paths[product].name) as b:
                 np.testing.assert_array_equal(a.read(), b.read())
+
+
+def test_row_blocks_bound_memory_without_changing_the_map(tiny_checkpoint, tmp_path):
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={7: slice(None)})
+    ckpt = load_checkpoint(tiny_checkpoint)
+    whole = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32"))
+    blocks = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", block_pixels=70))  # 3 rows
+    np.testing.assert_array_equal(blocks["label"].values, whole["label"].values)
+    assert np.abs(blocks["confidence"].values.astype(int) - whole["confidence"].values).max() <= 1
+    assert blocks["label"].values.reshape(-1)[7] == NODATA
