@@ -46,8 +46,8 @@ import xarray as xr
 from cropmap import __version__
 from cropmap.bands import S2_BANDS, SCL, canonical_band
 from cropmap.composite import median_composite
-from cropmap.errors import AssetReadError, ConfigError, CropmapError
 from cropmap.config import CountryConfig
+from cropmap.errors import AssetReadError, ConfigError, CropmapError
 from cropmap.grid import Tile, tiles_for_aoi
 from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
@@ -104,13 +104,19 @@ class CubeResult:
     unavailable: tuple[str, ...] = field(default_factory=tuple)  # "item/asset" pairs dropped
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=8192)
+def _open_header(href: str) -> None:
+    # lru_cache keeps successes only (exceptions are not cached): neighbouring tiles share items,
+    # and a transient network failure is probed again on the next tile
+    with rasterio.Env(**_GDAL_ENV), rasterio.open(href) as src:
+        if src.crs is None:
+            raise AssetReadError("no georeferencing (CRS missing: is the .aux.xml sidecar readable?)")
+
+
 def _probe(href: str) -> str:
-    """"" if ``href`` opens as a raster, else the reason (cached: items repeat across tiles)."""
+    """"" if ``href`` opens as a georeferenced raster, else the reason."""
     try:
-        with rasterio.Env(**_GDAL_ENV), rasterio.open(href) as src:
-            if src.crs is None:
-                return "no georeferencing (CRS missing: sidecar unreadable?)"
+        _open_header(href)
     except Exception as err:  # noqa: BLE001 - GDAL raises many types for one meaning: unusable
         return str(err).splitlines()[0][:200]
     return ""
@@ -294,6 +300,8 @@ def build_tile_cube(
     cube = cube.assign_coords(y=_centres(tile, "y"), x=_centres(tile, "x"))
     ds = cube.to_dataset(name="reflectance")
     ds = ds.reset_coords("filled_fraction")
+    # band names as variable-length strings: Zarr v3 has no stable fixed-width unicode type
+    ds = ds.assign_coords(band=ds["band"].values.astype(object))
     ds = ds.rio.write_crs(tile.crs).rio.write_transform(tile.transform)
     # not "crs"/"transform": rioxarray strips attributes of those names as legacy georeferencing
     ds.attrs = {**season.to_attrs(), "season_year": year, "tile_id": tile.id, "tile_crs": tile.crs,
@@ -310,7 +318,8 @@ def build_tile_cube(
 
     # written under a hidden temporary name, renamed when complete (cropmap.tiles_io)
     with atomic_path(target) as tmp:
-        ds.chunk({"time": -1, "band": -1, "y": options.chunk, "x": options.chunk}).to_zarr(
+        # Zarr chunks = compositing chunks (all bins, 1 band, chunk x chunk): no merge task holds more
+        ds.chunk({"time": -1, "band": 1, "y": options.chunk, "x": options.chunk}).to_zarr(
             tmp, mode="w", consolidated=False)
         # status needs the computed filled fraction: read back the small (y, x) layer, not the cube
         filled = xr.open_zarr(tmp, consolidated=False)["filled_fraction"].values
