@@ -153,8 +153,8 @@ def _stac_tiles(n: int):
     from cropmap.grid import Grid
 
     grid = Grid(32633, tile_size=512)
-    # a row of tiles inside 33TWM (north of 33TWL), x from 540 km, y top at 5 160 960 m
-    return [grid.tile(945, 105 + i) for i in range(n)]
+    # rows of 8 tiles inside 33TWM (north of 33TWL), x from 537.6 km, y top at 5 161 600 m
+    return [grid.tile(945 + i // 8, 105 + i % 8) for i in range(n)]
 
 
 def _stac_items(tile):
@@ -307,6 +307,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="Dask threads")
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--cog-dir", help=argparse.SUPPRESS)
+    p.add_argument("--tiles", type=int, nargs="+", default=[1, 2, 4, 8], help="tile counts to build")
     p.add_argument("--repeat", type=int, default=5, help="loader runs per case (best is kept)")
     p.add_argument("--skip", default="", help="comma-separated groups to skip: composite,loader,tiles")
     args = p.parse_args()
@@ -326,7 +327,7 @@ def main() -> None:
         cases += ["loader-odc-jp2", "loader-stackstac-jp2", "loader-odc-cog", "loader-stackstac-cog",
                   "loader-stackstac-cog", "loader-odc-cog"]
     if "tiles" not in skip:
-        cases += [f"tiles-{n}" for n in (1, 2, 4, 8)]
+        cases += [f"tiles-{n}" for n in args.tiles]
     results = {}
     for case in cases:
         cmd = [sys.executable, __file__, "--case", case, "--size", str(args.size), "--chunk", str(args.chunk),

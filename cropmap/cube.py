@@ -14,9 +14,9 @@ Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage
         mean), status ("complete" | "empty"), reason (why empty)
 
 Loading uses odc-stac, chosen by measurement against stackstac (bench/cube.py, docs/performance.md):
-identical values; on tiled COGs, the format Earth Search serves, odc-stac is 2-7x faster and lighter;
-stackstac wins (1.4-2.2x) only on whole-image JPEG2000 like the test fixtures, because it keeps each
-file open per thread while odc-stac reopens it for every chunk.
+identical values; on tiled COGs, the format Earth Search serves, odc-stac is as fast or faster
+(1.1-7x) and lighter; stackstac wins (1.4-2.7x) only on whole-image JPEG2000 like the test fixtures,
+because it keeps each file open per thread while odc-stac reopens it for every chunk.
 Memory: observations are chunked (1 date, 1 band, ``chunk`` x ``chunk`` px, one odc-stac load per band); the median rechunks each
 band's chunk to all dates at once, so one compositing task holds about ``4 x dates x chunk^2 x 4``
 bytes (input, sorted copy, output, interpolation temporaries): 256 px and 120 dates -> ~125 MB per
