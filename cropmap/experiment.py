@@ -196,7 +196,7 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
     out_dir = Path(cfg.output)
     cache = Path(cfg.cache_dir).expanduser()
     rows: list[dict] = []
-    for seed in cfg.seeds:  # seed-major, tables rewritten after each seed: a cut run still reports
+    for seed in cfg.seeds:  # seed-major: a cut run has whole seeds first
         for spec in cfg.runs:
             for aug in spec.augment:
                 t0 = time.perf_counter()
@@ -219,8 +219,8 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                 log(f"  {label} seed {seed}: " + ", ".join(
                     f"{r['shift_days']:+d} d OA {r['oa']:.3f}" for r in rows[-len(proba_of):])
                     + f" ({time.perf_counter() - t0:.0f} s{', cached' if info.get('cached') else ''})")
-        frame = pd.DataFrame(rows)
-        _write_outputs(cfg, frame, out_dir, command)
+                frame = pd.DataFrame(rows)
+                _write_outputs(cfg, frame, out_dir, command)  # after every run: a cut run still reports
     return frame
 
 
