@@ -172,7 +172,6 @@ def make_cog_items(folder: Path) -> None:
     The real files are whole-image JPEG2000 at 120 m; Earth Search serves tiled COGs at 10-20 m. The
     crops resample the real values (nearest) onto the 10 m grid so both loaders see COG access patterns.
     """
-    import pystac
     import rasterio
     from affine import Affine
     from rasterio.vrt import WarpedVRT

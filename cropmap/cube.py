@@ -326,7 +326,7 @@ def build_tile_cube(
         if not reason and np.all(filled >= 1.0):
             reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
         zarr.open_group(str(tmp), mode="r+").attrs.update(
-            {"status": "empty" if reason else "complete", "reason": reason, "filled_fraction": float(np.mean(filled))})
+            {"status": "empty" if reason else "complete", "reason": reason, "filled_fraction": round(float(np.mean(filled, dtype=np.float64)), 6)})
     return CubeResult(tile.id, target, "empty" if reason else "written", reason, len(ids), tuple(dropped))
 
 

@@ -259,14 +259,36 @@ def test_same_day_items_of_overlapping_mgrs_tiles_are_fused(shared_data):
     cat = CatalogConfig(path=shared_data / "s2_l2a_stac/catalog.json")
     items = search_items(cat, bbox=tile.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
     assert len(items) == 10
-    refl, scl, _ = load_observations(tile, items, bands=("B04",), chunk=128)
+    refl, scl, _ = load_observations(tile, items, bands=("B04",), chunk=256)
     assert refl.sizes["time"] == 5 and scl.sizes["time"] == 5
     first_of_day = {}
     for it in items:  # items come sorted by (datetime, id): the first of each day wins
         first_of_day.setdefault(it.datetime.date(), it)
     firsts = list(first_of_day.values())
     seconds = [it for it in items if it not in firsts]
-    a = load_observations(tile, firsts, bands=("B04",), chunk=128)[0].values
-    b = load_observations(tile, seconds, bands=("B04",), chunk=128)[0].values
+    a = load_observations(tile, firsts, bands=("B04",), chunk=256)[0].values
+    b = load_observations(tile, seconds, bands=("B04",), chunk=256)[0].values
     assert np.isnan(a).any() or not np.array_equal(a, b, equal_nan=True)  # the two granules differ somewhere
     np.testing.assert_array_equal(refl.values, np.where(np.isnan(a), b, a))
+
+
+@pytest.mark.slow  # starts a LocalCluster of worker processes (~20 s on 2 busy cores)
+def test_distributed_workers_build_the_same_cube(built, twm_items, tmp_path):
+    """With a distributed client active, chunks run in worker processes (GDAL env set there too)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None,
+                      worker_dashboard_address=None) as cluster, Client(cluster):
+        res = build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path, options=CubeOptions(bands=BANDS, chunk=128))
+    assert res.status == "written"
+    xr.testing.assert_identical(open_tile_cube(res.path).load(), open_tile_cube(built.path).load())
+
+
+def test_scl_dilation_grows_the_mask(twm_items, tmp_path):
+    plain = open_tile_cube(build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path / "a",
+                                           options=CubeOptions(bands=("B04",), chunk=256)).path)
+    grown = open_tile_cube(build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path / "b",
+                                           options=CubeOptions(bands=("B04",), chunk=256, dilate_pixels=12)).path)
+    assert grown.attrs["dilate_pixels"] == 12 and grown.attrs["config_hash"] != plain.attrs["config_hash"]
+    # one 120 m cloud pixel is 12 x 12 tile pixels: growing by 12 px masks more bins
+    assert float(grown.filled_fraction.mean()) > float(plain.filled_fraction.mean())
