@@ -47,7 +47,7 @@ from cropmap import __version__
 from cropmap.bands import S2_BANDS, SCL, canonical_band
 from cropmap.composite import median_composite
 from cropmap.config import CountryConfig
-from cropmap.errors import AssetReadError, ConfigError, CropmapError
+from cropmap.errors import AssetReadError, ConfigError, CropmapError, DataNotFoundError
 from cropmap.grid import Tile, tiles_for_aoi
 from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
@@ -342,7 +342,8 @@ def build_cubes(
     """Build the cube of every tile of ``country`` (or of ``tiles``), one tile at a time.
 
     Per tile: search the country's catalog over the tile's lon/lat footprint in the season window
-    plus ``catalog.margin_days`` (:mod:`cropmap.stac`), then :func:`build_tile_cube`. Tiles already
+    plus ``catalog.margin_days`` (:mod:`cropmap.stac`), then :func:`build_tile_cube` (the composite
+    itself uses the dates inside the season; margin dates are listed but never read). Tiles already
     complete are skipped, so a rerun resumes. Memory is bounded by one tile's chunks in flight,
     never by the country; with a ``distributed.Client`` active, each tile's chunks run on its workers.
     """
@@ -387,7 +388,7 @@ def open_tile_cube(path: str | Path) -> xr.DataArray:
     """
     path = Path(path)
     if not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
-        raise CropmapError(f"{path} is not a tile cube (no Zarr store); build it with `cropmap cube`")
+        raise DataNotFoundError(f"{path} is not a tile cube (no Zarr store there); build it with `cropmap cube`")
     ds = xr.open_zarr(path, consolidated=False)
     cube = ds["reflectance"].assign_coords(filled_fraction=ds["filled_fraction"])
     cube.attrs = dict(ds.attrs)

@@ -292,3 +292,10 @@ def test_scl_dilation_grows_the_mask(twm_items, tmp_path):
     assert grown.attrs["dilate_pixels"] == 12 and grown.attrs["config_hash"] != plain.attrs["config_hash"]
     # one 120 m cloud pixel is 12 x 12 tile pixels: growing by 12 px masks more bins
     assert float(grown.filled_fraction.mean()) > float(plain.filled_fraction.mean())
+
+
+def test_open_tile_cube_names_a_missing_store(tmp_path):
+    from cropmap.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="cropmap cube"):
+        open_tile_cube(tmp_path / "nothing.zarr")
