@@ -1,0 +1,253 @@
+"""CropNet inference speed on this CPU: eager fp32 against faster paths, with prediction agreement.
+
+Input: the 800 real Victoria series (train + test), composited with cropmap's median_composite and
+normalised as a checkpoint does, shaped (N, band=10, time=73). Model: the paper's CropNet (CROPNET_V1,
+4.69M parameters, 8 classes), from ``--checkpoint`` or trained here for ``--train-epochs`` epochs on the
+Victoria train split (so that the agreement is measured on a model that separates the classes, not on
+random weights whose logits are near ties).
+
+Paths (each: a warm-up batch, then ``--repeat`` timed passes over all N pixels, the paths taking turns so
+that a shared machine's load drift hits them alike; px/s from the median pass):
+
+- ``eager_fp32``: ``model(x)`` under ``torch.inference_mode`` (the reference);
+- ``channels_last``: model and input in channels_last memory format;
+- ``fold_bn``: Conv+BatchNorm folded (torch.fx fuse), fp32;
+- ``bf16``: ``torch.autocast("cpu", dtype=torch.bfloat16)`` (oneDNN bf16 kernels where the CPU has
+  AVX512-BF16/AMX);
+- ``int8_dynamic``: ``quantize_dynamic`` (only the Linear head: dynamic quantization has no conv);
+- ``int8_static``: FX graph-mode post-training static quantization, x86 backend, calibrated on 200
+  real train series;
+- ``compile`` / ``compile_bf16``: ``torch.compile`` (inductor), compile time reported apart;
+- ``onnxruntime``: ONNX export + onnxruntime CPU, only if onnxruntime is installed.
+
+Agreement = share of the N pixels whose argmax class equals eager fp32's (goal >= 99.5 %).
+
+Run: .venv/bin/python bench/predict.py [--batch 256] [--threads 2] [--repeat 3] [--paths eager_fp32,bf16]
+Prints one JSON line per path (machine, threads, batch, N, load average) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cropmap.checkpoint import apply_normalisation, fit_normalisation, load_checkpoint  # noqa: E402
+from cropmap.composite import median_composite  # noqa: E402
+from cropmap.features import compute_features  # noqa: E402
+from cropmap.models import build_model, count_parameters  # noqa: E402
+from cropmap.samples import read_victoria  # noqa: E402
+from cropmap.season import Season  # noqa: E402
+
+SEASON = Season(start="08-01", end="07-31", hemisphere="south")  # the Victoria series' full year
+PATHS = ("eager_fp32", "channels_last", "fold_bn", "bf16", "bf16_channels_last", "int8_dynamic", "int8_static",
+         "compile", "compile_bf16", "onnxruntime")
+
+
+class _Core(torch.nn.Module):
+    """CropNet's forward without its input checks (python control flow that torch.fx cannot trace):
+    the same layers in the same order, input (n, band, time)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.features, self.head = net.features, net.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.unsqueeze(1)).flatten(2).mean(-1))
+
+
+def _features(split: str) -> tuple[np.ndarray, np.ndarray]:
+    s = read_victoria(split)
+    comp = median_composite(s["reflectance"], SEASON, 2017)
+    return compute_features(comp, "2d").values, s["label"].values.astype(np.int64)
+
+
+def _train(x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model("cropnet", n_bands=10, n_classes=8)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=gen).split(32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _run_batches(fn, x: torch.Tensor, batch: int) -> np.ndarray:
+    out = [fn(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return torch.cat([o.float() for o in out]).numpy()
+
+
+def _prepare(path: str, model: torch.nn.Module, calib: torch.Tensor, batch: int):
+    """The callable of one path (logits from a (n, band, time) float32 batch) and its setup seconds."""
+    t0 = time.perf_counter()
+    m = copy.deepcopy(model).eval()
+    if path == "eager_fp32":
+        fn = m
+    elif path == "channels_last":
+        m = m.to(memory_format=torch.channels_last)
+        fn = lambda b: m(b.unsqueeze(1).contiguous(memory_format=torch.channels_last))  # noqa: E731
+    elif path == "fold_bn":
+        from torch.fx.experimental.optimization import fuse
+
+        fn = fuse(_Core(m))
+    elif path == "bf16":
+        def fn(b):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(b)
+    elif path == "bf16_channels_last":
+        m = m.to(memory_format=torch.channels_last)
+
+        def fn(b):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(b.unsqueeze(1).contiguous(memory_format=torch.channels_last))
+    elif path == "int8_dynamic":
+        from torch.ao.quantization import quantize_dynamic
+
+        fn = quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
+    elif path == "int8_static":
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        torch.backends.quantized.engine = "x86"
+        example = (calib[:8],)
+        prepared = prepare_fx(_Core(m), get_default_qconfig_mapping("x86"), example)
+        with torch.inference_mode():
+            for i in range(0, len(calib), batch):
+                prepared(calib[i:i + batch])
+        fn = convert_fx(prepared)
+    elif path in ("compile", "compile_bf16"):
+        compiled = torch.compile(m, dynamic=False)
+        if path == "compile":
+            fn = compiled
+        else:
+            def fn(b):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return compiled(b)
+        with torch.inference_mode():  # compile happens on the first call, for each batch shape
+            fn(calib[:batch])
+    elif path == "onnxruntime":
+        import tempfile
+
+        import onnxruntime as ort
+
+        onnx_path = Path(tempfile.mkdtemp()) / "cropnet.onnx"
+        torch.onnx.export(_Core(m), (calib[:batch],), str(onnx_path), input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}}, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        fn = lambda b: torch.from_numpy(sess.run(None, {"x": b.numpy()})[0])  # noqa: E731
+    else:
+        raise SystemExit(f"unknown path {path}; choose from {', '.join(PATHS)}")
+    return fn, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", help="a CropNet checkpoint (default: train one here)")
+    ap.add_argument("--train-epochs", type=int, default=3)
+    ap.add_argument("--save", help="save the model trained here as a checkpoint (reuse it with --checkpoint)")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--paths", default=",".join(PATHS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    x_train, y_train = _features("train")
+    x_test, y_test = _features("test")
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+        model, norm = ckpt.model.eval(), ckpt.normalisation
+    else:
+        norm = fit_normalisation(x_train)
+        started = time.perf_counter()
+        model = _train(apply_normalisation(x_train, norm), y_train, args.train_epochs)
+        print(f"# trained CropNet ({count_parameters(model):,} parameters) for {args.train_epochs} epochs "
+              f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if args.save:
+            from cropmap.checkpoint import save_checkpoint
+
+            s = read_victoria("train")
+            save_checkpoint(args.save, model=model, model_name="cropnet", model_config={"n_bands": 10, "n_classes": 8},
+                            feature_kind="2d", bands=[str(b) for b in s.band.values], season=SEASON,
+                            n_bins=SEASON.n_bins, normalisation=norm, class_names=[str(c) for c in s.class_name.values],
+                            class_colours=[str(c) for c in s.class_colour.values],
+                            config={"bench": "bench/predict.py", "epochs": args.train_epochs}, scores={})
+    x = torch.from_numpy(apply_normalisation(np.concatenate([x_train, x_test]), norm))
+    labels = np.concatenate([y_train, y_test])
+    calib = torch.from_numpy(apply_normalisation(x_train[::2], norm))
+    context = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "batch": args.batch,
+               "pixels": len(x), "input": "10 bands x 73 bins", "model": "CropNet v1",
+               "parameters": count_parameters(model), "torch": torch.__version__}
+    prepared = {}
+    for path in args.paths.split(","):
+        try:
+            prepared[path] = _prepare(path, model, calib, args.batch)
+            with torch.inference_mode():  # warm-up on both batch shapes (oneDNN primitives, compiled graphs)
+                prepared[path][0](x[:args.batch])
+                prepared[path][0](x[len(x) - (len(x) % args.batch or args.batch):])
+        except Exception as err:  # one path failing (no compiler, no onnxruntime) must not hide the others
+            print(json.dumps({"path": path, "error": f"{type(err).__name__}: {err}"[:300]}), flush=True)
+            prepared.pop(path, None)
+    # round robin: on a shared machine the load drifts; each path sees the same drift
+    times: dict[str, list[float]] = {p: [] for p in prepared}
+    preds: dict[str, np.ndarray] = {}
+    loads = []
+    for _ in range(args.repeat):
+        for path, (fn, _) in prepared.items():
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                logits = _run_batches(fn, x, args.batch)
+                times[path].append(time.perf_counter() - t0)
+            preds[path] = logits.argmax(1)
+            loads.append(os.getloadavg()[0])
+    rows = []
+    reference = preds.get("eager_fp32", next(iter(preds.values()), None))
+    for path, (_, setup_s) in prepared.items():
+        row = {
+            "path": path, "px_per_s": round(len(x) / statistics.median(times[path]), 1),
+            "setup_s": round(setup_s, 1), "agreement": round(float((preds[path] == reference).mean()), 4),
+            "accuracy_vs_labels": round(float((preds[path] == labels).mean()), 4),
+            "load_avg_1min": round(statistics.mean(loads), 2), **context,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    base = rows[0]["px_per_s"] if rows else 1.0
+    print(f"\nCPU: {context['cpu']}, {context['cores']} cores, torch {context['torch']}, "
+          f"{args.threads} threads, batch {args.batch}, {context['pixels']} real Victoria pixels\n")
+    print("| path | pixels/s | speed-up vs eager fp32 | identical classes | setup s | load avg |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['path']} | {r['px_per_s']:.0f} | {r['px_per_s'] / base:.2f}x | {r['agreement']:.2%} | "
+              f"{r['setup_s']} | {r['load_avg_1min']} |")
+
+
+if __name__ == "__main__":
+    main()
