@@ -55,7 +55,7 @@ from cropmap.samples import read_victoria
 from cropmap.season import SOUTH, Season
 
 __all__ = ["DemoSpec", "DemoPaths", "EARTH_SEARCH_KEYS", "build_demo", "default_demo_dir", "demo_country",
-           "read_layout"]
+           "part_bounds", "read_layout"]
 
 #: Earth Search v1 asset key of each canonical band (the order of :data:`S2_BANDS`, then SCL).
 EARTH_SEARCH_KEYS: dict[str, str] = {
@@ -146,6 +146,9 @@ class DemoPaths:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).expanduser())
+
     @property
     def catalog(self) -> Path:
         return self.root / "catalog.json"
@@ -175,6 +178,16 @@ def read_layout(root: str | Path) -> dict:
     if not path.exists():
         raise ConfigError(f"{path} missing: {root} is not a complete demo; run `cropmap demo build`")
     return json.loads(path.read_text())
+
+
+def part_bounds(layout: dict, part: str) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) in metres of the ``"west"`` (training) or ``"east"`` (scoring) half."""
+    if part not in ("west", "east"):
+        raise ConfigError(f"part must be 'west' or 'east', got {part!r}")
+    left, bottom, _, top = layout["bounds"]
+    c0, c1 = layout[f"{part}_cols"]
+    res = layout["transform"][0]
+    return left + c0 * res, bottom, left + c1 * res, top
 
 
 def build_demo(out: str | Path | None = None, *, spec: DemoSpec = DemoSpec(), force: bool = False) -> DemoPaths:

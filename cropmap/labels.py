@@ -270,7 +270,8 @@ def samples_from_cubes(
     read. A point outside every cube, or whose series has no data, is left out with a warning.
 
     Returns a sample set ``(sample, time, band)`` float32 (:func:`cropmap.samples.make_sample_set`) with
-    ``label`` from the points, ``class_name`` = ``class_names`` (default ``points.attrs["classes"]``).
+    ``label`` from the points, ``class_name`` = ``class_names`` (default ``points.attrs["classes"]``),
+    ``point`` = the row of each sample in ``points``, and the cubes' season attributes.
     """
     class_names = list(class_names if class_names is not None else points.attrs.get("classes") or [])
     if not class_names:
@@ -278,11 +279,12 @@ def samples_from_cubes(
     if class_colours is None:
         class_colours = points.attrs.get("colours")
     lon, lat = points["lon"].to_numpy(float), points["lat"].to_numpy(float)
-    series, order, times, bands = [], [], None, None
+    series, order, times, bands, season_attrs = [], [], None, None, {}
     taken = np.zeros(len(points), bool)
     for cube in cubes:
         if times is None:
             times, bands = cube["time"].values, [str(b) for b in cube["band"].values]
+            season_attrs = {k: v for k, v in cube.attrs.items() if k.startswith("season_")}
         elif not (np.array_equal(times, cube["time"].values) and bands == [str(b) for b in cube["band"].values]):
             raise IncompatibleInputError("cubes differ in time bins or bands; build them with one season and band list")
         xs, ys = Transformer.from_crs("EPSG:4326", _cube_crs(cube), always_xy=True).transform(lon, lat)
@@ -314,4 +316,5 @@ def samples_from_cubes(
                           class_names=class_names, class_colours=class_colours, region=region,
                           lat=chosen["lat"].to_numpy(), lon=chosen["lon"].to_numpy(),
                           source=str(points.attrs.get("source", "")))
+    out.attrs.update(season_attrs)  # the cubes' season: training refuses to mix seasons
     return out.assign_coords(point=("sample", idx.astype(np.int64)))
