@@ -22,7 +22,12 @@ that a shared machine's load drift hits them alike; px/s from the median pass):
 
 Agreement = share of the N pixels whose argmax class equals eager fp32's (goal >= 99.5 %).
 
+With ``--end-to-end``, also ``cropmap.predict.predict_cube`` (features, model, maps) on the same 800
+series laid out as a 20 x 40 composite cube, ``precision="fp32"`` against ``"bf16"`` (the CPU fast path
+wired into predict: bf16 autocast on channels_last weights).
+
 Run: .venv/bin/python bench/predict.py [--batch 256] [--threads 2] [--repeat 3] [--paths eager_fp32,bf16]
+     [--checkpoint ckpt.pt | --train-epochs 3 --save ckpt.pt] [--end-to-end]
 Prints one JSON line per path (machine, threads, batch, N, load average) and a Markdown table.
 """
 
@@ -168,6 +173,38 @@ def _prepare(path: str, model: torch.nn.Module, calib: torch.Tensor, batch: int)
     return fn, time.perf_counter() - t0
 
 
+def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list[dict]:
+    """``predict_cube`` on the 800 real series laid out as a 20 x 40 composite cube, fp32 vs bf16."""
+    import xarray as xr
+
+    from cropmap.checkpoint import Checkpoint
+    from cropmap.predict import PredictOptions, predict_cube
+
+    s = xr.concat([read_victoria("train"), read_victoria("test")], dim="sample")
+    obs = xr.DataArray(s["reflectance"].values.reshape(20, 40, 73, 10).transpose(2, 3, 0, 1),
+                       dims=("time", "band", "y", "x"), coords={"time": s.time.values, "band": s.band.values})
+    cube = median_composite(obs, SEASON, 2017)
+    ckpt = Checkpoint(model=model, model_name="cropnet", model_config={}, feature_kind="2d",
+                      bands=tuple(str(b) for b in s.band.values), season=SEASON, n_bins=SEASON.n_bins,
+                      normalisation=norm, class_names=tuple(str(c) for c in s.class_name.values), class_colours=None,
+                      config={}, scores={}, version="bench")
+    out, times = {}, {"fp32": [], "bf16": []}
+    for _ in range(args.repeat):
+        for precision in times:
+            opts = PredictOptions(precision=precision, batch_size=args.batch, device="cpu")
+            t0 = time.perf_counter()
+            out[precision] = predict_cube(ckpt, cube, options=opts)["label"].values
+            times[precision].append(time.perf_counter() - t0)
+    rows = []
+    for precision, t in times.items():
+        row = {"path": f"predict_cube_{precision}", "px_per_s": round(cube.sizes["y"] * cube.sizes["x"] / statistics.median(t), 1),
+               "setup_s": 0.0, "agreement": round(float((out[precision] == out["fp32"]).mean()), 4),
+               "load_avg_1min": round(os.getloadavg()[0], 2), **context}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="a CropNet checkpoint (default: train one here)")
@@ -177,6 +214,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--paths", default=",".join(PATHS))
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="also time cropmap.predict.predict_cube (features + model + maps) fp32 vs bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -239,6 +278,8 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.end_to_end:
+        rows += _end_to_end(model, norm, args, context)
     base = rows[0]["px_per_s"] if rows else 1.0
     print(f"\nCPU: {context['cpu']}, {context['cores']} cores, torch {context['torch']}, "
           f"{args.threads} threads, batch {args.batch}, {context['pixels']} real Victoria pixels\n")

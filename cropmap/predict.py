@@ -44,6 +44,8 @@ __all__ = [
     "predict_tiles",
     "tile_path",
     "run_key",
+    "write_run_file",
+    "RUN_FILE",
 ]
 
 #: Nodata value of every uint8 product (class, confidence, probability).
