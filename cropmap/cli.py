@@ -205,9 +205,14 @@ def predict(
     for c in cubes:  # a folder of stores, or stores themselves
         p = Path(c)
         paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
+    from pydantic import ValidationError
+
     try:
         options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
                                  probabilities=probabilities, device=device, precision=precision)
+    except ValidationError as err:
+        raise typer.BadParameter(str(err)) from err
+    try:
         results = predict_tiles(checkpoint, paths, out, options=options, force=force)
     except CropmapError as err:
         typer.echo(f"error: {err}", err=True)

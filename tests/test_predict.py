@@ -203,3 +203,23 @@ def test_row_blocks_bound_memory_without_changing_the_map(tiny_checkpoint, tmp_p
     np.testing.assert_array_equal(blocks["label"].values, whole["label"].values)
     assert np.abs(blocks["confidence"].values.astype(int) - whole["confidence"].values).max() <= 1
     assert blocks["label"].values.reshape(-1)[7] == NODATA
+
+
+def test_cli_predict_reports_an_incompatible_cube_and_a_bad_option(tiny_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    cubes, samples = victoria_tiles(tmp_path / "cubes", rows=1, cols=1, ny=10, nx=20)
+    obs = raster_obs(samples["reflectance"].values[:200], samples.time.values, samples.band.values, ny=10, nx=20)
+    write_tile_cube(tmp_path / "cubes" / "bad.zarr", obs, tile_id="bad", row=1, col=0,
+                    season=Season(start="08-01", end="07-31", hemisphere="north"))
+    out = tmp_path / "out"
+    run = CliRunner().invoke(app, ["predict", str(tiny_checkpoint), str(tmp_path / "cubes"), "--out", str(out)])
+    assert run.exit_code == 2 and "season" in run.output and "bad" in run.output, run.output
+    assert not out.exists()
+    bad = CliRunner().invoke(app, ["predict", str(tiny_checkpoint), str(cubes[0]), "--out", str(out),
+                                   "--precision", "fp8"])
+    assert bad.exit_code == 2 and "precision" in bad.output
+    ok = CliRunner().invoke(app, ["predict", str(tiny_checkpoint), str(cubes[0]), "--out", str(out)])
+    assert ok.exit_code == 0 and "T0_0: done" in ok.output, ok.output
