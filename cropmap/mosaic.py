@@ -238,6 +238,13 @@ def mosaic_tiles(
         raise DataNotFoundError(f"{tile_dir} holds no class tiles (*.class.tif); run `cropmap predict` first")
     class_tiles = _tiles(tile_dir, "class")
     tile_ids = tuple(p.name.split(".")[0] for p in class_tiles)
+    keys = {p.name.split(".")[0]: _tile_tags(p)[0].get("cropmap_run_key") for p in class_tiles}
+    if len(set(keys.values())) > 1:  # another checkpoint or options on part of the tiles: never mix them
+        first = next(iter(keys.values()))
+        odd = sorted(t for t, k in keys.items() if k != first)
+        raise IncompatibleInputError(
+            f"{tile_dir}: tiles {', '.join(odd[:5])} were predicted with another checkpoint or options than "
+            f"{next(iter(keys))}; rerun `cropmap predict` on all tiles with one checkpoint")
     cogs: dict[str, Path] = {}
     for product in products:
         paths = _tiles(tile_dir, product)

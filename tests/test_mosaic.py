@@ -187,3 +187,15 @@ def test_cli_mosaic_rerun_is_byte_identical(mosaic_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in result.stac_item.parent.iterdir())
     missing = CliRunner().invoke(app, ["mosaic", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "run `cropmap predict` first" in missing.output
+
+
+def test_tiles_of_two_runs_are_not_mixed(mosaic_run, tmp_path):
+    import shutil
+
+    root, _, _ = mosaic_run
+    tiles = tmp_path / "tiles"
+    shutil.copytree(root / "tiles", tiles)
+    with rasterio.open(tile_path(tiles, "T1_3", "class"), "r+") as dst:
+        dst.update_tags(cropmap_run_key="another-checkpoint")
+    with pytest.raises(IncompatibleInputError, match="T1_3"):
+        mosaic_tiles(tiles, tmp_path / "out")
