@@ -124,11 +124,14 @@ def training_set(reference: str | Path, cube_paths: Sequence[str | Path], path: 
             "per_class": {str(n): int(c) for n, c in zip(samples["class_name"].values, counts)}}
 
 
-def train_checkpoint(samples_path: str | Path, path: str | Path, *, train_config: dict | None = None) -> dict:
+def train_checkpoint(samples_path: str | Path, path: str | Path, *, train_config: dict | None = None,
+                     threads: int | None = None) -> dict:
     """Train a model on a sample set of season composites (:func:`training_set`) and save its checkpoint.
 
     The set carries the cubes' season attributes; ``train_config``: :class:`cropmap.train.TrainConfig`
-    fields. A complete checkpoint at ``path`` is kept (rerun = resume). Returns the path and scores.
+    fields. A complete checkpoint at ``path`` is kept (rerun = resume). ``threads`` caps torch's
+    intra-op threads while training (1 is fastest for a small net on a busy machine). Returns the path
+    and scores.
     """
     import xarray as xr
     from cropmap.checkpoint import save_checkpoint
@@ -149,8 +152,16 @@ def train_checkpoint(samples_path: str | Path, path: str | Path, *, train_config
     x = refl.transpose("sample", "band", "time").values.astype(np.float32)
     names = [str(n) for n in samples["class_name"].values]
     colours = [str(c) for c in samples["class_colour"].values] if "class_colour" in samples.coords else None
-    result = train_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2], n_classes=len(names),
-                         config=config, bin_days=season.bin_days)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        result = train_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2],
+                             n_classes=len(names), config=config, bin_days=season.bin_days)
+    finally:
+        torch.set_num_threads(before)
     scores = {**result.val_scores, "seconds": round(result.seconds, 1)}
     save_checkpoint(path, model=result.model, model_name=config.model, model_config=result.model_config,
                     feature_kind="2d", bands=[str(b) for b in samples["band"].values], season=season,

@@ -41,7 +41,8 @@ def training_set(reference: str, cube_paths: list[str], path: str, region: str, 
 
 @task(name="train-checkpoint", cache_policy=NONE)
 def train_checkpoint(samples_path: str, path: str, train_config: dict) -> dict:
-    return pipeline.train_checkpoint(samples_path, path, train_config=train_config)
+    # one torch thread: the small net trains fastest that way on 2 cores shared with Dask and others
+    return pipeline.train_checkpoint(samples_path, path, train_config=train_config, threads=1)
 
 
 def _demo_reference() -> tuple[str, list[float]]:
