@@ -25,11 +25,7 @@ from flows.build_cube import build_cubes_for, country_config
 
 __all__ = ["train_model", "DEMO_TRAINING"]
 
-#: CPU-sized settings for the DEMO: a few hundred samples (one per 0.0005 degree cell and class), more
-#: steps than the seed's defaults, and a slim CropNet (32-64 channels, stride 2: ~0.1M parameters) so
-#: that training takes about a minute on 2 shared cores (the paper's 4.7M-parameter net: ~30 min).
-DEMO_TRAINING = {"cell_deg": 0.0005, "per_cell": 1, "epochs": 30, "lr": 1e-3, "batch_size": 64,
-                 "model_options": {"channels": [32, 32, 64, 64], "first_stride": 2, "pool_after": [], "dropout": 0.2}}
+DEMO_TRAINING = pipeline.DEMO_TRAINING  # CPU-sized DEMO settings (slim CropNet): see cropmap.pipeline
 
 
 @task(name="training-set", cache_policy=NONE)
@@ -65,7 +61,7 @@ def train_model(country: str = "DEMO", reference: str | None = None, legend: str
         reference, bounds = _demo_reference()
     settings = {**DEMO_TRAINING, **{k: v for k, v in {"cell_deg": cell_deg, "per_cell": per_cell,
                                                        "epochs": epochs}.items() if v is not None}}
-    train_config = {k: settings[k] for k in ("epochs", "lr", "batch_size", "model_options")} | {"progress": False}
+    train_config = {k: settings[k] for k in ("epochs", "lr", "batch_size", "augment", "model_options")} | {"progress": False}
     root = pipeline.run_dir(output_root(out_dir), config)
     tile_ids = (pipeline.country_tiles(config, reference=reference) if bounds is None
                 else pipeline.country_tiles(config, bounds=bounds))

@@ -39,3 +39,87 @@ def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
     from test_predict import train_tiny_model
 
     return train_tiny_model(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory, demo_paths) -> str:
+    """A real DEMO checkpoint trained ONCE per session (~15 s) with the same pipeline steps as the
+    train-model flow (west-half cubes -> training_set -> train_checkpoint) and its slim CropNet, but
+    10 epochs instead of the flow's: the end-to-end tests pass it to map-country (``model=``) so that
+    no test trains inside a flow."""
+    from cropmap import pipeline
+    from cropmap.demo import demo_country, part_bounds, read_layout
+
+    work = tmp_path_factory.mktemp("demo_model")
+    config = demo_country(demo_paths)
+    west = part_bounds(read_layout(demo_paths.root), "west")
+    cubes = [pipeline.build_tile(config, t, work / "cubes") for t in pipeline.country_tiles(config, bounds=west)]
+    settings = pipeline.DEMO_TRAINING
+    samples = pipeline.training_set(demo_paths.reference, [c["path"] for c in cubes], work / "samples.nc",
+                                    region="DEMO", cell_deg=settings["cell_deg"], per_cell=settings["per_cell"],
+                                    bounds=west)
+    train_config = {k: settings[k] for k in ("lr", "batch_size", "model_options", "augment")}
+    result = pipeline.train_checkpoint(samples["path"], work / "demo.pt", threads=1,
+                                       train_config={**train_config, "epochs": 10, "progress": False})
+    return result["path"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc, *signals: int) -> None:
+    """Stop ``proc`` with ``signals`` in turn (a Prefect worker needs a second one), then kill it."""
+    import subprocess
+
+    for sig in signals:
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """ONE real Prefect server on 127.0.0.1 per session (``prefect server start``), shared by the
+    end-to-end flow tests: ``(api_url, prefect_home)``. Starting one costs ~30-60 s on 2 loaded cores."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    home = tmp_path_factory.mktemp("prefect")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/api", home
+    finally:
+        stop_process(server, signal.SIGTERM, signal.SIGINT)
+        log.close()

@@ -1,10 +1,11 @@
 """map-country for DEMO on a real external Dask cluster (`dask scheduler` + two `dask worker` processes
 on 127.0.0.1) against the same flow on its LocalCluster: byte-identical COG mosaics, with one worker
-killed mid-run (Dask reschedules, or a rerun completes only what is missing). One external run, not
-two (clean + killed), to keep this slow test to a few minutes.
+killed mid-run (Dask reschedules, or a rerun completes only what is missing); and the map-country
+flow process itself SIGKILLed mid-run, then run again: only the missing tiles are computed.
 
-The checkpoint is a deliberately tiny CropNet (8 channels per block, trained 2 epochs on the DEMO west
-half) so that predicting stays cheap on CPU; what is compared is where the work ran, not map quality.
+Cost control (2 shared cores): the session's DEMO model (``demo_model``, trained once) and Prefect
+server (``prefect_server``) from tests/conftest.py; ONE LocalCluster reference run (``local_run``)
+shared by both tests; every run maps only the 2 northern tiles (``TILE_LIMIT``).
 """
 
 from __future__ import annotations
@@ -28,46 +29,28 @@ if str(ROOT) not in sys.path:  # flows/ is a folder of the checkout, not an inst
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """The environment every process shares: the DEMO folder, a Prefect server, import paths."""
+def env(tmp_path_factory, demo_paths, prefect_server):
+    """The environment every process shares: the session's DEMO folder and Prefect server, import paths."""
     tmp = tmp_path_factory.mktemp("flows")
+    api_url, _ = prefect_server
     values = {
-        "CROPMAP_DEMO_DIR": str(tmp / "demo"),
+        "CROPMAP_DEMO_DIR": str(demo_paths.root),
         "PREFECT_HOME": str(tmp / "prefect"),
+        "PREFECT_API_URL": api_url,  # Dask workers (LocalCluster or external) report task runs to it
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
     with pytest.MonkeyPatch.context() as mp:
         for k, v in values.items():
             mp.setenv(k, v)
-        from prefect.settings import PREFECT_API_URL
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=180):
-            # Dask workers (LocalCluster or external) report task runs to this one server
-            mp.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
-            yield tmp
+        mp.delenv("CROPMAP_DASK_ADDRESS", raising=False)  # task_runner(None) must mean "local"
+        yield tmp
 
 
 @pytest.fixture(scope="module")
-def checkpoint(env) -> str:
-    """A tiny CropNet trained on cubes of the DEMO west half, built locally with the library."""
-    from cropmap import pipeline
-    from cropmap.demo import DemoPaths, default_demo_dir, part_bounds, read_layout
-
-    config = pipeline.resolve_country("DEMO")
-    root = default_demo_dir()
-    west = part_bounds(read_layout(root), "west")
-    cubes = [pipeline.build_tile(config, t, env / "train" / "cubes")
-             for t in pipeline.country_tiles(config, bounds=west)]
-    samples = pipeline.training_set(DemoPaths(root).reference, [c["path"] for c in cubes],
-                                    env / "train" / "samples.nc", region="DEMO", cell_deg=0.0005,
-                                    per_cell=1, bounds=west)
-    result = pipeline.train_checkpoint(samples["path"], env / "train" / "tiny.pt", train_config={
-        "model": "cropnet", "model_options": {"channels": [8, 8, 8, 8]}, "epochs": 2, "lr": 1e-3,
-        "batch_size": 64, "progress": False})
-    return result["path"]
+def checkpoint(demo_model) -> str:
+    """The session's DEMO model (tests/conftest.py: trained once, same pipeline steps as train-model)."""
+    return demo_model
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +79,17 @@ def cluster(env):
                 proc.wait()
 
 
+#: the two northern tiles (one west, one east): every run here maps only these
+TILE_LIMIT = 2
+
+
 def _map(address: str | None, out: Path, model: str) -> dict:
     """map-country for DEMO with the flows' own task runner: ``address`` None = their LocalCluster."""
     from flows._runner import task_runner
     from flows.map_country import map_country
 
-    return map_country.with_options(task_runner=task_runner(address))(country="DEMO", model=model, out_dir=str(out))
+    return map_country.with_options(task_runner=task_runner(address))(country="DEMO", model=model, out_dir=str(out),
+                                                                       tile_limit=TILE_LIMIT)
 
 
 def _cog_bytes(result: dict) -> dict[str, bytes]:
@@ -110,9 +98,9 @@ def _cog_bytes(result: dict) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def local_run(env, checkpoint) -> dict:
-    os.environ.pop("CROPMAP_DASK_ADDRESS", None)  # task_runner(None) must mean "local"
+    """The reference: one uninterrupted map-country run on the flow's LocalCluster, shared by the tests."""
     result = _map(None, env / "local", checkpoint)
-    assert set(result["cogs"]) >= {"class", "confidence"}
+    assert set(result["cogs"]) >= {"class", "confidence"} and len(result["tiles"]) == TILE_LIMIT
     assert all(row["predict"] == "done" for row in result["tiles"]), result["tiles"]
     return result
 
@@ -155,4 +143,53 @@ def test_map_country_on_external_scheduler_survives_a_killed_worker(env, checkpo
           f"error: {outcome.get('error')!r}; tasks executed by w0: {executed}")
     assert list(executed) != [] and sum(executed.values()) >= len(result["tiles"])
     assert all(r["predict"] in ("done", "skipped") for r in result["tiles"]), result["tiles"]
+    assert _cog_bytes(result) == _cog_bytes(local_run)
+
+
+_KILLABLE_RUN = """
+import sys
+from flows._runner import task_runner
+from flows.map_country import map_country
+# one Dask thread: tiles are predicted one after another, so a kill after the first lands mid-run
+map_country.with_options(task_runner=task_runner(None, threads=1))(
+    country="DEMO", model=sys.argv[1], out_dir=sys.argv[2], tile_limit=int(sys.argv[3]))
+"""
+
+
+def test_killed_map_country_flow_reruns_only_the_missing_tiles(env, checkpoint, local_run):
+    """The flow's own process SIGKILLed as soon as its first tile prediction is on disk; a rerun skips
+    the finished tile (same file, same mtime), computes only the missing one, and the COG mosaics are
+    byte-identical to the uninterrupted LocalCluster run."""
+    import time
+
+    out = env / "killed"
+    log = open(env / "killed.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_RUN, checkpoint, str(out), str(TILE_LIMIT)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not (finished := sorted(out.glob("DEMO/*/tiles/*.class.tif"))):
+            assert proc.poll() is None, (env / "killed.log").read_text()[-3000:]
+            assert time.time() < deadline, "no tile finished in 600 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow process and anything it started
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+    at_kill = {p.name: p.stat().st_mtime_ns for p in out.glob("DEMO/*/tiles/*.tif")}
+    done_at_kill = {p.name.split(".")[0] for p in out.glob("DEMO/*/tiles/*.class.tif")}
+    assert proc.returncode == -signal.SIGKILL
+    assert len(done_at_kill) < TILE_LIMIT and not list(out.glob("DEMO/*/maps/*.tif")), "killed too late"
+
+    result = _map(None, out, checkpoint)
+    rows = {r["tile"]: r for r in result["tiles"]}
+    assert {t for t, r in rows.items() if r["predict"] == "skipped"} == done_at_kill
+    assert {t for t, r in rows.items() if r["predict"] == "done"} == set(rows) - done_at_kill != set()
+    assert all(r["cube"] == "skipped" for r in rows.values())  # cubes were complete before any prediction
+    for name, stamp in at_kill.items():  # what the killed run finished is untouched
+        if name.split(".")[0] in done_at_kill:
+            assert next(out.glob(f"DEMO/*/tiles/{name}")).stat().st_mtime_ns == stamp, name
     assert _cog_bytes(result) == _cog_bytes(local_run)

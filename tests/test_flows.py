@@ -1,7 +1,8 @@
 """The Prefect flows end to end: a real Prefect server and process worker on 127.0.0.1, deployments from
 prefect.yaml, ``prefect deployment run map-country/map-country --param country=DEMO --watch``.
 
-Slow (a server, a worker, a Dask LocalCluster, training, cubes and a mosaic): marked ``slow``.
+Slow (a server, a worker, a Dask LocalCluster, cubes and a mosaic): marked ``slow``. The server and
+the DEMO model are the session's (tests/conftest.py), shared with tests/test_cluster_flows.py.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -25,55 +26,17 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, *signals: int) -> None:
-    # a Prefect worker needs a second signal to stop (see ../shared/notes/stack.md)
-    for sig in signals:
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            continue
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory, demo_paths):
-    home = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
+def prefect_env(tmp_path_factory, demo_paths, prefect_server):
+    """The CLI's environment: the session's Prefect server and DEMO folder, outputs in a temporary folder."""
+    api_url, _ = prefect_server
+    home = tmp_path_factory.mktemp("prefect_cli")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PWD": str(REPO),
+           "PREFECT_API_URL": api_url, "PWD": str(REPO),
            "CROPMAP_DEMO_DIR": str(demo_paths.root), "CROPMAP_OUTPUT_DIR": str(home / "runs"),
            "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
     env.pop("CROPMAP_DASK_ADDRESS", None)
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                pytest.fail(f"Prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-            time.sleep(1)
-        yield env, home
-    finally:
-        _stop(server, signal.SIGTERM, signal.SIGINT)
-        log.close()
+    return env, home
 
 
 def _prefect(env, *args, timeout=120) -> subprocess.CompletedProcess:
@@ -91,7 +54,7 @@ def worker(prefect_env):
     proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "cropmap-process"], env=env, cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
     yield proc, home / "worker.log"
-    _stop(proc, signal.SIGTERM, signal.SIGINT)
+    stop_process(proc, signal.SIGTERM, signal.SIGINT)
     log.close()
 
 
@@ -101,10 +64,12 @@ def _run_id(output: str) -> str:
     return match.group(1)
 
 
-def test_map_country_demo_deployment(prefect_env, worker):
+def test_map_country_demo_deployment(prefect_env, worker, demo_model):
+    """The deployment with the session's DEMO model (``--param model=``: no training inside the flow)."""
     env, home = prefect_env
-    run = _prefect(env, "deployment", "run", "map-country/map-country", "--param", "country=DEMO",
-                   "--param", "tile_limit=2", "--watch", "--watch-interval", "2", timeout=900)
+    params = ["--param", "country=DEMO", "--param", "tile_limit=2", "--param", f"model={demo_model}"]
+    run = _prefect(env, "deployment", "run", "map-country/map-country", *params,
+                   "--watch", "--watch-interval", "2", timeout=900)
     logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
     assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + logs[-4000:]
     cog = next((home / "runs" / "DEMO").glob("*/maps/DEMO_class.tif"))
@@ -119,8 +84,8 @@ def test_map_country_demo_deployment(prefect_env, worker):
     tiles = sorted((cog.parents[1] / "tiles").glob("*.class.tif"))
     assert len(tiles) == 2
     stamp = tiles[0].stat().st_mtime_ns
-    again = _prefect(env, "deployment", "run", "map-country/map-country", "--param", "country=DEMO",
-                     "--param", "tile_limit=2", "--watch", "--watch-interval", "2", timeout=900)
+    again = _prefect(env, "deployment", "run", "map-country/map-country", *params,
+                     "--watch", "--watch-interval", "2", timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
     assert tiles[0].stat().st_mtime_ns == stamp  # the finished tile was skipped, not redone
 
