@@ -136,6 +136,52 @@ def demo_build(
     typer.echo(f"done in {time.perf_counter() - started:.1f} s")
 
 
+@demo_app.command("run")
+def demo_run(
+    out: str = typer.Option(None, "--out", help="Output root (default $CROPMAP_OUTPUT_DIR or ~/.cache/cropmap/runs)."),
+    tile_limit: int = typer.Option(None, "--tile-limit", min=1, help="Map at most this many tiles."),
+) -> None:
+    """The whole job on the DEMO, offline: the map-country Prefect flow (build the demo if missing, train
+    the slim CPU CropNet on the west half, cubes through the STAC code, predict, mosaic, OA on the east)."""
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    from cropmap.errors import CropmapError
+    from cropmap.pipeline import DEMO_TRAINING
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "flows" / "map_country.py").exists():  # the flows are part of the checkout, not the wheel
+        typer.echo(f"error: no flows/ next to {Path(__file__).parent}: run from a cropmap checkout", err=True)
+        raise typer.Exit(2)
+    sys.path.insert(0, str(root))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    model = DEMO_TRAINING["model_options"]
+    typer.echo(f"DEMO model: SLIM CropNet for CPU (channels {model['channels']}, first stride "
+               f"{model['first_stride']}; not the paper's 4.7M-parameter net), {DEMO_TRAINING['epochs']} epochs, "
+               f"augmentation {DEMO_TRAINING['augment']!r}, one sample per {DEMO_TRAINING['cell_deg']} degree cell "
+               "and class on the WEST half; scored on the EAST half")
+    started = time.perf_counter()
+    try:
+        from flows.map_country import map_country
+
+        result = map_country(country="DEMO", out_dir=out, tile_limit=tile_limit)
+    except CropmapError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from err
+    acc = result["accuracy"]
+    typer.echo("")
+    typer.echo(f"class map COG:      {result['cogs']['class']}")
+    typer.echo(f"confidence COG:     {result['cogs'].get('confidence')}")
+    typer.echo(f"STAC item:          {result['item']}")
+    typer.echo(f"quicklook:          {result['quicklook']}")
+    typer.echo(f"accuracy report:    {Path(result['cogs']['class']).parent / 'accuracy.json'}")
+    typer.echo(f"model:              {result['model']}")
+    typer.echo(f"OA on the DEMO east half: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+    typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+
+
 # --- cube: per-tile 5-day median cubes from STAC (cropmap.cube) --------------------------------------
 @app.command("cube")
 def cube(
