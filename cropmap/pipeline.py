@@ -20,7 +20,8 @@ from rasterio.windows import from_bounds
 from cropmap.config import CountryConfig, load_country
 from cropmap.errors import IncompatibleInputError
 
-__all__ = ["DEMO_TRAINING", "resolve_country", "config_hash", "run_dir", "country_tiles", "build_tile", "training_points",
+__all__ = ["DEMO_TRAINING", "resolve_country", "config_hash",
+           "run_dir", "country_tiles", "build_tile", "training_points",
            "training_set", "train_checkpoint", "score_class_map"]
 
 #: CPU-sized training settings of the DEMO (the train-model flow's defaults, ``cropmap demo run``): a few

@@ -61,7 +61,8 @@ def train_model(country: str = "DEMO", reference: str | None = None, legend: str
         reference, bounds = _demo_reference()
     settings = {**DEMO_TRAINING, **{k: v for k, v in {"cell_deg": cell_deg, "per_cell": per_cell,
                                                        "epochs": epochs}.items() if v is not None}}
-    train_config = {k: settings[k] for k in ("epochs", "lr", "batch_size", "augment", "model_options")} | {"progress": False}
+    train_config = ({k: settings[k] for k in ("epochs", "lr", "batch_size", "augment", "model_options")}
+                    | {"progress": False})
     root = pipeline.run_dir(output_root(out_dir), config)
     tile_ids = (pipeline.country_tiles(config, reference=reference) if bounds is None
                 else pipeline.country_tiles(config, bounds=bounds))
