@@ -9,4 +9,6 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 # no Prefect server configured: Prefect starts a temporary local one for this run
 export PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}
+# Dask's scheduler/worker INFO lines would bury the flow's own log; warnings still show
+export DASK_LOGGING__DISTRIBUTED=${DASK_LOGGING__DISTRIBUTED:-warning}
 exec .venv/bin/cropmap demo run "$@"
