@@ -18,13 +18,6 @@ def shared_data() -> Path:
     return DATA
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _single_threaded_blas():
-    # 2-core CI: keep BLAS from oversubscribing next to torch and Dask threads
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    yield
-
-
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory, shared_data):
     """The DEMO country (cropmap.demo) built once per session from the real Victoria series (~5-10 s)."""
