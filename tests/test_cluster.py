@@ -7,11 +7,7 @@ The worker-kill test runs last in this file: it leaves the module's cluster with
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,64 +20,22 @@ from cropmap.composite import median_composite
 from cropmap.errors import ConfigError
 from cropmap.masking import valid_from_scl
 from cropmap.season import Season
+from dask_processes import dask_cluster_processes, wait_for
 
-DASK = Path(sys.executable).with_name("dask")
 APRIL = Season(start="04-01", end="04-30")
 BANDS = ["B01", "B04", "B08", "B11"]
 # The file stores one chunk per date; splitting y/x on purpose makes tile-like tasks to distribute.
 pytestmark = pytest.mark.filterwarnings("ignore:The specified chunks separate the stored chunks")
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
-    # Own session, so a kill reaches only this process. The workers import this module's helpers by
-    # name, like any task function: a cluster needs the client's software, here tests/ on the path.
-    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    return subprocess.Popen([str(DASK), *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-
-
 @pytest.fixture(scope="module")
 def scheduler(tmp_path_factory):
     """Address and worker processes of a scheduler + 2 single-thread, nanny-less workers on 127.0.0.1;
-    w1 advertises the Dask resource GPU=1."""
-    tmp = tmp_path_factory.mktemp("dask")
-    sched_file = tmp / "scheduler.json"
-    procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(sched_file)], tmp / "scheduler.log")]
-    try:
-        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 30, "the scheduler file")
-        address = json.loads(sched_file.read_text())["address"]
-        workers = {}
-        for name in ("w0", "w1"):
-            # --no-nanny: killing the process kills the worker (a nanny would restart it)
-            # w1 advertises a GPU the way deploy/'s GPU worker group does (no GPU needed to advertise)
-            extra = ["--resources", f"{GPU_RESOURCE}=1"] if name == "w1" else []
-            workers[name] = _spawn(["worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
-                                    "--no-dashboard", "--memory-limit", "1GiB", "--host", "127.0.0.1", *extra],
-                                   tmp / f"{name}.log")
-        procs += workers.values()
-        yield address, workers
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:  # a graceful close is not what is tested here
-                proc.kill()
-                proc.wait()
+    w1 advertises the Dask resource GPU=1 the way deploy/'s GPU worker group does (no GPU needed)."""
+    common = ["--nthreads", "1", "--memory-limit", "1GiB"]
+    workers = {"w0": common, "w1": [*common, "--resources", f"{GPU_RESOURCE}=1"]}
+    with dask_cluster_processes(tmp_path_factory.mktemp("dask"), workers, timeout=30) as started:
+        yield started
 
 
 def _remote_latency(block: np.ndarray) -> np.ndarray:
@@ -198,7 +152,7 @@ def test_killing_a_worker_mid_run_loses_nothing(scheduler, cube_path, local_resu
         future = client.compute(_composite_graph(cube_path))
         # kill w1 once it holds finished pieces of the result and work is still pending: its results
         # are lost and must be recomputed on w0, its running task rescheduled
-        held = _wait_for(lambda: len(client.has_what().get(by_name["w1"], ())) >= 5 and not future.done()
+        held = wait_for(lambda: len(client.has_what().get(by_name["w1"], ())) >= 5 and not future.done()
                          and len(client.has_what()[by_name["w1"]]), 60, "w1 to hold results")
         assert not future.done()
         procs["w1"].send_signal(signal.SIGKILL)

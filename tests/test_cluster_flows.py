@@ -10,7 +10,6 @@ shared by both tests; every run maps only the 2 northern tiles (``TILE_LIMIT``).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cluster import _spawn, _wait_for  # noqa: E402 - tests/ is on sys.path (no package)
+from dask_processes import dask_cluster_processes, wait_for  # tests/ is on sys.path (no package)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,27 +55,8 @@ def checkpoint(demo_model) -> str:
 @pytest.fixture(scope="module")
 def cluster(env):
     """A scheduler and two nanny-less workers (w0, w1) on 127.0.0.1, started with ``env``."""
-    sched_file = env / "scheduler.json"
-    procs = [_spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                     "--scheduler-file", str(sched_file)], env / "scheduler.log")]
-    try:
-        _wait_for(lambda: sched_file.exists() and sched_file.stat().st_size > 0, 60, "the scheduler file")
-        address = json.loads(sched_file.read_text())["address"]
-        workers = {name: _spawn(["worker", address, "--name", name, "--nthreads", "2", "--no-nanny",
-                                 "--no-dashboard", "--host", "127.0.0.1"], env / f"{name}.log")
-                   for name in ("w0", "w1")}
-        procs += workers.values()
-        yield address, workers
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with dask_cluster_processes(env, {name: ["--nthreads", "2"] for name in ("w0", "w1")}) as started:
+        yield started
 
 
 #: the two northern tiles (one west, one east): every run here maps only these
@@ -125,7 +105,7 @@ def test_map_country_on_external_scheduler_survives_a_killed_worker(env, checkpo
     with Client(address, timeout=30) as client:
         w1 = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "w1")
         thread.start()
-        _wait_for(lambda: client.processing().get(w1) or not thread.is_alive(), 600, "w1 to run a task")
+        wait_for(lambda: client.processing().get(w1) or not thread.is_alive(), 600, "w1 to run a task")
         assert thread.is_alive(), f"the run ended before w1 got a task: {outcome}"
         killed_during = list(client.processing()[w1])
         procs["w1"].send_signal(signal.SIGKILL)

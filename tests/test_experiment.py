@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -20,13 +19,7 @@ from cropmap.season import Season
 CONFIGS = Path(__file__).parents[1] / "configs" / "experiments"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # on 2 shared cores, 2 torch threads spin-wait on each other: measured 25 s vs 0.6 s for the same fit
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cropglobe_file(folder: Path, iso3: str, split: str, per_class: int) -> None:

@@ -13,13 +13,7 @@ from cropmap.models import CropNet, CropNet1D, build_forest, build_model, count_
 from cropmap.models.forest import forest_predict_proba
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # on 2 shared cores, 2 torch threads spin-wait on each other: measured 25 s vs 0.6 s for the same fit
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _conv_bn_count(c_in: int, channels: list[int], k: int, first_in: int) -> int:

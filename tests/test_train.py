@@ -22,13 +22,7 @@ VIC_SEASON = Season(start="08-01", end="07-31", hemisphere="south")
 SMALL = {"channels": [8, 8, 8, 8]}  # the real architecture, narrow: fast on 2 cores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # on 2 shared cores, 2 torch threads spin-wait on each other: measured 25 s vs 0.6 s for the same fit
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
