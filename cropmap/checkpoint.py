@@ -13,7 +13,6 @@ reflectance 0..1; ``scale`` (10000) returns it to the digital numbers the seed's
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from cropmap import __version__
 from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.season import Season
+from cropmap.tiles_io import atomic_path
 
 __all__ = [
     "Checkpoint",
@@ -163,13 +163,10 @@ def save_checkpoint(
         "version": __version__,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({**meta, "state_dict": state}, tmp)
-    os.replace(tmp, path)
-    card = card_path(path)
-    tmp_card = card.with_name(f".{card.name}.tmp")
-    tmp_card.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
-    os.replace(tmp_card, card)
+    with atomic_path(path) as tmp:
+        torch.save({**meta, "state_dict": state}, tmp)
+    with atomic_path(card_path(path)) as tmp:
+        tmp.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
     return path
 
 

@@ -7,11 +7,12 @@ cannot be scored, and a source-only class predicted in the target counts as an e
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cropmap.tiles_io import atomic_path
 
 __all__ = ["confusion_matrix", "macro_f1", "scores", "write_confusion"]
 
@@ -74,9 +75,8 @@ def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path
     base.parent.mkdir(parents=True, exist_ok=True)
     csv, png = base.with_suffix(".csv"), base.with_suffix(".png")
     frame = pd.DataFrame(cm, index=[f"true:{c}" for c in class_names], columns=[f"pred:{c}" for c in class_names])
-    tmp = csv.with_name(f".{csv.name}.tmp")
-    frame.to_csv(tmp)
-    os.replace(tmp, csv)
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp)
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.6 * len(class_names)))
     rows = cm.sum(1, keepdims=True)
     ax.imshow(np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
@@ -89,8 +89,7 @@ def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path
     ax.set_ylabel("reference")
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, png)
     return csv, png

@@ -39,6 +39,7 @@ from cropmap.features import compute_features
 from cropmap.harmonise import harmonise, load_legend
 from cropmap.season import Season
 from cropmap.train import TrainConfig, train_model
+from cropmap.tiles_io import atomic_path
 
 __all__ = ["DataSpec", "RunSpec", "ExperimentConfig", "load_experiment", "run_experiment", "load_samples"]
 
@@ -266,9 +267,8 @@ def _run_forest(cfg, spec, aug, seed, x_full, start, src_season, y_src, tgt, n_c
 def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, command: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / f"{cfg.name}.csv"
-    tmp = csv.with_name(f".{csv.name}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.4f")
-    os.replace(tmp, csv)
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4f")
     shifts = sorted(frame["shift_days"].unique())
     head = "| features | model | augmentation | " + " | ".join(
         f"OA {s:+d} d" if s else "OA" for s in shifts) + " | macro-F1 (0 d) | kappa (0 d) | s / model |"
@@ -307,6 +307,5 @@ def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, co
         "",
     ])
     md = out_dir / f"{cfg.name}.md"
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, md)
+    with atomic_path(md) as tmp:
+        tmp.write_text(text)
