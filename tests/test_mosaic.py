@@ -106,15 +106,20 @@ def test_stac_item_and_quicklook(mosaic_run, tiny_checkpoint):
     assert png.ndim == 3 and png.shape[0] > 100
 
 
+def _copy_moved(src_path: Path, dst_path: Path, dx: float, dy: float) -> Path:
+    """A copy of the tile ``src_path`` whose grid is moved by ``(dx, dy)`` pixels."""
+    with rasterio.open(src_path) as src:
+        profile, data = src.profile, src.read()
+    profile["transform"] = profile["transform"] @ rasterio.Affine.translation(dx, dy)
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+    return dst_path
+
+
 def test_tiles_off_the_grid_are_refused(mosaic_run, tmp_path):
     root, _, _ = mosaic_run
     src_path = tile_path(root / "tiles", "T0_0", "class")
-    moved = tmp_path / "T9_9.class.tif"
-    with rasterio.open(src_path) as src:
-        profile, data = src.profile, src.read()
-    profile["transform"] = profile["transform"] * rasterio.Affine.translation(0.5, 0)
-    with rasterio.open(moved, "w", **profile) as dst:
-        dst.write(data)
+    moved = _copy_moved(src_path, tmp_path / "T9_9.class.tif", 0.5, 0)
     with pytest.raises(IncompatibleInputError, match="off the pixel grid"):
         tile_grid([src_path, moved])
 
@@ -161,12 +166,7 @@ def test_killed_run_resumes_and_gives_byte_identical_mosaics(tiny_checkpoint, tm
 def test_overlapping_tiles_are_refused(mosaic_run, tmp_path):
     root, _, _ = mosaic_run
     src_path = tile_path(root / "tiles", "T0_0", "class")
-    moved = tmp_path / "T9_9.class.tif"
-    with rasterio.open(src_path) as src:
-        profile, data = src.profile, src.read()
-    profile["transform"] = profile["transform"] * rasterio.Affine.translation(5, 5)  # half a tile over
-    with rasterio.open(moved, "w", **profile) as dst:
-        dst.write(data)
+    moved = _copy_moved(src_path, tmp_path / "T9_9.class.tif", 5, 5)  # half a tile over
     with pytest.raises(IncompatibleInputError, match="overlaps"):
         tile_grid([src_path, moved])
     tile_grid([src_path, tile_path(root / "tiles", "T0_1", "class")])  # neighbours sharing an edge are fine
