@@ -1,4 +1,5 @@
-"""CropNet 2D/1D, the authors'-code variant, the registry, the forest baseline and `cropmap params`."""
+"""CropNet 2D/1D, the authors'-code variant, the deeper baselines (ResNet-50-like, EfficientNetV2-S-like),
+the registry, the forest baseline and `cropmap params`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typer.testing import CliRunner
 from cropmap.cli import app
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.models import CropNet, CropNet1D, build_forest, build_model, count_parameters
+from cropmap.models.efficientnet import FusedMBConv, MBConv
 from cropmap.models.forest import forest_predict_proba
+from cropmap.models.resnet import Bottleneck
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,6 +82,79 @@ def test_wrong_inputs_raise_clear_errors():
         build_model("cropnet", n_bands=10, n_classes=3, dropout=[0.1, 0.2])
 
 
+def _resnet50_count(n_classes: int) -> int:
+    """ResNet-50 with a 3x3 1-channel stem, counted by hand: bias-free convs, BN scale/shift, linear head."""
+    def bn(c: int) -> int:
+        return 2 * c
+
+    total, c = 9 * 64 + bn(64), 64
+    for n, w in zip((3, 4, 6, 3), (64, 128, 256, 512)):
+        for i in range(n):
+            total += c * w + bn(w) + 9 * w * w + bn(w) + w * 4 * w + bn(4 * w)
+            if i == 0:  # projection shortcut (channels change in every stage's first block)
+                total += c * 4 * w + bn(4 * w)
+            c = 4 * w
+    return total + c * n_classes + n_classes
+
+
+def _effnetv2_s_count(n_classes: int) -> int:
+    """EfficientNetV2-S with a 1-channel stem, counted by hand from the paper's table 4."""
+    def bn(c: int) -> int:
+        return 2 * c
+
+    total, c = 9 * 24 + bn(24), 24
+    for kind, e, out, n in (("f", 1, 24, 2), ("f", 4, 48, 4), ("f", 4, 64, 4),
+                            ("m", 4, 128, 6), ("m", 6, 160, 9), ("m", 6, 256, 15)):
+        for _ in range(n):
+            mid = c * e
+            if kind == "f":
+                total += (9 * c * out + bn(out)) if e == 1 else (9 * c * mid + bn(mid) + mid * out + bn(out))
+            else:
+                sq = c // 4  # squeeze-and-excitation on the block's input width
+                total += c * mid + bn(mid) + 9 * mid + bn(mid) + (mid * sq + sq) + (sq * mid + mid) + mid * out + bn(out)
+            c = out
+    return total + c * 1280 + bn(1280) + 1280 * n_classes + n_classes
+
+
+def test_deeper_baselines_have_the_seed_parameter_counts():
+    resnet = build_model("resnet50", n_bands=10, n_classes=7)
+    effnet = build_model("effnetv2-s", n_bands=10, n_classes=7)
+    assert count_parameters(resnet) == _resnet50_count(7)
+    assert count_parameters(effnet) == _effnetv2_s_count(7)
+    assert abs(count_parameters(resnet) - 23.5e6) / 23.5e6 < 0.05
+    assert abs(count_parameters(effnet) - 20.2e6) / 20.2e6 < 0.10
+    assert sum(isinstance(m, Bottleneck) for m in resnet.modules()) == 16  # 3-4-6-3
+    assert sum(isinstance(m, FusedMBConv) for m in effnet.modules()) == 10
+    assert sum(isinstance(m, MBConv) for m in effnet.modules()) == 30
+
+
+@pytest.mark.parametrize("name", ["resnet50", "effnetv2-s"])
+@pytest.mark.parametrize("n_bins", [8, 13, 25, 73])
+def test_deeper_baselines_take_the_cropnet_input_and_learn(name, n_bins):
+    small = ({"blocks": [1, 1, 1, 1], "widths": [4, 4, 4, 4]} if name == "resnet50" else
+             {"stages": [["fused", 1, 3, 1, 8, 1], ["fused", 4, 3, 2, 8, 2], ["mb", 4, 3, 2, 16, 2]],
+              "stem_channels": 8, "head_channels": 32})
+    torch.manual_seed(0)
+    model = build_model(name, n_bands=10, n_classes=3, **small)
+    x, y = torch.randn(12, 1, 10, n_bins), torch.arange(12) % 3
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    losses = []
+    for _ in range(15):  # a few steps on 12 samples: the loss must fall (gradients reach the stem)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        assert model(x[:, 0]).shape == (12, 3)  # (N, band, time) is accepted like CropNet's
+    with pytest.raises(IncompatibleInputError, match="10 bands"):
+        model(torch.zeros(2, 1, 9, n_bins))
+    with pytest.raises(IncompatibleInputError, match=">= 8 time bins"):
+        model(torch.zeros(2, 1, 10, 7))
+
+
 def test_forest_probabilities_cover_classes_unseen_in_training():
     x = np.random.default_rng(0).normal(size=(40, 5))
     y = np.repeat([0, 2], 20)  # class 1 absent
@@ -94,3 +170,4 @@ def test_cli_params_prints_counts():
     assert result.exit_code == 0, result.output
     assert "4,691,655" in result.output and "(4.69M)" in result.output
     assert "1,037,319" in result.output
+    assert f"{_resnet50_count(7):,d}" in result.output and f"{_effnetv2_s_count(7):,d}" in result.output

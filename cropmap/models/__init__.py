@@ -1,4 +1,5 @@
-"""Models: CropNet (2D, and the authors'-code variant), CropNet1D, and the random-forest baseline.
+"""Models: CropNet (2D, and the authors'-code variant), CropNet1D, the deeper baselines (ResNet-50-like,
+EfficientNetV2-S-like) and the random-forest baseline.
 
 :func:`build_model` is the one registry: ``build_model("cropnet", n_bands=10, n_classes=7)``.
 """
@@ -12,14 +13,19 @@ from torch import nn
 from cropmap.errors import ConfigError
 from cropmap.models.forest import build_forest
 from cropmap.models.cropnet import CROPNET_CODE, CROPNET_V1, CropNet, CropNet1D, count_parameters
+from cropmap.models.efficientnet import EFFNETV2_S, EfficientNetV2
+from cropmap.models.resnet import RESNET50, ResNetBottleneck
 
-__all__ = ["build_model", "MODELS", "build_forest", "CropNet", "CropNet1D", "count_parameters", "CROPNET_V1", "CROPNET_CODE"]
+__all__ = ["build_model", "MODELS", "build_forest", "CropNet", "CropNet1D", "ResNetBottleneck", "EfficientNetV2",
+           "count_parameters", "CROPNET_V1", "CROPNET_CODE", "RESNET50", "EFFNETV2_S"]
 
 #: name -> (class, default configuration). Every torch model takes (N, band, time) matrices.
 MODELS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "cropnet": (CropNet, CROPNET_V1),
     "cropnet-code": (CropNet, CROPNET_CODE),
     "cropnet1d": (CropNet1D, CROPNET_V1),
+    "resnet50": (ResNetBottleneck, RESNET50),
+    "effnetv2-s": (EfficientNetV2, EFFNETV2_S),
 }
 
 

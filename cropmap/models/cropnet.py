@@ -24,7 +24,7 @@ from torch import nn
 
 from cropmap.errors import ConfigError, IncompatibleInputError
 
-__all__ = ["CropNet", "CropNet1D", "CROPNET_V1", "CROPNET_CODE", "count_parameters", "MIN_TIME"]
+__all__ = ["CropNet", "CropNet1D", "CROPNET_V1", "CROPNET_CODE", "count_parameters", "MIN_TIME", "as_matrix_input"]
 
 MIN_TIME = 8
 
@@ -42,6 +42,20 @@ CROPNET_CODE: dict[str, Any] = {
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def as_matrix_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(N, 1, band, time)`` for a 2D model built for ``model.n_bands`` bands: ``(N, band,
+    time)`` gains the channel axis; anything else raises :class:`IncompatibleInputError`."""
+    name = type(model).__name__
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4 or x.shape[1] != 1 or x.shape[2] != model.n_bands:
+        raise IncompatibleInputError(f"{name} built for {model.n_bands} bands expects (N, 1, band, time), "
+                                     f"got shape {tuple(x.shape)}")
+    if x.shape[-1] < MIN_TIME:
+        raise IncompatibleInputError(f"{name} needs >= {MIN_TIME} time bins, got {x.shape[-1]}")
+    return x
 
 
 class _Net(nn.Module):
@@ -101,12 +115,7 @@ class CropNet(_Net):
     dims = 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:
-            x = x.unsqueeze(1)
-        self._check(x, 4, "(N, 1, band, time)")
-        if x.shape[1] != 1 or x.shape[2] != self.n_bands:
-            raise IncompatibleInputError(f"CropNet built for {self.n_bands} bands got input {tuple(x.shape)}")
-        return super().forward(x)
+        return super().forward(as_matrix_input(self, x))
 
 
 class CropNet1D(_Net):
