@@ -87,6 +87,8 @@ def experiment(
     config: str = typer.Argument(..., help="experiment YAML, e.g. configs/experiments/victoria.yaml"),
     seeds: str = typer.Option("", help="comma-separated seeds overriding the config's, e.g. 0"),
     output: str = typer.Option("", help="folder for the table, CSV and confusion matrices (default: the config's)"),
+    cache_dir: str = typer.Option("", help="checkpoint cache (default: the config's); an empty folder retrains all"),
+    workers: int = typer.Option(0, help="processes training networks in parallel (default: the config's)"),
 ) -> None:
     """Run a source -> target experiment grid and write docs/results/<name>.md and .csv."""
     import shlex
@@ -100,6 +102,10 @@ def experiment(
         update["seeds"] = [int(s) for s in seeds.split(",")]
     if output:
         update["output"] = output
+    if cache_dir:
+        update["cache_dir"] = cache_dir
+    if workers:
+        update["workers"] = workers
     cfg = cfg.model_copy(update=update)
     command = "cropmap " + " ".join(shlex.quote(a) for a in ["experiment", *sys.argv[2:]])
     run_experiment(cfg, command=command)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cropmap.errors import IncompatibleInputError
 
-__all__ = ["Season", "NORTH", "SOUTH", "FULL_YEAR"]
+__all__ = ["Season", "NORTH", "SOUTH", "FULL_YEAR", "shift_months"]
 
 Hemisphere = Literal["north", "south"]
 
@@ -59,7 +59,7 @@ class Season(BaseModel):
                        bin_days: int = 5) -> "Season":
         """The northern window given by ``start``/``end``; in the south, the same window 6 months later."""
         if hemisphere == "south":
-            start, end = _shift_months(start, 6), _shift_months(end, 6)
+            start, end = shift_months(start, 6), shift_months(end, 6)
         return cls(start=start, end=end, bin_days=bin_days, hemisphere=hemisphere)
 
     @property
@@ -113,7 +113,8 @@ class Season(BaseModel):
         return cls(**{k.removeprefix("season_"): v for k, v in attrs.items() if k.startswith("season_")})
 
 
-def _shift_months(month_day: str, months: int) -> str:
+def shift_months(month_day: str, months: int) -> str:
+    """``"MM-DD"`` moved by ``months`` calendar months; a month's last day stays a month's last day."""
     m, d = _parse_month_day(month_day)
     was_month_end = d == _month_length(m)
     m = (m - 1 + months) % 12 + 1

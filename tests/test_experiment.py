@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cropmap.cli import app
 from cropmap.errors import ConfigError
-from cropmap.experiment import _window_start, load_experiment, run_experiment
+from cropmap.experiment import Minority, _window_start, load_experiment, minority_subsample, run_experiment, variants
 from cropmap.samples import read_victoria
 from cropmap.season import Season
 
@@ -78,6 +78,76 @@ def test_cli_experiment_with_seed_override(tiny_config, tmp_path):
     assert set(csv.seed) == {3}
 
 
+def test_axes_grid_with_parallel_training(tiny_config, tmp_path):
+    """Bin length x class subset x minority cut on the tiny scenario, networks trained in 2 processes."""
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw.update(seeds=[0], target_shifts_days=[0], workers=2, name="tiny-axes",
+               runs=[{"features": "2d", "model": "cropnet1d", "augment": ["none"]},
+                     {"features": "1d", "model": "rf", "augment": ["none"]}],
+               axes={"bin_days": [5, 30],
+                     "classes": {"all": None, "three": ["corn", "wheat", "soybeans"]},
+                     "minority": {"none": None, "soy-5pct": {"class": "soybeans", "fraction": 0.05}}})
+    path = tmp_path / "axes.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_experiment(path)
+    assert [v.season.n_bins for v in variants(cfg)] == [43] * 4 + [8] * 4  # May-Nov: 214 days / 30 -> 8
+    assert all(v.context.bin_days == v.season.bin_days for v in variants(cfg))
+    frame = run_experiment(cfg, log=lambda _: None)
+    assert len(frame) == 8 * 2 and set(frame.bin_days.astype(int)) == {5, 30}
+    # the minority cut: 10 soybeans among 70 (all) or 30 (three) samples -> k / (others + k) ~ 5 %
+    n_train = frame.drop_duplicates(["classes", "minority"]).set_index(["classes", "minority"]).n_train
+    assert n_train[("all", "none")] == 70 and n_train[("all", "soy-5pct")] == 60 + 3
+    assert n_train[("three", "none")] == 30 and n_train[("three", "soy-5pct")] == 20 + 2
+    three = frame[frame.classes == "three"]
+    assert three.filter(like="f1_").dropna(axis=1).shape[1] == 3  # scored on the 3 classes only
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 8  # one network per variant, all from the pool
+    md = (tmp_path / "out" / "tiny-axes.md").read_text()
+    assert "| bin days | classes | minority | features |" in md and "| 30 | three | soy-5pct | 2d | cropnet1d |" in md
+    assert "soybeans cut to 5.0% of the training samples" in md and "30-day bins, 8 bins" in md
+    again = run_experiment(cfg, log=lambda _: None)  # everything cached now
+    assert again[again.model == "cropnet1d"].cached.all()
+
+
+def test_span_and_hemisphere_offset_axes(tmp_path):
+    raw = yaml.safe_load((CONFIGS / "victoria.yaml").read_text())  # a southern season
+    raw["axes"] = {"span": {"may-nov": ["05-01", "11-30"], "jan-dec": ["01-01", "12-31"]},
+                   "hemisphere_offset": [True, False], "bin_days": [5, 15, 30]}
+    path = tmp_path / "span.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    got = {(dict(v.values)["span"], dict(v.values)["hemisphere_offset"], v.season.bin_days):
+           (v.season.start, v.season.end, v.season.n_bins) for v in variants(load_experiment(path))}
+    assert len(got) == 12
+    assert got[("may-nov", "on", 5)] == ("11-01", "05-31", 43)  # six months later in the south
+    assert got[("may-nov", "off", 15)] == ("05-01", "11-30", 15)
+    assert got[("jan-dec", "on", 30)] == ("07-01", "06-30", 13)
+    assert got[("jan-dec", "off", 5)] == ("01-01", "12-31", 73)
+    raw["season"]["hemisphere"] = "north"  # in the north the offset changes nothing
+    path.write_text(yaml.safe_dump(raw))
+    north = {(v.season.start, v.season.end) for v in variants(load_experiment(path))}
+    assert north == {("05-01", "11-30"), ("01-01", "12-31")}
+    # a season that does not sit on the bins of the context fails when the config is loaded
+    raw.update(context_season={"start": "01-01", "end": "12-31"}, axes={"bin_days": [7]})
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="does not sit on the bins"):
+        load_experiment(path)
+
+
+def test_minority_subsample_keeps_the_others_and_a_seeded_few():
+    y = read_victoria("train")["label"].values.astype(int)
+    names = [f"c{i}" for i in range(8)]
+    cut = Minority(**{"class": "c1", "fraction": 0.01})
+    others = int((y != 1).sum())
+    a = minority_subsample(y, cut, names, np.random.default_rng(0))
+    b = minority_subsample(y, cut, names, np.random.default_rng(1))
+    k = max(2, round(0.01 * others / 0.99))
+    assert (y[a] == 1).sum() == k and (y[a] != 1).sum() == others and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, b)  # another seed, other members
+    assert len(minority_subsample(y, Minority(**{"class": "c1", "fraction": 0.9}), names,
+                                  np.random.default_rng(0))) == len(y)  # cannot grow a class: all kept
+    with pytest.raises(ConfigError, match="not among the classes"):
+        minority_subsample(y, Minority(**{"class": "soy", "fraction": 0.01}), names, np.random.default_rng(0))
+
+
 def test_window_of_the_season_in_the_full_year():
     full = Season(start="01-01", end="12-31")
     assert _window_start(full, Season(start="05-01", end="11-30"), 2021) == 24  # Jan 1 + 120 days
@@ -99,6 +169,8 @@ def test_bad_configs_raise_config_errors(tmp_path):
         "unknown augmentation": {"runs": [{"features": "2d", "model": "cropnet", "augment": ["mixup"]}]},
         "training setting": {"train": {"epochs": 0}},
         "typo": {"seedz": [1]},
+        "unknown model": {"runs": [{"features": "2d", "model": "vit"}]},
+        "bad axis": {"axes": {"bins": [5]}},
     }
     for name, change in cases.items():
         path = tmp_path / "c.yaml"
