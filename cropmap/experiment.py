@@ -67,6 +67,7 @@ class DataSpec(BaseModel):
     path: str | None = None  # cropglobe / worldcereal file (relative paths: the data folder)
     region: str | None = None  # keep only samples of this region (e.g. UGA)
     year: int  # the season year the samples are composited for
+    hemisphere: Literal["north", "south"] | None = None  # default: the config season's
 
 
 class RunSpec(BaseModel):
@@ -107,8 +108,9 @@ class Variant:
     """One point of the axes grid: the season it composites onto and the class selection it trains on."""
 
     values: tuple[tuple[str, str], ...]  # (axis, value name), in axis order; empty without axes
-    season: Season
+    season: Season  # the source's (the model's)
     context: Season
+    target_season: Season  # the target's: the source's, or six months later across hemispheres
     classes: tuple[str, ...] | None = None
     minority: Minority | None = None
 
@@ -230,10 +232,12 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
 
     The season of a variant takes ``span`` (northern months; both moved by six months when the base
     season is southern and ``hemisphere_offset`` is on, the default) and ``bin_days``; without a span
-    axis it keeps the base season's window. Its context (the series augmentation reads) is the
-    config's ``context_season`` with the variant's bin length, else the season itself. The season
-    year is always the data spec's ``year``. Raises :class:`ConfigError` for a season that sits off
-    its context's bins.
+    axis it keeps the base season's window. The target's season is the same, unless the target lies in
+    the other hemisphere (``target.hemisphere``): then it is six months later (offset on) or the same
+    months (off). Its context (the series augmentation reads) is the config's ``context_season`` with
+    the variant's bin length, else the season itself. The season year is always the data spec's
+    ``year``. Raises :class:`ConfigError` for a season that sits off its context's bins, or a target
+    season of another length.
     """
     base, axes = cfg.season, cfg.axes or Axes()
     options: list[tuple[str, list[tuple[str, Any]]]] = []
@@ -263,6 +267,15 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
             season = Season(start=start, end=end, bin_days=bins, hemisphere=base.hemisphere)
         except ValidationError as err:
             raise ConfigError(f"experiment {cfg.name}: bad season {start}..{end}: {err}") from err
+        target_season = season
+        target_hemisphere = cfg.target.hemisphere or base.hemisphere
+        if target_hemisphere != base.hemisphere:
+            offset = 6 if chosen.get("hemisphere_offset", True) else 0
+            target_season = Season(start=shift_months(start, offset), end=shift_months(end, offset),
+                                   bin_days=bins, hemisphere=target_hemisphere)
+            if target_season.n_bins != season.n_bins:
+                raise ConfigError(f"experiment {cfg.name}: the target season {target_season.describe()} has "
+                                  f"another length than the source's {season.describe()}")
         if cfg.context_season is not None:
             context = cfg.context_season.model_copy(update={"bin_days": bins})
             _window_start(context, season, cfg.source.year)
@@ -270,7 +283,8 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
             context = season
         classes = chosen.get("classes")
         out.append(Variant(values=tuple((axis, name) for (axis, _), (name, _) in zip(options, combo)),
-                           season=season, context=context, classes=None if classes is None else tuple(classes),
+                           season=season, context=context, target_season=target_season,
+                           classes=None if classes is None else tuple(classes),
                            minority=chosen.get("minority")))
     return out
 
@@ -333,7 +347,7 @@ def _prepare(cfg: ExperimentConfig, variant: Variant, source: xr.Dataset, target
     # the target gets; the context differs from it only where a short last bin or a gap at the window's
     # edge is composited over a wider range
     x_full[:, :, start:start + season.n_bins] = _matrix(src_season)
-    tgt = {d: _composite(target, season, cfg.target.year, d) for d in cfg.target_shifts_days}
+    tgt = {d: _composite(target, variant.target_season, cfg.target.year, d) for d in cfg.target_shifts_days}
     return _Prepared(variant, class_names, colours, source["label"].values.astype(int),
                      target["label"].values.astype(int), x_full, start, src_season, tgt)
 
@@ -511,10 +525,12 @@ def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, co
     if axes:
         lines += ["", "Variants (season the samples are composited onto, and classes):", ""]
         lines += [f"- {v.label}: {v.season.describe()}"
+                  + (f"; target {v.target_season.describe()}" if v.target_season != v.season else "")
                   + (f"; classes {list(v.classes)}" if v.classes else "")
                   + (f"; {v.minority.class_name} cut to {v.minority.fraction:.1%} of the training samples"
                      if v.minority else "") for v in variants(cfg)]
     train = TrainConfig(**cfg.train)
+    base = variants(cfg)[0]
     text = "\n".join([
         f"# Experiment `{cfg.name}`", "", cfg.description.strip(), "",
         "Produced by:", "", "```", command or f"cropmap experiment configs/experiments/{cfg.name}.yaml", "```", "",
@@ -524,7 +540,9 @@ def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, co
         *lines, "",
         "Settings:", "",
         f"- source: {cfg.source.model_dump(exclude_none=True)}; target: {cfg.target.model_dump(exclude_none=True)}",
-        f"- season: {cfg.season.describe()}; context for augmentation: "
+        f"- season: {cfg.season.describe()}"
+        + (f"; target season: {base.target_season.describe()}" if base.target_season != base.season else "")
+        + "; context for augmentation: "
         f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands)}",
         f"- target dates moved by {cfg.target_shifts_days} days (then composited like any input)",
         f"- networks: Adam lr {train.lr}, batch {train.batch_size}, {train.epochs} epochs, weight decay "

@@ -125,6 +125,16 @@ def test_span_and_hemisphere_offset_axes(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     north = {(v.season.start, v.season.end) for v in variants(load_experiment(path))}
     assert north == {("05-01", "11-30"), ("01-01", "12-31")}
+    # across hemispheres the offset moves the target's season only
+    raw["target"]["hemisphere"] = "south"
+    raw["axes"] = {"hemisphere_offset": [True, False]}
+    raw["season"].update(start="05-01", end="11-30")
+    path.write_text(yaml.safe_dump(raw))
+    on, off = variants(load_experiment(path))
+    assert (on.season.start, on.target_season.start, on.target_season.end) == ("05-01", "11-01", "05-31")
+    assert (off.season.start, off.target_season.start, off.target_season.hemisphere) == ("05-01", "05-01", "south")
+    assert on.target_season.n_bins == on.season.n_bins == 43
+    del raw["target"]["hemisphere"]
     # a season that does not sit on the bins of the context fails when the config is loaded
     raw.update(context_season={"start": "01-01", "end": "12-31"}, axes={"bin_days": [7]})
     path.write_text(yaml.safe_dump(raw))
@@ -179,3 +189,24 @@ def test_bad_configs_raise_config_errors(tmp_path):
             load_experiment(path)
     with pytest.raises(ConfigError, match="not found"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+def test_cross_hemisphere_target_is_composited_on_its_own_season(tiny_config, tmp_path):
+    from cropmap.experiment import _prepare, load_samples
+
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["target"]["hemisphere"] = "south"
+    raw["axes"] = {"hemisphere_offset": [True, False]}
+    path = tmp_path / "south.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_experiment(path)
+    source, target = (load_samples(spec, bands=cfg.bands) for spec in (cfg.source, cfg.target))
+    on, off = (_prepare(cfg, v, source, target) for v in variants(cfg))
+    assert str(on.src_season.time.values[0])[:10] == str(off.src_season.time.values[0])[:10] == "2021-05-01"
+    assert str(on.tgt[0].time.values[0])[:10] == "2021-11-01" and str(off.tgt[0].time.values[0])[:10] == "2021-05-01"
+    # the offset-off target is the target's own May-Nov median: the same numbers a plain composite gives
+    from cropmap.composite import median_composite
+
+    ref = median_composite(target["reflectance"], cfg.season, 2021)
+    assert np.allclose(off.tgt[0].values, ref.values, equal_nan=True)
+    assert not np.allclose(on.tgt[0].values, ref.values, equal_nan=True)
