@@ -87,13 +87,16 @@ class TrainResult:
 def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint (train, validation) sample indices, stratified by label, deterministic under ``seed``.
 
-    Classes with a single sample stay in training (they cannot be stratified).
+    Classes with a single sample stay in training (they cannot be stratified). A set so small that
+    ``fraction`` of it cannot hold every class gets one validation sample per class instead.
     """
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
     lone = np.isin(labels, classes[counts < 2])
-    tr, va = train_test_split(idx[~lone], test_size=fraction, stratify=labels[~lone], random_state=seed)
+    n, k = int((~lone).sum()), int((counts >= 2).sum())  # n >= 2k: k validation samples always fit
+    test_size = fraction if np.ceil(fraction * n) >= k else k
+    tr, va = train_test_split(idx[~lone], test_size=test_size, stratify=labels[~lone], random_state=seed)
     return np.sort(np.concatenate([tr, idx[lone]])), np.sort(va)
 
 

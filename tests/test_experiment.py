@@ -210,3 +210,23 @@ def test_cross_hemisphere_target_is_composited_on_its_own_season(tiny_config, tm
     ref = median_composite(target["reflectance"], cfg.season, 2021)
     assert np.allclose(off.tgt[0].values, ref.values, equal_nan=True)
     assert not np.allclose(on.tgt[0].values, ref.values, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_cropglobe_fra_arg_grid_runs_unchanged_on_files_in_the_authors_layout(shared_data, tmp_path):
+    """The shipped FRA -> ARG config (all networks, the soybean minority axis) on tiny files in the
+    CropGlobe layout: only the data folder, the seeds and the training length are changed."""
+    _cropglobe_file(tmp_path, "FRA", "train", 5)
+    _cropglobe_file(tmp_path, "ARG", "test", 4)
+    raw = yaml.safe_load((CONFIGS / "cropglobe-fra-arg.yaml").read_text())
+    for side, iso3 in (("source", "FRA"), ("target", "ARG")):
+        raw[side]["path"] = str(tmp_path / f"median_S2_{iso3}_month1-12_day5.npz")
+    raw.update(seeds=[0], output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), forest={"n_estimators": 10},
+               train={**raw["train"], "epochs": 1, "batch_size": 64, "progress": False})
+    path = tmp_path / "fra-arg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    frame = run_experiment(load_experiment(path), log=lambda _: None)
+    assert set(frame.model) == {"cropnet", "cropnet1d", "resnet50", "effnetv2-s", "rf"}
+    assert set(frame.minority) == {"none", "soybeans-1pct"} and frame.oa.between(0, 1).all()
+    cut = frame[frame.minority == "soybeans-1pct"].n_train.iloc[0]
+    assert cut == 30 + 2  # 5 soybeans among 35 cut to k / (30 + k) ~ 1 %: the floor of 2

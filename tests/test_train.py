@@ -43,6 +43,13 @@ def test_stratified_split_is_disjoint_stratified_and_seeded(victoria):
     assert np.array_equal(va, va2) and not np.array_equal(va, stratified_split(y, fraction=0.2, seed=4)[1])
 
 
+def test_small_sets_keep_one_validation_sample_per_class(victoria):
+    _, y, _ = victoria
+    small = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(8)])  # 32 samples, 8 classes
+    tr, va = stratified_split(y[small], fraction=0.1, seed=0)  # 10 % would be 4 samples for 8 classes
+    assert np.array_equal(np.bincount(y[small][va]), np.ones(8)) and len(tr) == 24
+
+
 def test_class_weights_match_sklearn_balanced():
     y = np.array([0] * 30 + [1] * 10 + [3] * 5)
     w = class_weights(y, 4)
