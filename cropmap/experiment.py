@@ -79,6 +79,7 @@ class RunSpec(BaseModel):
     model: str  # a name of cropmap.models.MODELS, or "rf"
     augment: list[str] = ["none"]
     augment_copies: int = Field(4, ge=1)  # rf only: augmented copies added to the training set
+    model_options: dict[str, Any] = {}  # networks: merged over train.model_options for this run only
 
 
 class Minority(BaseModel):
@@ -417,7 +418,8 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
                  cache: Path) -> dict:
     """Everything one network training needs (picklable), and the checkpoint path it is cached at."""
     v = prep.variant
-    train_cfg = TrainConfig(**{**cfg.train, "model": spec.model, "augment": aug, "seed": seed})
+    options = {**cfg.train.get("model_options", {}), **spec.model_options}
+    train_cfg = TrainConfig(**{**cfg.train, "model": spec.model, "augment": aug, "seed": seed, "model_options": options})
     parts: list[Any] = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands,
                         prep.class_names, train_cfg.model_dump(exclude={"progress", "device"}), __version__]
     if v.minority is not None:  # only then: configs without axes keep the keys (and caches) they had

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cropmap.checkpoint import load_checkpoint
 from cropmap.cli import app
 from cropmap.errors import ConfigError
 from cropmap.experiment import Minority, _window_start, load_experiment, minority_subsample, run_experiment, variants
@@ -82,7 +83,7 @@ def test_axes_grid_with_parallel_training(tiny_config, tmp_path):
     """Bin length x class subset x minority cut on the tiny scenario, networks trained in 2 processes."""
     raw = yaml.safe_load(tiny_config.read_text())
     raw.update(seeds=[0], target_shifts_days=[0], workers=2, name="tiny-axes",
-               runs=[{"features": "2d", "model": "cropnet1d", "augment": ["none"]},
+               runs=[{"features": "2d", "model": "cropnet1d", "augment": ["none"], "model_options": {"channels": [4] * 4}},
                      {"features": "1d", "model": "rf", "augment": ["none"]}],
                axes={"bin_days": [5, 30],
                      "classes": {"all": None, "three": ["corn", "wheat", "soybeans"]},
@@ -100,7 +101,9 @@ def test_axes_grid_with_parallel_training(tiny_config, tmp_path):
     assert n_train[("three", "none")] == 30 and n_train[("three", "soy-5pct")] == 20 + 2
     three = frame[frame.classes == "three"]
     assert three.filter(like="f1_").dropna(axis=1).shape[1] == 3  # scored on the 3 classes only
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 8  # one network per variant, all from the pool
+    ckpts = list((tmp_path / "cache").glob("*.pt"))
+    assert len(ckpts) == 8  # one network per variant, all from the pool
+    assert list(load_checkpoint(ckpts[0]).model_config["channels"]) == [4] * 4  # the run's model_options won
     md = (tmp_path / "out" / "tiny-axes.md").read_text()
     assert "| bin days | classes | minority | features |" in md and "| 30 | three | soy-5pct | 2d | cropnet1d |" in md
     assert "soybeans cut to 5.0% of the training samples" in md and "30-day bins, 8 bins" in md
