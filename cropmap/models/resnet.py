@@ -2,10 +2,11 @@
 
 He et al. 2016, bottleneck blocks (1x1 reduce, 3x3, 1x1 expand x4) in stages of 3-4-6-3 with widths
 64/128/256/512, written here without torchvision. Input ``(N, 1, band, time)`` like
-:class:`cropmap.models.CropNet`. The ImageNet stem (7x7 stride-2 conv + stride-2 max pool) would
-shrink a 10-band axis to 3 rows before the first stage, so the default stem is a 3x3 stride-1 conv
-without pooling (the usual small-input adaptation, as for CIFAR); stages 2-4 halve both axes
-(``ceil``-like, through padding), so 10 x 73 reaches 2 x 10 before global average pooling.
+:class:`cropmap.models.CropNet`. The stem keeps ResNet's stride 2 but is a 3x3 conv without the
+ImageNet stem's stride-2 max pool (a 7x7 kernel and the pool would leave 3 of 10 band rows before the
+first stage); stages 2-4 halve both axes again (``ceil``-like, through padding), so 10 x 73 reaches
+1 x 5 before global average pooling, the total stride of 16 of a ResNet on a 224-pixel image without its
+pool. ``stem_stride=1`` keeps 4x more positions in every layer (about 4x the compute).
 
 Parameter count (``RESNET50``, 1 input channel, 7 classes): 23,513,543; the count does not depend on
 the matrix size.
@@ -24,8 +25,8 @@ from cropmap.models.cropnet import as_matrix_input
 
 __all__ = ["ResNetBottleneck", "Bottleneck", "RESNET50"]
 
-#: ResNet-50's stages; ``stem_stride`` 1 keeps the band axis (see the module docstring).
-RESNET50: dict[str, Any] = {"blocks": (3, 4, 6, 3), "widths": (64, 128, 256, 512), "stem_stride": 1, "dropout": 0.0}
+#: ResNet-50's stages (see the module docstring for the stem).
+RESNET50: dict[str, Any] = {"blocks": (3, 4, 6, 3), "widths": (64, 128, 256, 512), "stem_stride": 2, "dropout": 0.0}
 
 
 class Bottleneck(nn.Module):
@@ -66,7 +67,7 @@ class ResNetBottleneck(nn.Module):
         n_classes: int,
         blocks: Sequence[int] = RESNET50["blocks"],
         widths: Sequence[int] = RESNET50["widths"],
-        stem_stride: int = 1,
+        stem_stride: int = 2,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
