@@ -15,6 +15,7 @@ __all__ = [
     "CatalogError",
     "EmptyAOIError",
     "AssetReadError",
+    "StorageError",
 ]
 
 
@@ -55,3 +56,7 @@ class EmptyAOIError(CropmapError, ValueError):
 
 class AssetReadError(CropmapError, OSError):
     """An asset (band file) is missing, unreadable or corrupt."""
+
+
+class StorageError(CropmapError, OSError):
+    """The output location (a folder or an fsspec URL such as ``s3://bucket/prefix``) cannot be used."""

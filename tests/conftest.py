@@ -128,3 +128,44 @@ def prefect_server(tmp_path_factory):
     finally:
         stop_process(server, signal.SIGTERM, signal.SIGINT)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> dict[str, str]:
+    """ONE real S3 API on 127.0.0.1 per session (moto's ``ThreadedMotoServer``, in-memory buckets):
+    the environment a user sets to reach an S3-compatible store, ``AWS_ENDPOINT_URL`` plus dummy keys.
+    Child processes (Dask workers) reach it over HTTP like any endpoint; apply it with ``s3_env``."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "cropmap-test",
+               "AWS_SECRET_ACCESS_KEY": "cropmap-test", "AWS_REGION": "us-east-1",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+    finally:
+        server.stop()
+
+
+def use_s3_env(mp: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    """Set ``values`` in this process's environment with ``mp`` and forget cached S3 filesystems:
+    fsspec caches one instance per set of arguments, and the endpoint comes from the environment."""
+    import s3fs
+
+    for key, value in values.items():
+        mp.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The session's S3 server in this process's environment for one test (``s3_server``)."""
+    use_s3_env(monkeypatch, s3_server)
+    yield s3_server
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
