@@ -7,7 +7,9 @@ keyword arguments of ``prefect_dask.DaskTaskRunner`` (flows), so both paths agre
 
 On Kubernetes the address is the scheduler Service of the DaskCluster in ``deploy/``
 (``tcp://cropmap-scheduler.<namespace>.svc.cluster.local:8786``); GPU workers there advertise the Dask
-resource :data:`GPU_RESOURCE` (``--resources GPU=1``), which inference tasks request.
+resource :data:`GPU_RESOURCE` (``--resources GPU=1``). Whether inference tasks request it is a second
+decision, also taken here: :func:`gpu_workers_enabled` (the flow parameter ``gpu_workers``, else
+``$CROPMAP_GPU_WORKERS``, else no) and :func:`inference_annotations` (the ``dask.annotate`` keywords).
 
 >>> dask_target("tcp://10.0.0.5:8786").task_runner_kwargs()
 {'address': 'tcp://10.0.0.5:8786'}
@@ -22,12 +24,17 @@ from typing import Any
 
 from cropmap.errors import ConfigError, CropmapError
 
-__all__ = ["ADDRESS_ENV", "GPU_RESOURCE", "DaskClusterError", "DaskTarget", "dask_target"]
+__all__ = ["ADDRESS_ENV", "GPU_RESOURCE", "GPU_WORKERS_ENV", "DaskClusterError", "DaskTarget", "dask_target",
+           "gpu_workers_enabled", "inference_annotations"]
 
 #: Environment variable naming an existing scheduler, e.g. ``tcp://127.0.0.1:8786``.
 ADDRESS_ENV = "CROPMAP_DASK_ADDRESS"
 #: Dask resource name that GPU workers advertise (``dask worker --resources GPU=1``).
 GPU_RESOURCE = "GPU"
+#: Environment variable saying that the cluster has GPU workers (``1``/``true``/``yes``; ``0``/``false``/
+#: ``no`` or unset: it has none), so that inference tasks must run there. ``deploy/`` sets it to ``1``.
+GPU_WORKERS_ENV = "CROPMAP_GPU_WORKERS"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 # scheme://host:port, or host:port (Dask then assumes tcp://); IPv6 hosts in brackets.
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ucx|inproc|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?(/.*)?$")
@@ -135,3 +142,37 @@ def dask_target(
         address=address, source=source, n_workers=n_workers, threads_per_worker=threads_per_worker,
         memory_limit=memory_limit, processes=processes, timeout_s=timeout_s,
     )
+
+
+def gpu_workers_enabled(setting: bool | str | None = None) -> bool:
+    """Whether inference tasks must run on GPU workers: ``setting`` (a flow parameter or config value),
+    else ``$CROPMAP_GPU_WORKERS``, else False.
+
+    Decided by the deployment, not by the calling process: a flow-run pod has no GPU while its cluster
+    does. Raises :class:`~cropmap.errors.ConfigError` for a value that is not a yes/no.
+
+    >>> gpu_workers_enabled(True), gpu_workers_enabled("no")
+    (True, False)
+    """
+    where = "the gpu_workers setting"
+    if setting is None:
+        setting, where = os.environ.get(GPU_WORKERS_ENV, ""), f"${GPU_WORKERS_ENV}"
+    if isinstance(setting, bool):
+        return setting
+    text = str(setting).strip().lower()
+    if text not in _TRUE | _FALSE:
+        raise ConfigError(f"{where} = {setting!r} is not a yes/no value; use 1 (the cluster has workers started "
+                          f"with --resources {GPU_RESOURCE}=1) or 0")
+    return text in _TRUE
+
+
+def inference_annotations(gpu: bool) -> dict[str, Any]:
+    """Keywords for ``dask.annotate(**...)`` around the submission of inference tasks:
+    ``{"resources": {"GPU": 1}}`` when ``gpu`` (the task then runs only on a worker advertising
+    :data:`GPU_RESOURCE`, one per GPU at a time), else none. ``distributed.Client.submit`` merges
+    these annotations, and so does prefect-dask's ``DaskTaskRunner``, which submits through it.
+
+    >>> inference_annotations(True), inference_annotations(False)
+    ({'resources': {'GPU': 1}}, {})
+    """
+    return {"resources": {GPU_RESOURCE: 1}} if gpu else {}

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cropmap.cluster import ADDRESS_ENV, GPU_RESOURCE, DaskClusterError, dask_target
+from cropmap.cluster import (ADDRESS_ENV, GPU_RESOURCE, GPU_WORKERS_ENV, DaskClusterError, dask_target,
+                             gpu_workers_enabled, inference_annotations)
 from cropmap.composite import median_composite
 from cropmap.errors import ConfigError
 from cropmap.masking import valid_from_scl
@@ -86,6 +87,17 @@ def test_target_resolution_order(monkeypatch):
     # the config wins over the environment; an empty config value does not
     assert dask_target("cropmap-scheduler.cropmap.svc.cluster.local:8786").source == "config"
     assert dask_target("").address == "tcp://10.1.2.3:8786"
+
+
+def test_gpu_workers_setting_then_environment(monkeypatch):
+    monkeypatch.delenv(GPU_WORKERS_ENV, raising=False)
+    assert not gpu_workers_enabled() and inference_annotations(gpu_workers_enabled()) == {}
+    monkeypatch.setenv(GPU_WORKERS_ENV, "1")
+    assert gpu_workers_enabled() and inference_annotations(True) == {"resources": {GPU_RESOURCE: 1}}
+    assert not gpu_workers_enabled(False)  # the flow parameter wins over the environment
+    monkeypatch.setenv(GPU_WORKERS_ENV, "gpu")
+    with pytest.raises(ConfigError, match=f"\\${GPU_WORKERS_ENV} = 'gpu' is not a yes/no"):
+        gpu_workers_enabled()
 
 
 @pytest.mark.parametrize("bad", ["tcp://", "http://host:8786", "host:port", "two words:8786"])
