@@ -15,16 +15,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cropmap import __version__
+from cropmap import __version__, storage
 from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.season import Season
-from cropmap.tiles_io import atomic_path
 
 __all__ = [
     "Checkpoint",
@@ -67,9 +65,9 @@ def apply_normalisation(x: np.ndarray, normalisation: dict[str, Any]) -> np.ndar
     return ((z - mean[None, :, None]) / std[None, :, None]).astype(np.float32)
 
 
-def card_path(path: str | Path) -> Path:
-    """The model card beside a checkpoint: ``<path>.card.json``."""
-    return Path(f"{path}.card.json")
+def card_path(path: storage.Location) -> storage.Location:
+    """The model card beside a checkpoint: ``<path>.card.json`` (a ``Path``, or a URL beside a remote one)."""
+    return storage.as_location(f"{storage.as_location(path)}.card.json")
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: str | Path,
+    path: storage.Location,
     *,
     model: torch.nn.Module,
     model_name: str,
@@ -143,10 +141,10 @@ def save_checkpoint(
     class_colours: list[str] | None,
     config: dict,
     scores: dict,
-) -> Path:
-    """Write the checkpoint (temporary name, then rename) and its model card; returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+) -> storage.Location:
+    """Write the checkpoint and its model card, each published whole (:func:`cropmap.storage.output_file`:
+    temporary name then rename, or one upload to an object store); returns ``path``."""
+    path = storage.as_location(path)
     meta = {
         "format": _FORMAT,
         "model_name": model_name,
@@ -163,20 +161,21 @@ def save_checkpoint(
         "version": __version__,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
+    with storage.output_file(path) as tmp:
         torch.save({**meta, "state_dict": state}, tmp)
-    with atomic_path(card_path(path)) as tmp:
+    with storage.output_file(card_path(path)) as tmp:
         tmp.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`; the model is rebuilt and in eval mode."""
+def load_checkpoint(path: storage.Location) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (a file, or a URL: downloaded once per
+    machine, :func:`cropmap.storage.local_copy`); the model is rebuilt and in eval mode."""
     from cropmap.models import build_model
 
-    path = Path(path)
-    if not path.exists():
+    if not storage.exists(path):
         raise DataNotFoundError(f"checkpoint {path} not found")
+    path = storage.local_copy(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which

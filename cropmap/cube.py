@@ -2,7 +2,8 @@
 
 Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage reads)::
 
-    <out_dir>/<tile id>.zarr            e.g. 32633-10m-1024px_r0473c0054.zarr (exists = complete)
+    <out_dir>/<tile id>.zarr            e.g. 32633-10m-1024px_r0473c0054.zarr (exists = complete;
+                                        in an object store: the marker <tile id>.zarr.complete exists)
         reflectance  (time, band, y, x) float32, surface reflectance 0..1, NaN = no data
         filled_fraction (y, x) float32  share of (bin, band) values interpolated; 1 = never observed
         time  bin start dates (datetime64[ns]), band  canonical names (B02 ... B12)
@@ -33,7 +34,6 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import dask.array as da
@@ -43,7 +43,7 @@ import rasterio
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 
-from cropmap import __version__
+from cropmap import __version__, storage
 from cropmap.bands import S2_BANDS, SCL, canonical_band
 from cropmap.composite import median_composite
 from cropmap.config import CountryConfig
@@ -52,7 +52,6 @@ from cropmap.grid import Tile, tiles_for_aoi
 from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
 from cropmap.stac import asset_scale_offset, band_assets, search_items, season_search_window
-from cropmap.tiles_io import atomic_path
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
            "build_cubes", "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
@@ -97,7 +96,7 @@ class CubeResult:
     """What happened to one tile: ``status`` is "written", "skipped" (already complete) or "empty"."""
 
     tile_id: str
-    path: Path
+    path: storage.Location  # a Path, or a URL string for an object store
     status: str
     reason: str = ""
     n_items: int = 0
@@ -262,8 +261,9 @@ class _NoObservations(CropmapError):
         self.reason, self.dropped = reason, dropped
 
 
-def cube_path(out_dir: str | Path, tile: Tile) -> Path:
-    return Path(out_dir) / f"{tile.id}.zarr"
+def cube_path(out_dir: storage.Location, tile: Tile) -> storage.Location:
+    """``<out_dir>/<tile id>.zarr`` (a local folder or a URL, :mod:`cropmap.storage`)."""
+    return storage.join(out_dir, f"{tile.id}.zarr")
 
 
 def build_tile_cube(
@@ -271,7 +271,7 @@ def build_tile_cube(
     items: Sequence[pystac.Item],
     season: Season,
     year: int,
-    out_dir: str | Path,
+    out_dir: storage.Location,
     *,
     options: CubeOptions = CubeOptions(),
     overwrite: bool = False,
@@ -279,15 +279,16 @@ def build_tile_cube(
     """Build and write ``tile``'s 5-day median cube (layout in the module docstring).
 
     Compositing is :func:`cropmap.composite.median_composite` (the one used for pixel samples), after
-    SCL masking. Written to a hidden temporary store and renamed when complete; an existing store is
-    skipped unless ``overwrite``. A tile with no usable observation is written all-NaN with
-    ``status="empty"`` and the ``reason``. Computes one tile, chunk by chunk, with the current Dask
+    SCL masking. ``out_dir`` is a folder or an fsspec URL (``s3://...``): a local store is written under a
+    hidden temporary name and renamed when complete, a remote one is written in place and marked
+    complete last (:func:`cropmap.storage.output_dir`); a complete store is skipped unless
+    ``overwrite``. A tile with no usable observation is written all-NaN with ``status="empty"`` and
+    the ``reason``. Computes one tile, chunk by chunk, with the current Dask
     scheduler (a distributed client if one is active).
     """
     target = cube_path(out_dir, tile)
-    if target.exists() and not overwrite:
+    if storage.is_complete(target) and not overwrite:
         return CubeResult(tile.id, target, "skipped", "already complete")
-    target.parent.mkdir(parents=True, exist_ok=True)
     ids = [it.id for it in items]
     reason, dropped = "", []
     try:
@@ -316,13 +317,14 @@ def build_tile_cube(
     ds.attrs["cropmap_version"] = __version__
     import zarr
 
-    # written under a hidden temporary name, renamed when complete (cropmap.tiles_io)
-    with atomic_path(target) as tmp:
+    # local: a hidden temporary store renamed when complete; remote: written in place (chunks from any
+    # Dask worker go straight to the store), then marked complete (cropmap.storage.output_dir)
+    with storage.output_dir(target) as tmp:
         # Zarr chunks = compositing chunks (all bins, 1 band, chunk x chunk): no merge task holds more
         ds.chunk({"time": -1, "band": 1, "y": options.chunk, "x": options.chunk}).to_zarr(
-            tmp, mode="w", consolidated=False)
+            str(tmp), mode="w", consolidated=False)
         # status needs the computed filled fraction: read back the small (y, x) layer, not the cube
-        filled = xr.open_zarr(tmp, consolidated=False)["filled_fraction"].values
+        filled = xr.open_zarr(str(tmp), consolidated=False)["filled_fraction"].values
         if not reason and np.all(filled >= 1.0):
             reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
         zarr.open_group(str(tmp), mode="r+").attrs.update(
@@ -332,7 +334,7 @@ def build_tile_cube(
 
 def build_cubes(
     country: CountryConfig,
-    out_dir: str | Path,
+    out_dir: storage.Location,
     *,
     tiles: Sequence[Tile] | None = None,
     options: CubeOptions = CubeOptions(),
@@ -352,7 +354,7 @@ def build_cubes(
     start, end = season_search_window(country.season, country.year, country.catalog.margin_days)
     results = []
     for tile in tiles:
-        if cube_path(out_dir, tile).exists() and not overwrite:
+        if storage.is_complete(cube_path(out_dir, tile)) and not overwrite:
             result = CubeResult(tile.id, cube_path(out_dir, tile), "skipped", "already complete")
         else:
             items = search_items(country.catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
@@ -379,17 +381,19 @@ def _empty_cube(tile: Tile, season: Season, year: int, options: CubeOptions) -> 
                         name="reflectance")
 
 
-def open_tile_cube(path: str | Path) -> xr.DataArray:
-    """A tile cube written by :func:`build_tile_cube`: ``(time, band, y, x)`` float32, lazy (Dask).
+def open_tile_cube(path: storage.Location) -> xr.DataArray:
+    """A tile cube written by :func:`build_tile_cube` (a folder or a URL): ``(time, band, y, x)``
+    float32, lazy (Dask).
 
     ``.rio.crs`` / ``.rio.transform()`` give the tile's grid; ``.attrs`` the metadata listed in the
     module docstring; coordinate ``filled_fraction`` ``(y, x)``. Use
     ``Season.from_attrs(cube.attrs)`` to check the season against a checkpoint.
     """
-    path = Path(path)
-    if not (path / "zarr.json").exists() and not (path / ".zgroup").exists():
-        raise DataNotFoundError(f"{path} is not a tile cube (no Zarr store there); build it with `cropmap cube`")
-    ds = xr.open_zarr(path, consolidated=False)
+    zarr_meta = any(storage.exists(storage.join(path, m)) for m in ("zarr.json", ".zgroup"))
+    if not (zarr_meta and storage.is_complete(path)):
+        raise DataNotFoundError(f"{path} is not a tile cube (no complete Zarr store there); "
+                                "build it with `cropmap cube`")
+    ds = xr.open_zarr(str(storage.as_location(path)), consolidated=False)
     cube = ds["reflectance"].assign_coords(filled_fraction=ds["filled_fraction"])
     cube.attrs = dict(ds.attrs)
     return cube.rio.write_crs(ds.attrs["tile_crs"]).rio.write_transform(_affine(ds.attrs["tile_transform"]))

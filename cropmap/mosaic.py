@@ -12,7 +12,9 @@ Pipeline (memory bounded by a block, never by the country):
    :func:`write_quicklook` (PNG read from the overviews, with a legend).
 
 Everything is written to a temporary name and renamed; the outputs hold no timestamps, so a rerun on
-the same tiles writes byte-identical files.
+the same tiles writes byte-identical files. With an object store (``s3://...``) for the tiles or the
+maps, :func:`mosaic_tiles` downloads the tiles to a scratch folder, builds the mosaic there the same
+way and uploads each output whole (:mod:`cropmap.storage`): the COGs are the same bytes either way.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from cropmap import storage
 from cropmap.errors import CropmapError, DataNotFoundError, IncompatibleInputError
 from cropmap.predict import NODATA, RUN_FILE
 from cropmap.tiles_io import TEMP_MARK, atomic_path, is_temporary
@@ -79,11 +83,11 @@ class TileGrid:
 
 @dataclass(frozen=True)
 class MosaicResult:
-    """Paths written by :func:`mosaic_tiles`."""
+    """What :func:`mosaic_tiles` wrote: ``Path`` s, or URLs for an object store."""
 
-    cogs: dict[str, Path]
-    stac_item: Path | None
-    quicklook: Path | None
+    cogs: dict[str, storage.Location]
+    stac_item: storage.Location | None
+    quicklook: storage.Location | None
     tile_ids: tuple[str, ...]
 
 
@@ -213,8 +217,8 @@ def _colormap_of(path: Path) -> dict | None:
 
 
 def mosaic_tiles(
-    tile_dir: str | Path,
-    out_dir: str | Path,
+    tile_dir: storage.Location,
+    out_dir: storage.Location,
     *,
     name: str = "cropmap",
     products: Sequence[str] | None = None,
@@ -227,9 +231,40 @@ def mosaic_tiles(
     Writes ``<out_dir>/<name>_<product>.tif`` (COG, uint8, nodata 255) for each product present
     (``class``, ``confidence``, ``probability``) or listed in ``products``, then ``<name>.json`` (STAC
     Item) and ``<name>_quicklook.png``. Tiles are ``<tile_id>.<product>.tif``; temporary names left by
-    an interrupted run are ignored.
+    an interrupted run are ignored. Either folder may be an fsspec URL (``s3://bucket/...``): remote
+    tiles are downloaded to a scratch folder (``$TMPDIR``, about the size of the tiles plus the COGs),
+    the mosaic is built there and each output is uploaded whole, the STAC item last.
     """
-    tile_dir, out_dir = Path(tile_dir), Path(out_dir)
+    tile_dir, out_dir = storage.as_location(tile_dir), storage.as_location(out_dir)
+    if not (storage.is_remote(tile_dir) or storage.is_remote(out_dir)):
+        return _mosaic_local(tile_dir, out_dir, name=name, products=products, blocksize=blocksize, stac=stac,
+                             quicklook=quicklook)
+    with tempfile.TemporaryDirectory(prefix="cropmap-mosaic-") as scratch:
+        local_tiles = tile_dir
+        if storage.is_remote(tile_dir):
+            local_tiles = Path(scratch) / "tiles"
+            sources = storage.list_files(tile_dir, "*.*.tif")
+            if not sources:
+                raise DataNotFoundError(f"{tile_dir} holds no tile GeoTIFFs (*.class.tif); run `cropmap predict` first")
+            run = storage.join(tile_dir, RUN_FILE)
+            storage.fetch(sources + ([run] if storage.exists(run) else []), local_tiles)
+        local_out = Path(scratch) / "maps" if storage.is_remote(out_dir) else out_dir
+        result = _mosaic_local(local_tiles, local_out, name=name, products=products, blocksize=blocksize,
+                               stac=stac, quicklook=quicklook)
+        if local_out == out_dir:
+            return result
+
+        def publish(path: Path | None) -> storage.Location | None:
+            return None if path is None else storage.publish(path, storage.join(out_dir, path.name))
+
+        # the item last: it points at the others, so it appears only when they are there
+        cogs = {product: publish(path) for product, path in result.cogs.items()}
+        png = publish(result.quicklook)
+        return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids)
+
+
+def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequence[str] | None, blocksize: int,
+                  stac: bool, quicklook: bool) -> MosaicResult:
     if not tile_dir.is_dir():
         raise DataNotFoundError(f"tile folder {tile_dir} not found; run `cropmap predict` first")
     found = {p.name.split(".")[-2] for p in tile_dir.glob("*.*.tif") if not is_temporary(p)}

@@ -3,7 +3,9 @@
 Each function does one step of ``map-country`` / ``train-model`` / ``build-cube`` on paths and ids (no
 arrays cross a task boundary), so the flows in ``flows/`` stay wiring and every step can be run and
 tested without Prefect. Outputs are keyed by the country config's hash: ``<root>/<code>/<hash>/...``,
-so a changed config never reuses stale tiles, and a rerun of the same config resumes.
+so a changed config never reuses stale tiles, and a rerun of the same config resumes. ``root`` and
+every output location may be a local folder or an fsspec URL such as ``s3://bucket/runs``
+(:mod:`cropmap.storage`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import from_bounds
 
+from cropmap import storage
 from cropmap.config import CountryConfig, load_country
 from cropmap.errors import IncompatibleInputError
 
@@ -60,14 +62,15 @@ def _plain(value: object) -> object:
     return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
-def run_dir(root: str | Path, config: CountryConfig, *extra: object) -> Path:
-    """``<root>/<code>/<config hash>``: where one configuration's outputs live."""
-    return Path(root).expanduser() / config.code / config_hash(config, *extra)
+def run_dir(root: storage.Location, config: CountryConfig, *extra: object) -> storage.Location:
+    """``<root>/<code>/<config hash>``: where one configuration's outputs live (a ``Path``, or a URL
+    when ``root`` is one)."""
+    return storage.join(root, config.code, config_hash(config, *extra))
 
 
 def country_tiles(config: CountryConfig, *, tile_limit: int | None = None,
                   bounds: tuple[float, float, float, float] | None = None,
-                  reference: str | Path | None = None) -> list[str]:
+                  reference: storage.Location | None = None) -> list[str]:
     """Ids of the country's tiles (sorted), optionally only those intersecting ``bounds`` (metres, the
     tiles' CRS) or the extent of the raster ``reference``, and at most ``tile_limit`` of them."""
     from rasterio.warp import transform_bounds
@@ -76,7 +79,7 @@ def country_tiles(config: CountryConfig, *, tile_limit: int | None = None,
 
     tiles = tiles_for_aoi(config, tile_size=config.tile_size)
     if reference is not None:
-        with rasterio.open(reference) as ds:
+        with storage.open_raster(reference) as ds:
             crs, extent = ds.crs, tuple(ds.bounds)
         boxes = {epsg: transform_bounds(crs, f"EPSG:{epsg}", *extent) for epsg in {t.grid.epsg for t in tiles}}
         tiles = [t for t in tiles if _overlaps(t.bounds, boxes[t.grid.epsg])]
@@ -89,7 +92,7 @@ def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
 
 
-def build_tile(config: CountryConfig, tile_id: str, cube_dir: str | Path) -> dict:
+def build_tile(config: CountryConfig, tile_id: str, cube_dir: storage.Location) -> dict:
     """Search the catalog and build one tile's cube (:func:`cropmap.cube.build_cubes`); a complete
     cube is skipped. Returns ``{tile_id, path, status, reason, n_items}``."""
     from cropmap.cube import build_cubes
@@ -113,37 +116,35 @@ def training_points(reference: str | Path, *, legend_path: str | Path | None = N
     return sample_reference_map(reference, legend=legend, options=options, bounds=bounds)
 
 
-def training_set(reference: str | Path, cube_paths: Sequence[str | Path], path: str | Path, *, region: str,
-                 legend_path: str | Path | None = None, cell_deg: float = 0.1, per_cell: int = 1,
+def training_set(reference: str | Path, cube_paths: Sequence[storage.Location], path: storage.Location, *,
+                 region: str, legend_path: str | Path | None = None, cell_deg: float = 0.1, per_cell: int = 1,
                  erosion_m: float = 60.0, seed: int = 0,
                  bounds: tuple[float, float, float, float] | None = None) -> dict:
     """Points from ``reference`` (:func:`training_points`), their series from the tile cubes
-    (:func:`cropmap.labels.samples_from_cubes`), written as a netCDF sample set at ``path`` (temporary
-    name, then renamed). Returns the path and the sample count per class."""
+    (:func:`cropmap.labels.samples_from_cubes`), written as a netCDF sample set at ``path`` (a file or a
+    URL, published whole: :func:`cropmap.storage.output_file`). Returns the path and the sample count
+    per class."""
     from cropmap.cube import open_tile_cube
     from cropmap.labels import samples_from_cubes
-    from cropmap.tiles_io import atomic_path
 
     points = training_points(reference, legend_path=legend_path, cell_deg=cell_deg, per_cell=per_cell,
                              erosion_m=erosion_m, seed=seed, bounds=bounds)
     samples = samples_from_cubes([open_tile_cube(p) for p in cube_paths], points, region=region)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with storage.output_file(path) as tmp:
         samples.to_netcdf(tmp, engine="h5netcdf")
     counts = np.bincount(samples["label"].values, minlength=samples.sizes["class"])
     return {"path": str(path), "n_samples": int(samples.sizes["sample"]),
             "per_class": {str(n): int(c) for n, c in zip(samples["class_name"].values, counts)}}
 
 
-def train_checkpoint(samples_path: str | Path, path: str | Path, *, train_config: dict | None = None,
+def train_checkpoint(samples_path: storage.Location, path: storage.Location, *, train_config: dict | None = None,
                      threads: int | None = None) -> dict:
     """Train a model on a sample set of season composites (:func:`training_set`) and save its checkpoint.
 
     The set carries the cubes' season attributes; ``train_config``: :class:`cropmap.train.TrainConfig`
-    fields. A complete checkpoint at ``path`` is kept (rerun = resume). ``threads`` caps torch's
-    intra-op threads while training (1 is fastest for a small net on a busy machine). Returns the path
-    and scores.
+    fields. Both locations may be URLs. A complete checkpoint at ``path`` is kept (rerun = resume).
+    ``threads`` caps torch's intra-op threads while training (1 is fastest for a small net on a busy
+    machine). Returns the path and scores.
     """
     import xarray as xr
     from cropmap.checkpoint import save_checkpoint
@@ -151,11 +152,11 @@ def train_checkpoint(samples_path: str | Path, path: str | Path, *, train_config
     from cropmap.train import TrainConfig, train_model
 
     config = TrainConfig(**(train_config or {}))
-    if Path(path).exists():
+    if storage.exists(path):
         from cropmap.checkpoint import load_checkpoint
 
         return {"path": str(path), "scores": load_checkpoint(path).scores, "status": "skipped"}
-    samples = xr.load_dataset(samples_path, engine="h5netcdf")
+    samples = xr.load_dataset(storage.local_copy(samples_path), engine="h5netcdf")
     refl = samples["reflectance"]
     attrs = refl.attrs if any(k.startswith("season_") for k in refl.attrs) else samples.attrs
     if not any(k.startswith("season_") for k in attrs):
@@ -189,21 +190,22 @@ def _class_names(ds) -> dict[int, str]:
     return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
 
 
-def score_class_map(class_map: str | Path, reference: str | Path, *,
+def score_class_map(class_map: storage.Location, reference: storage.Location, *,
                     bounds: tuple[float, float, float, float] | None = None,
                     legend_path: str | Path | None = None) -> dict:
     """OA, macro-F1, kappa, per-class F1 and confusion of a class map against a reference map.
 
-    Both rasters must share CRS and pixel size. ``bounds`` (metres) limits the comparison, e.g. to the
-    part kept out of training. Reference classes are named by their ``class_<value>`` tags and mapped
-    by the legend (default: same names); the map's by its ``class_names`` tag. Pixels that are nodata
-    in either are left out (``n_unmapped`` counts reference pixels the map left as nodata).
+    Both rasters (files or URLs) must share CRS and pixel size. ``bounds`` (metres) limits the
+    comparison, e.g. to the part kept out of training. Reference classes are named by their
+    ``class_<value>`` tags and mapped by the legend (default: same names); the map's by its
+    ``class_names`` tag. Pixels that are nodata in either are left out (``n_unmapped`` counts reference
+    pixels the map left as nodata).
     """
     from cropmap.evaluate import scores
     from cropmap.harmonise import load_legend
 
     legend = load_legend(legend_path) if legend_path is not None else None
-    with rasterio.open(reference) as ref, rasterio.open(class_map) as cm:
+    with storage.open_raster(reference) as ref, storage.open_raster(class_map) as cm:
         if ref.crs != cm.crs or not np.allclose(ref.res, cm.res):
             raise IncompatibleInputError(f"{class_map} ({cm.crs}, {cm.res} m) and the reference {reference} "
                                          f"({ref.crs}, {ref.res} m) differ in CRS or pixel size; warp one first")

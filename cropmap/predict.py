@@ -3,8 +3,9 @@
 Three layers:
 
 - :func:`predict_cube`: one composite cube in memory -> an :class:`xarray.Dataset` of maps (no I/O);
-- :func:`predict_tile`: one tile cube on disk -> GeoTIFFs named by tile id, written to a temporary
-  name and renamed when complete; a finished tile (same checkpoint and options) is skipped;
+- :func:`predict_tile`: one tile cube (a folder or an fsspec URL) -> GeoTIFFs named by tile id,
+  published whole (:func:`cropmap.storage.output_file`: temporary name then rename locally, scratch file
+  then one PUT in an object store); a finished tile (same checkpoint and options) is skipped;
 - :func:`predict_tiles`: many tiles, one Dask task per tile. Every cube is checked against the
   checkpoint (bands, season, bins) *before* any task runs.
 
@@ -21,16 +22,16 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field
 
+from cropmap import storage
 from cropmap.errors import DataNotFoundError, IncompatibleInputError
 from cropmap.season import Season
-from cropmap.tiles_io import TEMP_MARK, atomic_path
+from cropmap.tiles_io import TEMP_MARK
 
 __all__ = [
     "NODATA",
@@ -91,21 +92,21 @@ class TileResult:
 
     tile_id: str
     status: Literal["done", "skipped"]
-    paths: dict[str, Path]
+    paths: dict[str, storage.Location]
 
 
-def tile_path(out_dir: str | Path, tile_id: str, product: str) -> Path:
-    """``<out_dir>/<tile_id>.<product>.tif``."""
-    return Path(out_dir) / f"{tile_id}.{product}.tif"
+def tile_path(out_dir: storage.Location, tile_id: str, product: str) -> storage.Location:
+    """``<out_dir>/<tile_id>.<product>.tif`` (a ``Path``, or a URL for an object store)."""
+    return storage.join(out_dir, f"{tile_id}.{product}.tif")
 
 
-def open_cube(path: str | Path) -> xr.DataArray:
-    """A tile cube store as a lazy ``(time, band, y, x)`` DataArray: :func:`cropmap.cube.open_tile_cube`
-    (the layout is documented in :mod:`cropmap.cube`), with a clear error when the store is missing."""
+def open_cube(path: storage.Location) -> xr.DataArray:
+    """A tile cube store (folder or URL) as a lazy ``(time, band, y, x)`` DataArray:
+    :func:`cropmap.cube.open_tile_cube` (the layout is documented in :mod:`cropmap.cube`), with a clear
+    error when the store is missing or incomplete."""
     from cropmap.cube import open_tile_cube
 
-    path = Path(path)
-    if not path.exists():
+    if not storage.is_complete(path):
         raise DataNotFoundError(f"tile cube {path} not found; build it first (cropmap cube ...)")
     return open_tile_cube(path)
 
@@ -235,10 +236,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def run_key(checkpoint_path: str | Path, options: PredictOptions) -> str:
+def run_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
     """Hash of the checkpoint's bytes and the output options: a tile written under another key is redone."""
-    st = Path(checkpoint_path).stat()
-    blob = json.dumps({"checkpoint": _file_sha256(str(Path(checkpoint_path).resolve()), st.st_size, st.st_mtime_ns),
+    local = storage.local_copy(checkpoint_path).resolve()
+    st = local.stat()
+    blob = json.dumps({"checkpoint": _file_sha256(str(local), st.st_size, st.st_mtime_ns),
                        "options": options.output_key()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -251,43 +253,44 @@ def _cached_checkpoint(path: str, mtime_ns: int):
     return load_checkpoint(path)
 
 
-def _load(path: str | Path):
-    path = Path(path).resolve()
-    if not path.exists():
-        raise DataNotFoundError(f"checkpoint {path} not found")
-    return _cached_checkpoint(str(path), path.stat().st_mtime_ns)
+def _load(path: storage.Location):
+    try:  # a checkpoint in an object store is downloaded once per machine and version
+        local = storage.local_copy(path).resolve()
+    except DataNotFoundError as err:
+        raise DataNotFoundError(f"checkpoint {storage.canonical(path)} not found") from err
+    return _cached_checkpoint(str(local), local.stat().st_mtime_ns)
 
 
 def _products(options: PredictOptions) -> tuple[str, ...]:
     return PRODUCTS if options.probabilities else PRODUCTS[:2]
 
 
-def _is_finished(out_dir: Path, tile_id: str, options: PredictOptions, key: str) -> bool:
-    import rasterio
-
+def _is_finished(out_dir: storage.Location, tile_id: str, options: PredictOptions, key: str) -> bool:
     paths = [tile_path(out_dir, tile_id, p) for p in _products(options)]
-    if not all(p.exists() for p in paths):
+    if not all(storage.exists(p) for p in paths):
         return False
-    with rasterio.open(paths[0]) as src:  # the class map is written last: it carries the key
+    with storage.open_raster(paths[0]) as src:  # the class map is written last: it carries the key
         return src.tags().get("cropmap_run_key") == key
 
 
 def predict_tile(
-    checkpoint_path: str | Path,
-    cube_path: str | Path,
-    out_dir: str | Path,
+    checkpoint_path: storage.Location,
+    cube_path: storage.Location,
+    out_dir: storage.Location,
     *,
     options: PredictOptions = PredictOptions(),
     force: bool = False,
 ) -> TileResult:
     """Predict one tile cube and write ``<tile_id>.{class,confidence[,probability]}.tif`` in ``out_dir``.
 
+    Each of the three locations is a local path or an fsspec URL (:mod:`cropmap.storage`).
+
     GeoTIFFs on the cube's grid (CRS and transform from the cube), uint8, nodata 255, DEFLATE.
     The class map carries a colour table and the class names (band tags ``class_names`` as JSON and
     ``class_<i>``) and is written last, so its presence with this run's key means the tile is
     complete; such a tile is skipped unless ``force``.
     """
-    out_dir = Path(out_dir)
+    out_dir = storage.as_location(out_dir)
     cube = open_cube(cube_path)
     tile_id = str(cube.attrs["tile_id"])
     key = run_key(checkpoint_path, options)
@@ -316,9 +319,11 @@ def predict_tile(
         data = maps[_VARIABLE[product]].values
         _write_geotiff(paths[product], data if data.ndim == 3 else data[None], crs=crs, transform=transform,
                        tags=tags, product=product, checkpoint=checkpoint)
-    # temporaries of this tile left by a killed run: the tile is complete now, they are litter
-    for stale in out_dir.glob(f".{tile_id}.*{TEMP_MARK}*"):
-        stale.unlink(missing_ok=True)
+    # temporaries of this tile left by a killed run: the tile is complete now, they are litter (an
+    # object store has none: an upload that did not finish leaves no object)
+    if not storage.is_remote(out_dir):
+        for stale in out_dir.glob(f".{tile_id}.*{TEMP_MARK}*"):
+            stale.unlink(missing_ok=True)
     return TileResult(tile_id, "done", paths)
 
 
@@ -333,7 +338,8 @@ def _colormap(colours: Sequence[str] | None, n: int) -> dict[int, tuple[int, int
     return cmap
 
 
-def _write_geotiff(path: Path, data: np.ndarray, *, crs, transform, tags: dict, product: str, checkpoint) -> None:
+def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, tags: dict, product: str,
+                   checkpoint) -> None:
     import rasterio
 
     ny, nx = data.shape[1:]
@@ -343,7 +349,7 @@ def _write_geotiff(path: Path, data: np.ndarray, *, crs, transform, tags: dict, 
     }
     if ny >= 256 and nx >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with atomic_path(path) as tmp:
+    with storage.output_file(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
             dst.update_tags(**tags, product=product)
@@ -358,8 +364,8 @@ def _write_geotiff(path: Path, data: np.ndarray, *, crs, transform, tags: dict, 
                     dst.set_band_description(i, f"probability of {name} (percent)")
 
 
-def write_run_file(checkpoint_path: str | Path, out_dir: str | Path, *, options: PredictOptions,
-                   cube_paths: Sequence[str | Path] = ()) -> Path:
+def write_run_file(checkpoint_path: storage.Location, out_dir: storage.Location, *, options: PredictOptions,
+                   cube_paths: Sequence[storage.Location] = ()) -> storage.Location:
     """``<out_dir>/run.json``: the provenance the mosaic's STAC item reports (no timestamps: reruns
     write the same bytes)."""
     from cropmap import __version__
@@ -368,54 +374,58 @@ def write_run_file(checkpoint_path: str | Path, out_dir: str | Path, *, options:
     card = card_path(checkpoint_path)
     ckpt = _load(checkpoint_path)
     record = {
-        "checkpoint": str(Path(checkpoint_path).resolve()),
+        "checkpoint": storage.canonical(checkpoint_path),
         "run_key": run_key(checkpoint_path, options),
-        "model_card": json.loads(card.read_text()) if card.exists() else {
+        "model_card": json.loads(storage.read_bytes(card)) if storage.exists(card) else {
             "model_name": ckpt.model_name, "scores": ckpt.scores, "config": ckpt.config},
         "class_names": list(ckpt.class_names),
         "class_colours": None if ckpt.class_colours is None else list(ckpt.class_colours),
         "options": options.model_dump(),
-        "cubes": sorted(str(Path(p).resolve()) for p in cube_paths),
+        "cubes": sorted(storage.canonical(p) for p in cube_paths),
         "software_version": __version__,
     }
-    path = Path(out_dir) / RUN_FILE
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    return path
+    return storage.write_text(storage.join(out_dir, RUN_FILE), json.dumps(record, indent=2, sort_keys=True))
 
 
 def predict_tiles(
-    checkpoint_path: str | Path,
-    cube_paths: Sequence[str | Path],
-    out_dir: str | Path,
+    checkpoint_path: storage.Location,
+    cube_paths: Sequence[storage.Location],
+    out_dir: storage.Location,
     *,
     options: PredictOptions = PredictOptions(),
     force: bool = False,
     client=None,
     scheduler: str = "synchronous",
+    gpu_workers: bool | str | None = None,
 ) -> list[TileResult]:
     """Predict many tiles, one Dask task per tile; returns one :class:`TileResult` per cube, in order.
 
     All cubes are opened (metadata only) and checked against the checkpoint first: a wrong band list,
     season or bin count raises :class:`IncompatibleInputError` before any tile is computed. Tasks get
     only paths and options (small, serialisable); each worker loads the checkpoint once. With a
-    ``distributed.Client`` the tasks run on its cluster, and on CUDA they request the Dask resource
-    ``{"GPU": 1}`` (GPU workers advertise it); without one, the local ``scheduler`` runs them
-    (synchronous by default: torch already uses every core inside a tile).
+    ``distributed.Client`` the tasks run on its cluster, and they request the Dask resource
+    ``{"GPU": 1}`` (GPU workers advertise it) when ``gpu_workers`` (else ``$CROPMAP_GPU_WORKERS``,
+    :func:`cropmap.cluster.inference_annotations`) says the cluster has GPU workers, or when this
+    process sees CUDA; without a client, the local ``scheduler`` runs them (synchronous by default:
+    torch already uses every core inside a tile).
     """
     import dask
 
     checkpoint = _load(checkpoint_path)
-    tile_ids: dict[str, Path] = {}
+    tile_ids: dict[str, storage.Location] = {}
     for path in cube_paths:
         cube = open_cube(path)
         tid = str(cube.attrs["tile_id"])
         if tid in tile_ids:
             raise IncompatibleInputError(f"tile id {tid} appears twice: {tile_ids[tid]} and {path}")
-        tile_ids[tid] = Path(path)
+        tile_ids[tid] = storage.as_location(path)
         check_cube(checkpoint, cube, what=f"tile {tid} ({path})")
     write_run_file(checkpoint_path, out_dir, options=options, cube_paths=cube_paths)
-    annotations = {"resources": {"GPU": 1}} if _device(options) == "cuda" and client is not None else {}
+    annotations = {}
+    if client is not None:
+        from cropmap.cluster import gpu_workers_enabled, inference_annotations
+
+        annotations = inference_annotations(gpu_workers_enabled(gpu_workers) or _device(options) == "cuda")
     with dask.annotate(**annotations):
         tasks = [
             dask.delayed(predict_tile, pure=False)(
