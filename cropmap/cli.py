@@ -144,7 +144,8 @@ def demo_build(
 
 @demo_app.command("run")
 def demo_run(
-    out: str = typer.Option(None, "--out", help="Output root (default $CROPMAP_OUTPUT_DIR or ~/.cache/cropmap/runs)."),
+    out: str = typer.Option(None, "--out", help="Output root, a folder or an fsspec URL such as s3://bucket/runs "
+                            "(default $CROPMAP_OUTPUT_URL, else $CROPMAP_OUTPUT_DIR, else ~/.cache/cropmap/runs)."),
     tile_limit: int = typer.Option(None, "--tile-limit", min=1, help="Map at most this many tiles."),
 ) -> None:
     """The whole job on the DEMO, offline: the map-country Prefect flow (build the demo if missing, train
@@ -182,7 +183,7 @@ def demo_run(
     typer.echo(f"confidence COG:     {result['cogs'].get('confidence')}")
     typer.echo(f"STAC item:          {result['item']}")
     typer.echo(f"quicklook:          {result['quicklook']}")
-    typer.echo(f"accuracy report:    {Path(result['cogs']['class']).parent / 'accuracy.json'}")
+    typer.echo(f"accuracy report:    {result['accuracy_path']}")
     typer.echo(f"model:              {result['model']}")
     typer.echo(f"OA on the DEMO east half: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")

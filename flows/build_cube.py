@@ -1,8 +1,9 @@
 """build-cube: country -> tiles -> 5-day median cubes, one task per tile on a Dask cluster.
 
 Wiring only: every task calls one function of :mod:`cropmap.pipeline`. Cubes go to
-``<out>/<country>/<config hash>/cubes/<tile id>.zarr``; a complete cube is skipped, so a rerun
-(after a kill, say) builds only the missing tiles.
+``<out>/<country>/<config hash>/cubes/<tile id>.zarr`` (``<out>``: a folder or an fsspec URL, see
+:func:`flows._runner.output_root`); a complete cube is skipped, so a rerun (after a kill, say) builds
+only the missing tiles.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from cropmap import pipeline
+from cropmap import pipeline, storage
 from flows._runner import output_root, task_runner
 
 __all__ = ["build_cube", "cube_tile", "build_cubes_for", "country_config"]
@@ -54,7 +55,7 @@ def build_cube(country: str = "DEMO", year: int | None = None, tile_limit: int |
                out_dir: str | None = None) -> list[dict]:
     """Build the tile cubes of ``country`` (at most ``tile_limit`` tiles); returns one row per tile."""
     config = country_config(country, year)  # an unknown country fails here, before any task
-    cube_dir = pipeline.run_dir(output_root(out_dir), config) / "cubes"
+    cube_dir = storage.join(pipeline.run_dir(output_root(out_dir), config), "cubes")
     results = build_cubes_for(country, year, pipeline.country_tiles(config, tile_limit=tile_limit), str(cube_dir))
     create_table_artifact(key=f"cubes-{country.lower()}", table=results,
                           description=f"{country} {config.year}: tile cubes in {cube_dir}")

@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
-from cropmap import pipeline
+from cropmap import pipeline, storage
 from cropmap.errors import ConfigError
 from flows._runner import output_root, task_runner
 from flows.build_cube import build_cubes_for, country_config
@@ -66,12 +66,12 @@ def train_model(country: str = "DEMO", reference: str | None = None, legend: str
     root = pipeline.run_dir(output_root(out_dir), config)
     tile_ids = (pipeline.country_tiles(config, reference=reference) if bounds is None
                 else pipeline.country_tiles(config, bounds=bounds))
-    cubes = build_cubes_for(country, year, tile_ids, str(root / "cubes"))
+    cubes = build_cubes_for(country, year, tile_ids, str(storage.join(root, "cubes")))
     cube_paths = [c["path"] for c in cubes if c["status"] != "failed"]
     key = pipeline.config_hash(config, reference, legend, bounds, settings)
-    samples = training_set(reference, cube_paths, str(root / "training" / f"samples-{key}.nc"), config.code,
+    samples = training_set(reference, cube_paths, str(storage.join(root, "training", f"samples-{key}.nc")), config.code,
                            legend, settings["cell_deg"], settings["per_cell"], bounds)
-    result = train_checkpoint(samples["path"], str(root / "models" / f"cropnet-{key}.pt"), train_config)
+    result = train_checkpoint(samples["path"], str(storage.join(root, "models", f"cropnet-{key}.pt")), train_config)
     create_table_artifact(key=f"training-{country.lower()}", description=f"{country}: samples per class",
                           table=[{"class": k, "samples": v} for k, v in samples["per_class"].items()])
     print(f"checkpoint {result['path']} ({result['status']}; {samples['n_samples']} samples; "

@@ -1,11 +1,19 @@
 """map-country for DEMO on a real external Dask cluster (`dask scheduler` + two `dask worker` processes
-on 127.0.0.1) against the same flow on its LocalCluster: byte-identical COG mosaics, with one worker
-killed mid-run (Dask reschedules, or a rerun completes only what is missing); and the map-country
-flow process itself SIGKILLed mid-run, then run again: only the missing tiles are computed.
+on 127.0.0.1, w0 advertising the Dask resource GPU=1 like deploy/'s GPU worker group) against the same
+flow on its LocalCluster: byte-identical COG mosaics
 
-Cost control (2 shared cores): the session's DEMO model (``demo_model``, trained once) and Prefect
-server (``prefect_server``) from tests/conftest.py; ONE LocalCluster reference run (``local_run``)
-shared by both tests; every run maps only the 2 northern tiles (``TILE_LIMIT``).
+- with every output in an S3 bucket (moto's S3 server, reached through ``AWS_ENDPOINT_URL``) and the
+  predict tasks annotated for GPU workers: all of them ran on w0, the mosaic in the bucket is
+  byte-identical, a rerun skips every finished tile; a bucket that does not exist fails the flow
+  before any task, naming the URL;
+- with one worker killed mid-run (Dask reschedules, or a rerun completes only what is missing);
+- and with the map-country flow process itself SIGKILLed mid-run, then run again: only the missing
+  tiles are computed.
+
+Cost control (2 shared cores): the session's DEMO model (``demo_model``, trained once), Prefect
+server (``prefect_server``) and S3 server (``s3_server``) from tests/conftest.py; ONE LocalCluster
+reference run (``local_run``) and ONE external cluster shared by the tests; every run maps only the 2
+northern tiles (``TILE_LIMIT``). The worker-kill test comes after the S3 test: it leaves one worker.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import use_s3_env
+from cropmap.cluster import GPU_RESOURCE, GPU_WORKERS_ENV
 from dask_processes import dask_cluster_processes, wait_for  # tests/ is on sys.path (no package)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -28,8 +38,10 @@ if str(ROOT) not in sys.path:  # flows/ is a folder of the checkout, not an inst
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, demo_paths, prefect_server):
-    """The environment every process shares: the session's DEMO folder and Prefect server, import paths."""
+def env(tmp_path_factory, demo_paths, prefect_server, s3_server):
+    """The environment every process shares: the session's DEMO folder, Prefect server and S3 endpoint
+    (``AWS_ENDPOINT_URL`` and keys: the Dask workers inherit them, as pods get them from deploy/'s
+    config), import paths."""
     tmp = tmp_path_factory.mktemp("flows")
     api_url, _ = prefect_server
     values = {
@@ -42,7 +54,9 @@ def env(tmp_path_factory, demo_paths, prefect_server):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in values.items():
             mp.setenv(k, v)
-        mp.delenv("CROPMAP_DASK_ADDRESS", raising=False)  # task_runner(None) must mean "local"
+        use_s3_env(mp, s3_server)
+        for name in ("CROPMAP_DASK_ADDRESS", "CROPMAP_OUTPUT_URL", "CROPMAP_OUTPUT_DIR", GPU_WORKERS_ENV):
+            mp.delenv(name, raising=False)  # task_runner(None) must mean "local"; out_dir decides the rest
         yield tmp
 
 
@@ -54,8 +68,10 @@ def checkpoint(demo_model) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(env):
-    """A scheduler and two nanny-less workers (w0, w1) on 127.0.0.1, started with ``env``."""
-    with dask_cluster_processes(env, {name: ["--nthreads", "2"] for name in ("w0", "w1")}) as started:
+    """A scheduler and two nanny-less workers on 127.0.0.1, started with ``env``: w0 advertises
+    ``GPU=1`` (no GPU needed: a Dask resource is a label), w1 does not."""
+    workers = {"w0": ["--nthreads", "2", "--resources", f"{GPU_RESOURCE}=1"], "w1": ["--nthreads", "2"]}
+    with dask_cluster_processes(env, workers) as started:
         yield started
 
 
@@ -63,13 +79,14 @@ def cluster(env):
 TILE_LIMIT = 2
 
 
-def _map(address: str | None, out: Path, model: str) -> dict:
-    """map-country for DEMO with the flows' own task runner: ``address`` None = their LocalCluster."""
+def _map(address: str | None, out: Path | str | None, model: str) -> dict:
+    """map-country for DEMO with the flows' own task runner: ``address`` None = their LocalCluster;
+    ``out`` None = the environment's output location."""
     from flows._runner import task_runner
     from flows.map_country import map_country
 
-    return map_country.with_options(task_runner=task_runner(address))(country="DEMO", model=model, out_dir=str(out),
-                                                                       tile_limit=TILE_LIMIT)
+    return map_country.with_options(task_runner=task_runner(address))(
+        country="DEMO", model=model, out_dir=None if out is None else str(out), tile_limit=TILE_LIMIT)
 
 
 def _cog_bytes(result: dict) -> dict[str, bytes]:
@@ -83,6 +100,75 @@ def local_run(env, checkpoint) -> dict:
     assert set(result["cogs"]) >= {"class", "confidence"} and len(result["tiles"]) == TILE_LIMIT
     assert all(row["predict"] == "done" for row in result["tiles"]), result["tiles"]
     return result
+
+
+def _task_stream(dask_scheduler, name: str = "cropmap-test-stream") -> list[tuple[str, str]]:
+    """(task key, worker address) of every task finished since the plugin was added (scheduler side)."""
+    from distributed.diagnostics.task_stream import TaskStreamPlugin
+
+    if name not in dask_scheduler.plugins:  # first call: start recording (no length limit to speak of)
+        dask_scheduler.add_plugin(TaskStreamPlugin(dask_scheduler, maxlen=1_000_000), name=name)
+        return []
+    return [(str(r["key"]), r["worker"]) for r in dask_scheduler.plugins[name].buffer]
+
+
+def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s3_server):
+    """Outputs in an S3 bucket named only by ``$CROPMAP_OUTPUT_URL``, inference annotated by
+    ``$CROPMAP_GPU_WORKERS=1``: every predict task ran on the GPU worker w0 (cube work ran on both),
+    the class and confidence COGs in the bucket are byte-identical to the local run's, every output
+    is there, and a rerun skips every finished tile without rewriting it."""
+    from dask.utils import key_split
+    from distributed import Client
+
+    from cropmap import storage
+
+    address, _ = cluster
+    fs, _ = storage.filesystem("s3://cropmap-runs")
+    fs.mkdir("cropmap-runs")
+    with pytest.MonkeyPatch.context() as mp, Client(address, timeout=30) as client:
+        mp.setenv("CROPMAP_OUTPUT_URL", "s3://cropmap-runs/runs")
+        mp.setenv(GPU_WORKERS_ENV, "1")
+        client.wait_for_workers(2, timeout=60)
+        names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+        client.run_on_scheduler(_task_stream)
+        result = _map(address, None, checkpoint)
+        ran = client.run_on_scheduler(_task_stream)
+        class_tiles = sorted(fs.glob("cropmap-runs/runs/DEMO/*/tiles/*.class.tif"))
+        stamps = {p: fs.info(p)["LastModified"] for p in class_tiles}
+        again = _map(address, None, checkpoint)
+    on = {}
+    for key, worker in ran:
+        on.setdefault(key_split(key), set()).add(names.get(worker, worker))
+    print(f"task groups and the workers they ran on: {on}")
+    assert on.get("predict_tile") == {"w0"}, on  # never on w1, which had no GPU resource
+    assert sum(key_split(k) == "predict_tile" for k, _ in ran) == TILE_LIMIT
+    assert "w1" in set().union(*on.values()), on  # w1 was up and took other work meanwhile
+    assert all(r["predict"] == "done" for r in result["tiles"]), result["tiles"]
+    assert result["cogs"]["class"].startswith("s3://cropmap-runs/runs/DEMO/")
+    remote = {k: storage.read_bytes(v) for k, v in sorted(result["cogs"].items())}
+    assert remote == _cog_bytes(local_run)
+    run = result["cogs"]["class"].rsplit("/maps/", 1)[0]
+    for name in ("maps/DEMO.json", "maps/DEMO_quicklook.png", "maps/accuracy.json", "tiles/run.json"):
+        assert storage.exists(f"{run}/{name}"), name
+    cubes = storage.list_files(f"{run}/cubes", "*.zarr.complete")
+    assert len(cubes) == TILE_LIMIT and len(class_tiles) == TILE_LIMIT
+    assert result["accuracy"] == local_run["accuracy"]
+    assert all(r["cube"] == "skipped" and r["predict"] == "skipped" for r in again["tiles"]), again["tiles"]
+    assert {p: fs.info(p)["LastModified"] for p in class_tiles} == stamps
+    assert {k: storage.read_bytes(v) for k, v in sorted(again["cogs"].items())} == remote
+
+
+def test_unwritable_output_location_fails_before_any_task(env, checkpoint):
+    """A bucket that does not exist: the flow fails in its first lines, naming the URL and the
+    parameter it came from, not inside a Dask task."""
+    import time
+
+    from cropmap.errors import StorageError
+
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="s3://no-such-bucket-cropmap/runs .from the out_dir parameter"):
+        _map(None, "s3://no-such-bucket-cropmap/runs", checkpoint)
+    assert time.monotonic() - started < 120
 
 
 def test_map_country_on_external_scheduler_survives_a_killed_worker(env, checkpoint, cluster, local_run):
