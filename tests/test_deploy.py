@@ -28,7 +28,8 @@ import jsonschema
 import pytest
 import yaml
 
-from cropmap.cluster import GPU_RESOURCE, dask_target
+from cropmap import storage
+from cropmap.cluster import GPU_RESOURCE, dask_target, gpu_workers_enabled
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -213,6 +214,17 @@ def test_cluster_wiring_is_consistent(rendered):
     for pod in (cluster["spec"]["scheduler"], cluster["spec"]["worker"], gpu["spec"]["worker"]):
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert {"configMapRef": {"name": "cropmap-config"}} in _container(pod)["envFrom"]
+        # outputs go to the object store, so no pod shares a volume with another
+        assert not [v for v in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in v or "nfs" in v]
+    # what flows/_runner.output_root and cropmap.cluster.gpu_workers_enabled read: an object-store URL,
+    # and "the cluster has GPU workers", as it does (the DaskWorkerGroup above)
+    assert storage.is_remote(config["CROPMAP_OUTPUT_URL"]), config["CROPMAP_OUTPUT_URL"]
+    assert gpu_workers_enabled(config["CROPMAP_GPU_WORKERS"]) == (gpu["spec"]["worker"]["replicas"] > 0)
+    # scratch files (TMPDIR) land on each worker's node-local emptyDir
+    for pod in (cluster["spec"]["worker"], gpu["spec"]["worker"]):
+        mounts = {m["mountPath"]: m["name"] for m in _container(pod)["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert "emptyDir" in volumes[mounts[config["TMPDIR"]]]
 
 
 def test_prefect_worker_rbac_covers_what_it_does(rendered):
@@ -280,6 +292,9 @@ def test_base_job_template_renders_a_valid_job(job_template, tmp_path):
     assert {"configMapRef": {"name": "cropmap-config"}} in container["envFrom"]
     # the flow run starts with Prefect's command and knows its run id
     assert "PREFECT__FLOW_RUN_ID" in {e["name"] for e in container["env"]}
+    # the mosaic runs in the flow's process: its scratch (TMPDIR=/scratch) is a node-local emptyDir
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/scratch" and "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mount["name"]]
     assert container["args"][:3] == ["prefect", "flow-run", "execute"]
 
 
