@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from cropmap.grid import Tile, tiles_for_aoi
 from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.season import Season
 from cropmap.stac import asset_scale_offset, band_assets, search_items, season_search_window
+from cropmap.tiles_io import stable_hash
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
            "build_cubes", "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
@@ -311,9 +310,7 @@ def build_tile_cube(
                 "bands": list(options.bands), "invalid_scl": list(options.invalid_scl),
                 "dilate_pixels": options.dilate_pixels}
     # what the cube depends on, so that a flow can tell a stale cube from a complete one
-    ds.attrs["config_hash"] = hashlib.sha256(json.dumps(
-        {k: ds.attrs[k] for k in sorted(ds.attrs) if k != "unavailable_assets"}, sort_keys=True, default=str
-    ).encode()).hexdigest()[:16]
+    ds.attrs["config_hash"] = stable_hash({k: ds.attrs[k] for k in sorted(ds.attrs) if k != "unavailable_assets"})
     ds.attrs["cropmap_version"] = __version__
     import zarr
 

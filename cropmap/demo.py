@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -53,6 +52,7 @@ from cropmap.bands import S2_BANDS
 from cropmap.errors import ConfigError
 from cropmap.samples import read_victoria
 from cropmap.season import SOUTH, Season
+from cropmap.tiles_io import stable_hash
 
 __all__ = ["DemoSpec", "DemoPaths", "EARTH_SEARCH_KEYS", "build_demo", "default_demo_dir", "demo_country",
            "part_bounds", "read_layout"]
@@ -136,8 +136,7 @@ class DemoSpec:
 
     def token(self) -> str:
         """Hash of the spec and the layout version: a folder built from another spec is rebuilt."""
-        text = json.dumps({"v": _LAYOUT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return stable_hash({"v": _LAYOUT_VERSION, **dataclasses.asdict(self)})
 
 
 @dataclass(frozen=True)

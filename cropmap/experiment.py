@@ -20,9 +20,7 @@ networks in N processes (one torch thread each unless ``threads`` says otherwise
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import platform
@@ -51,7 +49,7 @@ from cropmap.harmonise import Legend, harmonise, load_legend
 from cropmap.models import MODELS
 from cropmap.season import Season, shift_months
 from cropmap.train import TrainConfig, train_model
-from cropmap.tiles_io import atomic_path
+from cropmap.tiles_io import atomic_path, stable_hash
 
 __all__ = ["DataSpec", "RunSpec", "Axes", "Minority", "Variant", "ExperimentConfig", "load_experiment",
            "run_experiment", "load_samples", "variants", "minority_subsample"]
@@ -218,10 +216,6 @@ def _window_start(context: Season, season: Season, year: int) -> int:
         raise ConfigError(f"season {season.describe()} does not sit on the bins of the context season "
                           f"{context.describe()}")
     return int(hit[0])
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _std(v: pd.Series) -> float:
@@ -424,7 +418,7 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
                         prep.class_names, train_cfg.model_dump(exclude={"progress", "device"}), __version__]
     if v.minority is not None:  # only then: configs without axes keep the keys (and caches) they had
         parts.append(v.minority.model_dump())
-    path = cache / f"{spec.model}-{aug}-s{seed}-{_key(*parts)}.pt"
+    path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"
     return {"path": path, "x_full": prep.x_full[keep], "y": prep.y_src[keep], "start": prep.start,
             "season": v.season, "train": train_cfg, "bands": cfg.bands, "class_names": prep.class_names,
             "colours": prep.colours, "experiment": cfg.name}

@@ -10,7 +10,6 @@ every output location may be a local folder or an fsspec URL such as ``s3://buck
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from rasterio.windows import from_bounds
 from cropmap import storage
 from cropmap.config import CountryConfig, load_country
 from cropmap.errors import IncompatibleInputError
+from cropmap.tiles_io import stable_hash
 
 __all__ = ["DEMO_TRAINING", "resolve_country", "config_hash",
            "run_dir", "country_tiles", "build_tile", "training_points",
@@ -54,8 +54,7 @@ def resolve_country(country: str, *, configs_dir: str | Path | None = None) -> C
 
 def config_hash(config: CountryConfig, *extra: object) -> str:
     """16 hex digits of the config (and ``extra`` settings) that change the outputs."""
-    text = json.dumps([config.model_dump(mode="json"), *[_plain(e) for e in extra]], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return stable_hash([config.model_dump(mode="json"), *[_plain(e) for e in extra]])
 
 
 def _plain(value: object) -> object:

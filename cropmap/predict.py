@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cropmap import storage
 from cropmap.errors import DataNotFoundError, IncompatibleInputError
 from cropmap.season import Season
-from cropmap.tiles_io import TEMP_MARK
+from cropmap.tiles_io import TEMP_MARK, stable_hash
 
 __all__ = [
     "NODATA",
@@ -240,9 +240,8 @@ def run_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
     """Hash of the checkpoint's bytes and the output options: a tile written under another key is redone."""
     local = storage.local_copy(checkpoint_path).resolve()
     st = local.stat()
-    blob = json.dumps({"checkpoint": _file_sha256(str(local), st.st_size, st.st_mtime_ns),
-                       "options": options.output_key()}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stable_hash({"checkpoint": _file_sha256(str(local), st.st_size, st.st_mtime_ns),
+                        "options": options.output_key()})
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,4 +1,4 @@
-"""Atomic outputs: "exists" means "complete".
+"""Atomic outputs: "exists" means "complete"; and the one hash that names outputs by their settings.
 
 Every stage that writes a file per tile (cube stores, tile predictions, mosaics) writes it under a
 temporary name beside the final one and renames it when it is complete. A run killed half-way leaves
@@ -8,15 +8,23 @@ only temporary names, which a rerun ignores and overwrites; a final name is neve
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "is_temporary", "TEMP_MARK"]
+__all__ = ["atomic_path", "is_temporary", "TEMP_MARK", "stable_hash"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
 TEMP_MARK = ".tmp-"
+
+
+def stable_hash(settings: object) -> str:
+    """16 hex digits of the sha256 of ``settings`` as sorted-key JSON (non-JSON values as ``str``): the
+    key under which run folders, cached checkpoints, cubes and tile predictions are found again."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def is_temporary(path: str | Path) -> bool:
