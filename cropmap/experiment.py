@@ -218,8 +218,9 @@ def _window_start(context: Season, season: Season, year: int) -> int:
     return int(hit[0])
 
 
-def _std(v: pd.Series) -> float:
-    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+def _mean_std(v: pd.Series) -> str:
+    """``mean ± std`` over seeds; a single seed has no spread to show."""
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
 def variants(cfg: ExperimentConfig) -> list[Variant]:
@@ -511,12 +512,11 @@ def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, co
     for key, g in frame.groupby(keys, sort=False):
         cells = []
         for s in shifts:
-            v = g.loc[g.shift_days == s, "oa"]
-            cells.append(f"{v.mean():.3f} ± {_std(v):.3f}")
+            cells.append(_mean_std(g.loc[g.shift_days == s, "oa"]))
         z = g[g.shift_days == (0 if 0 in shifts else shifts[0])]
         secs = g.drop_duplicates("seed")["train_seconds"].dropna()
         lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells)
-                     + f" | {z.macro_f1.mean():.3f} ± {_std(z.macro_f1):.3f} | {z.kappa.mean():.3f} ± {_std(z.kappa):.3f}"
+                     + f" | {_mean_std(z.macro_f1)} | {_mean_std(z.kappa)}"
                      + f" | {secs.mean():.0f} |")
     if axes:
         lines += ["", "Variants (season the samples are composited onto, and classes):", ""]
@@ -530,7 +530,8 @@ def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, co
     text = "\n".join([
         f"# Experiment `{cfg.name}`", "", cfg.description.strip(), "",
         "Produced by:", "", "```", command or f"cropmap experiment configs/experiments/{cfg.name}.yaml", "```", "",
-        f"Mean ± std over seeds {cfg.seeds} ({len(frame.seed.unique())} seeds) of the test overall accuracy "
+        (f"Mean ± std over seeds {cfg.seeds} ({len(frame.seed.unique())} seeds)" if len(frame.seed.unique()) > 1
+         else f"One seed ({frame.seed.iloc[0]}, no spread)") + " of the test overall accuracy "
         f"(OA), macro-F1 over the target's classes and Cohen's kappa. Per-seed and per-class figures: "
         f"`{cfg.name}.csv`; confusion matrices (first seed, unshifted): `{cfg.name}/`.", "",
         *lines, "",

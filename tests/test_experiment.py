@@ -107,6 +107,7 @@ def test_axes_grid_with_parallel_training(tiny_config, tmp_path):
     md = (tmp_path / "out" / "tiny-axes.md").read_text()
     assert "| bin days | classes | minority | features |" in md and "| 30 | three | soy-5pct | 2d | cropnet1d |" in md
     assert "soybeans cut to 5.0% of the training samples" in md and "30-day bins, 8 bins" in md
+    assert "One seed (0, no spread)" in md and " ± " not in md  # one seed: no made-up spread of 0.000
     again = run_experiment(cfg, log=lambda _: None)  # everything cached now
     assert again[again.model == "cropnet1d"].cached.all()
 
