@@ -24,7 +24,8 @@ from torch import nn
 
 from cropmap.errors import ConfigError, IncompatibleInputError
 
-__all__ = ["CropNet", "CropNet1D", "CROPNET_V1", "CROPNET_CODE", "count_parameters", "MIN_TIME", "as_matrix_input"]
+__all__ = ["CropNet", "CropNet1D", "CROPNET_V1", "CROPNET_CODE", "count_parameters", "MIN_TIME", "as_matrix_input",
+           "MatrixClassifier"]
 
 MIN_TIME = 8
 
@@ -58,7 +59,22 @@ def as_matrix_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class _Net(nn.Module):
+class MatrixClassifier(nn.Module):
+    """Base of the networks over the ``(N, 1, band, time)`` matrix: checks the sizes, keeps
+    ``n_bands``/``n_classes`` (the input contract :func:`as_matrix_input` checks), and classifies as
+    ``head(drop(global average pool(features(x))))``; subclasses build ``features``, ``drop`` and ``head``."""
+
+    def __init__(self, *, n_bands: int, n_classes: int) -> None:
+        super().__init__()
+        if n_bands < 1 or n_classes < 2:
+            raise ConfigError(f"{type(self).__name__} needs n_bands >= 1 and n_classes >= 2, got {n_bands}, {n_classes}")
+        self.n_bands, self.n_classes = n_bands, n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.features(as_matrix_input(self, x)).mean((2, 3))))
+
+
+class _Net(MatrixClassifier):
     """Shared body of the 2D and 1D nets; ``dims`` picks the convolution type."""
 
     dims = 2
@@ -73,9 +89,7 @@ class _Net(nn.Module):
         first_stride: int = 1,
         dropout: float | Sequence[float] = 0.2,
     ) -> None:
-        super().__init__()
-        if n_bands < 1 or n_classes < 2:
-            raise ConfigError(f"CropNet needs n_bands >= 1 and n_classes >= 2, got {n_bands}, {n_classes}")
+        super().__init__(n_bands=n_bands, n_classes=n_classes)
         channels = list(channels)
         drops = [float(dropout)] * len(channels) if isinstance(dropout, (int, float)) else list(dropout)
         if len(drops) != len(channels):
@@ -84,7 +98,6 @@ class _Net(nn.Module):
         norm = nn.BatchNorm2d if self.dims == 2 else nn.BatchNorm1d
         drop = nn.Dropout2d if self.dims == 2 else nn.Dropout1d
         pool = nn.MaxPool2d if self.dims == 2 else nn.MaxPool1d
-        self.n_bands, self.n_classes = n_bands, n_classes
         layers: list[nn.Module] = []
         c_in = 1 if self.dims == 2 else n_bands
         for i, (c_out, p) in enumerate(zip(channels, drops)):

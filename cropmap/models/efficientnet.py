@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cropmap.errors import ConfigError
-from cropmap.models.cropnet import as_matrix_input
+from cropmap.models.cropnet import MatrixClassifier
 
 __all__ = ["EfficientNetV2", "EFFNETV2_S", "FusedMBConv", "MBConv"]
 
@@ -93,7 +93,7 @@ class MBConv(_Residual):
         super().__init__(body, stride == 1 and c_in == c_out, drop_prob)
 
 
-class EfficientNetV2(nn.Module):
+class EfficientNetV2(MatrixClassifier):
     """EfficientNetV2 over ``(N, 1, band, time)`` matrices (``(N, band, time)`` is accepted too);
     returns logits ``(N, n_classes)``. :data:`EFFNETV2_S` is the S configuration."""
 
@@ -109,10 +109,7 @@ class EfficientNetV2(nn.Module):
         dropout: float = 0.2,
         stochastic_depth: float = 0.2,
     ) -> None:
-        super().__init__()
-        if n_bands < 1 or n_classes < 2:
-            raise ConfigError(f"EfficientNetV2 needs n_bands >= 1 and n_classes >= 2, got {n_bands}, {n_classes}")
-        self.n_bands, self.n_classes = n_bands, n_classes
+        super().__init__(n_bands=n_bands, n_classes=n_classes)
         total = sum(int(s[5]) for s in stages)
         layers: list[nn.Module] = [_conv_bn(1, stem_channels, 3, stem_stride)]
         c, index = stem_channels, 0
@@ -129,7 +126,3 @@ class EfficientNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(head_channels, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = as_matrix_input(self, x)
-        return self.head(self.drop(self.features(x).mean((2, 3))))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cropmap.errors import ConfigError
-from cropmap.models.cropnet import as_matrix_input
+from cropmap.models.cropnet import MatrixClassifier
 
 __all__ = ["ResNetBottleneck", "Bottleneck", "RESNET50"]
 
@@ -56,7 +56,7 @@ class Bottleneck(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class ResNetBottleneck(nn.Module):
+class ResNetBottleneck(MatrixClassifier):
     """ResNet with bottleneck blocks over ``(N, 1, band, time)`` matrices (``(N, band, time)`` is
     accepted too); returns logits ``(N, n_classes)``. :data:`RESNET50` is the ResNet-50 configuration."""
 
@@ -70,12 +70,9 @@ class ResNetBottleneck(nn.Module):
         stem_stride: int = 2,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        if n_bands < 1 or n_classes < 2:
-            raise ConfigError(f"ResNet needs n_bands >= 1 and n_classes >= 2, got {n_bands}, {n_classes}")
+        super().__init__(n_bands=n_bands, n_classes=n_classes)
         if len(blocks) != len(widths):
             raise ConfigError(f"ResNet: {len(blocks)} stage depths for {len(widths)} widths")
-        self.n_bands, self.n_classes = n_bands, n_classes
         c = widths[0]
         layers: list[nn.Module] = [nn.Conv2d(1, c, 3, stride=stem_stride, padding=1, bias=False),
                                    nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
@@ -86,7 +83,3 @@ class ResNetBottleneck(nn.Module):
         self.features = nn.Sequential(*layers)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(c, n_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = as_matrix_input(self, x)
-        return self.head(self.drop(self.features(x).mean((2, 3))))
