@@ -400,12 +400,13 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                             name = label.replace("/", "_") + (f"_{v.slug}" if v.values else "")
                             write_confusion(np.asarray(s["confusion"]), prep.class_names,
                                             out_dir / cfg.name / f"confusion_{name}.csv",
-                                            title=f"{cfg.name} {label} {v.label} seed {seed}".replace("  ", " "))
+                                            title=" ".join(filter(None, (cfg.name, label, v.label, f"seed {seed}"))))
                     log(f"  {label}{' [' + v.label + ']' if v.values else ''} seed {seed}: " + ", ".join(
                         f"{r['shift_days']:+d} d OA {r['oa']:.3f}" for r in rows[-len(proba_of):])
                         + f" ({time.perf_counter() - t0:.0f} s{', cached' if info.get('cached') else ''})")
                     frame = pd.DataFrame(rows)
-                    _write_outputs(cfg, frame, out_dir, command)  # after every run: a cut run still reports
+                    # after every run: a cut run still reports
+                    _write_outputs(cfg, [p.variant for p in prepared], frame, out_dir, command)
     return frame
 
 
@@ -415,10 +416,9 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
     v = prep.variant
     options = {**cfg.train.get("model_options", {}), **spec.model_options}
     train_cfg = TrainConfig(**{**cfg.train, "model": spec.model, "augment": aug, "seed": seed, "model_options": options})
-    parts: list[Any] = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands,
-                        prep.class_names, train_cfg.model_dump(exclude={"progress", "device"}), __version__]
-    if v.minority is not None:  # only then: configs without axes keep the keys (and caches) they had
-        parts.append(v.minority.model_dump())
+    parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
+             train_cfg.model_dump(exclude={"progress", "device"}), __version__,
+             v.minority.model_dump() if v.minority else None]
     path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"
     return {"path": path, "x_full": prep.x_full[keep], "y": prep.y_src[keep], "start": prep.start,
             "season": v.season, "train": train_cfg, "bands": cfg.bands, "class_names": prep.class_names,
@@ -498,7 +498,8 @@ def _run_forest(cfg, prep, spec, aug, seed, keep):
     return proba, {"train_seconds": time.perf_counter() - t0, "cached": False}
 
 
-def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, command: str) -> None:
+def _write_outputs(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame, out_dir: Path,
+                   command: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     csv = out_dir / f"{cfg.name}.csv"
     with atomic_path(csv) as tmp:
@@ -524,9 +525,9 @@ def _write_outputs(cfg: ExperimentConfig, frame: pd.DataFrame, out_dir: Path, co
                   + (f"; target {v.target_season.describe()}" if v.target_season != v.season else "")
                   + (f"; classes {list(v.classes)}" if v.classes else "")
                   + (f"; {v.minority.class_name} cut to {v.minority.fraction:.1%} of the training samples"
-                     if v.minority else "") for v in variants(cfg)]
+                     if v.minority else "") for v in grid]
     train = TrainConfig(**cfg.train)
-    base = variants(cfg)[0]
+    base = grid[0]
     text = "\n".join([
         f"# Experiment `{cfg.name}`", "", cfg.description.strip(), "",
         "Produced by:", "", "```", command or f"cropmap experiment configs/experiments/{cfg.name}.yaml", "```", "",
