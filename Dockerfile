@@ -48,7 +48,7 @@ ENV HOME=/home/cropmap
 
 # Docker and docker compose use this; Kubernetes uses the probes in deploy/ instead
 HEALTHCHECK --interval=60s --timeout=30s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import cropmap.cluster, cropmap.composite, distributed, torch"]
+    CMD ["python", "-c", "import cropmap.jobs.cluster, cropmap.core.composite, distributed, torch"]
 
 ENTRYPOINT ["tini", "-g", "--"]
 CMD ["cropmap", "--help"]

@@ -9,11 +9,11 @@ every 5 ms with psutil; "peak" = highest RSS during the measured call minus RSS 
    B11, SCL-masked to NaN) repeated 6 times 30 days apart (72 dates, 2 Apr - 27 Sep: a season at
    Sentinel-2's 2-3 day revisit) and tiled in space to SIZE x SIZE, chunked (1 date, 4 bands, CHUNK,
    CHUNK) like a cube loaded from STAC. Observed bins of both results are checked equal first.
-2. loader: odc-stac (cropmap.cube.load_observations) against stackstac, loading one 512 px tile over 33TWM
+2. loader: odc-stac (cropmap.stages.cube.load_observations) against stackstac, loading one 512 px tile over 33TWM
    (4 bands + SCL, 5 dates), values checked equal: from the real static catalog as it is (whole-image
    JPEG2000 at 120 m) and from 10 m tiled COG crops of the same values (what Earth Search serves).
 3. tiles: ``build_tile_cube`` over 1, 2, 4, 8 tiles of 512 px (real catalog, 4 bands) one after the
-   other, as ``build_cubes`` runs a country: peak memory should not grow with the tile count.
+   other, as a country run builds them (cropmap.jobs.tile_pipeline): peak memory should not grow with the tile count.
 
 Run: .venv/bin/python bench/cube.py [--size 1024] [--chunk 256] [--threads 2]
 Prints one JSON line per case (with machine, threads, shapes, chunks) and a Markdown summary.
@@ -71,8 +71,8 @@ def _raw_block():
     """(72, 4, 66, 64) float32 real reflectance, NaN where SCL says cloud/shadow/no data, and its dates."""
     import xarray as xr
 
-    from cropmap.data import data_file
-    from cropmap.masking import DEFAULT_INVALID_SCL
+    from cropmap.core.masking import DEFAULT_INVALID_SCL
+    from cropmap.io.data import data_file
 
     ds = xr.open_dataset(data_file("openeo_gfmap/cdse_sentinel2_l2a.nc")).load()
     refl = np.stack([ds[f"S2-L2A-{b}"].values.astype(np.float32) / 10000 for b in BANDS], axis=1)
@@ -111,8 +111,8 @@ def case_composite(which: str, size: int, chunk: int, threads: int) -> dict:
     import dask
     import pandas as pd
 
-    from cropmap.composite import median_composite
-    from cropmap.season import Season
+    from cropmap.core.composite import median_composite
+    from cropmap.core.season import Season
 
     obs = _dask_obs(size, chunk)
     if which == "cropmap":
@@ -133,9 +133,8 @@ def check_composite_equal() -> dict:
     """Observed bins: cropmap == xarray resample median (before cropmap interpolates the gaps)."""
     import pandas as pd
 
-    from cropmap.composite import median_by_bin, bin_index
-    from cropmap.composite import median_composite
-    from cropmap.season import Season
+    from cropmap.core.composite import bin_index, median_by_bin, median_composite
+    from cropmap.core.season import Season
 
     obs = _dask_obs(128, 64).compute()
     season = Season(**SEASON)
@@ -150,7 +149,7 @@ def check_composite_equal() -> dict:
 
 
 def _stac_tiles(n: int):
-    from cropmap.grid import Grid
+    from cropmap.core.grid import Grid
 
     grid = Grid(32633, tile_size=512)
     # rows of 8 tiles inside 33TWM (north of 33TWL), x from 537.6 km, y top at 5 161 600 m
@@ -158,9 +157,9 @@ def _stac_tiles(n: int):
 
 
 def _stac_items(tile):
-    from cropmap.config import CatalogConfig
-    from cropmap.data import data_file
-    from cropmap.stac import search_items
+    from cropmap.io.config import CatalogConfig
+    from cropmap.io.data import data_file
+    from cropmap.io.stac import search_items
 
     cat = CatalogConfig(path=data_file("s2_l2a_stac/catalog.json"))
     return search_items(cat, bbox=tile.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
@@ -223,7 +222,7 @@ def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None) -> dic
     tile = _stac_tiles(1)[0]
     items = _stac_items(tile) if cog_dir is None else _cog_items(Path(cog_dir))
     if which == "odc-stac":  # cropmap's own loader
-        from cropmap.cube import load_observations
+        from cropmap.stages.cube import load_observations
 
         refl, scl, _ = load_observations(tile, items, bands=STAC_BANDS, chunk=chunk)
         arrays = [refl, scl]
@@ -231,7 +230,7 @@ def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None) -> dic
         import rasterio
         import stackstac
 
-        from cropmap.stac import band_assets
+        from cropmap.io.stac import band_assets
 
         dicts = []
         for it in items:  # stackstac reads proj:epsg and needs absolute hrefs (../shared/notes/stack.md)
@@ -268,8 +267,8 @@ def case_tiles(n: int, chunk: int, threads: int) -> dict:
 
     import dask
 
-    from cropmap.cube import CubeOptions, build_tile_cube
-    from cropmap.season import Season
+    from cropmap.core.season import Season
+    from cropmap.stages.cube import CubeOptions, build_tile_cube
 
     tiles = _stac_tiles(n)
     item_sets = [_stac_items(t) for t in tiles]

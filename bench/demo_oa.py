@@ -1,5 +1,5 @@
-"""DEMO east-half OA of training settings (docs/demo.md, "Why the DEMO east-half OA ..."): the pipeline
-steps of the train-model flow on the west half, every tile predicted and mosaicked, scored on both halves.
+"""DEMO east-half OA of training settings (docs/demo.md, "Why the DEMO east-half OA ..."): the job
+functions of the train-model job on the west half, every tile predicted and mosaicked, scored on both halves.
 
     .venv/bin/python bench/demo_oa.py [WORK_DIR]      # default /tmp/cropmap-demo-oa; ~1 min per setting
 
@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from cropmap import pipeline
-from cropmap.demo import DemoPaths, default_demo_dir, part_bounds, read_layout
-from cropmap.mosaic import mosaic_tiles
-from cropmap.predict import predict_tile
+from cropmap.jobs.executors import InlineExecutor
+from cropmap.jobs.scoring import score_class_map
+from cropmap.jobs.tile_pipeline import run_tiles
+from cropmap.jobs.tiles import predict_tile
+from cropmap.jobs.training import train_checkpoint, training_set
+from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
+from cropmap.stages.cube import cube_path
+from cropmap.stages.mosaic import mosaic_tiles
 
-SLIM = pipeline.DEMO_TRAINING["model_options"]
 SETTINGS = {  # name: (samples per cell and class, epochs, augmentation)
     "none": (1, 30, "none"),
     "all": (1, 30, "all"),
@@ -28,27 +31,26 @@ SETTINGS = {  # name: (samples per cell and class, epochs, augmentation)
 
 
 def main(work: Path) -> None:
-    config = pipeline.resolve_country("DEMO")
-    paths = DemoPaths(default_demo_dir())
-    layout = read_layout(paths.root)
-    west, east = part_bounds(layout, "west"), part_bounds(layout, "east")
-    cubes = {t: pipeline.build_tile(config, t, work / "cubes")["path"] for t in pipeline.country_tiles(config)}
-    west_cubes = [cubes[t] for t in pipeline.country_tiles(config, bounds=west)]
+    run = resolve_run(DEFAULT_COUNTRY, out_dir=str(work))
+    scenario = run.scenario
+    west, east = scenario.train_bounds, scenario.score_bounds
+    run_tiles(InlineExecutor(), run, run.tiles())
+    west_cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in run.tiles(bounds=west)]
     for name, (per_cell, epochs, augment) in SETTINGS.items():
         started = time.perf_counter()
-        samples = pipeline.training_set(paths.reference, west_cubes, work / f"samples-{per_cell}.nc", region="DEMO",
-                                        cell_deg=pipeline.DEMO_TRAINING["cell_deg"], per_cell=per_cell, bounds=west)
-        model = pipeline.train_checkpoint(samples["path"], work / f"{name}.pt", threads=1, train_config={
-            "model_options": SLIM, "epochs": epochs, "lr": 1e-3, "batch_size": 64, "augment": augment,
-            "progress": False})
+        settings = scenario.training.model_copy(update={"per_cell": per_cell, "epochs": epochs, "augment": augment})
+        samples = training_set(scenario.reference, west_cubes, work / f"samples-{per_cell}.nc", region=run.code,
+                               settings=settings, bounds=west)
+        model = train_checkpoint(samples.path, work / f"{name}.pt", settings=settings, threads=1)
         seconds = time.perf_counter() - started
-        for cube in cubes.values():
-            predict_tile(model["path"], cube, work / f"tiles-{name}")
-        class_map = mosaic_tiles(work / f"tiles-{name}", work / f"maps-{name}", name="DEMO").cogs["class"]
-        oa = {part: pipeline.score_class_map(class_map, paths.reference, bounds=b)["oa"]
+        tiles = run.model_copy(update={"root": str(work / f"run-{name}"), "cube_root": str(run.cube_dir)})
+        for tile_id in run.tiles():
+            predict_tile(tiles, model.path, tile_id)
+        class_map = mosaic_tiles(tiles.tile_dir, work / f"maps-{name}", name=run.code).cogs["class"]
+        oa = {part: score_class_map(class_map, scenario.reference, bounds=b)["oa"]
               for part, b in (("west", west), ("east", east))}
-        print(f"{name}: {samples['n_samples']} samples, train {seconds:.0f} s, validation macro-F1 "
-              f"{model['scores']['val_macro_f1']:.3f}, west OA {oa['west']:.3f}, east OA {oa['east']:.3f}", flush=True)
+        print(f"{name}: {samples.n_samples} samples, train {seconds:.0f} s, validation macro-F1 "
+              f"{model.scores['val_macro_f1']:.3f}, west OA {oa['west']:.3f}, east OA {oa['east']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

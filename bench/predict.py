@@ -22,7 +22,7 @@ that a shared machine's load drift hits them alike; px/s from the median pass):
 
 Agreement = share of the N pixels whose argmax class equals eager fp32's (goal >= 99.5 %).
 
-With ``--end-to-end``, also ``cropmap.predict.predict_cube`` (features, model, maps) on the same 800
+With ``--end-to-end``, also ``cropmap.stages.predict.predict_cube`` (features, model, maps) on the same 800
 series laid out as a 20 x 40 composite cube, ``precision="fp32"`` against ``"bf16"`` (the CPU fast path
 wired into predict: bf16 autocast on channels_last weights).
 
@@ -48,12 +48,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cropmap.checkpoint import apply_normalisation, fit_normalisation, load_checkpoint  # noqa: E402
-from cropmap.composite import median_composite  # noqa: E402
-from cropmap.features import compute_features  # noqa: E402
-from cropmap.models import build_model, count_parameters  # noqa: E402
-from cropmap.samples import read_victoria  # noqa: E402
-from cropmap.season import Season  # noqa: E402
+from cropmap.core.composite import median_composite  # noqa: E402
+from cropmap.core.features import compute_features  # noqa: E402
+from cropmap.core.season import Season  # noqa: E402
+from cropmap.ml.checkpoint import load_checkpoint  # noqa: E402
+from cropmap.ml.models import build_model, count_parameters  # noqa: E402
+from cropmap.ml.normalisation import apply_normalisation, fit_normalisation  # noqa: E402
+from cropmap.samples.victoria import read_victoria  # noqa: E402
 
 SEASON = Season(start="08-01", end="07-31", hemisphere="south")  # the Victoria series' full year
 PATHS = ("eager_fp32", "channels_last", "fold_bn", "bf16", "bf16_channels_last", "int8_dynamic", "int8_static",
@@ -177,8 +178,8 @@ def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list
     """``predict_cube`` on the 800 real series laid out as a 20 x 40 composite cube, fp32 vs bf16."""
     import xarray as xr
 
-    from cropmap.checkpoint import Checkpoint
-    from cropmap.predict import PredictOptions, predict_cube
+    from cropmap.ml.checkpoint import Checkpoint
+    from cropmap.stages.predict import PredictOptions, predict_cube
 
     s = xr.concat([read_victoria("train"), read_victoria("test")], dim="sample")
     obs = xr.DataArray(s["reflectance"].values.reshape(20, 40, 73, 10).transpose(2, 3, 0, 1),
@@ -215,7 +216,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--end-to-end", action="store_true",
-                    help="also time cropmap.predict.predict_cube (features + model + maps) fp32 vs bf16")
+                    help="also time cropmap.stages.predict.predict_cube (features + model + maps) fp32 vs bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -231,7 +232,7 @@ def main() -> None:
         print(f"# trained CropNet ({count_parameters(model):,} parameters) for {args.train_epochs} epochs "
               f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         if args.save:
-            from cropmap.checkpoint import save_checkpoint
+            from cropmap.ml.checkpoint import save_checkpoint
 
             s = read_victoria("train")
             save_checkpoint(args.save, model=model, model_name="cropnet", model_config={"n_bands": 10, "n_classes": 8},

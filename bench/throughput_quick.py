@@ -4,7 +4,7 @@ Forward passes only (eval mode, ``torch.inference_mode``), on the real Victoria 
 10 bands) cut to the first 43 five-day bins (the length of the ARG season, 11-01..05-31), repeated up
 to the batch size. Weights are untrained: throughput does not depend on them. Runs each model at 1
 and 2 torch threads (this machine has 2 cores; a Kubernetes CPU worker thread = one core), and on
-CUDA too when torch sees a GPU (bf16 autocast, as cropmap.predict does). Also counts the FLOPs of one
+CUDA too when torch sees a GPU (bf16 autocast, as cropmap.stages.predict does). Also counts the FLOPs of one
 pixel's forward pass (torch.utils.flop_counter), from which a GPU's rate can be bounded.
 
 Run: .venv/bin/python bench/throughput_quick.py [--seconds 3] [--batch 4096]
@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from cropmap.models import build_model, count_parameters
-from cropmap.samples import read_victoria
+from cropmap.ml.models import build_model, count_parameters
+from cropmap.samples.victoria import read_victoria
 
 N_BINS = 43
 

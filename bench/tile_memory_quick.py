@@ -1,11 +1,11 @@
-"""Peak memory of compositing one tile with cropmap.composite.median_composite on a Dask array.
+"""Peak memory of compositing one tile with cropmap.core.composite.median_composite on a Dask array.
 
 What the Kubernetes resource requests in deploy/ are sized from. One 512 x 512 tile, 60 acquisition
 dates over the northern season (43 five-day bins), 10 reflectance bands + the SCL mask (11 bands read),
-chunked in space like cropmap.cube (all dates in one chunk). Each configuration runs in a fresh
+chunked in space like cropmap.stages.cube (all dates in one chunk). Each configuration runs in a fresh
 process; the figure is the peak resident set size (ru_maxrss) minus the RSS after imports and input
 preparation, i.e. what the compositing graph itself adds while the tile is written chunk by chunk to
-a temporary Zarr store, as cropmap.cube does (the tile is never gathered whole).
+a temporary Zarr store, as cropmap.stages.cube does (the tile is never gathered whole).
 
 The pixel values are real: the 12 raw acquisitions of ../shared/data/openeo_gfmap/cdse_sentinel2_l2a.nc
 (66 x 64 px, bands B01 B04 B08 B11) tiled in space, cycled over the 10 band slots and the 60 dates;
@@ -35,10 +35,10 @@ def _one(chunk: int, threads: int) -> dict:
     import pandas as pd
     import xarray as xr
 
-    from cropmap.composite import median_composite
-    from cropmap.data import data_file
-    from cropmap.masking import valid_from_scl
-    from cropmap.season import Season
+    from cropmap.core.composite import median_composite
+    from cropmap.core.masking import valid_from_scl
+    from cropmap.core.season import Season
+    from cropmap.io.data import data_file
 
     ds = xr.open_dataset(data_file("openeo_gfmap/cdse_sentinel2_l2a.nc"), engine="h5netcdf").load()
     src = np.stack([ds[f"S2-L2A-{b}"].values for b in ("B01", "B04", "B08", "B11")], 1).astype(np.float32) / 1e4
@@ -69,7 +69,7 @@ def _one(chunk: int, threads: int) -> dict:
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     t = time.perf_counter()
-    # Written chunk by chunk to Zarr as cropmap.cube does: the tile is never gathered in memory.
+    # Written chunk by chunk to Zarr as cropmap.stages.cube does: the tile is never gathered in memory.
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads", num_workers=threads):
         comp.to_dataset(name="reflectance").to_zarr(f"{tmp}/tile.zarr", mode="w", consolidated=False)
         elapsed = time.perf_counter() - t

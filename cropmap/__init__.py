@@ -1,13 +1,15 @@
 """cropmap: country-scale crop type mapping from Sentinel-2 with the invariant 2D median features and CropNet.
 
-One module per stage, each a plain function testable without Prefect (README.md lists them):
-:mod:`cropmap.season`, :mod:`cropmap.composite`, :mod:`cropmap.features`, :mod:`cropmap.samples` /
-:mod:`cropmap.readers`, :mod:`cropmap.grid`, :mod:`cropmap.stac`, :mod:`cropmap.cube`,
-:mod:`cropmap.models`, :mod:`cropmap.augment`, :mod:`cropmap.train`, :mod:`cropmap.evaluate`,
-:mod:`cropmap.predict`, :mod:`cropmap.mosaic`, :mod:`cropmap.labels`, :mod:`cropmap.demo`.
+One folder per layer, each importing only the layers below it (docs/architecture.md; checked by
+``lint-imports``): :mod:`cropmap.core` (values and pure computations) < :mod:`cropmap.io` (storage, STAC,
+data, configs, outlines) < :mod:`cropmap.samples` | :mod:`cropmap.ml` < :mod:`cropmap.stages` (cube,
+predict, mosaic) < :mod:`cropmap.jobs` (a country run, per-tile jobs, executors) < :mod:`cropmap.scenarios`
+| :mod:`cropmap.research` < :mod:`cropmap.cli`; ``flows/`` (Prefect) on top. :mod:`cropmap.errors` and
+:mod:`cropmap.settings` serve every layer.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("cropmap")

@@ -16,6 +16,11 @@ __all__ = [
     "EmptyAOIError",
     "AssetReadError",
     "StorageError",
+    "InvalidInputError",
+    "MosaicError",
+    "DaskClusterError",
+    "ScenarioError",
+    "CubeBuildError",
 ]
 
 
@@ -60,3 +65,23 @@ class AssetReadError(CropmapError, OSError):
 
 class StorageError(CropmapError, OSError):
     """The output location (a folder or an fsspec URL such as ``s3://bucket/prefix``) cannot be used."""
+
+
+class InvalidInputError(CropmapError, ValueError):
+    """An input data set is malformed: a wrong shape, a missing array or column, a layout not understood."""
+
+
+class MosaicError(CropmapError):
+    """A mosaic could not be built or failed COG validation."""
+
+
+class DaskClusterError(CropmapError, ConnectionError):
+    """The Dask scheduler named by the config or ``$CROPMAP_DASK_ADDRESS`` cannot be reached."""
+
+
+class ScenarioError(ConfigError):
+    """A scenario named by a country config is unknown or cannot be prepared."""
+
+
+class CubeBuildError(CropmapError):
+    """Tile cubes a job needs could not be built (the message names the tiles and why)."""

@@ -1,21 +1,21 @@
-"""Shared wiring of the flows: the Dask task runner and where outputs go."""
+"""Shared wiring of the flows: the Dask task runner, and the executor that runs cropmap's job functions as
+this flow's Prefect tasks (:mod:`flows.tasks`)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
+import dask
+import distributed
+from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture, as_completed
+from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
-from cropmap import storage
-from cropmap.cluster import dask_target
+from cropmap.jobs.cluster import dask_target
 
-__all__ = ["task_runner", "output_root", "OUTPUT_URL_ENV", "OUTPUT_DIR_ENV"]
-
-#: Output location as an fsspec URL (``s3://bucket/prefix``; what deploy/ sets) or a folder.
-OUTPUT_URL_ENV = "CROPMAP_OUTPUT_URL"
-#: Output folder (local path), the older variable; ``CROPMAP_OUTPUT_URL`` wins when both are set.
-OUTPUT_DIR_ENV = "CROPMAP_OUTPUT_DIR"
+__all__ = ["task_runner", "PrefectExecutor"]
 
 
 def task_runner(address: str | None = None, *, threads: int = 2) -> DaskTaskRunner:
@@ -30,18 +30,36 @@ def task_runner(address: str | None = None, *, threads: int = 2) -> DaskTaskRunn
                                         processes=False).task_runner_kwargs())
 
 
-def output_root(out_dir: str | None = None) -> storage.Location:
-    """Where a flow's outputs go, checked writable before any task runs.
+class PrefectExecutor:
+    """A :class:`cropmap.jobs.executors.Executor` whose units are Prefect tasks: ``tasks`` maps each job
+    function to the task that runs it, ``annotations`` a job function to its ``dask.annotate`` keywords
+    (the DaskTaskRunner submits through ``distributed.Client.submit``, which merges them)."""
 
-    ``out_dir`` (the flow parameter), else ``$CROPMAP_OUTPUT_URL``, else ``$CROPMAP_OUTPUT_DIR``, else
-    ``~/.cache/cropmap/runs``; empty strings count as unset. A local folder (returned as a ``Path``) or an
-    fsspec URL such as ``s3://bucket/runs`` (returned as a ``str``; credentials and endpoint from the
-    environment, see :mod:`cropmap.storage`). A location that cannot be written raises
-    :class:`~cropmap.errors.StorageError` naming it and where it came from, here in the flow's process,
-    not later inside a Dask task.
-    """
-    for value, source in ((out_dir, "the out_dir parameter"), (os.environ.get(OUTPUT_URL_ENV), f"${OUTPUT_URL_ENV}"),
-                          (os.environ.get(OUTPUT_DIR_ENV), f"${OUTPUT_DIR_ENV}")):
-        if value and str(value).strip():
-            return storage.check_writable(str(value).strip(), source=source)
-    return storage.check_writable(Path.home() / ".cache" / "cropmap" / "runs", source="the default")
+    def __init__(self, tasks: Mapping[Callable, Task], annotations: Mapping[Callable, Mapping[str, Any]] | None = None):
+        self.tasks = dict(tasks)
+        self.annotations = dict(annotations or {})
+
+    @property
+    def capacity(self) -> int:
+        runner = FlowRunContext.get().task_runner
+        if isinstance(runner, DaskTaskRunner):
+            return max(1, sum(runner.client.nthreads().values()))
+        return 1
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> PrefectFuture:
+        if fn not in self.tasks:
+            raise KeyError(f"no Prefect task wraps {fn.__module__}.{fn.__qualname__}")
+        with dask.annotate(**self.annotations.get(fn, {})):
+            return self.tasks[fn].submit(*args, **kwargs)
+
+    def wait_any(self, handles: Collection[PrefectFuture]) -> list[PrefectFuture]:
+        wrapped = {getattr(h, "wrapped_future", None): h for h in handles}
+        if None not in wrapped:  # Dask futures underneath: ask the scheduler, not the Prefect API
+            futures = list(wrapped)
+            with futures[0].client.as_current():  # the runner's client is not the process default
+                done, _ = distributed.wait(futures, return_when="FIRST_COMPLETED")
+            return [wrapped[f] for f in done]
+        return [next(as_completed(list(handles)))]
+
+    def result(self, handle: PrefectFuture) -> Any:
+        return handle.result()

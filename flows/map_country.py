@@ -1,135 +1,106 @@
 """map-country: country, year, model -> tile cubes -> predictions -> COG mosaics + STAC item + quicklook.
 
-Wiring only; every task calls one cropmap function. Outputs under
-``<out>/<country>/<config hash>/``: ``cubes/`` (Zarr per tile), ``tiles/`` (per-tile GeoTIFFs),
-``maps/`` (``<country>_class.tif``, ``<country>_confidence.tif``, ``<country>.json``,
-``<country>_quicklook.png``, ``accuracy.json``). ``<out>`` is a folder or an fsspec URL
-(``s3://bucket/runs``): the ``out_dir`` parameter, else ``$CROPMAP_OUTPUT_URL``, else
-``$CROPMAP_OUTPUT_DIR`` (:func:`flows._runner.output_root`), so Kubernetes workers need no shared volume.
-Finished tiles are skipped, so a run killed midway and started again computes only the missing tiles.
-For ``DEMO`` without ``model``, the model is trained first (train-model, west half) and the map is
-scored on the EAST half against the reference.
+Wiring only: the country is resolved once (:func:`cropmap.scenarios.resolve_run`) into the run every
+task receives, and :func:`cropmap.jobs.mapping.map_country` does the job with this flow's tasks
+(:mod:`flows.tasks`). Outputs under ``<out>/<country>/<run key>/``: ``cubes/`` (Zarr per tile),
+``tiles/`` (per-tile GeoTIFFs), ``maps/`` (``<country>_class.tif``, ``<country>_confidence.tif``,
+``<country>.json``, ``<country>_quicklook.png``, ``accuracy.json``). ``<out>`` is a folder or an fsspec
+URL (``s3://bucket/runs``): the ``out_dir`` parameter, else ``$CROPMAP_OUTPUT_URL``, else
+``$CROPMAP_OUTPUT_DIR`` (:func:`cropmap.jobs.country_run.output_root`), so Kubernetes workers need no
+shared volume. Finished tiles are skipped, so a run killed midway and started again computes only the
+missing tiles. Without ``model``, a country whose scenario supplies labels (the DEMO) is trained first
+and, when the scenario holds back an area, the map is scored there.
 
 ``predict-tile`` tasks request the Dask resource ``GPU=1`` when the cluster has GPU workers: the
-``gpu_workers`` parameter, else ``$CROPMAP_GPU_WORKERS`` (:func:`cropmap.cluster.gpu_workers_enabled`).
+``gpu_workers`` parameter, else ``$CROPMAP_GPU_WORKERS`` (:func:`cropmap.jobs.cluster.gpu_workers_enabled`).
 
     prefect deployment run map-country/map-country --param country=DEMO
+    python -m flows.map_country --country DEMO [--out DIR] [--tile-limit N]     (the same, in-process)
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # loaded by file path (a deployment's entrypoint): make `flows` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dask
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NONE
 
-from cropmap import pipeline, storage
-from cropmap.cluster import gpu_workers_enabled, inference_annotations
-from cropmap.errors import ConfigError
-from flows._runner import output_root, task_runner
-from flows.build_cube import build_cubes_for, country_config
-from flows.train_model import train_model
+from cropmap.errors import CropmapError
+from cropmap.io import storage
+from cropmap.jobs import mapping
+from cropmap.jobs.cluster import gpu_workers_enabled
+from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
+from flows import tasks
+from flows._runner import task_runner
 
 __all__ = ["map_country"]
 
 
-@task(name="run-file", cache_policy=NONE)
-def run_file(checkpoint: str, tile_dir: str, cube_paths: list[str]) -> str:
-    from cropmap.predict import PredictOptions, write_run_file
-
-    return str(write_run_file(checkpoint, tile_dir, options=PredictOptions(), cube_paths=cube_paths))
-
-
-@task(name="predict-tile", cache_policy=NONE, task_run_name="predict {cube_path}")
-def predict_tile(checkpoint: str, cube_path: str, tile_dir: str) -> str:
-    from cropmap.predict import predict_tile as predict
-
-    return predict(checkpoint, cube_path, tile_dir).status
-
-
-@task(name="mosaic", cache_policy=NONE)
-def mosaic(tile_dir: str, map_dir: str, name: str) -> dict:
-    from cropmap.mosaic import mosaic_tiles
-
-    result = mosaic_tiles(tile_dir, map_dir, name=name)
-    return {"cogs": {k: str(v) for k, v in result.cogs.items()}, "item": str(result.stac_item),
-            "quicklook": str(result.quicklook)}
-
-
-@task(name="score", cache_policy=NONE)
-def score(class_map: str, reference: str, bounds: list[float] | None, path: str) -> dict:
-    result = pipeline.score_class_map(class_map, reference, bounds=tuple(bounds) if bounds else None)
-    storage.write_text(path, json.dumps(result, indent=1))
-    return result
-
-
-def _demo_truth() -> tuple[str, list[float]]:
-    from cropmap.demo import DemoPaths, default_demo_dir, part_bounds, read_layout
-
-    root = default_demo_dir()
-    return str(DemoPaths(root).reference), list(part_bounds(read_layout(root), "east"))
-
-
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
-def map_country(country: str = "DEMO", year: int | None = None, model: str | None = None,
+def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
                 tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None) -> dict:
-    """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; DEMO: trained first when
-    not given), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on GPU workers."""
-    config = country_config(country, year)  # an unknown country fails here, with the known ones listed
-    gpu = gpu_workers_enabled(gpu_workers)  # so does a malformed $CROPMAP_GPU_WORKERS
-    root = pipeline.run_dir(output_root(out_dir), config)  # so does an unwritable output location
-    if model is None:
-        if config.code != "DEMO":
-            raise ConfigError(f"map-country for {config.code} needs model=<checkpoint path>")
-        model = train_model(country=country, year=year, out_dir=out_dir)
-    tile_ids = pipeline.country_tiles(config, tile_limit=tile_limit)
-    cubes = build_cubes_for(country, year, tile_ids, str(storage.join(root, "cubes")))
-    ready = [c for c in cubes if c["status"] != "failed"]
-    tile_dir, map_dir = storage.join(root, "tiles"), storage.join(root, "maps")
-    run_file(model, str(tile_dir), [c["path"] for c in ready])
-    # the DaskTaskRunner submits through distributed.Client.submit, which merges these annotations:
-    # with GPU workers, inference runs only there (and a CPU worker never picks it up)
-    with dask.annotate(**inference_annotations(gpu)):
-        futures = [predict_tile.submit(model, c["path"], str(tile_dir)) for c in ready]
-    rows = {c["tile_id"]: {"tile": c["tile_id"], "cube": c["status"], "predict": "-", "reason": c["reason"]}
-            for c in cubes}
-    for c, future in zip(ready, futures):
-        try:
-            rows[c["tile_id"]]["predict"] = future.result()
-        except Exception as err:  # noqa: BLE001 - reported in the table; the mosaic covers the rest
-            rows[c["tile_id"]].update(predict="failed", reason=str(err)[:300])
-    create_table_artifact(key=f"tiles-{country.lower()}", table=list(rows.values()),
-                          description=f"{country} {config.year}: tiles done / skipped / failed")
-    outputs = mosaic(str(tile_dir), str(map_dir), config.code)
-    accuracy, accuracy_path = None, storage.join(map_dir, "accuracy.json")
-    if config.code == "DEMO":
-        reference, east = _demo_truth()
-        accuracy = score(outputs["cogs"]["class"], reference, east, str(accuracy_path))
-        create_table_artifact(key="accuracy-demo", description="DEMO east half (Victoria test-split series) "
-                              f"vs the reference map: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}",
-                              table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
-    create_markdown_artifact(key=f"map-{country.lower()}", markdown="\n".join(
-        [f"# {config.name} {config.year}", f"![quicklook]({storage.as_uri(outputs['quicklook'])})", ""]
-        + [f"- {k}: `{v}`" for k, v in {**outputs["cogs"], "STAC item": outputs["item"]}.items()]))
-    failed = sum(r["cube"] == "failed" or r["predict"] == "failed" for r in rows.values())
-    print(f"class map:  {outputs['cogs']['class']}")
-    print(f"confidence: {outputs['cogs'].get('confidence')}")
-    print(f"STAC item:  {outputs['item']}")
-    print(f"quicklook:  {outputs['quicklook']}")
+    """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
+    one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
+    GPU workers."""
+    gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
+    run = resolve_run(country, year=year, out_dir=out_dir)  # so do an unknown country and an unwritable output
+    result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit)
+    mosaic, summary, accuracy = result.mosaic, result.tiles, result.accuracy
+    create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
+                          description=f"{run.code} {run.year}: {summary.describe()}")
     if accuracy is not None:
-        print(f"accuracy:   {accuracy_path}: OA {accuracy['oa']:.3f} on the DEMO east half "
+        create_table_artifact(key=f"accuracy-{run.code.lower()}", description=(
+            f"{run.scenario.description}: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
+            table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
+    create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
+        [f"# {run.config.name} {run.year}", f"![quicklook]({storage.as_uri(mosaic.quicklook)})", ""]
+        + [f"- {k}: `{v}`" for k, v in {**mosaic.cogs, "STAC item": mosaic.stac_item}.items()]))
+    print(f"class map:  {mosaic.cogs['class']}")
+    print(f"confidence: {mosaic.cogs.get('confidence')}")
+    print(f"STAC item:  {mosaic.stac_item}")
+    print(f"quicklook:  {mosaic.quicklook}")
+    if accuracy is not None:
+        print(f"accuracy:   {result.accuracy_path}: OA {accuracy['oa']:.3f} on the scored area "
               f"({accuracy['n']} pixels), macro-F1 {accuracy['macro_f1']:.3f}")
-    print(f"tiles: {len(rows) - failed} done or skipped, {failed} failed")
-    return {**outputs, "accuracy": accuracy, "accuracy_path": str(accuracy_path) if accuracy else None,
-            "tiles": list(rows.values()), "model": model}
+    print(f"tiles: {summary.describe()}")
+    return {"cogs": {k: str(v) for k, v in mosaic.cogs.items()}, "item": str(mosaic.stac_item),
+            "quicklook": str(mosaic.quicklook), "accuracy": accuracy, "accuracy_path": result.accuracy_path,
+            "tiles": summary.rows(), "model": result.model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.map_country``: the flow in this process (a temporary Prefect server when no
+    ``PREFECT_API_URL`` is set); one-line error and exit code 2 on a cropmap error."""
+    parser = argparse.ArgumentParser(prog="python -m flows.map_country", description=__doc__.splitlines()[0])
+    parser.add_argument("--country", default=DEFAULT_COUNTRY)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--year", type=int, default=None)
+    parser.add_argument("--out", default=None, help="output root: a folder or an fsspec URL")
+    parser.add_argument("--tile-limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        result = map_country(country=args.country, model=args.model, year=args.year, out_dir=args.out,
+                             tile_limit=args.tile_limit)
+    except CropmapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("")
+    print(f"class map COG:      {result['cogs']['class']}")
+    print(f"confidence COG:     {result['cogs'].get('confidence')}")
+    print(f"STAC item:          {result['item']}")
+    print(f"quicklook:          {result['quicklook']}")
+    print(f"model:              {result['model']}")
+    if result["accuracy"] is not None:
+        acc = result["accuracy"]
+        print(f"accuracy report:    {result['accuracy_path']}")
+        print(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+    return 0
 
 
 if __name__ == "__main__":
-    map_country()
+    sys.exit(main())

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The test command of the README: creates .venv if missing, installs, runs the whole suite
+# The test command of the README: creates .venv if missing, installs, checks the layers of
+# docs/architecture.md (lint-imports, [tool.importlinter] in pyproject.toml), then runs the whole suite
 # (slow end-to-end tests included). Extra arguments go to pytest, e.g. `-m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+.venv/bin/lint-imports --no-cache
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.cache/prefect}" PREFECT_SERVER_ANALYTICS_ENABLED=false
 exec .venv/bin/python -m pytest "$@"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cropmap.data import data_dir
+from cropmap.io.data import data_dir
 
 DATA = data_dir()
 
@@ -32,8 +32,8 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory, shared_data):
-    """The DEMO country (cropmap.demo) built once per session from the real Victoria series (~5-10 s)."""
-    from cropmap.demo import build_demo
+    """The DEMO country (cropmap.scenarios.demo) built once per session from the real Victoria series (~5-10 s)."""
+    from cropmap.scenarios.demo import build_demo
 
     return build_demo(tmp_path_factory.mktemp("demo") / "demo")
 
@@ -47,26 +47,29 @@ def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_model(tmp_path_factory, demo_paths) -> str:
-    """A real DEMO checkpoint trained ONCE per session (~15 s) with the same pipeline steps as the
-    train-model flow (west-half cubes -> training_set -> train_checkpoint) and its slim CropNet, but
-    10 epochs instead of the flow's: the end-to-end tests pass it to map-country (``model=``) so that
-    no test trains inside a flow."""
-    from cropmap import pipeline
-    from cropmap.demo import demo_country, part_bounds, read_layout
+def demo_run(tmp_path_factory, demo_paths):
+    """The DEMO country resolved into a run (cropmap.scenarios.resolve_run) over the session's demo,
+    outputs in a temporary folder."""
+    from cropmap.jobs.country_run import resolve_country_run
+    from cropmap.scenarios.demo import demo_country, prepare
 
-    work = tmp_path_factory.mktemp("demo_model")
-    config = demo_country(demo_paths)
-    west = part_bounds(read_layout(demo_paths.root), "west")
-    cubes = [pipeline.build_tile(config, t, work / "cubes") for t in pipeline.country_tiles(config, bounds=west)]
-    settings = pipeline.DEMO_TRAINING
-    samples = pipeline.training_set(demo_paths.reference, [c["path"] for c in cubes], work / "samples.nc",
-                                    region="DEMO", cell_deg=settings["cell_deg"], per_cell=settings["per_cell"],
-                                    bounds=west)
-    train_config = {k: settings[k] for k in ("lr", "batch_size", "model_options", "augment")}
-    result = pipeline.train_checkpoint(samples["path"], work / "demo.pt", threads=1,
-                                       train_config={**train_config, "epochs": 10, "progress": False})
-    return result["path"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
+        config, scenario = prepare(demo_country(demo_paths))
+    return resolve_country_run(config, out_root=tmp_path_factory.mktemp("demo_run"), scenario=scenario)
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_run) -> str:
+    """A real DEMO checkpoint trained ONCE per session (~15 s) by the train-model job on the west half
+    (cropmap.jobs.mapping.train_country, run inline) with the scenario's slim CropNet, but 10 epochs
+    instead of 30: the end-to-end tests pass it to map-country (``model=``) so that no test trains
+    inside a flow."""
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import train_country
+
+    settings = demo_run.scenario.training.model_copy(update={"epochs": 10})
+    return train_country(demo_run, InlineExecutor(), settings=settings).checkpoint.path
 
 
 def _free_port() -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cropmap.augment import AUGMENTATIONS, Augmenter, augmenter, resample_window
-from cropmap.bands import S2_BANDS
+from cropmap.core.bands import S2_BANDS
 from cropmap.errors import ConfigError
-from cropmap.samples import read_victoria
+from cropmap.ml.augment import AUGMENTATIONS, Augmenter, augmenter, resample_window
+from cropmap.samples.victoria import read_victoria
 
 B04, B08 = S2_BANDS.index("B04"), S2_BANDS.index("B08")
 

@@ -14,14 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-
-from cropmap.cluster import (ADDRESS_ENV, GPU_RESOURCE, GPU_WORKERS_ENV, DaskClusterError, dask_target,
-                             gpu_workers_enabled, inference_annotations)
-from cropmap.composite import median_composite
-from cropmap.errors import ConfigError
-from cropmap.masking import valid_from_scl
-from cropmap.season import Season
 from dask_processes import dask_cluster_processes, wait_for
+
+from cropmap.core.composite import median_composite
+from cropmap.core.masking import valid_from_scl
+from cropmap.core.season import Season
+from cropmap.errors import ConfigError, DaskClusterError
+from cropmap.jobs.cluster import (
+    ADDRESS_ENV,
+    GPU_RESOURCE,
+    GPU_WORKERS_ENV,
+    dask_target,
+    gpu_workers_enabled,
+    inference_annotations,
+)
 
 APRIL = Season(start="04-01", end="04-30")
 BANDS = ["B01", "B04", "B08", "B11"]

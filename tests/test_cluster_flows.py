@@ -26,10 +26,13 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import use_s3_env
-from cropmap.cluster import GPU_RESOURCE, GPU_WORKERS_ENV
-from dask_processes import dask_cluster_processes, wait_for  # tests/ is on sys.path (no package)
+from dask_processes import (  # tests/ is on sys.path (no package)
+    dask_cluster_processes,
+    wait_for,
+)
+
+from cropmap.jobs.cluster import GPU_RESOURCE, GPU_WORKERS_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +123,7 @@ def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s
     from dask.utils import key_split
     from distributed import Client
 
-    from cropmap import storage
+    from cropmap.io import storage
 
     address, _ = cluster
     fs, _ = storage.filesystem("s3://cropmap-runs")

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cropmap.composite import interpolate_gaps, median_by_bin, median_composite
-from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
-from cropmap.season import Season
+from cropmap.core.composite import interpolate_gaps, median_by_bin, median_composite
+from cropmap.core.masking import DEFAULT_INVALID_SCL, valid_from_scl
+from cropmap.core.season import Season
 
 
 @pytest.fixture(scope="module")

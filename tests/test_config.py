@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from cropmap.config import CatalogConfig, CountryConfig, OutlineConfig, known_countries, load_country
+from cropmap.core.season import Season
 from cropmap.errors import ConfigError, UnknownCountryError
-from cropmap.season import Season
+from cropmap.io.config import (
+    CatalogConfig,
+    CountryConfig,
+    OutlineConfig,
+    known_countries,
+    load_country,
+)
 
 SHIPPED = ["ARG", "AUS", "BEL", "CHN", "FRA", "USA"]
 

@@ -14,15 +14,21 @@ import pytest
 import rasterio
 import xarray as xr
 
-from cropmap.composite import median_composite
-from cropmap.config import CatalogConfig
-from cropmap.cube import (AssetUnavailableWarning, CubeOptions, build_tile_cube, composite_observations,
-                          load_observations, open_tile_cube)
+from cropmap.core.composite import median_composite
+from cropmap.core.grid import Grid
+from cropmap.core.masking import DEFAULT_INVALID_SCL, valid_from_scl
+from cropmap.core.season import Season
 from cropmap.errors import AssetReadError
-from cropmap.grid import Grid
-from cropmap.masking import DEFAULT_INVALID_SCL, valid_from_scl
-from cropmap.season import Season
-from cropmap.stac import search_items
+from cropmap.io.config import CatalogConfig
+from cropmap.io.stac import search_items
+from cropmap.stages.cube import (
+    AssetUnavailableWarning,
+    CubeOptions,
+    build_tile_cube,
+    composite_observations,
+    load_observations,
+    open_tile_cube,
+)
 
 BANDS = ("B02", "B03", "B04", "B08")  # the bands whose files are local in s2_l2a_stac
 FILES = {"B02": "B02.tif", "B03": "B03.tif", "B04": "B04.tif", "B08": "B08.tif", "SCL": "SCL.tif"}

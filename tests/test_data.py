@@ -1,4 +1,4 @@
-"""cropmap.data: finding the real data, naming its source when missing, fetching it on request.
+"""cropmap.io.data: finding the real data, naming its source when missing, fetching it on request.
 
 Downloads are served by a local http.server on 127.0.0.1 (``CROPMAP_DATA_URL_BASE``); nothing
 reaches further.
@@ -13,8 +13,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cropmap.data import SOURCES, data_dir, data_file
 from cropmap.errors import CropmapError, DataNotFoundError
+from cropmap.io.data import SOURCES, data_dir, data_file
 
 REL = "victoria_s2/class_map.txt"
 SRC = SOURCES[REL]

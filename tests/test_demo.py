@@ -18,8 +18,14 @@ from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
 from cropmap.cli import app
-from cropmap.demo import EARTH_SEARCH_KEYS, DemoSpec, build_demo, demo_country, read_layout
 from cropmap.errors import ConfigError
+from cropmap.scenarios.demo import (
+    EARTH_SEARCH_KEYS,
+    DemoSpec,
+    build_demo,
+    demo_country,
+    read_layout,
+)
 
 KEYS = ["blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "swir16", "swir22"]
 VICTORIA_START = np.datetime64("2017-08-01")
@@ -207,7 +213,7 @@ def test_stackstac_reads_item_dicts(demo_paths, layout):
 
 
 def test_demo_yaml_grid_is_the_demo_area(layout):
-    from cropmap.grid import tiles_for_aoi
+    from cropmap.io.outlines import tiles_for_aoi
 
     config = demo_country("/nowhere")
     assert config.catalog.path == Path("/nowhere/catalog.json")

@@ -28,8 +28,8 @@ import jsonschema
 import pytest
 import yaml
 
-from cropmap import storage
-from cropmap.cluster import GPU_RESOURCE, dask_target, gpu_workers_enabled
+from cropmap.io import storage
+from cropmap.jobs.cluster import GPU_RESOURCE, dask_target, gpu_workers_enabled
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -216,7 +216,7 @@ def test_cluster_wiring_is_consistent(rendered):
         assert {"configMapRef": {"name": "cropmap-config"}} in _container(pod)["envFrom"]
         # outputs go to the object store, so no pod shares a volume with another
         assert not [v for v in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in v or "nfs" in v]
-    # what flows/_runner.output_root and cropmap.cluster.gpu_workers_enabled read: an object-store URL,
+    # what cropmap.jobs.country_run.output_root and cropmap.jobs.cluster.gpu_workers_enabled read: an object-store URL,
     # and "the cluster has GPU workers", as it does (the DaskWorkerGroup above)
     assert storage.is_remote(config["CROPMAP_OUTPUT_URL"]), config["CROPMAP_OUTPUT_URL"]
     assert gpu_workers_enabled(config["CROPMAP_GPU_WORKERS"]) == (gpu["spec"]["worker"]["replicas"] > 0)

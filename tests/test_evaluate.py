@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
+from cropmap.core.harmonise import Legend, harmonise, load_legend
 from cropmap.errors import ConfigError
-from cropmap.evaluate import confusion_matrix, macro_f1, scores, write_confusion
-from cropmap.harmonise import Legend, harmonise, load_legend
-from cropmap.samples import read_victoria
+from cropmap.ml.evaluate import confusion_matrix, macro_f1, scores, write_confusion
+from cropmap.samples.victoria import read_victoria
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +90,36 @@ def test_bad_legends_raise(tmp_path):
 def test_shipped_uga_ssd_legend_keeps_the_shared_classes(shared_data):
     from pathlib import Path
 
-    from cropmap.data import data_file
-    from cropmap.readers import read_worldcereal
+    from cropmap.io.data import data_file
+    from cropmap.samples.worldcereal import read_worldcereal
 
     legend = load_legend(Path(__file__).parents[1] / "configs/legends/uga-ssd.yaml")
     ds = harmonise(read_worldcereal(data_file("worldcereal/test_public_extractions.parquet")), legend)
     counts = pd.crosstab(ds["region"].values, np.asarray(legend.classes)[ds["label"].values])
     assert counts.loc["UGA", "sorghum"] == 197 and counts.loc["SSD", "sorghum"] == 108
     assert counts.loc["SSD", "maize"] == 2
+
+
+def _hand_scores(y, pred, n):
+    """The hand-written confusion / F1 / kappa that cropmap used before scikit-learn (kept as a reference)."""
+    cm = np.bincount(y * n + pred, minlength=n * n).reshape(n, n)
+    tp, denom = np.diag(cm).astype(float), cm.sum(0) + cm.sum(1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    total = cm.sum()
+    oa = np.trace(cm) / total
+    expected = (cm.sum(0) * cm.sum(1)).sum() / total**2
+    present = np.flatnonzero(cm.sum(1) > 0)
+    return cm, f1, oa, (oa - expected) / (1 - expected), f1[present].mean(), present
+
+
+@pytest.mark.parametrize("drop", [None, 2, 5])
+def test_sklearn_figures_equal_the_former_hand_written_ones(real_predictions, drop):
+    y, pred, names = real_predictions
+    keep = np.ones(len(y), bool) if drop is None else y != drop
+    y, pred = y[keep], pred[keep]
+    cm, f1, oa, kappa, mf1, present = _hand_scores(y, pred, len(names))
+    s = scores(y, pred, class_names=names)
+    assert np.array_equal(s["confusion"], cm) and s["oa"] == pytest.approx(oa, abs=1e-12)
+    assert s["kappa"] == pytest.approx(kappa, abs=1e-12) and s["macro_f1"] == pytest.approx(mf1, abs=1e-12)
+    assert s["f1"] == pytest.approx({names[i]: f1[i] for i in present}, abs=1e-12)
+    assert macro_f1(y, pred, classes=range(len(names))) == pytest.approx(f1.mean(), abs=1e-12)

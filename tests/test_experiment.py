@@ -10,12 +10,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cropmap.checkpoint import load_checkpoint
 from cropmap.cli import app
+from cropmap.core.season import Season
 from cropmap.errors import ConfigError
-from cropmap.experiment import Minority, _window_start, load_experiment, minority_subsample, run_experiment, variants
-from cropmap.samples import read_victoria
-from cropmap.season import Season
+from cropmap.ml.checkpoint import load_checkpoint
+from cropmap.research.config import Minority, load_experiment
+from cropmap.research.runner import run_experiment
+from cropmap.research.variants import minority_subsample, variants, window_start
+from cropmap.samples.victoria import read_victoria
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "experiments"
 
@@ -164,9 +166,9 @@ def test_minority_subsample_keeps_the_others_and_a_seeded_few():
 
 def test_window_of_the_season_in_the_full_year():
     full = Season(start="01-01", end="12-31")
-    assert _window_start(full, Season(start="05-01", end="11-30"), 2021) == 24  # Jan 1 + 120 days
+    assert window_start(full, Season(start="05-01", end="11-30"), 2021) == 24  # Jan 1 + 120 days
     with pytest.raises(ConfigError, match="does not sit on the bins"):
-        _window_start(full, Season(start="05-03", end="11-30"), 2021)
+        window_start(full, Season(start="05-03", end="11-30"), 2021)
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -196,7 +198,8 @@ def test_bad_configs_raise_config_errors(tmp_path):
 
 
 def test_cross_hemisphere_target_is_composited_on_its_own_season(tiny_config, tmp_path):
-    from cropmap.experiment import _prepare, load_samples
+    from cropmap.research.runner import _prepare
+    from cropmap.samples.sources import read_sample_set
 
     raw = yaml.safe_load(tiny_config.read_text())
     raw["target"]["hemisphere"] = "south"
@@ -204,12 +207,12 @@ def test_cross_hemisphere_target_is_composited_on_its_own_season(tiny_config, tm
     path = tmp_path / "south.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_experiment(path)
-    source, target = (load_samples(spec, bands=cfg.bands) for spec in (cfg.source, cfg.target))
+    source, target = (read_sample_set(spec, bands=cfg.bands) for spec in (cfg.source, cfg.target))
     on, off = (_prepare(cfg, v, source, target) for v in variants(cfg))
     assert str(on.src_season.time.values[0])[:10] == str(off.src_season.time.values[0])[:10] == "2021-05-01"
     assert str(on.tgt[0].time.values[0])[:10] == "2021-11-01" and str(off.tgt[0].time.values[0])[:10] == "2021-05-01"
     # the offset-off target is the target's own May-Nov median: the same numbers a plain composite gives
-    from cropmap.composite import median_composite
+    from cropmap.core.composite import median_composite
 
     ref = median_composite(target["reflectance"], cfg.season, 2021)
     assert np.allclose(off.tgt[0].values, ref.values, equal_nan=True)

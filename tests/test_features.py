@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from cropmap.composite import median_composite
+from cropmap.core.composite import median_composite
+from cropmap.core.features import (
+    HARMONIC_BANDS,
+    compute_features,
+    harmonic_coefficients,
+    median_1d,
+    median_2d,
+)
+from cropmap.core.season import NORTH, SOUTH
 from cropmap.errors import MissingBandError
-from cropmap.features import (HARMONIC_BANDS, compute_features, harmonic_coefficients, median_1d, median_2d)
-from cropmap.samples import read_victoria
-from cropmap.season import NORTH, SOUTH
+from cropmap.samples.victoria import read_victoria
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import stop_process
 
 REPO = Path(__file__).resolve().parents[1]

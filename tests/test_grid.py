@@ -9,9 +9,10 @@ import pyproj
 import pytest
 import shapely
 
-from cropmap.config import load_country
+from cropmap.core.grid import Grid, tile_from_id, utm_epsg
 from cropmap.errors import ConfigError, EmptyAOIError
-from cropmap.grid import Grid, load_aoi, tile_from_id, tiles_for_aoi, utm_epsg
+from cropmap.io.config import load_country
+from cropmap.io.outlines import load_aoi, tiles_for_aoi
 
 
 def test_grid_validates():

@@ -14,9 +14,9 @@ import pytest
 import rasterio
 from pyproj import Transformer
 
-from cropmap.errors import ConfigError, IncompatibleInputError
-from cropmap.harmonise import Legend
-from cropmap.labels import (
+from cropmap.core.harmonise import Legend
+from cropmap.errors import ConfigError, IncompatibleInputError, InvalidInputError
+from cropmap.samples.reference import (
     SamplingOptions,
     eroded,
     erosion_footprint,
@@ -86,7 +86,7 @@ def test_erosion_on_a_real_categorical_raster(shared_data):
 
 
 def _groups(keep: np.ndarray, values: np.ndarray, transform, epsg: int, cell: float) -> pd.Series:
-    """Number of kept pixels per (cell, value), computed here independently of cropmap.labels."""
+    """Number of kept pixels per (cell, value), computed here independently of cropmap.samples.reference."""
     rows, cols = np.nonzero(keep)
     xs = transform.c + (cols + 0.5) * transform.a
     ys = transform.f + (rows + 0.5) * transform.e
@@ -151,9 +151,9 @@ def test_bad_reference_maps_fail_clearly(demo_paths, tmp_path):
     with rasterio.open(geographic, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
                        crs="EPSG:4326", transform=rasterio.transform.from_origin(142, -36, 0.001, 0.001)) as ds:
         ds.write(np.zeros((1, 8, 8), np.uint8))
-    with pytest.raises(ConfigError, match="projected CRS"):
+    with pytest.raises(InvalidInputError, match="projected CRS"):
         sample_reference_map(geographic, value_names={0: "a", 1: "b"}, legend=Legend(classes=["a", "b"]))
-    with pytest.raises(ConfigError, match="class_<value>"):
+    with pytest.raises(InvalidInputError, match="class_<value>"):
         sample_reference_map(geographic)
     with pytest.raises(ConfigError, match="maps none"):
         sample_reference_map(demo_paths.reference, legend=Legend(classes=["corn", "soy"]))
@@ -162,12 +162,12 @@ def test_bad_reference_maps_fail_clearly(demo_paths, tmp_path):
 
 
 def test_series_from_tile_cubes_are_the_fields_series(demo_paths, shared_data, tmp_path):
-    """Demo -> STAC search -> cube (cropmap.cube) -> points -> samples: each sample's series is its
+    """Demo -> STAC search -> cube (cropmap.stages.cube) -> points -> samples: each sample's series is its
     pixel in the cube, and on clear dates the real Victoria series of its field."""
-    from cropmap.cube import build_tile_cube, open_tile_cube
-    from cropmap.demo import demo_country, read_layout
-    from cropmap.grid import tiles_for_aoi
-    from cropmap.stac import search_items, season_search_window
+    from cropmap.io.outlines import tiles_for_aoi
+    from cropmap.io.stac import search_items, season_search_window
+    from cropmap.scenarios.demo import demo_country, read_layout
+    from cropmap.stages.cube import build_tile_cube, open_tile_cube
 
     layout = read_layout(demo_paths.root)
     config = demo_country(demo_paths)

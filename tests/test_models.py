@@ -10,11 +10,16 @@ from typer.testing import CliRunner
 
 from cropmap.cli import app
 from cropmap.errors import ConfigError, IncompatibleInputError
-from cropmap.models import CropNet, CropNet1D, build_forest, build_model, count_parameters
-from cropmap.models.efficientnet import FusedMBConv, MBConv
-from cropmap.models.forest import forest_predict_proba
-from cropmap.models.resnet import Bottleneck
-
+from cropmap.ml.models import (
+    CropNet,
+    CropNet1D,
+    build_forest,
+    build_model,
+    count_parameters,
+)
+from cropmap.ml.models.efficientnet import FusedMBConv, MBConv
+from cropmap.ml.models.forest import forest_predict_proba
+from cropmap.ml.models.resnet import Bottleneck
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,11 +16,11 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
+from test_predict import EPSG, ORIGIN, predict_tiles, victoria_tiles
 
 from cropmap.errors import IncompatibleInputError
-from cropmap.mosaic import mosaic_tiles, tile_grid
-from cropmap.predict import NODATA, PredictOptions, predict_tiles, tile_path
-from test_predict import EPSG, ORIGIN, victoria_tiles
+from cropmap.stages.mosaic import mosaic_tiles, tile_grid
+from cropmap.stages.predict import NODATA, PredictOptions, tile_path
 
 ROWS, COLS, PX = 2, 4, 10  # the 800 real Victoria series (train + test) as 8 tiles of 10 x 10 pixels
 
@@ -48,7 +48,7 @@ def test_mosaic_equals_the_tiles_pixel_for_pixel(mosaic_run):
 
 
 def test_cogs_validate_strictly_with_colour_table_and_class_names(mosaic_run, tiny_checkpoint):
-    from cropmap.checkpoint import load_checkpoint
+    from cropmap.ml.checkpoint import load_checkpoint
 
     _, _, result = mosaic_run
     ckpt = load_checkpoint(tiny_checkpoint)
@@ -81,7 +81,7 @@ def test_cogs_validate_strictly_with_colour_table_and_class_names(mosaic_run, ti
 def test_stac_item_and_quicklook(mosaic_run, tiny_checkpoint):
     from matplotlib.image import imread
 
-    from cropmap.checkpoint import load_checkpoint
+    from cropmap.ml.checkpoint import load_checkpoint
 
     _, _, result = mosaic_run
     ckpt = load_checkpoint(tiny_checkpoint)

@@ -13,20 +13,40 @@ import torch
 import xarray as xr
 from affine import Affine
 
-from cropmap.checkpoint import fit_normalisation, load_checkpoint, save_checkpoint
-from cropmap.composite import median_composite
+from cropmap.core.composite import median_composite
+from cropmap.core.features import compute_features
+from cropmap.core.season import Season
 from cropmap.errors import IncompatibleInputError
-from cropmap.features import compute_features
-from cropmap.models import build_model
-from cropmap.predict import NODATA, PredictOptions, open_cube, predict_cube, predict_tile, predict_tiles, tile_path
-from cropmap.samples import read_victoria
-from cropmap.season import Season
+from cropmap.jobs.executors import DaskExecutor
+from cropmap.jobs.tiles import predict_cubes
+from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
+from cropmap.ml.models import build_model
+from cropmap.ml.normalisation import fit_normalisation
+from cropmap.samples.victoria import read_victoria
+from cropmap.stages.predict import (
+    NODATA,
+    PredictOptions,
+    open_cube,
+    predict_cube,
+    predict_tile,
+    tile_path,
+)
 
-#: The Victoria series: 73 five-day steps from 2017-08-01 (see cropmap.samples.VICTORIA_START).
+#: The Victoria series: 73 five-day steps from 2017-08-01 (see cropmap.samples.sets.VICTORIA_START).
 VIC_SEASON = Season(start="08-01", end="07-31", hemisphere="south")
 VIC_YEAR = 2017
 EPSG = 32755  # UTM 55S covers Victoria
 ORIGIN = (300000.0, 5900000.0)  # upper-left corner of tile (0, 0), metres
+
+
+def predict_tiles(model, cubes, out, **options):
+    """Every cube predicted through the job layer (:func:`cropmap.jobs.tiles.predict_cubes`); the first
+    failure raised, as a caller that needs every tile would."""
+    outcomes = predict_cubes(model, cubes, out, **options)
+    for outcome in outcomes:
+        if not outcome.ok:
+            raise outcome.error
+    return [o.value for o in outcomes]
 
 
 def train_tiny_model(path: Path, *, epochs: int = 25) -> Path:
@@ -39,7 +59,7 @@ def train_tiny_model(path: Path, *, epochs: int = 25) -> Path:
     config = {"channels": (8, 16, 16, 16), "dropout": 0.0, "first_stride": 2}
     torch.manual_seed(0)
     model = build_model("cropnet", n_bands=10, n_classes=8, **config)
-    from cropmap.checkpoint import apply_normalisation
+    from cropmap.ml.normalisation import apply_normalisation
 
     z = torch.from_numpy(apply_normalisation(x, norm))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -71,7 +91,7 @@ def write_tile_cube(path: Path, obs: xr.DataArray, *, tile_id: str, row: int, co
     xs = transform.c + (np.arange(nx) + 0.5) * 10.0
     ys = transform.f - (np.arange(ny) + 0.5) * 10.0
     comp = median_composite(obs.assign_coords(y=ys, x=xs), season, VIC_YEAR)
-    # the layout of cropmap.cube.build_tile_cube (read back with cropmap.cube.open_tile_cube)
+    # the layout of cropmap.stages.cube.build_tile_cube (read back with cropmap.stages.cube.open_tile_cube)
     ds = comp.to_dataset(name="reflectance").reset_coords("filled_fraction")
     ds = ds.rio.write_crs(EPSG).rio.write_transform(transform)
     ds.attrs = {**season.to_attrs(), "season_year": VIC_YEAR, "tile_id": tile_id, "tile_crs": f"EPSG:{EPSG}",
@@ -187,7 +207,7 @@ def test_tiles_run_on_a_distributed_cluster(tiny_checkpoint, tmp_path):
     local = predict_tiles(tiny_checkpoint, cubes, tmp_path / "local")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        remote = predict_tiles(tiny_checkpoint, cubes, tmp_path / "remote", client=client)
+        remote = predict_tiles(tiny_checkpoint, cubes, tmp_path / "remote", executor=DaskExecutor(client))
     assert [r.tile_id for r in remote] == [r.tile_id for r in local] and {r.status for r in remote} == {"done"}
     for r in local:
         for product in ("class", "confidence"):
@@ -223,3 +243,28 @@ def test_cli_predict_reports_an_incompatible_cube_and_a_bad_option(tiny_checkpoi
     assert bad.exit_code == 2 and "precision" in bad.output
     ok = CliRunner().invoke(app, ["predict", str(tiny_checkpoint), str(cubes[0]), "--out", str(out)])
     assert ok.exit_code == 0 and "T0_0: done" in ok.output, ok.output
+
+
+def test_concurrent_predictions_never_change_the_shared_model(tiny_checkpoint, tmp_path):
+    """bf16 on the CPU uses channels_last weights; threads of one worker share the cached checkpoint.
+    The checkpoint's own model must stay as loaded, and each thread's maps equal its sequential ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from cropmap.stages.predict import load_model
+
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
+    ckpt = load_model(tiny_checkpoint)
+    weights = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+    storage = {k: p.data_ptr() for k, p in ckpt.model.named_parameters()}
+    options = [PredictOptions(precision="bf16", device="cpu"), PredictOptions(precision="fp32")] * 4
+    alone = [predict_cube(ckpt, open_cube(cube), options=o)["label"].values for o in options[:2]]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda o: predict_cube(ckpt, open_cube(cube), options=o)["label"].values, options))
+    for i, labels in enumerate(together):
+        np.testing.assert_array_equal(labels, alone[i % 2])
+    for name, p in ckpt.model.named_parameters():
+        assert p.is_contiguous(memory_format=torch.contiguous_format), name  # never converted in place
+        assert torch.equal(p, weights[name]) and p.device.type == "cpu", name
+        assert p.data_ptr() == storage[name], name  # the very same tensors: nothing moved or re-laid out

@@ -9,9 +9,17 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from cropmap.bands import S2_BANDS
-from cropmap.errors import ConfigError, CropmapError, IncompatibleInputError, MissingBandError
-from cropmap.readers import read_openeo_cube, read_sits, read_worldcereal, summarize_samples
+from cropmap.core.bands import S2_BANDS
+from cropmap.errors import (
+    CropmapError,
+    IncompatibleInputError,
+    InvalidInputError,
+    MissingBandError,
+)
+from cropmap.io.openeo import read_openeo_cube
+from cropmap.samples.sits import read_sits
+from cropmap.samples.summary import summarize_samples
+from cropmap.samples.worldcereal import read_worldcereal
 
 # resolution suffix of each band in the wide WorldCereal columns (from the files' column names)
 _RES = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20,
@@ -146,7 +154,7 @@ def test_missing_band_is_named(shared_data, tmp_path):
 
 def test_time_axis_errors(shared_data, tmp_path):
     path = shared_data / "worldcereal/test_public_extractions.parquet"
-    with pytest.raises(ConfigError, match="dekad"):  # 12 dekads cannot reach back to start_date
+    with pytest.raises(InvalidInputError, match="dekad"):  # 12 dekads cannot reach back to start_date
         read_worldcereal(path, cadence="dekad")
     table = pd.read_parquet(path)
     table.loc[3, "start_date"] = "2017-01-01"
@@ -159,7 +167,7 @@ def test_time_axis_errors(shared_data, tmp_path):
 def test_not_a_worldcereal_table(tmp_path):
     path = tmp_path / "other.parquet"
     pd.DataFrame({"a": [1, 2]}).to_parquet(path)
-    with pytest.raises(ConfigError, match="not a WorldCereal extraction"):
+    with pytest.raises(InvalidInputError, match="not a WorldCereal extraction"):
         read_worldcereal(path)
     with pytest.raises(CropmapError, match="layout"):
         read_worldcereal(path, layout="diagonal")

@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cropmap.bands import S2_BANDS
-from cropmap.composite import median_composite
-from cropmap.errors import ConfigError, MissingBandError
-from cropmap.samples import CROPGLOBE_CLASSES, VICTORIA_START, make_sample_set, read_cropglobe, read_victoria, \
-    select_bands
-from cropmap.season import FULL_YEAR, NORTH
+from cropmap.core.bands import S2_BANDS
+from cropmap.core.composite import median_composite
+from cropmap.core.season import FULL_YEAR, NORTH
+from cropmap.errors import (
+    ConfigError,
+    IncompatibleInputError,
+    InvalidInputError,
+    MissingBandError,
+)
+from cropmap.samples.cropglobe import CROPGLOBE_CLASSES, read_cropglobe
+from cropmap.samples.sets import make_sample_set, select_bands
+from cropmap.samples.victoria import VICTORIA_START, read_victoria
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +73,13 @@ def test_select_bands_names_the_missing_band(victoria):
 def test_make_sample_set_rejects_inconsistent_input():
     values = np.zeros((3, 2, 1), dtype=np.float32)
     times = ["2021-05-01", "2021-05-06"]
-    with pytest.raises(ConfigError, match="labels"):
+    with pytest.raises(IncompatibleInputError, match="labels"):
         make_sample_set(values, times=times, bands=["B04"], labels=np.array([0, 1]), class_names=["a", "b"],
                         region="X")
-    with pytest.raises(ConfigError, match="index class_names"):
+    with pytest.raises(IncompatibleInputError, match="index class_names"):
         make_sample_set(values, times=times, bands=["B04"], labels=np.array([0, 1, 2]), class_names=["a", "b"],
                         region="X")
-    with pytest.raises(ConfigError, match="does not match"):
+    with pytest.raises(IncompatibleInputError, match="does not match"):
         make_sample_set(values, times=times[:1], bands=["B04"], labels=np.zeros(3, int), class_names=["a"],
                         region="X")
 
@@ -119,13 +125,13 @@ def test_cropglobe_may_november_file_lands_on_the_seed_season(tmp_path, victoria
 def test_cropglobe_bad_files(tmp_path):
     bad_shape = tmp_path / "median_S2_USA_month1-12_day5.npz"
     np.savez(bad_shape, fea=np.zeros((2, 10, 50)), lbl=np.zeros(2, int))
-    with pytest.raises(ConfigError, match="73 .* or 43"):
+    with pytest.raises(InvalidInputError, match="73 .* or 43"):
         read_cropglobe(bad_shape)
     no_lbl = tmp_path / "median_S2_BEL_month1-12_day5.npz"
     np.savez(no_lbl, fea=np.zeros((2, 10, 73)))
-    with pytest.raises(ConfigError, match="lbl"):
+    with pytest.raises(InvalidInputError, match="lbl"):
         read_cropglobe(no_lbl)
     wrong_bands = tmp_path / "median_S2_AUS_month1-12_day5.npz"
     np.savez(wrong_bands, fea=np.zeros((2, 7, 73)), lbl=np.zeros(2, int))
-    with pytest.raises(ConfigError, match="fea must be"):
+    with pytest.raises(InvalidInputError, match="fea must be"):
         read_cropglobe(wrong_bands)

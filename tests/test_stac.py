@@ -16,10 +16,15 @@ import pystac
 import pytest
 import shapely
 
-from cropmap.config import CatalogConfig
+from cropmap.core.season import SOUTH, Season
 from cropmap.errors import CatalogError
-from cropmap.season import SOUTH, Season
-from cropmap.stac import asset_scale_offset, band_assets, search_items, season_search_window
+from cropmap.io.config import CatalogConfig
+from cropmap.io.stac import (
+    asset_scale_offset,
+    band_assets,
+    search_items,
+    season_search_window,
+)
 
 TWM_ONLY = (15.7, 46.6, 15.8, 46.7)  # north of the 33TWL footprint
 AUGUST = (dt.date(2023, 8, 1), dt.date(2023, 8, 31))

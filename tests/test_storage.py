@@ -1,4 +1,4 @@
-"""cropmap.storage on a local folder and on a real S3 API (moto's server on 127.0.0.1, reached through
+"""cropmap.io.storage on a local folder and on a real S3 API (moto's server on 127.0.0.1, reached through
 ``AWS_ENDPOINT_URL`` as a user would reach MinIO or Ceph): outputs appear whole or not at all, folder
 outputs are complete only with their marker, and a bad location fails early naming itself."""
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from conftest import _free_port, use_s3_env
 from rasterio.transform import from_origin
 
-from conftest import _free_port, use_s3_env
-from cropmap import storage
 from cropmap.errors import DataNotFoundError, StorageError
-from cropmap.tiles_io import TEMP_MARK
+from cropmap.io import storage
+from cropmap.io.storage import TEMP_MARK
 
 
 @pytest.fixture

@@ -9,14 +9,15 @@ import pytest
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 
-from cropmap.bands import S2_BANDS
-from cropmap.checkpoint import apply_normalisation, card_path, fit_normalisation, load_checkpoint, save_checkpoint
-from cropmap.composite import median_composite
+from cropmap.core.bands import S2_BANDS
+from cropmap.core.composite import median_composite
+from cropmap.core.features import compute_features
+from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
-from cropmap.features import compute_features
-from cropmap.samples import read_victoria
-from cropmap.season import Season
-from cropmap.train import TrainConfig, class_weights, stratified_split, train_model
+from cropmap.ml.checkpoint import card_path, load_checkpoint, save_checkpoint
+from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
+from cropmap.ml.train import TrainConfig, class_weights, stratified_split, train_model
+from cropmap.samples.victoria import read_victoria
 
 VIC_SEASON = Season(start="08-01", end="07-31", hemisphere="south")
 SMALL = {"channels": [8, 8, 8, 8]}  # the real architecture, narrow: fast on 2 cores

@@ -1,0 +1,12 @@
+"""The ``cropmap`` command line: one module per group of commands, each a thin layer over the library.
+
+Every command turns a :class:`~cropmap.errors.CropmapError` (and the OS and raster errors of a bad
+location) into one line on stderr and exit code 2 (:func:`cropmap.cli.common.command`).
+"""
+
+from __future__ import annotations
+
+from cropmap.cli import data, jobs, stages  # noqa: F401 - each module registers its commands on `app`
+from cropmap.cli.common import app
+
+__all__ = ["app"]

@@ -1,0 +1,114 @@
+"""The country jobs on this machine, without a Prefect server: ``map``, ``train`` and ``demo run``.
+
+They run the same job functions as the flows (:mod:`cropmap.jobs.mapping`) on a local Dask cluster
+(or the one at ``$CROPMAP_DASK_ADDRESS``), with a progress display of the tiles.
+"""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from cropmap.cli.common import app, command, fail, tile_progress
+from cropmap.cli.data import demo_app
+from cropmap.jobs.cluster import gpu_workers_enabled
+from cropmap.jobs.executors import local_executor
+from cropmap.jobs.mapping import MapResult, map_country, train_country
+from cropmap.jobs.tiles import tile_annotations
+from cropmap.jobs.training import TrainingSettings
+from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
+
+
+def _print_map(result: MapResult, started: float) -> None:
+    mosaic, acc = result.mosaic, result.accuracy
+    typer.echo(f"class map COG:      {mosaic.cogs['class']}")
+    typer.echo(f"confidence COG:     {mosaic.cogs.get('confidence')}")
+    typer.echo(f"STAC item:          {mosaic.stac_item}")
+    typer.echo(f"quicklook:          {mosaic.quicklook}")
+    typer.echo(f"model:              {result.model}")
+    typer.echo(f"tiles:              {result.tiles.describe()}")
+    if acc is not None:
+        typer.echo(f"accuracy report:    {result.accuracy_path}")
+        typer.echo(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+    typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+    if result.tiles.failures:
+        for f in result.tiles.failures:
+            typer.echo(f"{f.tile_id}: {f.stage} failed: {f.reason}", err=True)
+        raise fail(f"{len(result.tiles.failed_tiles)} tile(s) failed; the map has holes there (rerun to retry them)")
+
+
+def _map(country: str, *, model: str | None, year: int | None, out: str | None, tile_limit: int | None,
+         threads: int, gpu_workers: bool | None) -> None:
+    started = time.perf_counter()
+    gpu = gpu_workers_enabled(gpu_workers)
+    run = resolve_run(country, year=year, out_dir=out)
+    n = len(run.tiles(tile_limit=tile_limit))
+    typer.echo(f"{run.config.name} {run.year}: {n} tile(s), season {run.season.describe()}; outputs in {run.root}")
+    with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor, \
+            tile_progress(n, ("cube", "predict")) as progress:
+        result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress)
+    _print_map(result, started)
+
+
+@app.command("map")
+@command
+def map_(
+    country: str = typer.Argument(..., help="Country code with a config in configs/countries (e.g. ARG)."),
+    model: str = typer.Option(None, "--model", help="Checkpoint (path or URL) trained elsewhere; a scenario's "
+                              "country without one is trained first."),
+    year: int = typer.Option(None, "--year", help="Season year (default: the config's)."),
+    out: str = typer.Option(None, "--out", help="Output root, a folder or an fsspec URL (default $CROPMAP_OUTPUT_URL, "
+                            "else $CROPMAP_OUTPUT_DIR, else ~/.cache/cropmap/runs)."),
+    tile_limit: int = typer.Option(None, "--tile-limit", min=1, help="Map at most this many tiles."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
+    gpu_workers: bool = typer.Option(None, "--gpu-workers/--no-gpu-workers",
+                                     help="Inference only on workers with --resources GPU=1."),
+) -> None:
+    """Map a country with a model: cubes, predictions, COG mosaics, STAC item, quicklook (the map-country
+    job, locally)."""
+    _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers)
+
+
+@app.command("train")
+@command
+def train(
+    country: str = typer.Argument(..., help="Country code with a config in configs/countries."),
+    labels: str = typer.Option(None, "--labels", help="Reference labels: a categorical crop map (GeoTIFF); "
+                               "default: the country's scenario's."),
+    legend: str = typer.Option(None, "--legend", help="configs/legends YAML mapping the labels' classes."),
+    year: int = typer.Option(None, "--year", help="Season year (default: the config's)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Override the epochs (default: the paper's 50)."),
+    cell_deg: float = typer.Option(None, "--cell-deg", help="Sampling cell in degrees (default 0.1)."),
+    out: str = typer.Option(None, "--out", help="Output root (as for `cropmap map`)."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
+) -> None:
+    """Train a country's model from reference labels (the train-model job, locally); prints the checkpoint."""
+    started = time.perf_counter()
+    run = resolve_run(country, year=year, out_dir=out)
+    base = run.scenario.training if run.scenario is not None and labels is None else TrainingSettings()
+    overrides = {k: v for k, v in {"epochs": epochs, "cell_deg": cell_deg}.items() if v is not None}
+    settings = TrainingSettings(**{**base.model_dump(), **overrides})
+    typer.echo(f"{run.config.name} {run.year}: training {settings.model} ({settings.epochs} epochs, lr {settings.lr}, "
+               f"batch {settings.batch_size}, augmentation {settings.augment!r})")
+    with local_executor(threads=threads) as executor:
+        result = train_country(run, executor, reference=labels, legend=legend, settings=settings)
+    ckpt = result.checkpoint
+    typer.echo(f"samples:    {result.samples.path} ({result.samples.n_samples}: "
+               + ", ".join(f"{k} {v}" for k, v in result.samples.per_class.items()) + ")")
+    typer.echo(f"checkpoint: {ckpt.path} ({ckpt.status}; {ckpt.n_parameters:,} parameters; validation macro-F1 "
+               f"{ckpt.scores.get('val_macro_f1', float('nan')):.3f})")
+    typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+
+
+@demo_app.command("run")
+@command
+def demo_run(
+    out: str = typer.Option(None, "--out", help="Output root, a folder or an fsspec URL such as s3://bucket/runs "
+                            "(default $CROPMAP_OUTPUT_URL, else $CROPMAP_OUTPUT_DIR, else ~/.cache/cropmap/runs)."),
+    tile_limit: int = typer.Option(None, "--tile-limit", min=1, help="Map at most this many tiles."),
+) -> None:
+    """The whole job on the DEMO, offline and locally (= ``cropmap map DEMO``): build the demo if missing,
+    train the slim CPU CropNet on the west half, cubes through the STAC code, predict, mosaic, score the
+    east half. ``bash scripts/demo.sh`` runs the same through the map-country Prefect flow."""
+    _map(DEFAULT_COUNTRY, model=None, year=None, out=out, tile_limit=tile_limit, threads=2, gpu_workers=None)

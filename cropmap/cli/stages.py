@@ -1,0 +1,121 @@
+"""The stage commands: ``cube`` (tile cubes from STAC), ``predict`` (tile maps), ``mosaic`` (COGs).
+
+Many tiles run on a local Dask cluster through the same per-tile job functions the flows use
+(:mod:`cropmap.jobs.tiles`, :func:`cropmap.jobs.executors.run_all`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from cropmap.cli.common import app, command, fail
+from cropmap.core.bands import S2_BANDS
+from cropmap.io.config import CatalogConfig, load_country
+from cropmap.io.outlines import tiles_for_aoi
+from cropmap.jobs.country_run import resolve_country_run
+from cropmap.jobs.executors import Outcome, local_executor, run_all
+from cropmap.jobs.tiles import cube_tile, predict_cubes, tile_annotations
+from cropmap.stages.cube import CubeOptions
+from cropmap.stages.mosaic import mosaic_tiles
+from cropmap.stages.predict import PredictOptions
+
+
+def _report_failures(outcomes: list[Outcome], names: list[str], what: str) -> None:
+    failed = [(names[o.index], o.error) for o in outcomes if not o.ok]
+    for name, error in failed:
+        typer.echo(f"{name}: failed: {error}", err=True)
+    if failed:
+        raise fail(f"{len(failed)} of {len(outcomes)} {what} failed (listed above)")
+
+
+@app.command("cube")
+@command
+def cube(
+    country: str = typer.Argument(..., help="Country code with a config in configs/countries (e.g. BEL)."),
+    out: str = typer.Option(..., "--out", help="Folder for the <tile id>.zarr stores."),
+    bbox: tuple[float, float, float, float] = typer.Option(
+        None, "--bbox", help="Only tiles over this lon/lat box: WEST SOUTH EAST NORTH."),
+    geojson: str = typer.Option(None, "--geojson", help="Only tiles over this GeoJSON area (EPSG:4326)."),
+    catalog: str = typer.Option(None, "--catalog", help="Static catalog.json instead of the config's STAC API."),
+    max_tiles: int = typer.Option(None, "--max-tiles", help="Build at most this many tiles (in id order)."),
+    bands: str = typer.Option(None, "--bands", help="Comma-separated canonical bands (default: the 10 S2 bands)."),
+    chunk: int = typer.Option(256, "--chunk", help="Spatial Dask chunk in pixels (memory per task)."),
+    fail_on_asset_error: bool = typer.Option(False, "--fail-on-asset-error",
+                                             help="Stop at an unreadable asset instead of warning."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild tiles that are already complete."),
+    configs_dir: str = typer.Option(None, "--configs-dir", help="Folder of country YAMLs (default configs/countries)."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Tiles built at once (local Dask threads)."),
+) -> None:
+    """Build 5-day median cubes (one Zarr per tile) for a country or an area inside it."""
+    cfg = load_country(country, configs_dir=configs_dir)
+    if catalog:
+        cfg = cfg.model_copy(update={"catalog": CatalogConfig(
+            path=catalog, collection=cfg.catalog.collection, max_cloud_cover=cfg.catalog.max_cloud_cover,
+            margin_days=cfg.catalog.margin_days)})
+    opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
+                       on_asset_error="fail" if fail_on_asset_error else "warn")
+    aoi = bbox if bbox else (geojson if geojson else cfg)
+    tiles = [t.id for t in tiles_for_aoi(aoi, tile_size=cfg.tile_size)][:max_tiles]
+    run = resolve_country_run(cfg, out_root=out, cube=opts, cube_dir=out)
+    typer.echo(f"{cfg.name}: {len(tiles)} tile(s) of {cfg.tile_size} px, season {cfg.season.describe()} {cfg.year}")
+
+    def show(o: Outcome) -> None:
+        if o.ok:
+            typer.echo(f"{o.value.tile_id}: {o.value.status} {o.value.reason}".rstrip())
+
+    with local_executor(threads=threads) as executor:
+        outcomes = run_all(executor, cube_tile, [((run, t), {"overwrite": overwrite}) for t in tiles],
+                           on_outcome=show)
+    counts = {s: sum(o.ok and o.value.status == s for o in outcomes) for s in ("written", "skipped", "empty")}
+    typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    _report_failures(outcomes, tiles, "tiles")
+
+
+@app.command("predict")
+@command
+def predict(
+    checkpoint: str = typer.Argument(..., help="Checkpoint (.pt) from `cropmap train` or `cropmap experiment`."),
+    cubes: list[str] = typer.Argument(..., help="Tile cube stores (<tile id>.zarr) or folders holding them."),
+    out: str = typer.Option(..., "--out", help="Folder for <tile id>.{class,confidence}.tif and run.json."),
+    max_filled_fraction: float = typer.Option(0.8, help="Pixels with more interpolated bins than this are nodata."),
+    batch_size: int = typer.Option(4096, help="Pixels per forward pass."),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
+    device: Literal["cuda", "cpu"] = typer.Option(None, help="Default: CUDA when available."),
+    precision: Literal["auto", "fp32", "bf16"] = typer.Option("auto", help="auto = bf16 on CUDA, fp32 on CPU."),
+    force: bool = typer.Option(False, "--force", help="Redo tiles that are already complete."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Tiles predicted at once (torch uses the cores inside one)."),
+) -> None:
+    """Classify tile cubes with a checkpoint: one class map and one confidence map per tile."""
+    paths = []
+    for c in cubes:  # a folder of stores, or stores themselves
+        p = Path(c)
+        paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
+    options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
+                             probabilities=probabilities, device=device, precision=precision)
+    gpu = options.device == "cuda"
+    with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor:
+        outcomes = predict_cubes(checkpoint, paths, out, options=options, force=force, executor=executor)
+    for o in outcomes:
+        if o.ok:
+            typer.echo(f"{o.value.tile_id}: {o.value.status}")
+    done = [o.value.status for o in outcomes if o.ok]
+    typer.echo(f"{done.count('done')} done, {done.count('skipped')} skipped")
+    _report_failures(outcomes, [str(p) for p in paths], "tiles")
+
+
+@app.command("mosaic")
+@command
+def mosaic(
+    tiles: str = typer.Argument(..., help="Folder of tile outputs written by `cropmap predict`."),
+    out: str = typer.Option(..., "--out", help="Folder for the COGs, STAC item and quicklook."),
+    name: str = typer.Option("cropmap", help="Product name: <name>_class.tif, <name>.json ..."),
+    blocksize: int = typer.Option(512, help="COG block size in pixels (multiple of 16)."),
+) -> None:
+    """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG."""
+    result = mosaic_tiles(tiles, out, name=name, blocksize=blocksize)
+    for product, path in result.cogs.items():
+        typer.echo(f"{product}: {path}")
+    typer.echo(f"STAC item: {result.stac_item}\nquicklook: {result.quicklook}\n{len(result.tile_ids)} tiles")

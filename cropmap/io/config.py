@@ -1,0 +1,145 @@
+"""Country and region configs: YAML files in ``configs/countries/<ISO3>.yaml`` validated into typed models.
+
+A config names everything the cube stage needs for one area: the outline (a Natural Earth country
+name, a GeoJSON file or a lon/lat bbox), the season and year, the STAC catalog and the tile size.
+Outlines work offline: Natural Earth 1:110m ships in the shared data folder
+(``naturalearth_lowres/naturalearth_lowres.shp``, found with :func:`cropmap.io.data.data_file`).
+
+>>> load_country("BEL").catalog.collection
+'sentinel-2-l2a'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cropmap.core.season import Season
+from cropmap.errors import ConfigError, UnknownCountryError
+from cropmap.settings import get_settings
+
+__all__ = ["CatalogConfig", "OutlineConfig", "CountryConfig", "load_country", "known_countries", "configs_folder",
+           "DEFAULT_CONFIGS_DIR", "EARTH_SEARCH"]
+
+#: ``configs/countries`` of the checkout.
+DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs" / "countries"
+#: Earth Search v1, the default STAC API (Sentinel-2 L2A COGs on AWS, no credentials needed).
+EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
+_CODE = re.compile(r"^[A-Z]{3,4}$")
+
+
+class CatalogConfig(BaseModel):
+    """Where the Sentinel-2 L2A items come from: a STAC API ``url`` or a static catalog ``path``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str | None = EARTH_SEARCH
+    path: Path | None = None
+    collection: str = "sentinel-2-l2a"
+    max_cloud_cover: float = Field(80.0, ge=0, le=100)  # percent, scene-level eo:cloud_cover
+    margin_days: int = Field(15, ge=0, le=180)  # searched before and after the season window
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CatalogConfig":
+        if self.path is not None:
+            object.__setattr__(self, "url", None)  # a static catalog replaces the default API
+        elif not self.url:
+            raise ValueError("catalog needs a 'url' (STAC API) or a 'path' (static catalog.json)")
+        return self
+
+
+class OutlineConfig(BaseModel):
+    """The area outline: exactly one of a Natural Earth country name, a GeoJSON file, a lon/lat bbox."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    natural_earth: str | None = None  # the ``name`` column (France carries iso_a3 -99: names always work)
+    geojson: Path | None = None
+    bbox: tuple[float, float, float, float] | None = None  # west, south, east, north (degrees)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "OutlineConfig":
+        given = [k for k in ("natural_earth", "geojson", "bbox") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"outline needs exactly one of natural_earth, geojson, bbox; got {given or 'none'}")
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+                raise ValueError(f"bbox must be west < east, south < north in degrees, got {self.bbox}")
+        return self
+
+
+class CountryConfig(BaseModel):
+    """One country (or region) to map. ``code`` is ISO 3166 alpha-3 (or a 4-letter region code)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(pattern=_CODE.pattern)
+    name: str
+    outline: OutlineConfig
+    hemisphere: Literal["north", "south"]
+    season: Season
+    year: int = Field(ge=2015, le=2100)  # the season year: the calendar year in which the window starts
+    catalog: CatalogConfig = CatalogConfig()
+    tile_size: int = Field(1024, ge=64, le=8192)  # pixels (10 m) per tile side
+    # a prepared case this config belongs to (cropmap.scenarios: "demo" builds the offline DEMO catalog
+    # and supplies its reference labels, training and scoring areas); real countries have none
+    scenario: str | None = None
+
+    @model_validator(mode="after")
+    def _season_matches_hemisphere(self) -> "CountryConfig":
+        if self.season.hemisphere != self.hemisphere:
+            raise ValueError(f"season hemisphere {self.season.hemisphere!r} != country hemisphere "
+                             f"{self.hemisphere!r}")
+        return self
+
+
+def configs_folder(configs_dir: str | Path | None = None) -> Path:
+    """``configs_dir``, else ``$CROPMAP_CONFIGS_DIR``, else the checkout's ``configs/countries``."""
+    if configs_dir is not None:
+        return Path(configs_dir).expanduser()
+    return get_settings().configs_dir or DEFAULT_CONFIGS_DIR
+
+
+def known_countries(configs_dir: str | Path | None = None) -> list[str]:
+    """Codes that have a config file, sorted."""
+    folder = configs_folder(configs_dir)
+    return sorted(p.stem for p in folder.glob("*.yaml") if _CODE.match(p.stem))
+
+
+def load_country(code: str, configs_dir: str | Path | None = None) -> CountryConfig:
+    """The validated config of ``code`` (e.g. ``"ARG"``) from ``configs_dir`` (default :func:`configs_folder`).
+
+    A malformed or unknown code raises :class:`UnknownCountryError` listing the known ones (the code
+    is checked before it touches the file system, so ``"../x"`` never escapes the folder); a file
+    that does not validate raises :class:`ConfigError` naming the file and the field.
+    """
+    folder = configs_folder(configs_dir)
+    known = known_countries(folder)
+    if not isinstance(code, str) or not _CODE.match(code) or code not in known:
+        raise UnknownCountryError(
+            f"unknown country {code!r}: expected an upper-case ISO3 code with a config in {folder}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
+    path = folder / f"{code}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("code", code)
+    if raw["code"] != code:
+        raise ConfigError(f"{path}: code {raw['code']!r} does not match the file name {code!r}")
+    for section, key in (("outline", "geojson"), ("catalog", "path")):
+        value = (raw.get(section) or {}).get(key)
+        if value is not None:  # "~" expanded; relative paths are relative to the config file
+            raw[section][key] = str(folder / Path(value).expanduser())
+    try:
+        return CountryConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {err}") from err

@@ -1,0 +1,168 @@
+"""Sentinel-2 L2A items from STAC: a STAC API through pystac-client, a static catalog through pystac.
+
+Both paths apply the same filters (AOI bbox, date window, scene cloud cover) and return the same
+thing: ``pystac.Item`` objects sorted by date and id, asset hrefs absolute. The cloud-cover filter is
+always applied here, locally, because not every API honours ``query``/``filter`` (rustac's server
+silently returns nothing for them; see ../shared/notes/stack.md).
+
+Band names: :func:`band_assets` maps asset keys of both naming schemes (Earth Search ``blue ...
+swir22 scl`` and ``B02 ... B12 SCL``, or ``eo:bands`` names) to canonical names via
+:func:`cropmap.core.bands.canonical_band`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pystac
+import shapely
+from shapely.geometry import shape
+
+from cropmap.core.bands import canonical_band
+from cropmap.core.season import Season
+from cropmap.errors import CatalogError
+from cropmap.io.config import CatalogConfig
+
+__all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset"]
+
+
+def season_search_window(season: Season, year: int, margin_days: int) -> tuple[dt.date, dt.date]:
+    """The season window widened by ``margin_days`` on both sides (for augmentation and interpolation)."""
+    first, last = season.window(year)
+    margin = dt.timedelta(days=margin_days)
+    return first - margin, last + margin
+
+
+def search_items(
+    catalog: CatalogConfig,
+    *,
+    bbox: tuple[float, float, float, float],
+    start: dt.date,
+    end: dt.date,
+    max_cloud_cover: float | None = None,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+) -> list[pystac.Item]:
+    """Items of ``catalog.collection`` over ``bbox`` (lon/lat degrees) dated ``start..end`` (inclusive).
+
+    ``max_cloud_cover`` (percent, ``eo:cloud_cover``) defaults to the catalog's; items without the
+    property are kept. A catalog that cannot be reached or read after ``retries`` attempts
+    (exponential backoff from ``backoff_s``) raises one :class:`CatalogError`.
+    """
+    limit = catalog.max_cloud_cover if max_cloud_cover is None else max_cloud_cover
+    if start > end:
+        raise CatalogError(f"search window starts after it ends: {start} > {end}")
+    where = str(catalog.path) if catalog.path is not None else str(catalog.url)
+    last_err: Exception | None = None
+    for attempt in range(max(retries, 1)):
+        try:
+            if catalog.path is not None:
+                found = _search_static(Path(catalog.path), catalog.collection, bbox, start, end)
+            else:
+                found = _search_api(str(catalog.url), catalog.collection, bbox, start, end)
+            break
+        except CatalogError:
+            raise
+        except Exception as err:  # noqa: BLE001 - network stacks raise many types; all mean "unreachable"
+            last_err = err
+            if attempt + 1 < retries:
+                time.sleep(backoff_s * 2**attempt)
+    else:
+        raise CatalogError(
+            f"STAC catalog {where} could not be searched after {retries} attempt(s): {last_err}. "
+            "Check the URL/path and the network, or point the config's catalog at a static catalog."
+        ) from last_err
+    keep = [it for it in found if it.properties.get("eo:cloud_cover", 0.0) <= limit]
+    for it in keep:
+        if it.get_self_href():
+            it.make_asset_hrefs_absolute()
+    return sorted(keep, key=lambda it: (_item_time(it), it.id))
+
+
+def _item_time(item: pystac.Item) -> dt.datetime:
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is None:
+        raise CatalogError(f"item {item.id} has no datetime")
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _in_window(item: pystac.Item, start: dt.date, end: dt.date) -> bool:
+    return start <= _item_time(item).date() <= end
+
+
+def _search_static(path: Path, collection: str, bbox, start, end) -> list[pystac.Item]:
+    if not path.exists():
+        raise CatalogError(f"static STAC catalog {path} does not exist")
+    root = pystac.read_file(str(path))
+    if isinstance(root, pystac.Collection) and root.id == collection:
+        coll = root
+    elif isinstance(root, pystac.Catalog):
+        coll = root.get_child(collection)
+        if coll is None:
+            ids = [c.id for c in root.get_children()]
+            raise CatalogError(f"static catalog {path} has no collection {collection!r} (has: {', '.join(ids)})")
+    else:
+        raise CatalogError(f"{path} is not a STAC catalog or collection")
+    area = shapely.box(*bbox)
+    out = []
+    for item in coll.get_items(recursive=True):
+        footprint = shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
+        if _in_window(item, start, end) and footprint.intersects(area):
+            out.append(item)
+    return out
+
+
+def _search_api(url: str, collection: str, bbox, start, end) -> list[pystac.Item]:
+    from pystac_client import Client  # imported here: static catalogs do not need it
+
+    client = Client.open(url)
+    search = client.search(
+        collections=[collection],
+        bbox=list(bbox),
+        datetime=f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59Z",
+        limit=100,
+    )
+    # the server's datetime filter is trusted for paging, re-checked here for servers that round
+    return [it for it in search.items() if _in_window(it, start, end)]
+
+
+def band_assets(item: pystac.Item, bands: Sequence[str] | None = None) -> dict[str, str]:
+    """``{canonical band: asset key}`` for the raster assets of ``item`` (``B02`` ... ``SCL``).
+
+    Asset keys are matched first (``blue`` or ``B02``), then single-band ``eo:bands`` names; keys
+    that are not S2 bands (``blue-jp2``, ``visual``, ``aot``) are ignored. With ``bands``, only
+    those are returned (missing ones are simply absent: the caller decides whether that is fatal).
+    """
+    found: dict[str, str] = {}
+    for key, asset in item.assets.items():
+        band = canonical_band(key)
+        if band is None:
+            eo = asset.extra_fields.get("eo:bands") or []
+            band = canonical_band(eo[0].get("name", "")) if len(eo) == 1 else None
+            if band is not None and canonical_band(key.split("-")[0]) is not None and key != key.split("-")[0]:
+                band = None  # "blue-jp2": an alternative encoding of an asset already matched
+        if band is not None and band not in found:
+            found[band] = key
+    if bands is not None:
+        return {b: found[b] for b in bands if b in found}
+    return found
+
+
+def asset_scale_offset(item: pystac.Item, key: str) -> tuple[float, float]:
+    """``(scale, offset)`` of an asset from ``raster:bands`` (``(1, 0)`` when absent).
+
+    Reflectance = DN * scale + offset, read per item, never hard-coded. Exception: Earth Search
+    items flagged ``earthsearch:boa_offset_applied: true`` (or the older ``sentinel:...``) hold DNs
+    from which the BOA_ADD_OFFSET was already removed while ``raster:bands`` still says -0.1
+    (cirrus-geo/cirrus-earth-search#21, Element84/earth-search#71): the offset is then 0. Applying it
+    would make summer vegetation blue reflectance negative on the real 33TWM items.
+    """
+    rb = item.assets[key].extra_fields.get("raster:bands") or [{}]
+    scale, offset = float(rb[0].get("scale", 1.0)), float(rb[0].get("offset", 0.0))
+    props = item.properties
+    if props.get("earthsearch:boa_offset_applied") is True or props.get("sentinel:boa_offset_applied") is True:
+        offset = 0.0
+    return scale, offset

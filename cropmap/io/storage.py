@@ -1,0 +1,409 @@
+"""Where outputs live: a local folder or an fsspec URL (``s3://``, ``gs://``, ...), one set of helpers for both.
+
+A *location* is either a local path (``str`` or ``Path``; a ``file://`` URL counts as local) or a URL
+that fsspec knows (``s3://bucket/prefix``, ``gs://...``, ``az://...``, ``memory://...``). Local locations
+take a fast path (pathlib, ``os.replace``) and come back as ``Path``; remote ones stay ``str``. Build
+locations with :func:`join`, never with ``Path(location) / name`` (``Path("s3://b/k")`` is ``s3:/b/k``).
+
+Publishing, so that "exists" means "complete" on both kinds of store:
+
+- **one file** (GeoTIFF, COG, JSON, PNG, checkpoint, netCDF): :func:`output_file` yields a local path
+  to write. Local target: a temporary name beside it, renamed on success
+  (:func:`cropmap.io.storage.atomic_path`). Remote target: a file in a scratch folder, uploaded on success
+  with one PUT (an object store shows an object complete or not at all), then deleted.
+- **a folder of many objects** (a Zarr store): :func:`output_dir`. Local: a temporary folder, renamed.
+  Remote: written in place through fsspec (so any Dask worker can write its chunks), then the marker
+  object ``<target>.complete`` (:data:`COMPLETE_SUFFIX`) is written LAST; :func:`is_complete` tests it.
+  A killed run leaves no marker, and the rerun clears the partial folder and writes it again.
+
+Configuration comes from the environment of every process (flow run and Dask workers alike), as for
+any fsspec/boto user: for S3 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and, for an
+S3-compatible store (MinIO, Ceph, moto), ``AWS_ENDPOINT_URL=http://host:port``; fsspec's own variables
+(``FSSPEC_S3_ENDPOINT_URL``, ...) work too. Scratch files go to the system temporary folder (``TMPDIR``).
+
+Also here, because every stage names and publishes its outputs the same way: :func:`atomic_path` (the one
+temporary-name-then-rename helper; a final name is never a partial file) and :func:`stable_hash` (the key
+under which run folders, cached checkpoints, cubes and tile predictions are found again).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+from urllib.parse import unquote, urlparse
+
+from cropmap.errors import DataNotFoundError, StorageError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+__all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
+           "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
+           "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
+           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash"]
+
+#: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
+TEMP_MARK = ".tmp-"
+
+
+def stable_hash(settings: object) -> str:
+    """16 hex digits of the sha256 of ``settings`` as sorted-key JSON (non-JSON values as ``str``): the
+    key under which run folders, cached checkpoints, cubes and tile predictions are found again."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_temporary(path: str | Path) -> bool:
+    """True for a name made by :func:`atomic_path` (a left-over of an interrupted run)."""
+    return TEMP_MARK in Path(path).name
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    The temporary name keeps the suffix (GDAL picks drivers by extension) and starts with a dot so
+    that file listings of finished outputs do not show it. On an exception the temporary file or
+    directory is removed and ``path`` is left as it was. Works for files and directories (a Zarr
+    store); an existing directory at ``path`` is replaced.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> with atomic_path(d / "a.txt") as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> (d / "a.txt").read_text(), sorted(p.name for p in d.iterdir())
+    ('done', ['a.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the pid keeps two processes that race on the same tile from writing into one temporary file
+    tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not tmp.exists():
+        raise FileNotFoundError(f"{tmp}: the block wrote nothing, so {path} was not created")
+    if tmp.is_dir() and path.is_dir():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+#: A local path or an fsspec URL.
+Location = Union[str, Path]
+#: Suffix of the marker object that :func:`output_dir` writes last beside a remote folder output.
+COMPLETE_SUFFIX = ".complete"
+
+
+def _scheme(location: Location) -> str:
+    text = str(location)
+    return text.split("://", 1)[0].lower() if "://" in text else ""
+
+
+def is_remote(location: Location) -> bool:
+    """True for a URL with a scheme other than ``file`` (``s3://``, ``gs://``, ``memory://`` ...)."""
+    return _scheme(location) not in ("", "file")
+
+
+def as_location(location: Location) -> Location:
+    """The canonical form: a ``Path`` (``~`` expanded, ``file://`` stripped) or a URL without a trailing ``/``."""
+    if is_remote(location):
+        return str(location).rstrip("/")
+    if _scheme(location) == "file":
+        return Path(unquote(urlparse(str(location)).path))
+    return Path(location).expanduser()
+
+
+def join(base: Location, *parts: str) -> Location:
+    """``base/part/...``: a ``Path`` for a local base, a URL string for a remote one."""
+    base = as_location(base)
+    if isinstance(base, Path):
+        return base.joinpath(*parts)
+    return "/".join([base, *(p.strip("/") for p in parts)])
+
+
+def basename(location: Location) -> str:
+    """The last component of the location (file or folder name)."""
+    location = as_location(location)
+    return location.name if isinstance(location, Path) else location.rsplit("/", 1)[-1]
+
+
+def as_uri(location: Location) -> str:
+    """A URI for links (Markdown artifacts, logs): ``file:///abs/path`` or the URL itself."""
+    location = as_location(location)
+    return location.resolve().as_uri() if isinstance(location, Path) else location
+
+
+def canonical(location: Location) -> str:
+    """The absolute path (symlinks resolved) or the URL: what provenance records store."""
+    location = as_location(location)
+    return str(location.resolve()) if isinstance(location, Path) else location
+
+
+def filesystem(location: Location) -> tuple["AbstractFileSystem", str]:
+    """The fsspec filesystem of a remote location and the path inside it (``bucket/key``).
+
+    Raises :class:`StorageError` when no fsspec implementation handles the scheme (e.g. ``gs://``
+    without gcsfs installed)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(str(location))
+    except (ImportError, ValueError) as err:
+        raise StorageError(f"cannot use storage location {location}: {err}") from err
+
+
+def _fresh(location: Location) -> tuple["AbstractFileSystem", str]:
+    # s3fs & co. cache directory listings per process; Dask workers live long and other processes
+    # write the same prefixes, so every question about existence asks the store itself
+    fs, path = filesystem(location)
+    fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(location: Location) -> bool:
+    """Whether a file or folder exists at the location."""
+    location = as_location(location)
+    if isinstance(location, Path):
+        return location.exists()
+    fs, path = _fresh(location)
+    return fs.exists(path)
+
+
+def is_complete(location: Location) -> bool:
+    """Whether a folder output of :func:`output_dir` is complete: local, it exists (it was renamed into
+    place whole); remote, its completion marker ``<location>.complete`` exists."""
+    location = as_location(location)
+    if isinstance(location, Path):
+        return location.exists()
+    return exists(location + COMPLETE_SUFFIX)
+
+
+def list_files(folder: Location, pattern: str) -> list[Location]:
+    """Files directly in ``folder`` whose names match the glob ``pattern``, sorted; temporary names
+    left by interrupted runs (:func:`cropmap.io.storage.is_temporary`) are left out."""
+    folder = as_location(folder)
+    if isinstance(folder, Path):
+        return sorted(p for p in folder.glob(pattern) if p.is_file() and not is_temporary(p))
+    fs, path = _fresh(folder)
+    protocol = _scheme(folder)
+    found = sorted(fs.glob(f"{path.rstrip('/')}/{pattern}"))
+    return [f"{protocol}://{p}" for p in found if not is_temporary(p.rsplit("/", 1)[-1])]
+
+
+def read_bytes(location: Location) -> bytes:
+    """The whole content of a (small) file."""
+    location = as_location(location)
+    if isinstance(location, Path):
+        return location.read_bytes()
+    fs, path = filesystem(location)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(f"{location} not found") from err
+
+
+def write_text(location: Location, text: str) -> Location:
+    """Write ``text`` (UTF-8) to the location atomically (:func:`output_file`); returns the location."""
+    with output_file(location) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return as_location(location)
+
+
+@contextlib.contextmanager
+def output_file(location: Location) -> Iterator[Path]:
+    """Yield a local path to write one file to; publish it at ``location`` if the block succeeds.
+
+    Local: :func:`~cropmap.io.storage.atomic_path` (temporary name beside the target, then rename).
+    Remote: a scratch file with the target's name (GDAL picks drivers by extension), uploaded with one
+    PUT and removed. On an exception nothing is published and the temporary file is removed.
+    """
+    location = as_location(location)
+    if isinstance(location, Path):
+        with atomic_path(location) as tmp:
+            yield tmp
+        return
+    with tempfile.TemporaryDirectory(prefix="cropmap-out-") as scratch:
+        tmp = Path(scratch) / basename(location)
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"{tmp}: the block wrote no file, so {location} was not created")
+        publish(tmp, location)
+
+
+def publish(local: str | Path, location: Location) -> Location:
+    """Copy the finished local file ``local`` to ``location`` whole (:func:`output_file` semantics:
+    rename into place, or one upload); returns the location."""
+    location = as_location(location)
+    if isinstance(location, Path):
+        with atomic_path(location) as tmp:
+            shutil.copyfile(local, tmp)
+        return location
+    fs, path = filesystem(location)
+    fs.put_file(str(local), path)
+    fs.invalidate_cache(path)
+    return location
+
+
+@contextlib.contextmanager
+def output_dir(location: Location) -> Iterator[Location]:
+    """Yield where to write a folder output (a Zarr store); make it complete at ``location`` on success.
+
+    Local: a temporary folder beside the target (a ``Path``), renamed onto it. Remote: the URL itself
+    (a ``str``), after removing the completion marker and any partial folder a killed run left; on
+    success the marker is written last. On an exception the partial output is removed.
+    """
+    location = as_location(location)
+    if isinstance(location, Path):
+        with atomic_path(location) as tmp:
+            yield tmp
+        return
+    fs, path = _fresh(location)
+    marker = path + COMPLETE_SUFFIX
+    if fs.exists(marker):
+        fs.rm(marker)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    try:
+        yield location
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: without the marker it counts as missing anyway
+            fs.rm(path, recursive=True)
+        raise
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"the block wrote nothing at {location}, so it was not marked complete")
+    fs.pipe_file(marker, b"")
+
+
+# one download at a time per process: the temporary name of atomic_path is per process, and two
+# predict tasks in one worker's threads ask for the same checkpoint at once
+_DOWNLOAD_LOCK = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "cropmap-cache"
+
+
+def local_copy(location: Location) -> Path:
+    """A local file with the content of ``location``: the path itself when local; for a remote file a
+    copy in ``$TMPDIR/cropmap-cache``, keyed by the URL and the object's version (ETag, size, mtime),
+    downloaded once per process group and machine (checkpoints are read once per tile otherwise).
+
+    Raises :class:`~cropmap.errors.DataNotFoundError` when there is no file there."""
+    location = as_location(location)
+    if isinstance(location, Path):
+        if not location.is_file():
+            raise DataNotFoundError(f"{location} not found")
+        return location
+    fs, path = _fresh(location)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(f"{location} not found") from err
+    version = [info.get(k) for k in ("ETag", "etag", "md5Hash", "size", "mtime", "LastModified", "updated")]
+    key = hashlib.sha256(repr([location, version]).encode()).hexdigest()[:20]
+    copy = _cache_dir() / key / basename(location)
+    with _DOWNLOAD_LOCK:
+        if not copy.is_file():
+            with atomic_path(copy) as tmp:
+                fs.get_file(path, str(tmp))
+    return copy
+
+
+def fetch(locations: Sequence[Location], folder: str | Path) -> list[Path]:
+    """Copy files (local or remote) into the local ``folder`` under their names; returns the copies in
+    order. Remote files of one store are fetched in one concurrent batch."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / basename(loc) for loc in locations]
+    remote = [(loc, t) for loc, t in zip(locations, targets) if is_remote(loc)]
+    for loc, target in zip(locations, targets):
+        if not is_remote(loc):
+            shutil.copy2(as_location(loc), target)
+    if remote:
+        fs, _ = filesystem(remote[0][0])
+        fs.get([filesystem(loc)[1] for loc, _ in remote], [str(t) for _, t in remote])
+    return targets
+
+
+@contextlib.contextmanager
+def open_raster(location: Location) -> Iterator["rasterio.io.DatasetReader"]:  # noqa: F821
+    """A rasterio dataset opened for reading; a remote file is read through fsspec with range
+    requests (rasterio's ``opener``), not downloaded whole."""
+    import rasterio
+
+    location = as_location(location)
+    if isinstance(location, Path):
+        with rasterio.open(location) as ds:
+            yield ds
+        return
+    fs, path = filesystem(location)
+    with rasterio.open(path, opener=fs) as ds:  # rasterio >= 1.4 takes an fsspec filesystem
+        yield ds
+
+
+def check_writable(location: Location, *, source: str, timeout_s: float = 60.0) -> Location:
+    """Make sure outputs can be written at ``location`` BEFORE any work starts; returns it canonical.
+
+    Local: the folder is created. Remote: a small probe object is written and deleted, within
+    ``timeout_s`` (an unreachable endpoint otherwise retries for minutes). Raises
+    :class:`~cropmap.errors.StorageError` naming the location, where it came from (``source``, e.g.
+    ``"$CROPMAP_OUTPUT_URL"``) and what to check.
+    """
+    location = as_location(location)
+    if isinstance(location, Path):
+        try:
+            location.mkdir(parents=True, exist_ok=True)
+            if not os.access(location, os.W_OK):
+                raise PermissionError(f"no write permission on {location}")
+        except OSError as err:
+            raise StorageError(f"cannot write outputs to {location} (from {source}): {err}") from err
+        return location
+    fs, path = filesystem(location)
+    probe = f"{path}/.cropmap-write-check-{uuid.uuid4().hex}"
+
+    def _probe() -> None:
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+
+    # the probe runs in a thread so that a black-holed endpoint cannot hold the flow past timeout_s
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(_probe).result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError as err:
+        raise StorageError(f"cannot write outputs to {location} (from {source}): no answer within "
+                           f"{timeout_s:g} s{_endpoint_hint(location)}") from err
+    except Exception as err:  # noqa: BLE001 - whatever the store says, the user needs the location
+        raise StorageError(f"cannot write outputs to {location} (from {source}): {type(err).__name__}: "
+                           f"{err}{_endpoint_hint(location)}") from err
+    finally:
+        pool.shutdown(wait=False)
+    return location
+
+
+def _endpoint_hint(location: str) -> str:
+    if _scheme(location) not in ("s3", "s3a"):
+        return ""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or \
+        os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    where = f"endpoint {endpoint}" if endpoint else "AWS's endpoint (AWS_ENDPOINT_URL unset)"
+    return (f". Check that the bucket exists, the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+            f"or the pod's role) allow writing, and the {where} is reachable")

@@ -1,0 +1,165 @@
+"""A country run, resolved once: config, season, grid, run folder and key, and the scenario if any.
+
+The flows and the CLI turn their parameters (a country code, a year, an output location) into one
+frozen :class:`CountryRun` before any task starts, and hand tasks that object and tile ids; no task
+resolves the country again. Outputs are keyed by the run's hash: ``<root>/<code>/<key>/...``, so a
+changed config never reuses stale tiles, and a rerun of the same config resumes. ``root`` and every
+output location may be a local folder or an fsspec URL such as ``s3://bucket/runs``
+(:mod:`cropmap.io.storage`).
+
+A :class:`Scenario` is data a run may carry: the reference labels, the training and scoring areas and
+the training settings of an offline or documented case (the DEMO is one; :mod:`cropmap.scenarios`
+prepares them). A real country has none: it is trained from the labels a user gives, with the paper's
+settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from rasterio.warp import transform_bounds
+
+from cropmap.core.grid import Tile, tile_from_id
+from cropmap.core.season import Season
+from cropmap.io import storage
+from cropmap.io.config import CountryConfig
+from cropmap.io.outlines import tiles_for_aoi
+from cropmap.jobs.training import TrainingSettings
+from cropmap.settings import get_settings
+from cropmap.stages.cube import CubeOptions
+from cropmap.stages.predict import PredictOptions
+
+__all__ = ["Scenario", "CountryRun", "resolve_country_run", "output_root", "Bounds"]
+
+#: ``(left, bottom, right, top)`` in metres of the tiles' CRS.
+Bounds = tuple[float, float, float, float]
+
+
+class Scenario(BaseModel):
+    """What a prepared scenario supplies to a run (all locations are paths or URLs as strings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    reference: str  # reference labels: a categorical raster (or vector parcels, see cropmap.samples)
+    legend: str | None = None  # configs/legends YAML mapping the reference's classes
+    train_bounds: Bounds | None = None  # the part of the reference used for training
+    score_bounds: Bounds | None = None  # the part held back, to score the map against
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+
+class CountryRun(BaseModel):
+    """One resolved run of one country (frozen, small, picklable: what every task receives).
+
+    ``root`` is the run folder (``<output root>/<code>/<key>``); the stages' outputs lie in
+    :attr:`cube_dir`, :attr:`tile_dir`, :attr:`map_dir`, :attr:`model_dir` and :attr:`training_dir`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    config: CountryConfig
+    root: str
+    key: str
+    cube: CubeOptions = Field(default_factory=CubeOptions)
+    predict: PredictOptions = Field(default_factory=PredictOptions)
+    scenario: Scenario | None = None
+    cube_root: str | None = None  # cubes elsewhere than <root>/cubes (the `cropmap cube --out` folder)
+
+    @property
+    def code(self) -> str:
+        return self.config.code
+
+    @property
+    def season(self) -> Season:
+        return self.config.season
+
+    @property
+    def year(self) -> int:
+        return self.config.year
+
+    @property
+    def cube_dir(self) -> storage.Location:
+        return storage.as_location(self.cube_root) if self.cube_root else storage.join(self.root, "cubes")
+
+    @property
+    def tile_dir(self) -> storage.Location:
+        return storage.join(self.root, "tiles")
+
+    @property
+    def map_dir(self) -> storage.Location:
+        return storage.join(self.root, "maps")
+
+    @property
+    def model_dir(self) -> storage.Location:
+        return storage.join(self.root, "models")
+
+    @property
+    def training_dir(self) -> storage.Location:
+        return storage.join(self.root, "training")
+
+    def tiles(self, *, tile_limit: int | None = None, bounds: Bounds | None = None,
+              reference: storage.Location | None = None) -> list[str]:
+        """Ids of the run's tiles (sorted), optionally only those intersecting ``bounds`` (metres, the
+        tiles' CRS) or the extent of the raster ``reference``, and at most ``tile_limit`` of them."""
+        tiles = tiles_for_aoi(self.config)
+        if reference is not None:
+            with storage.open_raster(reference) as ds:
+                crs, extent = ds.crs, tuple(ds.bounds)
+            boxes = {e: transform_bounds(crs, f"EPSG:{e}", *extent) for e in {t.grid.epsg for t in tiles}}
+            tiles = [t for t in tiles if _overlaps(t.bounds, boxes[t.grid.epsg])]
+        if bounds is not None:
+            tiles = [t for t in tiles if _overlaps(t.bounds, bounds)]
+        return [t.id for t in tiles][:tile_limit]
+
+    @staticmethod
+    def tile(tile_id: str) -> Tile:
+        return tile_from_id(tile_id)
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and a[2] > b[0] and a[1] < b[3] and a[3] > b[1]
+
+
+def run_key(config: CountryConfig, cube: CubeOptions = CubeOptions()) -> str:
+    """16 hex digits of what changes a run's outputs: the config, and the cube options when they are
+    not the defaults (so default runs keep the key they always had)."""
+    parts: list[object] = [config.model_dump(mode="json")]
+    if _plain(cube) != _plain(CubeOptions()):
+        parts.append({"cube": _plain(cube)})
+    return storage.stable_hash(parts)
+
+
+def _plain(options: CubeOptions) -> dict:
+    # threads change how fast a tile is computed, never its values
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(options).items() if k != "threads"}
+
+
+def resolve_country_run(config: CountryConfig, *, out_root: storage.Location, scenario: Scenario | None = None,
+                        cube: CubeOptions = CubeOptions(), predict: PredictOptions = PredictOptions(),
+                        cube_dir: storage.Location | None = None) -> CountryRun:
+    """The :class:`CountryRun` of ``config`` under ``out_root`` (checked writable by :func:`output_root`)."""
+    key = run_key(config, cube)
+    return CountryRun(config=config, root=str(storage.join(out_root, config.code, key)), key=key, cube=cube,
+                      predict=predict, scenario=scenario,
+                      cube_root=None if cube_dir is None else str(storage.as_location(cube_dir)))
+
+
+def output_root(out_dir: str | None = None) -> storage.Location:
+    """Where a run's outputs go, checked writable before any task runs.
+
+    ``out_dir`` (a flow parameter or CLI option), else ``$CROPMAP_OUTPUT_URL``, else
+    ``$CROPMAP_OUTPUT_DIR``, else ``~/.cache/cropmap/runs``; empty strings count as unset. A local
+    folder (returned as a ``Path``) or an fsspec URL such as ``s3://bucket/runs`` (returned as a ``str``;
+    credentials and endpoint from the environment, see :mod:`cropmap.io.storage`). A location that cannot
+    be written raises :class:`~cropmap.errors.StorageError` naming it and where it came from, here in the
+    calling process, not later inside a task.
+    """
+    settings = get_settings()
+    for value, source in ((out_dir, "the out_dir parameter"), (settings.output_url, "$CROPMAP_OUTPUT_URL"),
+                          (settings.output_dir, "$CROPMAP_OUTPUT_DIR")):
+        if value and str(value).strip():
+            return storage.check_writable(str(value).strip(), source=source)
+    return storage.check_writable(Path.home() / ".cache" / "cropmap" / "runs", source="the default")

@@ -1,0 +1,131 @@
+"""The country jobs, written once for every executor: train a country's model, map a country.
+
+- :func:`train_country`: the cubes of the tiles under the training labels, a sample set from them
+  (:func:`cropmap.jobs.training.training_set`), a checkpoint (:func:`~cropmap.jobs.training.train_checkpoint`);
+- :func:`map_country`: the checkpoint is checked against the run's plan, then every tile is cubed and
+  predicted (:func:`cropmap.jobs.tile_pipeline.run_tiles`), the tiles are mosaicked and, when the run's
+  scenario holds back a scored area, the map is scored against its reference.
+
+The flows (``flows/``) call these with a Prefect executor, ``cropmap map`` / ``cropmap train`` with a
+local Dask cluster (:func:`cropmap.jobs.executors.local_executor`). Nothing here holds one object per
+tile: the tiles' outcomes are a :class:`~cropmap.jobs.tile_pipeline.TileSummary`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from cropmap.errors import ConfigError, CubeBuildError
+from cropmap.io import storage
+from cropmap.jobs.country_run import Bounds, CountryRun
+from cropmap.jobs.executors import Executor
+from cropmap.jobs.scoring import score_class_map
+from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
+from cropmap.jobs.tiles import check_model_fits, mosaic_run
+from cropmap.jobs.training import (
+    CheckpointResult,
+    TrainingSetResult,
+    TrainingSettings,
+    train_checkpoint,
+    training_set,
+)
+from cropmap.stages.cube import cube_path
+from cropmap.stages.mosaic import MosaicResult
+from cropmap.stages.predict import write_run_file
+
+__all__ = ["TrainResult", "MapResult", "train_country", "map_country", "score_run"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: CheckpointResult
+    samples: TrainingSetResult
+    tiles: TileSummary
+
+
+@dataclass(frozen=True)
+class MapResult:
+    model: str
+    mosaic: MosaicResult
+    tiles: TileSummary
+    accuracy: dict | None = None
+    accuracy_path: str | None = None
+    training: TrainResult | None = field(default=None)
+
+
+def _run(executor: Executor, fn, *args, **kwargs):
+    """One call through the executor (so that it runs where, and shows up as, the job's tasks do)."""
+    return executor.result(executor.submit(fn, *args, **kwargs))
+
+
+def train_country(run: CountryRun, executor: Executor, *, reference: str | None = None, legend: str | None = None,
+                  settings: TrainingSettings | None = None, bounds: Bounds | None = None,
+                  progress: Progress | None = None) -> TrainResult:
+    """Train the run's model from ``reference`` labels (default: the scenario's, with its training area
+    and settings); ``settings`` default to the scenario's, else the paper's (:class:`TrainingSettings`).
+
+    Outputs under ``run.training_dir`` and ``run.model_dir``, named by a hash of everything that defines
+    them, so a rerun reuses a finished sample set and checkpoint.
+    """
+    scenario = run.scenario
+    if reference is None:
+        if scenario is None:
+            raise ConfigError(f"training a model for {run.code} needs reference labels (a categorical crop map)")
+        reference, legend = scenario.reference, legend or scenario.legend
+        bounds = bounds if bounds is not None else scenario.train_bounds
+    if settings is None:
+        settings = scenario.training if scenario is not None else TrainingSettings()
+    tile_ids = run.tiles(bounds=bounds) if bounds is not None else run.tiles(reference=reference)
+    tiles = run_tiles(executor, run, tile_ids, progress=progress)
+    if tiles.failures:  # a sample set from part of the labels would train a different model, silently
+        first = tiles.failures[0]
+        raise CubeBuildError(f"{len(tiles.failed_tiles)} of {len(tile_ids)} training tile(s) failed; the first, "
+                             f"{first.tile_id} ({first.stage}): {first.reason}. Rerun to retry them")
+    cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in tile_ids if t not in tiles.failed_tiles]
+    key = storage.stable_hash([run.key, reference, legend, bounds, settings.model_dump(mode="json")])
+    samples = _run(executor, training_set, reference, cubes, str(storage.join(run.training_dir, f"samples-{key}.nc")),
+                   region=run.code, legend_path=legend, settings=settings, bounds=bounds)
+    # one torch thread: small nets train fastest that way on cores shared with the Dask workers
+    checkpoint = _run(executor, train_checkpoint, samples.path,
+                      str(storage.join(run.model_dir, f"{settings.model}-{key}.pt")), settings=settings, threads=1)
+    return TrainResult(checkpoint, samples, tiles)
+
+
+def score_run(run: CountryRun, class_map: storage.Location) -> tuple[dict, str]:
+    """Score the class map on the scenario's held-back area; writes ``<map dir>/accuracy.json``."""
+    scenario = run.scenario
+    assert scenario is not None and scenario.score_bounds is not None
+    result = score_class_map(class_map, scenario.reference, bounds=scenario.score_bounds,
+                             legend_path=scenario.legend)
+    path = storage.join(run.map_dir, "accuracy.json")
+    storage.write_text(path, json.dumps(result, indent=1))
+    return result, str(path)
+
+
+def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
+                progress: Progress | None = None) -> MapResult:
+    """Map the run's country with the checkpoint ``model`` (a path or URL); see the module docstring.
+
+    Without ``model``, a run whose scenario supplies training labels trains one first
+    (:func:`train_country`); any other run needs one. A checkpoint that does not fit the run (bands,
+    season, bins) is refused before any tile is computed.
+    """
+    training = None
+    if model is None:
+        if run.scenario is None:
+            raise ConfigError(f"mapping {run.code} needs model=<checkpoint path or URL> (a model trained "
+                              "elsewhere: `cropmap train` or the train-model flow)")
+        training = train_country(run, executor, progress=progress)
+        model = training.checkpoint.path
+    check_model_fits(run, model)
+    tile_ids = run.tiles(tile_limit=tile_limit)
+    write_run_file(model, run.tile_dir, options=run.predict,
+                   cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])
+    tiles = run_tiles(executor, run, tile_ids, model=model, progress=progress)
+    mosaic = _run(executor, mosaic_run, run)
+    accuracy = accuracy_path = None
+    if run.scenario is not None and run.scenario.score_bounds is not None:
+        accuracy, accuracy_path = _run(executor, score_run, run, mosaic.cogs["class"])
+    return MapResult(str(model), mosaic, tiles, accuracy, accuracy_path, training)
+

@@ -1,0 +1,64 @@
+"""Scoring a class map against a reference map of the same grid: OA, macro-F1, kappa, per-class F1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import from_bounds
+
+from cropmap.core.harmonise import load_legend
+from cropmap.errors import IncompatibleInputError
+from cropmap.io import storage
+from cropmap.ml.evaluate import scores
+
+__all__ = ["score_class_map"]
+
+
+def _class_names(ds) -> dict[int, str]:
+    tags = {**ds.tags(), **ds.tags(1)}
+    if "class_names" in tags:
+        return dict(enumerate(json.loads(tags["class_names"])))
+    return {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
+
+
+def score_class_map(class_map: storage.Location, reference: storage.Location, *,
+                    bounds: tuple[float, float, float, float] | None = None,
+                    legend_path: str | Path | None = None) -> dict:
+    """OA, macro-F1, kappa, per-class F1 and confusion of a class map against a reference map.
+
+    Both rasters (files or URLs) must share CRS and pixel size. ``bounds`` (metres) limits the
+    comparison, e.g. to the part kept out of training. Reference classes are named by their
+    ``class_<value>`` tags and mapped by the legend (default: same names); the map's by its
+    ``class_names`` tag. Pixels that are nodata in either are left out (``n_unmapped`` counts reference
+    pixels the map left as nodata).
+    """
+    legend = load_legend(legend_path) if legend_path is not None else None
+    with storage.open_raster(reference) as ref, storage.open_raster(class_map) as cm:
+        if ref.crs != cm.crs or not np.allclose(ref.res, cm.res):
+            raise IncompatibleInputError(f"{class_map} ({cm.crs}, {cm.res} m) and the reference {reference} "
+                                         f"({ref.crs}, {ref.res} m) differ in CRS or pixel size; warp one first")
+        box = bounds or tuple(ref.bounds)
+        window = from_bounds(*box, ref.transform).round_offsets().round_lengths()
+        truth = ref.read(1, window=window, boundless=True, fill_value=ref.nodata if ref.nodata is not None else 255)
+        left, top = ref.window_transform(window) * (0, 0)
+        pred_window = from_bounds(left, top - truth.shape[0] * ref.res[1], left + truth.shape[1] * ref.res[0], top,
+                                  cm.transform).round_offsets().round_lengths()
+        pred = cm.read(1, window=pred_window, boundless=True, fill_value=255)
+        ref_names, map_names, ref_nodata = _class_names(ref), _class_names(cm), ref.nodata
+    index = {n: i for i, n in map_names.items()}
+    lookup = np.full(256, -1, dtype=np.int64)
+    for value, name in ref_names.items():
+        target = legend.target_of(name) if legend is not None else name
+        if target in index:
+            lookup[value] = index[target]
+    y_true = lookup[truth.astype(np.int64) % 256]
+    has_truth = (y_true >= 0) if ref_nodata is None else (y_true >= 0) & (truth != ref_nodata)
+    valid = has_truth & (pred != 255)
+    n_classes = max(map_names) + 1
+    out = scores(y_true[valid], pred[valid].astype(np.int64), class_names=[map_names.get(i, str(i))
+                                                                        for i in range(n_classes)])
+    out["n_unmapped"] = int((has_truth & (pred == 255)).sum())
+    out["bounds"] = [float(v) for v in box]
+    return out

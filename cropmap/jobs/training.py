@@ -1,0 +1,145 @@
+"""Training a country's model: reference labels -> points -> series from the tile cubes -> a checkpoint.
+
+The steps of the train-model job as plain functions with small arguments (paths, settings), so that an
+executor (:mod:`cropmap.jobs.executors`) can run each as one task:
+
+- :func:`training_set`: points from the reference map (60 m inward erosion, one point per lon/lat cell
+  and class: :func:`cropmap.samples.reference.sample_reference_map`), their series read from the tile
+  cubes, written as a netCDF sample set;
+- :func:`train_checkpoint`: the model trained on that set and saved with everything predict needs.
+
+:class:`TrainingSettings` defaults to the paper's recipe: CropNet v1 (4.69M parameters), Adam lr 1e-4,
+batch 256, 50 epochs, time shift + time scale + magnitude warp (each p = 0.5), 60 m inward buffer,
+sampling on a 0.1 degree grid. A scenario (the DEMO's CPU-sized settings) or a run may change any of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from pydantic import Field
+
+from cropmap.core.harmonise import load_legend
+from cropmap.core.season import Season
+from cropmap.errors import IncompatibleInputError
+from cropmap.io import storage
+from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
+from cropmap.ml.train import TrainConfig, train_model
+from cropmap.samples.reference import (
+    SamplingOptions,
+    sample_reference_map,
+    samples_from_cubes,
+)
+from cropmap.stages.cube import open_tile_cube
+
+__all__ = ["TrainingSettings", "TrainingSetResult", "CheckpointResult", "training_points", "training_set",
+           "train_checkpoint"]
+
+
+class TrainingSettings(TrainConfig):
+    """How a country's model is trained: :class:`~cropmap.ml.train.TrainConfig` (the paper's model and
+    optimiser by default) with all three augmentations on, and how points are drawn from the labels."""
+
+    augment: str = "all"
+    progress: bool = False  # jobs log; a progress bar per training would garble a worker's output
+    erosion_m: float = Field(60.0, ge=0)
+    cell_deg: float = Field(0.1, gt=0, le=10)
+    per_cell: int = Field(1, ge=1)
+
+    def train_config(self) -> TrainConfig:
+        """The :class:`~cropmap.ml.train.TrainConfig` part of these settings."""
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+
+    def sampling(self) -> SamplingOptions:
+        return SamplingOptions(erosion_m=self.erosion_m, cell_deg=self.cell_deg, per_cell=self.per_cell,
+                               seed=self.seed)
+
+
+@dataclass(frozen=True)
+class TrainingSetResult:
+    """The sample set written by :func:`training_set`."""
+
+    path: str
+    n_samples: int
+    per_class: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    """What :func:`train_checkpoint` did: ``status`` is ``"trained"`` or ``"skipped"`` (already there)."""
+
+    path: str
+    status: str
+    scores: dict = field(default_factory=dict)
+    n_samples: int = 0
+    model_config: dict = field(default_factory=dict)
+    n_parameters: int = 0
+
+
+def training_points(reference: storage.Location, *, legend_path: str | Path | None = None,
+                    settings: TrainingSettings = TrainingSettings(),
+                    bounds: tuple[float, float, float, float] | None = None):
+    """Points from a reference crop map (:func:`cropmap.samples.reference.sample_reference_map`); the
+    legend is a ``configs/legends`` YAML (default: the map's own classes)."""
+    legend = load_legend(legend_path) if legend_path is not None else None
+    return sample_reference_map(reference, legend=legend, options=settings.sampling(), bounds=bounds)
+
+
+def training_set(reference: storage.Location, cube_paths: Sequence[storage.Location], path: storage.Location, *,
+                 region: str, legend_path: str | Path | None = None,
+                 settings: TrainingSettings = TrainingSettings(),
+                 bounds: tuple[float, float, float, float] | None = None) -> TrainingSetResult:
+    """Points from ``reference`` (:func:`training_points`), their series from the tile cubes
+    (:func:`cropmap.samples.reference.samples_from_cubes`), written as a netCDF sample set at ``path`` (a
+    file or a URL, published whole: :func:`cropmap.io.storage.output_file`)."""
+    points = training_points(reference, legend_path=legend_path, settings=settings, bounds=bounds)
+    samples = samples_from_cubes([open_tile_cube(p) for p in cube_paths], points, region=region)
+    with storage.output_file(path) as tmp:
+        samples.to_netcdf(tmp, engine="h5netcdf")
+    counts = np.bincount(samples["label"].values, minlength=samples.sizes["class"])
+    return TrainingSetResult(str(path), int(samples.sizes["sample"]),
+                             {str(n): int(c) for n, c in zip(samples["class_name"].values, counts)})
+
+
+def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
+                     settings: TrainingSettings = TrainingSettings(), threads: int | None = None) -> CheckpointResult:
+    """Train a model on a sample set of season composites (:func:`training_set`) and save its checkpoint.
+
+    The set carries the cubes' season attributes. Both locations may be URLs. A complete checkpoint at
+    ``path`` is kept (rerun = resume). ``threads`` caps torch's intra-op threads while training (1 is
+    fastest for a small net on a busy machine).
+    """
+    if storage.exists(path):
+        done = load_checkpoint(path)
+        return CheckpointResult(str(path), "skipped", done.scores, model_config=done.model_config,
+                                n_parameters=sum(p.numel() for p in done.model.parameters()))
+    samples = xr.load_dataset(storage.local_copy(samples_path), engine="h5netcdf")
+    refl = samples["reflectance"]
+    attrs = refl.attrs if any(k.startswith("season_") for k in refl.attrs) else samples.attrs
+    if not any(k.startswith("season_") for k in attrs):
+        raise IncompatibleInputError("the sample set carries no season attributes; build it from tile cubes")
+    season = Season.from_attrs(attrs)
+    x = refl.transpose("sample", "band", "time").values.astype(np.float32)
+    names = [str(n) for n in samples["class_name"].values]
+    colours = [str(c) for c in samples["class_colour"].values] if "class_colour" in samples.coords else None
+    config = settings.train_config()
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        result = train_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2],
+                             n_classes=len(names), config=config, bin_days=season.bin_days)
+    finally:
+        torch.set_num_threads(before)
+    scores = {**result.val_scores, "seconds": round(result.seconds, 1)}
+    save_checkpoint(path, model=result.model, model_name=config.model, model_config=result.model_config,
+                    feature_kind="2d", bands=[str(b) for b in samples["band"].values], season=season,
+                    n_bins=x.shape[2], normalisation=result.normalisation, class_names=names,
+                    class_colours=colours, config=config.model_dump(mode="json"), scores=scores)
+    return CheckpointResult(str(path), "trained", scores, int(x.shape[0]), result.model_config,
+                            sum(p.numel() for p in result.model.parameters()))

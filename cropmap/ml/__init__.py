@@ -1,0 +1,1 @@
+"""Models, normalisation, augmentation, training, evaluation and checkpoints."""

@@ -1,0 +1,206 @@
+"""Checkpoints: weights plus everything prediction needs, and a model card JSON beside them.
+
+A checkpoint file (``torch.save`` of plain types, loadable with ``weights_only=True``) holds the
+``state_dict``, the model registry name and configuration (:func:`cropmap.ml.models.build_model`), the
+feature kind, band list, season, bin count, normalisation, class names/colours, the experiment config,
+the scores and the cropmap version. ``<path>.card.json`` holds the same without the weights.
+
+The normalisation it stores is :mod:`cropmap.ml.normalisation`'s.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from cropmap import __version__
+from cropmap.core.season import Season
+from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
+from cropmap.io import storage
+from cropmap.ml.models import build_model
+from cropmap.ml.normalisation import apply_normalisation
+
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "card_path",
+]
+
+_FORMAT = 1
+
+
+def card_path(path: storage.Location) -> storage.Location:
+    """The model card beside a checkpoint: ``<path>.card.json`` (a ``Path``, or a URL beside a remote one)."""
+    return storage.as_location(f"{storage.as_location(path)}.card.json")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint; ``model`` is in eval mode on the CPU."""
+
+    model: torch.nn.Module = field(repr=False)
+    model_name: str
+    model_config: dict
+    feature_kind: str
+    bands: tuple[str, ...]
+    season: Season
+    n_bins: int
+    normalisation: dict
+    class_names: tuple[str, ...]
+    class_colours: tuple[str, ...] | None
+    config: dict
+    scores: dict
+    version: str
+    # copies of ``model`` prepared per (device, memory format), made once and never changed afterwards:
+    # prediction threads share them, and ``model`` itself is never moved or converted
+    _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def check_compatible(self, *, bands: Sequence[str], season: Season, n_bins: int, what: str) -> None:
+        """Raise :class:`IncompatibleInputError` naming the first mismatch of bands, season or bins."""
+        if tuple(bands) != self.bands:
+            raise IncompatibleInputError(
+                f"{what}: bands {list(bands)} differ from the model's {list(self.bands)} (same names, same order)"
+            )
+        self.season.require_same(season, what=what)
+        if int(n_bins) != self.n_bins:
+            raise IncompatibleInputError(f"{what}: {n_bins} time bins, the model was trained on {self.n_bins}")
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """``x`` ``(N, band, time)`` reflectance 0..1 -> the model's normalised float32 input."""
+        x = np.asarray(x)
+        if x.ndim != 3 or x.shape[1:] != (len(self.bands), self.n_bins):
+            raise IncompatibleInputError(
+                f"expected (N, {len(self.bands)} bands, {self.n_bins} bins), got {x.shape}"
+            )
+        return apply_normalisation(x, self.normalisation)
+
+    def inference_model(self, device: str | torch.device, *, channels_last: bool = False) -> torch.nn.Module:
+        """The model on ``device`` in eval mode (``channels_last`` weights if asked): a copy made once per
+        checkpoint and variant, safe to share between threads because nothing changes it afterwards."""
+        key = (str(torch.device(device)), channels_last)
+        with self._lock:
+            if key not in self._variants:
+                model = copy.deepcopy(self.model).to(device).eval()
+                if channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+                self._variants[key] = model
+            return self._variants[key]
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096, device: str | None = None,
+                      channels_last: bool = False) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1.
+
+        Rows holding any NaN (no valid observation) come back as NaN rows. ``device`` defaults to
+        CUDA when available; the forward pass uses :meth:`inference_model`.
+        """
+        z = self.normalise(x)
+        out = np.full((len(z), len(self.class_names)), np.nan, dtype=np.float32)
+        ok = np.flatnonzero(~np.isnan(z).any(axis=(1, 2)))
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = self.inference_model(dev, channels_last=channels_last)
+        for i in range(0, len(ok), batch_size):
+            rows = ok[i:i + batch_size]
+            logits = model(torch.from_numpy(z[rows]).to(dev))
+            out[rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return out
+
+
+def save_checkpoint(
+    path: storage.Location,
+    *,
+    model: torch.nn.Module,
+    model_name: str,
+    model_config: dict,
+    feature_kind: str,
+    bands: list[str],
+    season: Season,
+    n_bins: int,
+    normalisation: dict,
+    class_names: list[str],
+    class_colours: list[str] | None,
+    config: dict,
+    scores: dict,
+) -> storage.Location:
+    """Write the checkpoint and its model card, each published whole (:func:`cropmap.io.storage.output_file`:
+    temporary name then rename, or one upload to an object store); returns ``path``."""
+    path = storage.as_location(path)
+    meta = {
+        "format": _FORMAT,
+        "model_name": model_name,
+        "model_config": _plain(model_config),
+        "feature_kind": feature_kind,
+        "bands": list(bands),
+        "season": season.model_dump(),
+        "n_bins": int(n_bins),
+        "normalisation": _plain(normalisation),
+        "class_names": list(class_names),
+        "class_colours": None if class_colours is None else list(class_colours),
+        "config": _plain(config),
+        "scores": _plain(scores),
+        "version": __version__,
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with storage.output_file(path) as tmp:
+        torch.save({**meta, "state_dict": state}, tmp)
+    with storage.output_file(card_path(path)) as tmp:
+        tmp.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
+    return path
+
+
+def load_checkpoint(path: storage.Location) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (a file, or a URL: downloaded once per
+    machine, :func:`cropmap.io.storage.local_copy`); the model is rebuilt and in eval mode."""
+    if not storage.exists(path):
+        raise DataNotFoundError(f"checkpoint {path} not found")
+    path = storage.local_copy(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say which
+        raise ConfigError(f"{path} is not a readable cropmap checkpoint: {err}") from err
+    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
+        raise ConfigError(f"{path} is not a cropmap checkpoint of format {_FORMAT}")
+    model = build_model(blob["model_name"], **blob["model_config"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return Checkpoint(
+        model=model,
+        model_name=blob["model_name"],
+        model_config=blob["model_config"],
+        feature_kind=blob["feature_kind"],
+        bands=tuple(blob["bands"]),
+        season=Season(**blob["season"]),
+        n_bins=blob["n_bins"],
+        normalisation=blob["normalisation"],
+        class_names=tuple(blob["class_names"]),
+        class_colours=None if blob["class_colours"] is None else tuple(blob["class_colours"]),
+        config=blob["config"],
+        scores=blob["scores"],
+        version=blob["version"],
+    )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy: tuples to lists, NumPy scalars/arrays to Python, dataclasses to dicts."""
+    if hasattr(value, "model_dump"):
+        return _plain(value.model_dump())
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

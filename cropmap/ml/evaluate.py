@@ -1,0 +1,93 @@
+"""Accuracy figures of a classification (scikit-learn's): OA, macro-F1, per-class F1, Cohen's kappa, confusion.
+
+Labels are integer indices into one class list. Macro-F1 averages over the TARGET's classes (those
+present in the reference labels, or an explicit ``classes`` list): a class the target does not have
+cannot be scored, and a source-only class predicted in the target counts as an error of the true class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics
+
+from cropmap.io.storage import atomic_path
+
+__all__ = ["confusion_matrix", "macro_f1", "scores", "write_confusion"]
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` int64 counts; rows are the reference, columns the prediction."""
+    return metrics.confusion_matrix(np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64),
+                                    labels=np.arange(n_classes)).astype(np.int64)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, *, classes: Sequence[int] | np.ndarray | None = None) -> float:
+    """Mean F1 over ``classes`` (default: the classes present in ``y_true``)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = np.unique(y_true) if classes is None else np.asarray(classes, dtype=int)
+    if y_true.size == 0:
+        return float("nan")
+    return float(metrics.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, *, class_names: Sequence[str]) -> dict:
+    """OA, macro-F1 over the target's classes, Cohen's kappa, per-class F1 and the confusion matrix.
+
+    Returns a JSON-able dict: ``oa``, ``macro_f1``, ``kappa`` (floats), ``f1`` (class name -> F1, target
+    classes only), ``confusion`` (list of lists), ``n`` (samples). With no sample, the figures are NaN.
+    """
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.size == 0:
+        empty = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
+        return {"oa": float("nan"), "macro_f1": float("nan"), "kappa": float("nan"), "f1": {},
+                "confusion": empty.tolist(), "n": 0}
+    cm = confusion_matrix(y_true, y_pred, len(class_names))
+    n = int(cm.sum())
+    present = np.flatnonzero(cm.sum(1) > 0)
+    f1 = metrics.f1_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # one class everywhere: kappa is undefined (NaN)
+        kappa = metrics.cohen_kappa_score(y_true, y_pred)
+    return {
+        "oa": float(metrics.accuracy_score(y_true, y_pred)),
+        "macro_f1": float(np.mean(f1)),
+        "kappa": float(kappa),
+        "f1": {class_names[i]: float(v) for i, v in zip(present, f1)},
+        "confusion": cm.tolist(),
+        "n": n,
+    }
+
+
+def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, *, title: str = "") -> tuple[Path, Path]:
+    """Write the confusion matrix as CSV (``path`` with ``.csv``) and PNG (``.png``); temp name then rename."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    cm = np.asarray(cm)
+    base = Path(path).with_suffix("")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    csv, png = base.with_suffix(".csv"), base.with_suffix(".png")
+    frame = pd.DataFrame(cm, index=[f"true:{c}" for c in class_names], columns=[f"pred:{c}" for c in class_names])
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.6 * len(class_names)))
+    rows = cm.sum(1, keepdims=True)
+    ax.imshow(np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(cm):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return csv, png

@@ -1,0 +1,1 @@
+"""Research: experiment configs, grids of variants, the runner and its reports (docs/results)."""

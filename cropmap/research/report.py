@@ -1,0 +1,83 @@
+"""The results of an experiment grid as ``<output>/<name>.md`` (mean ± std over seeds) and ``.csv``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from cropmap import __version__
+from cropmap.io.storage import atomic_path
+from cropmap.ml.train import TrainConfig
+from cropmap.research.config import Axes, ExperimentConfig
+from cropmap.research.variants import Variant
+
+__all__ = ["write_report"]
+
+
+def _mean_std(v: pd.Series) -> str:
+    """``mean ± std`` over seeds; a single seed has no spread to show."""
+    return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
+
+
+def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame, out_dir: Path,
+                   command: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv = out_dir / f"{cfg.name}.csv"
+    with atomic_path(csv) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.4f")
+    shifts = sorted(frame["shift_days"].unique())
+    axes = [a for a in Axes.model_fields if a in frame.columns]  # the axes this grid varies, in order
+    keys = [*axes, "features", "model", "augment"]
+    head = "| " + " | ".join([a.replace("_", " ") for a in axes] + ["features", "model", "augmentation"]) + " | " + \
+        " | ".join(f"OA {s:+d} d" if s else "OA" for s in shifts) + " | macro-F1 (0 d) | kappa (0 d) | s / model |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for key, g in frame.groupby(keys, sort=False):
+        cells = []
+        for s in shifts:
+            cells.append(_mean_std(g.loc[g.shift_days == s, "oa"]))
+        z = g[g.shift_days == (0 if 0 in shifts else shifts[0])]
+        secs = g.drop_duplicates("seed")["train_seconds"].dropna()
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells)
+                     + f" | {_mean_std(z.macro_f1)} | {_mean_std(z.kappa)}"
+                     + f" | {secs.mean():.0f} |")
+    if axes:
+        lines += ["", "Variants (season the samples are composited onto, and classes):", ""]
+        lines += [f"- {v.label}: {v.season.describe()}"
+                  + (f"; target {v.target_season.describe()}" if v.target_season != v.season else "")
+                  + (f"; classes {list(v.classes)}" if v.classes else "")
+                  + (f"; {v.minority.class_name} cut to {v.minority.fraction:.1%} of the training samples"
+                     if v.minority else "") for v in grid]
+    train = TrainConfig(**cfg.train)
+    base = grid[0]
+    text = "\n".join([
+        f"# Experiment `{cfg.name}`", "", cfg.description.strip(), "",
+        "Produced by:", "", "```", command or f"cropmap experiment configs/experiments/{cfg.name}.yaml", "```", "",
+        (f"Mean ± std over seeds {cfg.seeds} ({len(frame.seed.unique())} seeds)" if len(frame.seed.unique()) > 1
+         else f"One seed ({frame.seed.iloc[0]}, no spread)") + " of the test overall accuracy "
+        f"(OA), macro-F1 over the target's classes and Cohen's kappa. Per-seed and per-class figures: "
+        f"`{cfg.name}.csv`; confusion matrices (first seed, unshifted): `{cfg.name}/`.", "",
+        *lines, "",
+        "Settings:", "",
+        f"- source: {cfg.source.model_dump(exclude_none=True)}; target: {cfg.target.model_dump(exclude_none=True)}",
+        f"- season: {cfg.season.describe()}"
+        + (f"; target season: {base.target_season.describe()}" if base.target_season != base.season else "")
+        + "; context for augmentation: "
+        f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands)}",
+        f"- target dates moved by {cfg.target_shifts_days} days (then composited like any input)",
+        f"- networks: Adam lr {train.lr}, batch {train.batch_size}, {train.epochs} epochs, weight decay "
+        f"{train.weight_decay}, class-balanced cross-entropy, stratified validation split {train.val_fraction} "
+        "of the source (never augmented), best-validation-macro-F1 epoch kept; log1p + per-band standardisation "
+        "from the training split",
+        f"- forest: {cfg.forest}, balanced class weights; augmented forests get augmented copies of the series",
+        f"- cropmap {__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device "
+        f"{'cuda' if torch.cuda.is_available() else 'cpu'}, {cfg.workers} training process(es)",
+        "",
+    ])
+    md = out_dir / f"{cfg.name}.md"
+    with atomic_path(md) as tmp:
+        tmp.write_text(text)

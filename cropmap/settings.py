@@ -1,0 +1,77 @@
+"""Every ``CROPMAP_*`` environment variable, in one typed place (pydantic-settings).
+
+The environment is read when :func:`get_settings` is called, not at import, so a process (a flow run,
+a Dask worker, a test) sees the variables as they are then. Empty values count as unset.
+
+| variable | what |
+|---|---|
+| ``CROPMAP_CONFIGS_DIR`` | folder of country configs (default ``configs/countries`` of the checkout) |
+| ``CROPMAP_DATA_DIR`` | folder of the real public data sets (default ``../shared/data`` beside the checkout) |
+| ``CROPMAP_DOWNLOAD`` | ``1``: fetch a missing data file from its pinned public source |
+| ``CROPMAP_DATA_URL_BASE`` | base URL of those sources (default ``https://raw.githubusercontent.com``) |
+| ``CROPMAP_CACHE_DIR`` | download cache (default ``~/.cache/cropmap``) |
+| ``CROPMAP_DEMO_DIR`` | where the DEMO scenario's catalog is built (default ``~/.cache/cropmap/demo``) |
+| ``CROPMAP_OUTPUT_URL`` | output root, a folder or an fsspec URL (``s3://bucket/runs``) |
+| ``CROPMAP_OUTPUT_DIR`` | output root, a local folder (the older variable; the URL wins) |
+| ``CROPMAP_DASK_ADDRESS`` | an existing Dask scheduler (``tcp://host:8786``) instead of a local cluster |
+| ``CROPMAP_GPU_WORKERS`` | ``1``: the cluster has workers started with ``--resources GPU=1`` |
+| ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """The ``CROPMAP_*`` variables (see the module docstring). Yes/no values stay strings here: their
+    users (:func:`cropmap.jobs.cluster.gpu_workers_enabled`, :func:`cropmap.io.data.data_file`) say which
+    variable holds a bad value."""
+
+    model_config = SettingsConfigDict(env_prefix="CROPMAP_", extra="ignore", frozen=True)
+
+    configs_dir: Path | None = None
+    data_dir: Path | None = None
+    download: str = ""
+    data_url_base: str = "https://raw.githubusercontent.com"
+    cache_dir: Path | None = None
+    demo_dir: Path | None = None
+    output_url: str | None = None
+    output_dir: str | None = None
+    dask_address: str | None = None
+    gpu_workers: str = ""
+    tiles_in_flight: int = Field(2, ge=1, le=64)
+
+    @field_validator("configs_dir", "data_dir", "cache_dir", "demo_dir", "output_url", "output_dir", "dask_address", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("configs_dir", "cache_dir", "demo_dir", "data_dir", mode="after")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser()
+
+    @property
+    def cache_root(self) -> Path:
+        """The download cache: ``$CROPMAP_CACHE_DIR``, else ``~/.cache/cropmap``."""
+        return self.cache_dir or Path.home() / ".cache" / "cropmap"
+
+    @property
+    def demo_root(self) -> Path:
+        """Where the DEMO is built: ``$CROPMAP_DEMO_DIR``, else ``~/.cache/cropmap/demo``."""
+        return self.demo_dir or Path.home() / ".cache" / "cropmap" / "demo"
+
+    @property
+    def download_enabled(self) -> bool:
+        return self.download.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def get_settings() -> Settings:
+    """The settings from the environment as it is now."""
+    return Settings()

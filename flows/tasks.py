@@ -1,0 +1,61 @@
+"""cropmap's job functions as Prefect tasks: one task per function, typed, small arguments (a run, a tile
+id, paths). Only the tasks that read remote data retry (STAC searches and asset reads in ``cube-tile``).
+
+:func:`executor` gives the :class:`flows._runner.PrefectExecutor` that the job functions of
+:mod:`cropmap.jobs.mapping` submit to.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from cropmap.jobs import mapping, tiles, training
+from cropmap.jobs.country_run import CountryRun
+from cropmap.jobs.training import CheckpointResult, TrainingSetResult
+from cropmap.stages.cube import CubeResult
+from cropmap.stages.mosaic import MosaicResult
+from cropmap.stages.predict import TileResult
+from flows._runner import PrefectExecutor
+
+__all__ = ["executor"]
+
+
+@task(name="cube-tile", retries=2, retry_delay_seconds=5, cache_policy=NONE, task_run_name="cube {tile_id}")
+def cube_tile(run: CountryRun, tile_id: str) -> CubeResult:
+    return tiles.cube_tile(run, tile_id)
+
+
+@task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
+def predict_tile(run: CountryRun, model: str, tile_id: str) -> TileResult:
+    return tiles.predict_tile(run, model, tile_id)
+
+
+@task(name="mosaic", cache_policy=NONE)
+def mosaic_run(run: CountryRun) -> MosaicResult:
+    return tiles.mosaic_run(run)
+
+
+@task(name="score", cache_policy=NONE)
+def score_run(run: CountryRun, class_map: str) -> tuple[dict, str]:
+    return mapping.score_run(run, class_map)
+
+
+@task(name="training-set", cache_policy=NONE)
+def training_set(*args, **kwargs) -> TrainingSetResult:
+    return training.training_set(*args, **kwargs)
+
+
+@task(name="train-checkpoint", cache_policy=NONE)
+def train_checkpoint(*args, **kwargs) -> CheckpointResult:
+    return training.train_checkpoint(*args, **kwargs)
+
+
+def executor(*, gpu: bool = False) -> PrefectExecutor:
+    """The executor of a flow run: each job function as its task above; predictions on GPU workers
+    when ``gpu``."""
+    return PrefectExecutor(
+        {tiles.cube_tile: cube_tile, tiles.predict_tile: predict_tile, tiles.mosaic_run: mosaic_run,
+         mapping.score_run: score_run, training.training_set: training_set,
+         training.train_checkpoint: train_checkpoint},
+        annotations=tiles.tile_annotations(gpu))

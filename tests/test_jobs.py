@@ -1,0 +1,114 @@
+"""The job layer without Prefect: a country run resolved once, output keys, tile selection, map scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from cropmap.errors import IncompatibleInputError, UnknownCountryError
+from cropmap.io.config import load_country
+from cropmap.jobs.country_run import resolve_country_run, run_key
+from cropmap.jobs.scoring import score_class_map
+from cropmap.scenarios import resolve_run
+from cropmap.scenarios.demo import demo_country, part_bounds, read_layout
+from cropmap.stages.cube import CubeOptions
+
+
+@pytest.mark.parametrize("bad", ["../etc", "", "demo", "ARG/../DEMO", "XYZ"])
+def test_unknown_country_fails_fast_with_the_known_ones(bad):
+    with pytest.raises(UnknownCountryError, match="known: .*DEMO"):
+        resolve_run(bad)
+
+
+def test_run_key_and_run_dir(tmp_path):
+    arg = load_country("ARG")
+    assert run_key(arg) == run_key(load_country("ARG"))
+    assert run_key(arg) != run_key(arg.model_copy(update={"year": arg.year + 1}))
+    assert run_key(arg, CubeOptions(bands=("B04", "B08"))) != run_key(arg)
+    assert run_key(arg, CubeOptions(threads=4)) == run_key(arg)  # threads change no value
+    run = resolve_country_run(arg, out_root=tmp_path)
+    assert storage_path(run.root) == tmp_path / "ARG" / run_key(arg) and run.key == run_key(arg)
+    assert storage_path(run.cube_dir) == tmp_path / "ARG" / run.key / "cubes"
+
+
+def storage_path(location):
+    from pathlib import Path
+
+    return Path(str(location))
+
+
+def test_demo_tiles_by_bounds_and_reference(demo_paths, monkeypatch, tmp_path):
+    config = demo_country(demo_paths)
+    run = resolve_country_run(config, out_root=tmp_path)
+    layout = read_layout(demo_paths.root)
+    assert len(run.tiles()) == 4
+    assert len(run.tiles(tile_limit=1)) == 1
+    west = run.tiles(bounds=part_bounds(layout, "west"))
+    east = run.tiles(bounds=part_bounds(layout, "east"))
+    assert len(west) == len(east) == 2 and not set(west) & set(east)
+    assert sorted(run.tiles(reference=demo_paths.reference)) == sorted(west + east)
+    monkeypatch.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
+    resolved = resolve_run("DEMO", out_dir=str(tmp_path))
+    assert resolved.config.catalog.path == demo_paths.catalog  # complete: not rebuilt
+    assert resolved.scenario.train_bounds == part_bounds(layout, "west")
+    assert resolved.scenario.score_bounds == part_bounds(layout, "east")
+
+
+def _write_map(path, data, profile, names):
+    with rasterio.open(path, "w", **{**profile, "driver": "GTiff"}) as ds:
+        ds.write(data, 1)
+        ds.update_tags(1, **{f"class_{i}": n for i, n in enumerate(names)})
+
+
+def test_score_class_map_against_numpy(demo_paths, tmp_path):
+    """A map equal to the reference except known pixels: OA and the confusion computed here."""
+    with rasterio.open(demo_paths.reference) as ds:
+        truth, profile = ds.read(1), ds.profile
+        names = [ds.tags(1)[f"class_{i}"] for i in range(8)]
+    rng = np.random.default_rng(0)
+    pred = truth.copy()
+    wrong = rng.random(truth.shape) < 0.1
+    pred[wrong] = (pred[wrong] + 1) % 8
+    pred[:5, :] = 255  # unmapped rows
+    _write_map(tmp_path / "map.tif", pred, profile, names)
+    layout = read_layout(demo_paths.root)
+    east = part_bounds(layout, "east")
+    result = score_class_map(tmp_path / "map.tif", demo_paths.reference, bounds=east)
+    half = slice(128, 256)
+    t, p = truth[:, half], pred[:, half]
+    valid = p != 255
+    assert result["n"] == valid.sum() and result["n_unmapped"] == (~valid).sum() == 5 * 128
+    assert result["oa"] == pytest.approx((t[valid] == p[valid]).mean())
+    cm = np.zeros((8, 8), int)
+    np.add.at(cm, (t[valid], p[valid]), 1)
+    assert np.array_equal(result["confusion"], cm)
+    whole = score_class_map(tmp_path / "map.tif", demo_paths.reference)
+    assert whole["n"] == (pred != 255).sum()
+
+
+def test_score_refuses_other_grids(demo_paths, tmp_path):
+    with rasterio.open(demo_paths.reference) as ds:
+        profile, data = ds.profile, ds.read(1)
+    profile.update(crs="EPSG:32755")
+    _write_map(tmp_path / "other.tif", data, profile, ["a", "b"])
+    with pytest.raises(IncompatibleInputError, match="CRS or pixel size"):
+        score_class_map(tmp_path / "other.tif", demo_paths.reference)
+
+
+def test_training_defaults_are_the_papers_and_the_demo_brings_its_own():
+    from cropmap.jobs.training import TrainingSettings
+    from cropmap.scenarios.demo import DEMO_TRAINING
+
+    paper = TrainingSettings().train_config()
+    assert (paper.model, paper.model_options, paper.lr, paper.batch_size, paper.epochs, paper.augment) == \
+        ("cropnet", {}, 1e-4, 256, 50, "all")
+    assert (TrainingSettings().erosion_m, TrainingSettings().cell_deg) == (60.0, 0.1)
+    assert DEMO_TRAINING.model_options["channels"] == [32, 32, 64, 64] and DEMO_TRAINING.cell_deg == 0.0005
+
+
+def test_a_country_run_is_small_and_travels(demo_run):
+    import pickle
+
+    blob = pickle.dumps(demo_run)
+    assert len(blob) < 8192 and pickle.loads(blob) == demo_run
