@@ -129,4 +129,3 @@ def _month_length(month: int) -> int:
 NORTH = Season.for_hemisphere("north")
 SOUTH = Season.for_hemisphere("south")
 FULL_YEAR = Season(start="01-01", end="12-31")
-from cropmap.stages import cube  # noqa: E402,F401 - DELIBERATE upward import, reverted next
