@@ -30,10 +30,11 @@ if __package__ in (None, ""):  # loaded by file path (a deployment's entrypoint)
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cropmap.errors import CropmapError
+from cropmap.errors import CropmapError, MosaicError
 from cropmap.io import storage
 from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
+from cropmap.jobs.reports import map_lines, plan_table
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from flows import tasks
 from flows._runner import task_runner
@@ -43,34 +44,35 @@ __all__ = ["map_country"]
 
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
 def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
-                tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None) -> dict:
+                tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
+                parts: list[str] | None = None) -> dict:
     """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
     one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
-    GPU workers."""
+    GPU workers; ``parts``: the outline parts to map (default: the config's default parts)."""
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
-    run = resolve_run(country, year=year, out_dir=out_dir)  # so do an unknown country and an unwritable output
+    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts)  # so do an unknown country and output
+    print(plan_table(run))
     result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit)
-    mosaic, summary, accuracy = result.mosaic, result.tiles, result.accuracy
+    summary, accuracy = result.tiles, result.accuracy
     create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
                           description=f"{run.code} {run.year}: {summary.describe()}")
     if accuracy is not None:
         create_table_artifact(key=f"accuracy-{run.code.lower()}", description=(
             f"{run.scenario.description}: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
             table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
-    create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
-        [f"# {run.config.name} {run.year}", f"![quicklook]({storage.as_uri(mosaic.quicklook)})", ""]
-        + [f"- {k}: `{v}`" for k, v in {**mosaic.cogs, "STAC item": mosaic.stac_item}.items()]))
-    print(f"class map:  {mosaic.cogs['class']}")
-    print(f"confidence: {mosaic.cogs.get('confidence')}")
-    print(f"STAC item:  {mosaic.stac_item}")
-    print(f"quicklook:  {mosaic.quicklook}")
-    if accuracy is not None:
-        print(f"accuracy:   {result.accuracy_path}: OA {accuracy['oa']:.3f} on the scored area "
-              f"({accuracy['n']} pixels), macro-F1 {accuracy['macro_f1']:.3f}")
-    print(f"tiles: {summary.describe()}")
-    return {"cogs": {k: str(v) for k, v in mosaic.cogs.items()}, "item": str(mosaic.stac_item),
-            "quicklook": str(mosaic.quicklook), "accuracy": accuracy, "accuracy_path": result.accuracy_path,
-            "tiles": summary.rows(), "model": result.model}
+    for line in map_lines(result):
+        print(line)
+    if result.mosaic is not None:
+        create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
+            [f"# {run.config.name} {run.year}", f"![quicklook]({storage.as_uri(result.mosaic.quicklook)})", ""]
+            + [f"- {k}: `{v}`" for k, v in {**result.mosaic.cogs, "STAC item": result.mosaic.stac_item}.items()]))
+    if result.zone_failures:  # the other zones' products are written; the run is not complete
+        raise MosaicError("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))
+    return {"cogs": {k: str(v) for k, v in result.mosaic.cogs.items()}, "item": str(result.mosaic.stac_item),
+            "quicklook": str(result.mosaic.quicklook),
+            "zones": {e: {k: str(v) for k, v in z.cogs.items()} for e, z in result.zones.items()},
+            "accuracy": accuracy, "accuracy_path": result.accuracy_path, "tiles": summary.rows(),
+            "model": result.model, "key": result.key, "season_offsets": result.season_offsets}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,15 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--year", type=int, default=None)
     parser.add_argument("--out", default=None, help="output root: a folder or an fsspec URL")
     parser.add_argument("--tile-limit", type=int, default=None)
+    parser.add_argument("--parts", nargs="+", default=None, help="outline parts to map (default: the config's)")
     args = parser.parse_args(argv)
     try:
         result = map_country(country=args.country, model=args.model, year=args.year, out_dir=args.out,
-                             tile_limit=args.tile_limit)
+                             tile_limit=args.tile_limit, parts=args.parts)
     except CropmapError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("")
-    print(f"class map COG:      {result['cogs']['class']}")
+    print(f"national class COG: {result['cogs']['class']}")
     print(f"confidence COG:     {result['cogs'].get('confidence')}")
     print(f"STAC item:          {result['item']}")
     print(f"quicklook:          {result['quicklook']}")

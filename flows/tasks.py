@@ -31,14 +31,19 @@ def predict_tile(run: CountryRun, model: str, tile_id: str) -> TileResult:
     return tiles.predict_tile(run, model, tile_id)
 
 
-@task(name="mosaic", cache_policy=NONE)
-def mosaic_run(run: CountryRun) -> MosaicResult:
-    return tiles.mosaic_run(run)
+@task(name="mosaic-zone", cache_policy=NONE, task_run_name="mosaic EPSG:{epsg}")
+def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: list[str]) -> MosaicResult:
+    return tiles.mosaic_zone(run, key, epsg, tile_ids)
+
+
+@task(name="mosaic-country", cache_policy=NONE)
+def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) -> MosaicResult:
+    return tiles.mosaic_country(run, key, zones)
 
 
 @task(name="score", cache_policy=NONE)
-def score_run(run: CountryRun, class_map: str) -> tuple[dict, str]:
-    return mapping.score_run(run, class_map)
+def score_run(run: CountryRun, key: str, class_maps: list[str]) -> tuple[dict, str]:
+    return mapping.score_run(run, key, class_maps)
 
 
 @task(name="training-set", cache_policy=NONE)
@@ -55,7 +60,8 @@ def executor(*, gpu: bool = False) -> PrefectExecutor:
     """The executor of a flow run: each job function as its task above; predictions on GPU workers
     when ``gpu``."""
     return PrefectExecutor(
-        {tiles.cube_tile: cube_tile, tiles.predict_tile: predict_tile, tiles.mosaic_run: mosaic_run,
+        {tiles.cube_tile: cube_tile, tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
+         tiles.mosaic_country: mosaic_country,
          mapping.score_run: score_run, training.training_set: training_set,
          training.train_checkpoint: train_checkpoint},
         annotations=tiles.tile_annotations(gpu))

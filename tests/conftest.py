@@ -72,6 +72,55 @@ def demo_model(demo_run) -> str:
     return train_country(demo_run, InlineExecutor(), settings=settings).checkpoint.path
 
 
+TWO_ZONES = """name: DEMO astride the UTM 54/55 border (synthetic layout, real Victoria spectra)
+outline: {bbox: [143.99051, -36.61356, 144.01652, -36.60407]}
+hemisphere: south
+season: {start: '11-01', end: '05-31', hemisphere: south}
+year: 2017
+catalog: {path: demo/catalog.json, max_cloud_cover: 100, margin_days: 30}
+output_crs: EPSG:3577
+tile_size: 64
+scenario: {name: demo, options: {origin: [767360.0, 5944960.0], tile_px: 64, tiles_x: 4}}
+"""
+# astride the equator: all 73 Victoria dates (the southern season of 2017 and the northern one's Aug-Nov)
+EQUATOR = """name: DEMO astride the equator (synthetic layout, real Victoria spectra)
+outline: {bbox: [33.49957, -0.00516, 33.50981, 0.00516]}
+hemisphere: south
+season: {start: '11-01', end: '05-31', hemisphere: south}
+year: 2017
+catalog: {path: demo/catalog.json, max_cloud_cover: 100, margin_days: 120}
+tile_size: 64
+scenario: {name: demo, options: {epsg: 32636, origin: [555520.0, 640.0], tile_px: 64, margin_days: 120}}
+"""
+
+
+@pytest.fixture(scope="session")
+def zone_configs(tmp_path_factory, demo_paths):
+    """Country configs of the DEMO scenario astride a UTM zone border (DMZ) and the equator (DEQ); use
+    them with ``CROPMAP_CONFIGS_DIR``. Their demos are built beside the session's DEMO."""
+    folder = tmp_path_factory.mktemp("zone_configs")
+    (folder / "DMZ.yaml").write_text(TWO_ZONES)
+    (folder / "DEQ.yaml").write_text(EQUATOR)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def two_zone_run(zone_configs, demo_paths, demo_model, tmp_path_factory):
+    """The two-zone country mapped ONCE per session by the map-country job (inline, no Prefect) with the
+    session's DEMO model: ``(run, MapResult)``; tests/test_national.py checks it, tests/test_cluster_flows.py
+    compares the same run on a cluster writing to S3 with it."""
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import map_country
+    from cropmap.scenarios import resolve_run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))
+        mp.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
+        run = resolve_run("DMZ", out_dir=str(tmp_path_factory.mktemp("dmz")))
+        return run, map_country(run, InlineExecutor(), model=demo_model)
+
+
+
 def _free_port() -> int:
     import socket
 

@@ -82,14 +82,15 @@ def cluster(env):
 TILE_LIMIT = 2
 
 
-def _map(address: str | None, out: Path | str | None, model: str) -> dict:
-    """map-country for DEMO with the flows' own task runner: ``address`` None = their LocalCluster;
-    ``out`` None = the environment's output location."""
+def _map(address: str | None, out: Path | str | None, model: str, country: str = "DEMO",
+         tile_limit: int | None = TILE_LIMIT) -> dict:
+    """map-country with the flows' own task runner: ``address`` None = their LocalCluster; ``out`` None =
+    the environment's output location."""
     from flows._runner import task_runner
     from flows.map_country import map_country
 
     return map_country.with_options(task_runner=task_runner(address))(
-        country="DEMO", model=model, out_dir=None if out is None else str(out), tile_limit=TILE_LIMIT)
+        country=country, model=model, out_dir=None if out is None else str(out), tile_limit=tile_limit)
 
 
 def _cog_bytes(result: dict) -> dict[str, bytes]:
@@ -136,7 +137,7 @@ def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s
         client.run_on_scheduler(_task_stream)
         result = _map(address, None, checkpoint)
         ran = client.run_on_scheduler(_task_stream)
-        class_tiles = sorted(fs.glob("cropmap-runs/runs/DEMO/*/tiles/*.class.tif"))
+        class_tiles = sorted(fs.glob("cropmap-runs/runs/DEMO/*/tiles/*/*.class.tif"))
         stamps = {p: fs.info(p)["LastModified"] for p in class_tiles}
         again = _map(address, None, checkpoint)
     on = {}
@@ -150,8 +151,9 @@ def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s
     assert result["cogs"]["class"].startswith("s3://cropmap-runs/runs/DEMO/")
     remote = {k: storage.read_bytes(v) for k, v in sorted(result["cogs"].items())}
     assert remote == _cog_bytes(local_run)
-    run = result["cogs"]["class"].rsplit("/maps/", 1)[0]
-    for name in ("maps/DEMO.json", "maps/DEMO_quicklook.png", "maps/accuracy.json", "tiles/run.json"):
+    run, key = result["cogs"]["class"].rsplit("/maps/", 1)[0], result["key"]
+    for name in (f"maps/{key}/DEMO.json", f"maps/{key}/DEMO_quicklook.png", f"maps/{key}/accuracy.json",
+                 f"maps/{key}/DEMO_32754_class.tif", f"tiles/{key}/run.json"):
         assert storage.exists(f"{run}/{name}"), name
     cubes = storage.list_files(f"{run}/cubes", "*.zarr.complete")
     assert len(cubes) == TILE_LIMIT and len(class_tiles) == TILE_LIMIT
@@ -159,6 +161,28 @@ def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s
     assert all(r["cube"] == "skipped" and r["predict"] == "skipped" for r in again["tiles"]), again["tiles"]
     assert {p: fs.info(p)["LastModified"] for p in class_tiles} == stamps
     assert {k: storage.read_bytes(v) for k, v in sorted(again["cogs"].items())} == remote
+
+
+def test_two_zone_country_on_a_cluster_to_s3_gives_the_same_national_cogs(env, checkpoint, cluster,
+                                                                          two_zone_run, zone_configs):
+    """The country astride the UTM 54/55 border (tests/test_national.py), mapped by the flow on the
+    external scheduler + 2 workers into the S3 bucket: its national and zone COGs are byte-identical to
+    the same run's inline, local ones."""
+    from cropmap.io import storage
+
+    _, local = two_zone_run
+    address, _ = cluster
+    fs, _ = storage.filesystem("s3://cropmap-zones")
+    fs.mkdir("cropmap-zones")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))
+        result = _map(address, "s3://cropmap-zones/runs", checkpoint, country="DMZ", tile_limit=None)
+    assert result["cogs"]["class"].startswith("s3://cropmap-zones/runs/DMZ/")
+    for product in ("class", "confidence"):
+        assert storage.read_bytes(result["cogs"][product]) == Path(local.mosaic.cogs[product]).read_bytes(), product
+        for epsg, zone in local.zones.items():
+            remote = result["zones"][epsg][product]
+            assert storage.read_bytes(remote) == Path(zone.cogs[product]).read_bytes(), (epsg, product)
 
 
 def test_unwritable_output_location_fails_before_any_task(env, checkpoint):
@@ -237,7 +261,7 @@ def test_killed_map_country_flow_reruns_only_the_missing_tiles(env, checkpoint, 
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
-        while not (finished := sorted(out.glob("DEMO/*/tiles/*.class.tif"))):
+        while not (finished := sorted(out.glob("DEMO/*/tiles/*/*.class.tif"))):
             assert proc.poll() is None, (env / "killed.log").read_text()[-3000:]
             assert time.time() < deadline, "no tile finished in 600 s"
             time.sleep(0.05)
@@ -248,10 +272,10 @@ def test_killed_map_country_flow_reruns_only_the_missing_tiles(env, checkpoint, 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
-    at_kill = {p.name: p.stat().st_mtime_ns for p in out.glob("DEMO/*/tiles/*.tif")}
-    done_at_kill = {p.name.split(".")[0] for p in out.glob("DEMO/*/tiles/*.class.tif")}
+    at_kill = {p.name: p.stat().st_mtime_ns for p in out.glob("DEMO/*/tiles/*/*.tif")}
+    done_at_kill = {p.name.split(".")[0] for p in out.glob("DEMO/*/tiles/*/*.class.tif")}
     assert proc.returncode == -signal.SIGKILL
-    assert len(done_at_kill) < TILE_LIMIT and not list(out.glob("DEMO/*/maps/*.tif")), "killed too late"
+    assert len(done_at_kill) < TILE_LIMIT and not list(out.glob("DEMO/*/maps/*/*.tif")), "killed too late"
 
     result = _map(None, out, checkpoint)
     rows = {r["tile"]: r for r in result["tiles"]}
@@ -260,5 +284,5 @@ def test_killed_map_country_flow_reruns_only_the_missing_tiles(env, checkpoint, 
     assert all(r["cube"] == "skipped" for r in rows.values())  # cubes were complete before any prediction
     for name, stamp in at_kill.items():  # what the killed run finished is untouched
         if name.split(".")[0] in done_at_kill:
-            assert next(out.glob(f"DEMO/*/tiles/{name}")).stat().st_mtime_ns == stamp, name
+            assert next(out.glob(f"DEMO/*/tiles/*/{name}")).stat().st_mtime_ns == stamp, name
     assert _cog_bytes(result) == _cog_bytes(local_run)

@@ -71,7 +71,7 @@ def test_map_country_demo_deployment(prefect_env, worker, demo_model):
                    "--watch", "--watch-interval", "2", timeout=900)
     logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
     assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + logs[-4000:]
-    cog = next((home / "runs" / "DEMO").glob("*/maps/DEMO_class.tif"))
+    cog = next((home / "runs" / "DEMO").glob("*/maps/*/DEMO_class.tif"))
     from rio_cogeo.cogeo import cog_validate
 
     assert cog_validate(cog, strict=True)[0]
@@ -80,7 +80,7 @@ def test_map_country_demo_deployment(prefect_env, worker, demo_model):
     # tile_limit=2: the two northern tiles, one west (trained on) and one east (scored); the east
     # half's southern tile is not mapped
     assert accuracy["n"] == 128 * 128 and accuracy["n_unmapped"] == 128 * 128 and accuracy["oa"] > 0.5
-    tiles = sorted((cog.parents[1] / "tiles").glob("*.class.tif"))
+    tiles = sorted((cog.parents[2] / "tiles" / cog.parent.name).glob("*.class.tif"))
     assert len(tiles) == 2
     stamp = tiles[0].stat().st_mtime_ns
     again = _prefect(env, "deployment", "run", "map-country/map-country", *params,

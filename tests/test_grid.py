@@ -77,7 +77,9 @@ def test_geojson_aoi_and_empty_aois(tmp_path):
 def test_countries_from_natural_earth_span_zones_and_hemispheres():
     fra = tiles_for_aoi(load_country("FRA"))  # iso_a3 is -99 in Natural Earth: matched by name
     assert {32630, 32631, 32632} <= {t.grid.epsg for t in fra}  # mainland France over three zones
-    assert 32622 in {t.grid.epsg for t in fra}  # French Guiana belongs to the outline too
+    assert 32622 not in {t.grid.epsg for t in fra}  # French Guiana: part of the outline, mapped when asked
+    overseas = tiles_for_aoi(load_country("FRA"), parts=("metropolitan", "french-guiana"))
+    assert 32622 in {t.grid.epsg for t in overseas}
     bel = tiles_for_aoi(load_country("BEL"))
     assert {t.grid.epsg for t in bel} == {32631, 32632}
     # Belgium is ~30 700 km2: 10.24 km tiles cover it with a rim, not a bounding box

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,3 +200,39 @@ def test_tiles_of_two_runs_are_not_mixed(mosaic_run, tmp_path):
         dst.update_tags(cropmap_run_key="another-checkpoint")
     with pytest.raises(IncompatibleInputError, match="T1_3"):
         mosaic_tiles(tiles, tmp_path / "out")
+
+
+def test_cli_mosaic_of_tiles_in_two_zones_gives_zone_and_national_cogs(mosaic_run, tmp_path):
+    """One tile moved to the neighbouring UTM zone (EPSG:32754): per-zone COGs, and a national COG in --crs that
+    holds both zones' pixels (before, `cropmap mosaic` exited 2 on such a folder)."""
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    root, _, _ = mosaic_run
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for path in sorted((root / "tiles").glob("T0_*.*.tif")):
+        shutil.copy(path, folder / path.name)
+    for product in ("class", "confidence", "probability"):  # T0_0 to zone 54, a few km west of 144 E
+        src = folder / f"T0_0.{product}.tif"
+        with rasterio.open(src) as ds:
+            profile, data, tags, band_tags = ds.profile, ds.read(), ds.tags(), [ds.tags(b) for b in range(1, ds.count + 1)]
+            cmap = ds.colormap(1) if product == "class" else None
+        profile.update(crs="EPSG:32754", transform=rasterio.transform.from_origin(760_000, 5_900_000, 10, 10))
+        with rasterio.open(src, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**tags)
+            for b, t in enumerate(band_tags, 1):
+                dst.update_tags(b, **t)
+            if cmap:
+                dst.write_colormap(1, cmap)
+    run = CliRunner().invoke(app, ["mosaic", str(folder), "--out", str(tmp_path / "out"), "--name", "two",
+                                   "--crs", "EPSG:3577"])
+    assert run.exit_code == 0, run.output
+    assert "zone EPSG:32755" in run.output and "zone EPSG:32754" in run.output
+    national = tmp_path / "out" / "two_class.tif"
+    assert cog_validate(national, strict=True)[0]
+    with rasterio.open(national) as n, rasterio.open(folder / "T0_0.class.tif") as moved:
+        assert n.crs.to_epsg() == 3577
+        assert (n.read(1) != NODATA).sum() >= 0.9 * (len(list(folder.glob("*.class.tif"))) * moved.width * moved.height)

@@ -72,9 +72,12 @@ def tile_progress(total: int, stages: tuple[str, ...]) -> Iterator[Callable[[str
                TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         ids = {s: bar.add_task(s, total=total, last="") for s in stages}
+        seen: dict[str, set[str]] = {s: set() for s in stages}  # a tile cubed for training is not counted twice
 
         def update(stage: str, tile_id: str, status: str) -> None:
             if stage in ids:
-                bar.update(ids[stage], advance=1, last=f"{tile_id} {status}")
+                new = tile_id not in seen[stage]
+                seen[stage].add(tile_id)
+                bar.update(ids[stage], advance=int(new), total=max(total, len(seen[stage])), last=f"{tile_id} {status}")
 
         yield update

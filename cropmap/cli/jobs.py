@@ -15,36 +15,31 @@ from cropmap.cli.data import demo_app
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.executors import local_executor
 from cropmap.jobs.mapping import MapResult, map_country, train_country
+from cropmap.jobs.reports import map_lines, plan_table
 from cropmap.jobs.tiles import tile_annotations
 from cropmap.jobs.training import TrainingSettings
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 
 
 def _print_map(result: MapResult, started: float) -> None:
-    mosaic, acc = result.mosaic, result.accuracy
-    typer.echo(f"class map COG:      {mosaic.cogs['class']}")
-    typer.echo(f"confidence COG:     {mosaic.cogs.get('confidence')}")
-    typer.echo(f"STAC item:          {mosaic.stac_item}")
-    typer.echo(f"quicklook:          {mosaic.quicklook}")
-    typer.echo(f"model:              {result.model}")
-    typer.echo(f"tiles:              {result.tiles.describe()}")
-    if acc is not None:
-        typer.echo(f"accuracy report:    {result.accuracy_path}")
-        typer.echo(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+    for line in map_lines(result):
+        typer.echo(line)
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")
     if result.tiles.failures:
         for f in result.tiles.failures:
             typer.echo(f"{f.tile_id}: {f.stage} failed: {f.reason}", err=True)
         raise fail(f"{len(result.tiles.failed_tiles)} tile(s) failed; the map has holes there (rerun to retry them)")
+    if result.zone_failures:
+        raise fail("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))
 
 
 def _map(country: str, *, model: str | None, year: int | None, out: str | None, tile_limit: int | None,
-         threads: int, gpu_workers: bool | None) -> None:
+         threads: int, gpu_workers: bool | None, parts: list[str] | None = None) -> None:
     started = time.perf_counter()
     gpu = gpu_workers_enabled(gpu_workers)
-    run = resolve_run(country, year=year, out_dir=out)
+    run = resolve_run(country, year=year, out_dir=out, parts=parts)
     n = len(run.tiles(tile_limit=tile_limit))
-    typer.echo(f"{run.config.name} {run.year}: {n} tile(s), season {run.season.describe()}; outputs in {run.root}")
+    typer.echo(plan_table(run))
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor, \
             tile_progress(n, ("cube", "predict")) as progress:
         result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress)
@@ -64,10 +59,12 @@ def map_(
     threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
     gpu_workers: bool = typer.Option(None, "--gpu-workers/--no-gpu-workers",
                                      help="Inference only on workers with --resources GPU=1."),
+    parts: list[str] = typer.Option(None, "--part", help="Outline part to map (repeatable; default: the config's)."),
 ) -> None:
-    """Map a country with a model: cubes, predictions, COG mosaics, STAC item, quicklook (the map-country
-    job, locally)."""
-    _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers)
+    """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
+    (the map-country job, locally)."""
+    _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
+         parts=parts or None)
 
 
 @app.command("train")

@@ -20,6 +20,7 @@ from cropmap.jobs.executors import Outcome, local_executor, run_all
 from cropmap.jobs.tiles import cube_tile, predict_cubes, tile_annotations
 from cropmap.stages.cube import CubeOptions
 from cropmap.stages.mosaic import mosaic_tiles
+from cropmap.stages.national import national_mosaic, tiles_by_zone
 from cropmap.stages.predict import PredictOptions
 
 
@@ -113,9 +114,20 @@ def mosaic(
     out: str = typer.Option(..., "--out", help="Folder for the COGs, STAC item and quicklook."),
     name: str = typer.Option("cropmap", help="Product name: <name>_class.tif, <name>.json ..."),
     blocksize: int = typer.Option(512, help="COG block size in pixels (multiple of 16)."),
+    crs: str = typer.Option("EPSG:6933", help="CRS of the national COGs when the tiles lie in several UTM zones."),
 ) -> None:
-    """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG."""
-    result = mosaic_tiles(tiles, out, name=name, blocksize=blocksize)
+    """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG. Tiles of
+    several UTM zones give one mosaic per zone (<name>_<epsg>_*.tif) and the national COGs in --crs."""
+    zones = tiles_by_zone(tiles)
+    if len(zones) <= 1:
+        result = mosaic_tiles(tiles, out, name=name, blocksize=blocksize)
+    else:
+        per_zone = {e: mosaic_tiles(tiles, out, name=f"{name}_{e}", blocksize=blocksize, tile_ids=ids, quicklook=False)
+                    for e, ids in zones.items()}
+        for epsg, zone in per_zone.items():
+            typer.echo(f"zone EPSG:{epsg}: {zone.cogs['class']} ({len(zone.tile_ids)} tiles)")
+        result = national_mosaic({e: z.cogs for e, z in per_zone.items()}, out, name=name, crs=crs)
     for product, path in result.cogs.items():
         typer.echo(f"{product}: {path}")
-    typer.echo(f"STAC item: {result.stac_item}\nquicklook: {result.quicklook}\n{len(result.tile_ids)} tiles")
+    typer.echo(f"STAC item: {result.stac_item}\nquicklook: {result.quicklook}\n"
+               f"{sum(len(v) for v in zones.values())} tiles")

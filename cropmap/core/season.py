@@ -1,7 +1,10 @@
 """The season: which dates are composited, and on which bins.
 
-A :class:`Season` is stored in every cube and every checkpoint; training and inference refuse to mix
-different seasons (see :meth:`Season.require_same`).
+A :class:`Season` is stored in every cube and every checkpoint. A model applies to a cube whose season
+has the model's bin length and bin count and whose window is the model's window, or that window moved
+six months into the other hemisphere (the paper's offset), in any year: :meth:`Season.require_aligned`
+is that one rule, for the product and the experiments alike. Anything else is refused before any work,
+naming the season to build.
 """
 
 from __future__ import annotations
@@ -93,8 +96,34 @@ class Season(BaseModel):
         """Start date of each bin, ``datetime64[ns]`` (the ``time`` coordinate of a composite)."""
         return self.bin_edges(year)[:-1].astype("datetime64[ns]")
 
+    def in_hemisphere(self, hemisphere: Hemisphere) -> "Season":
+        """This season for ``hemisphere``: itself, or its window six months later in the other hemisphere
+        (the paper's offset: May-Nov in the north is Nov-May in the south)."""
+        if hemisphere == self.hemisphere:
+            return self
+        return Season(start=shift_months(self.start, 6), end=shift_months(self.end, 6), bin_days=self.bin_days,
+                      hemisphere=hemisphere)
+
+    def require_aligned(self, other: "Season", *, what: str) -> int:
+        """The months ``other`` (a cube's season) is offset from this one (a model's): 0 for the same
+        window, 6 for this window moved six months into the other hemisphere; any year either way.
+
+        Anything else (another bin length or bin count, a window that is neither) raises
+        :class:`IncompatibleInputError` naming the season to build.
+        """
+        if other == self:
+            return 0
+        if other.hemisphere != self.hemisphere and other == self.in_hemisphere(other.hemisphere):
+            return 6
+        build = self.in_hemisphere(other.hemisphere)
+        raise IncompatibleInputError(
+            f"{what}: season {other.describe()} does not fit the model's {self.describe()}; build the input "
+            f"with season {build.describe()}" + ("" if build == self else f" (the model's window six months later, "
+                                                  f"as the {other.hemisphere} takes it) or {self.describe()}")
+        )
+
     def require_same(self, other: "Season", *, what: str) -> None:
-        """Raise :class:`IncompatibleInputError` unless ``other`` is this season."""
+        """Raise :class:`IncompatibleInputError` unless ``other`` is this season exactly (training sets)."""
         if self != other:
             raise IncompatibleInputError(
                 f"{what}: season {other.describe()} differs from the expected {self.describe()}; "

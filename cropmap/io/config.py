@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import pyproj
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, UnknownCountryError
 from cropmap.settings import get_settings
 
-__all__ = ["CatalogConfig", "OutlineConfig", "CountryConfig", "load_country", "known_countries", "configs_folder",
+__all__ = ["CatalogConfig", "OutlinePart", "OutlineConfig", "ScenarioRef", "CountryConfig", "load_country", "known_countries", "configs_folder",
            "DEFAULT_CONFIGS_DIR", "EARTH_SEARCH"]
 
 #: ``configs/countries`` of the checkout.
@@ -52,14 +60,49 @@ class CatalogConfig(BaseModel):
         return self
 
 
+class OutlinePart(BaseModel):
+    """A named part of an outline: the outline clipped to ``bbox`` (lon/lat degrees), or its ``largest``
+    polygon. ``default`` parts are mapped unless a run names its parts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    bbox: tuple[float, float, float, float] | None = None
+    largest: bool = False
+    default: bool = True
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "OutlinePart":
+        if (self.bbox is not None) == self.largest:
+            raise ValueError(f"outline part {self.name!r} needs exactly one of bbox or largest: true")
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+                raise ValueError(f"part {self.name!r}: bbox must be west < east, south < north, got {self.bbox}")
+        return self
+
+
 class OutlineConfig(BaseModel):
-    """The area outline: exactly one of a Natural Earth country name, a GeoJSON file, a lon/lat bbox."""
+    """The area outline: exactly one of a Natural Earth country name, a GeoJSON file, a lon/lat bbox; and
+    optionally its named ``parts`` (France: metropolitan by default, overseas parts when asked)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     natural_earth: str | None = None  # the ``name`` column (France carries iso_a3 -99: names always work)
     geojson: Path | None = None
     bbox: tuple[float, float, float, float] | None = None  # west, south, east, north (degrees)
+    parts: tuple[OutlinePart, ...] = ()
+
+    def selected_parts(self, names: tuple[str, ...] | None = None) -> tuple[OutlinePart, ...]:
+        """The parts a run maps: those named (all must exist), else the default ones."""
+        if names is None:
+            return tuple(p for p in self.parts if p.default)
+        known = {p.name: p for p in self.parts}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"unknown outline part(s) {', '.join(unknown)}; this outline has "
+                              f"{', '.join(known) or 'no named parts'}")
+        return tuple(known[n] for n in names)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "OutlineConfig":
@@ -70,7 +113,18 @@ class OutlineConfig(BaseModel):
             w, s, e, n = self.bbox
             if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
                 raise ValueError(f"bbox must be west < east, south < north in degrees, got {self.bbox}")
+        if len({p.name for p in self.parts}) != len(self.parts):
+            raise ValueError("outline part names must be unique")
         return self
+
+
+class ScenarioRef(BaseModel):
+    """A scenario a config belongs to (:mod:`cropmap.scenarios`) and the options it is prepared with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class CountryConfig(BaseModel):
@@ -86,9 +140,34 @@ class CountryConfig(BaseModel):
     year: int = Field(ge=2015, le=2100)  # the season year: the calendar year in which the window starts
     catalog: CatalogConfig = CatalogConfig()
     tile_size: int = Field(1024, ge=64, le=8192)  # pixels (10 m) per tile side
+    # the CRS of the national products: equal-area, so that pixel counts are areas (EPSG:6933, the global
+    # EASE-Grid 2.0 cylindrical equal-area, unless a national equal-area CRS is better: LAEA Europe 3035,
+    # CONUS Albers 5070, Australian Albers 3577)
+    output_crs: str = "EPSG:6933"
     # a prepared case this config belongs to (cropmap.scenarios: "demo" builds the offline DEMO catalog
     # and supplies its reference labels, training and scoring areas); real countries have none
-    scenario: str | None = None
+    scenario: ScenarioRef | None = None
+
+    @field_validator("scenario", mode="before")
+    @classmethod
+    def _scenario_by_name(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("output_crs")
+    @classmethod
+    def _projected_crs(cls, value: str) -> str:
+        try:
+            crs = pyproj.CRS.from_user_input(value)
+        except pyproj.exceptions.CRSError as err:
+            raise ValueError(f"output_crs {value!r} is not a CRS: {err}") from err
+        if not crs.is_projected:
+            raise ValueError(f"output_crs {value!r} is not a projected CRS in metres")
+        return value
+
+    def season_for(self, hemisphere: Literal["north", "south"]) -> Season:
+        """The season of a part of the country in ``hemisphere``: the config's, or six months later in
+        the other hemisphere (:meth:`cropmap.core.season.Season.in_hemisphere`)."""
+        return self.season.in_hemisphere(hemisphere)
 
     @model_validator(mode="after")
     def _season_matches_hemisphere(self) -> "CountryConfig":

@@ -8,31 +8,39 @@ The tiling itself is :func:`cropmap.core.grid.tiles_for_geometry`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyogrio
+import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
 from cropmap.core.grid import Tile, tiles_for_geometry
+from cropmap.core.season import Season
 from cropmap.errors import ConfigError, EmptyAOIError
 from cropmap.io.config import CountryConfig, OutlineConfig
 from cropmap.io.data import data_file
 
-__all__ = ["load_aoi", "tiles_for_aoi", "NATURAL_EARTH"]
+__all__ = ["load_aoi", "outline_parts", "part_plans", "PartPlan", "tiles_for_aoi", "NATURAL_EARTH"]
 
 #: Relative path (under the data folder) of the offline country outlines.
 NATURAL_EARTH = "naturalearth_lowres/naturalearth_lowres.shp"
 
 
-def load_aoi(aoi: CountryConfig | OutlineConfig | str | Path | tuple | BaseGeometry) -> BaseGeometry:
+def load_aoi(aoi: CountryConfig | OutlineConfig | str | Path | tuple | BaseGeometry, *,
+             parts: tuple[str, ...] | None = None) -> BaseGeometry:
     """The AOI as a lon/lat (EPSG:4326) shapely geometry.
 
     Accepts a country config, an outline config, a GeoJSON path (FeatureCollection, Feature or
-    geometry; features are unioned), a ``(west, south, east, north)`` bbox or a shapely geometry.
+    geometry; features are unioned), a ``(west, south, east, north)`` bbox or a shapely geometry. An
+    outline with named parts gives the union of the selected ones (:func:`outline_parts`).
     """
     if isinstance(aoi, CountryConfig):
         aoi = aoi.outline
+    if isinstance(aoi, OutlineConfig) and aoi.parts:
+        return shapely.union_all([g for _, g in outline_parts(aoi, parts)])
     if isinstance(aoi, BaseGeometry):
         geom = aoi
     elif isinstance(aoi, OutlineConfig):
@@ -79,19 +87,74 @@ def _read_geojson(path: Path) -> BaseGeometry:
     return shapely.union_all(geoms)
 
 
+def outline_parts(outline: OutlineConfig, names: tuple[str, ...] | None = None) -> list[tuple[str, BaseGeometry]]:
+    """``(name, lon/lat geometry)`` of each selected part (:meth:`OutlineConfig.selected_parts`): the
+    outline clipped to the part's bbox, or its largest polygon (by area on an equal-area grid). An
+    outline without parts is one part, ``"all"``."""
+    whole = load_aoi(outline.model_copy(update={"parts": ()}))
+    if not outline.parts:
+        return [("all", whole)]
+    out = []
+    for part in outline.selected_parts(names):
+        if part.largest:
+            polygons = list(getattr(whole, "geoms", [whole]))
+            geom = max(polygons, key=lambda g: shapely.transform(g, _TO_EQUAL_AREA).area)
+        else:
+            geom = shapely.intersection(whole, shapely.box(*part.bbox))
+        if geom.is_empty or geom.area == 0:
+            raise EmptyAOIError(f"outline part {part.name!r} is empty: its bbox {part.bbox} misses the outline")
+        out.append((part.name, geom))
+    if not out:
+        raise EmptyAOIError("no outline part selected: name the parts to map")
+    return out
+
+
+def _TO_EQUAL_AREA(xy: np.ndarray) -> np.ndarray:
+    x, y = _EQUAL_AREA.transform(xy[:, 0], xy[:, 1])
+    return np.column_stack([x, y])
+
+
+_EQUAL_AREA = pyproj.Transformer.from_crs(4326, 6933, always_xy=True)
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    """One line of a run's plan: an outline part's side of the equator, its tiles and its season."""
+
+    part: str
+    hemisphere: str
+    tiles: int
+    season: Season
+
+
+def part_plans(config: CountryConfig, parts: tuple[str, ...] | None = None) -> list[PartPlan]:
+    """Per selected part and hemisphere (a part crossing the equator is cut there): the tile count and
+    the season (:meth:`CountryConfig.season_for`)."""
+    plans = []
+    for name, geom in outline_parts(config.outline, parts):
+        for hemisphere, box in (("north", shapely.box(-180, 0, 180, 90)), ("south", shapely.box(-180, -90, 180, 0))):
+            side = shapely.intersection(geom, box)
+            if side.is_empty or side.area == 0:
+                continue
+            n = len([t for t in tiles_for_geometry(side, tile_size=config.tile_size)
+                     if (t.grid.epsg // 100 == 327) == (hemisphere == "south")])
+            plans.append(PartPlan(name, hemisphere, n, config.season_for(hemisphere)))
+    return plans
+
 
 def tiles_for_aoi(
     aoi: CountryConfig | OutlineConfig | str | Path | tuple | BaseGeometry,
     *,
     tile_size: int | None = None,
     resolution: float = 10.0,
+    parts: tuple[str, ...] | None = None,
 ) -> list[Tile]:
-    """Tiles (sorted by EPSG, row, col) that intersect the AOI (:func:`load_aoi`), on each touched
-    zone's grid (:func:`cropmap.core.grid.tiles_for_geometry`).
+    """Tiles (sorted by EPSG, row, col) that intersect the AOI (:func:`load_aoi`, ``parts`` of its
+    outline), on each touched zone's grid (:func:`cropmap.core.grid.tiles_for_geometry`).
 
     ``tile_size`` defaults to the country config's ``tile_size`` (else 1024 pixels). Only planning:
     no raster is read. An AOI that intersects no tile raises :class:`EmptyAOIError`.
     """
     if tile_size is None:
         tile_size = aoi.tile_size if isinstance(aoi, CountryConfig) else 1024
-    return tiles_for_geometry(load_aoi(aoi), tile_size=tile_size, resolution=resolution)
+    return tiles_for_geometry(load_aoi(aoi, parts=parts), tile_size=tile_size, resolution=resolution)

@@ -25,13 +25,13 @@ from cropmap.core.grid import Tile, tile_from_id
 from cropmap.core.season import Season
 from cropmap.io import storage
 from cropmap.io.config import CountryConfig
-from cropmap.io.outlines import tiles_for_aoi
+from cropmap.io.outlines import PartPlan, part_plans, tiles_for_aoi
 from cropmap.jobs.training import TrainingSettings
 from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeOptions
 from cropmap.stages.predict import PredictOptions
 
-__all__ = ["Scenario", "CountryRun", "resolve_country_run", "output_root", "Bounds"]
+__all__ = ["Scenario", "CountryRun", "resolve_country_run", "output_root", "hemisphere_of", "Bounds"]
 
 #: ``(left, bottom, right, top)`` in metres of the tiles' CRS.
 Bounds = tuple[float, float, float, float]
@@ -48,6 +48,7 @@ class Scenario(BaseModel):
     legend: str | None = None  # configs/legends YAML mapping the reference's classes
     train_bounds: Bounds | None = None  # the part of the reference used for training
     score_bounds: Bounds | None = None  # the part held back, to score the map against
+    bounds_crs: str | None = None  # the CRS of both bounds (default: the reference map's)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
 
@@ -55,7 +56,8 @@ class CountryRun(BaseModel):
     """One resolved run of one country (frozen, small, picklable: what every task receives).
 
     ``root`` is the run folder (``<output root>/<code>/<key>``); the stages' outputs lie in
-    :attr:`cube_dir`, :attr:`tile_dir`, :attr:`map_dir`, :attr:`model_dir` and :attr:`training_dir`.
+    :attr:`cube_dir`, :meth:`tile_dir` and :meth:`map_dir` (one folder per model: the predictions' key,
+    so that the tiles of two models never mix), :attr:`model_dir` and :attr:`training_dir`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -66,6 +68,7 @@ class CountryRun(BaseModel):
     cube: CubeOptions = Field(default_factory=CubeOptions)
     predict: PredictOptions = Field(default_factory=PredictOptions)
     scenario: Scenario | None = None
+    parts: tuple[str, ...] | None = None  # the outline parts mapped (None: the config's default ones)
     cube_root: str | None = None  # cubes elsewhere than <root>/cubes (the `cropmap cube --out` folder)
 
     @property
@@ -84,13 +87,13 @@ class CountryRun(BaseModel):
     def cube_dir(self) -> storage.Location:
         return storage.as_location(self.cube_root) if self.cube_root else storage.join(self.root, "cubes")
 
-    @property
-    def tile_dir(self) -> storage.Location:
-        return storage.join(self.root, "tiles")
+    def tile_dir(self, prediction_key: str) -> storage.Location:
+        """The tile predictions of one model and options (:func:`cropmap.stages.predict.run_key`)."""
+        return storage.join(self.root, "tiles", prediction_key)
 
-    @property
-    def map_dir(self) -> storage.Location:
-        return storage.join(self.root, "maps")
+    def map_dir(self, prediction_key: str) -> storage.Location:
+        """The mosaics (per zone and national) of one model and options."""
+        return storage.join(self.root, "maps", prediction_key)
 
     @property
     def model_dir(self) -> storage.Location:
@@ -100,23 +103,48 @@ class CountryRun(BaseModel):
     def training_dir(self) -> storage.Location:
         return storage.join(self.root, "training")
 
-    def tiles(self, *, tile_limit: int | None = None, bounds: Bounds | None = None,
+    def tiles(self, *, tile_limit: int | None = None, bounds: Bounds | None = None, bounds_crs: str | None = None,
               reference: storage.Location | None = None) -> list[str]:
-        """Ids of the run's tiles (sorted), optionally only those intersecting ``bounds`` (metres, the
-        tiles' CRS) or the extent of the raster ``reference``, and at most ``tile_limit`` of them."""
-        tiles = tiles_for_aoi(self.config)
+        """Ids of the run's tiles (sorted by zone, row, col), optionally only those intersecting ``bounds``
+        (in ``bounds_crs``; default the tiles' own CRS) or the extent of the raster ``reference``, and at
+        most ``tile_limit`` of them."""
+        tiles = tiles_for_aoi(self.config, parts=self.parts)
         if reference is not None:
             with storage.open_raster(reference) as ds:
-                crs, extent = ds.crs, tuple(ds.bounds)
-            boxes = {e: transform_bounds(crs, f"EPSG:{e}", *extent) for e in {t.grid.epsg for t in tiles}}
-            tiles = [t for t in tiles if _overlaps(t.bounds, boxes[t.grid.epsg])]
+                tiles = _within(tiles, tuple(ds.bounds), ds.crs)
         if bounds is not None:
-            tiles = [t for t in tiles if _overlaps(t.bounds, bounds)]
+            tiles = _within(tiles, bounds, bounds_crs)
         return [t.id for t in tiles][:tile_limit]
+
+    def parts_plan(self) -> list[PartPlan]:
+        """Part, hemisphere, tiles and season of every selected outline part (what a run prints first)."""
+        return part_plans(self.config, self.parts)
 
     @staticmethod
     def tile(tile_id: str) -> Tile:
         return tile_from_id(tile_id)
+
+    def season_of(self, tile: Tile | str) -> Season:
+        """The season of a tile: the config's for its hemisphere (UTM north 326zz / south 327zz), six
+        months later on the other side of the equator (:meth:`CountryConfig.season_for`)."""
+        tile = tile_from_id(tile) if isinstance(tile, str) else tile
+        return self.config.season_for(hemisphere_of(tile))
+
+    def seasons(self, tile_ids: Sequence[str]) -> dict[str, Season]:
+        """``{hemisphere: season}`` of the hemispheres the tiles lie in."""
+        return {h: self.config.season_for(h) for h in sorted({hemisphere_of(tile_from_id(t)) for t in tile_ids})}
+
+
+def hemisphere_of(tile: Tile) -> str:
+    """"south" for a tile on a southern UTM grid (EPSG 327zz), else "north"."""
+    return "south" if 32701 <= tile.grid.epsg <= 32760 else "north"
+
+
+def _within(tiles: list[Tile], bounds: Sequence[float], crs) -> list[Tile]:
+    boxes: dict[int, Sequence[float]] = {}
+    for e in {t.grid.epsg for t in tiles}:
+        boxes[e] = bounds if crs is None else transform_bounds(crs, f"EPSG:{e}", *bounds, densify_pts=21)
+    return [t for t in tiles if _overlaps(t.bounds, boxes[t.grid.epsg])]
 
 
 def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -139,11 +167,15 @@ def _plain(options: CubeOptions) -> dict:
 
 def resolve_country_run(config: CountryConfig, *, out_root: storage.Location, scenario: Scenario | None = None,
                         cube: CubeOptions = CubeOptions(), predict: PredictOptions = PredictOptions(),
-                        cube_dir: storage.Location | None = None) -> CountryRun:
-    """The :class:`CountryRun` of ``config`` under ``out_root`` (checked writable by :func:`output_root`)."""
+                        cube_dir: storage.Location | None = None, parts: Sequence[str] | None = None) -> CountryRun:
+    """The :class:`CountryRun` of ``config`` under ``out_root`` (checked writable by :func:`output_root`);
+    ``parts`` names the outline parts to map (default: the config's default parts)."""
+    selected = None if parts is None else tuple(p.name for p in config.outline.selected_parts(tuple(parts)))
+    # the parts choose tiles, not what a tile holds: runs of other parts share the run folder (and
+    # every finished tile), and each run's mosaics take the tiles of its own plan
     key = run_key(config, cube)
     return CountryRun(config=config, root=str(storage.join(out_root, config.code, key)), key=key, cube=cube,
-                      predict=predict, scenario=scenario,
+                      predict=predict, scenario=scenario, parts=selected,
                       cube_root=None if cube_dir is None else str(storage.as_location(cube_dir)))
 
 

@@ -22,7 +22,8 @@ from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
-from cropmap.jobs.tiles import check_model_fits, mosaic_run
+from cropmap.jobs.tiles import (check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone, prediction_key,
+                                zones_of)
 from cropmap.jobs.training import (
     CheckpointResult,
     TrainingSetResult,
@@ -46,12 +47,19 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class MapResult:
+    """What :func:`map_country` made: the national mosaic, one mosaic per UTM zone, the zones that
+    failed (EPSG -> reason; their tiles are missing from the national map), the tiles' summary."""
+
     model: str
-    mosaic: MosaicResult
+    key: str  # the predictions' key: tiles and maps lie in <run>/tiles/<key>/ and <run>/maps/<key>/
+    mosaic: MosaicResult | None
+    zones: dict[int, MosaicResult]
     tiles: TileSummary
+    zone_failures: dict[int, str] = field(default_factory=dict)
+    season_offsets: dict[str, int] = field(default_factory=dict)  # hemisphere -> months from the model's
     accuracy: dict | None = None
     accuracy_path: str | None = None
-    training: TrainResult | None = field(default=None)
+    training: TrainResult | None = None
 
 
 def _run(executor: Executor, fn, *args, **kwargs):
@@ -76,7 +84,9 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
         bounds = bounds if bounds is not None else scenario.train_bounds
     if settings is None:
         settings = scenario.training if scenario is not None else TrainingSettings()
-    tile_ids = run.tiles(bounds=bounds) if bounds is not None else run.tiles(reference=reference)
+    bounds_crs = scenario.bounds_crs if scenario is not None and bounds == scenario.train_bounds else None
+    tile_ids = (run.tiles(bounds=bounds, bounds_crs=bounds_crs) if bounds is not None
+                else run.tiles(reference=reference))
     tiles = run_tiles(executor, run, tile_ids, progress=progress)
     if tiles.failures:  # a sample set from part of the labels would train a different model, silently
         first = tiles.failures[0]
@@ -92,15 +102,27 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     return TrainResult(checkpoint, samples, tiles)
 
 
-def score_run(run: CountryRun, class_map: storage.Location) -> tuple[dict, str]:
-    """Score the class map on the scenario's held-back area; writes ``<map dir>/accuracy.json``."""
+def score_run(run: CountryRun, key: str, class_maps: list[str]) -> tuple[dict, str]:
+    """Score the first class map of ``class_maps`` on the reference's grid (a zone COG in the reference's
+    CRS needs no warping, so list it first) on the scenario's held-back area; writes ``accuracy.json``
+    beside the maps."""
     scenario = run.scenario
     assert scenario is not None and scenario.score_bounds is not None
-    result = score_class_map(class_map, scenario.reference, bounds=scenario.score_bounds,
-                             legend_path=scenario.legend)
-    path = storage.join(run.map_dir, "accuracy.json")
+    result = score_class_map(class_maps[0], scenario.reference, bounds=scenario.score_bounds,
+                             legend_path=scenario.legend, warp=True)
+    path = storage.join(run.map_dir(key), "accuracy.json")
     storage.write_text(path, json.dumps(result, indent=1))
     return result, str(path)
+
+
+def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: MosaicResult | None) -> list[str]:
+    """The map a scenario is scored on: the one zone's COG when the country is one zone on the reference's
+    grid (no resampling at all), else the national map (read onto the reference's grid)."""
+    with storage.open_raster(run.scenario.reference) as ref:
+        epsg = ref.crs.to_epsg()
+    if len(zones) == 1 and next(iter(zones)) == epsg:
+        return [str(zones[epsg].cogs["class"])]
+    return [str(national.cogs["class"])] if national is not None else [str(z.cogs["class"]) for z in zones.values()]
 
 
 def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
@@ -108,8 +130,11 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     """Map the run's country with the checkpoint ``model`` (a path or URL); see the module docstring.
 
     Without ``model``, a run whose scenario supplies training labels trains one first
-    (:func:`train_country`); any other run needs one. A checkpoint that does not fit the run (bands,
-    season, bins) is refused before any tile is computed.
+    (:func:`train_country`); any other run needs one. Before any tile is computed: the checkpoint is
+    checked against each hemisphere's season of the plan (the model's window, or its six-month offset),
+    and the plan's finished tiles against the model. Then per UTM zone a mosaic, and the national mosaic
+    of the zones in the country's output CRS. A zone that fails does not stop the others: it is in
+    :attr:`MapResult.zone_failures` and its tiles are missing from the national map.
     """
     training = None
     if model is None:
@@ -118,14 +143,33 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
                               "elsewhere: `cropmap train` or the train-model flow)")
         training = train_country(run, executor, progress=progress)
         model = training.checkpoint.path
-    check_model_fits(run, model)
     tile_ids = run.tiles(tile_limit=tile_limit)
-    write_run_file(model, run.tile_dir, options=run.predict,
+    offsets = check_model_fits(run, model, tile_ids)
+    key = prediction_key(run, model)
+    check_existing_tiles(run, key, tile_ids, model)
+    write_run_file(model, run.tile_dir(key), options=run.predict,
                    cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])
     tiles = run_tiles(executor, run, tile_ids, model=model, progress=progress)
-    mosaic = _run(executor, mosaic_run, run)
+    predicted = [t for t in tile_ids if tiles.status.get(t, {}).get("predict") in ("done", "skipped")]
+    if not predicted:
+        first = tiles.failures[0] if tiles.failures else None
+        raise CubeBuildError(f"no tile of {run.code} was predicted" + (
+            f"; the first failure, {first.tile_id} ({first.stage}): {first.reason}" if first else ""))
+    zones, failures = {}, {}
+    handles = {executor.submit(mosaic_zone, run, key, epsg, ids): epsg for epsg, ids in zones_of(predicted).items()}
+    while handles:  # the zones' mosaics run side by side
+        for handle in executor.wait_any(list(handles)):
+            epsg = handles.pop(handle)
+            try:
+                zones[epsg] = executor.result(handle)
+            except Exception as err:  # noqa: BLE001 - one zone must not stop the others' products
+                failures[epsg] = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+    zones = dict(sorted(zones.items()))
+    national = None
+    if zones:
+        national = _run(executor, mosaic_country, run, key,
+                        {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()})
     accuracy = accuracy_path = None
-    if run.scenario is not None and run.scenario.score_bounds is not None:
-        accuracy, accuracy_path = _run(executor, score_run, run, mosaic.cogs["class"])
-    return MapResult(str(model), mosaic, tiles, accuracy, accuracy_path, training)
-
+    if run.scenario is not None and run.scenario.score_bounds is not None and (zones or national):
+        accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national))
+    return MapResult(str(model), key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training)

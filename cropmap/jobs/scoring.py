@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
-from rasterio.windows import from_bounds
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window, from_bounds
 
 from cropmap.core.harmonise import load_legend
 from cropmap.errors import IncompatibleInputError
@@ -25,17 +28,20 @@ def _class_names(ds) -> dict[int, str]:
 
 def score_class_map(class_map: storage.Location, reference: storage.Location, *,
                     bounds: tuple[float, float, float, float] | None = None,
-                    legend_path: str | Path | None = None) -> dict:
+                    legend_path: str | Path | None = None, warp: bool = False) -> dict:
     """OA, macro-F1, kappa, per-class F1 and confusion of a class map against a reference map.
 
-    Both rasters (files or URLs) must share CRS and pixel size. ``bounds`` (metres) limits the
+    Both rasters (files or URLs) must share CRS and pixel size, unless ``warp``: then the map is read
+    onto the reference's grid with nearest-neighbour resampling (GDAL's warper), e.g. a national map
+    in an equal-area CRS against a UTM reference. ``bounds`` (metres, the reference's CRS) limits the
     comparison, e.g. to the part kept out of training. Reference classes are named by their
     ``class_<value>`` tags and mapped by the legend (default: same names); the map's by its
     ``class_names`` tag. Pixels that are nodata in either are left out (``n_unmapped`` counts reference
     pixels the map left as nodata).
     """
     legend = load_legend(legend_path) if legend_path is not None else None
-    with storage.open_raster(reference) as ref, storage.open_raster(class_map) as cm:
+    with storage.open_raster(reference) as ref, storage.open_raster(class_map) as src, \
+            _on_grid_of(src, ref, warp) as cm:
         if ref.crs != cm.crs or not np.allclose(ref.res, cm.res):
             raise IncompatibleInputError(f"{class_map} ({cm.crs}, {cm.res} m) and the reference {reference} "
                                          f"({ref.crs}, {ref.res} m) differ in CRS or pixel size; warp one first")
@@ -45,8 +51,8 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
         left, top = ref.window_transform(window) * (0, 0)
         pred_window = from_bounds(left, top - truth.shape[0] * ref.res[1], left + truth.shape[1] * ref.res[0], top,
                                   cm.transform).round_offsets().round_lengths()
-        pred = cm.read(1, window=pred_window, boundless=True, fill_value=255)
-        ref_names, map_names, ref_nodata = _class_names(ref), _class_names(cm), ref.nodata
+        pred = _read_padded(cm, pred_window)
+        ref_names, map_names, ref_nodata = _class_names(ref), _class_names(src), ref.nodata
     index = {n: i for i, n in map_names.items()}
     lookup = np.full(256, -1, dtype=np.int64)
     for value, name in ref_names.items():
@@ -62,3 +68,29 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     out["n_unmapped"] = int((has_truth & (pred == 255)).sum())
     out["bounds"] = [float(v) for v in box]
     return out
+
+
+@contextlib.contextmanager
+def _on_grid_of(src, ref, warp: bool):
+    if not warp or (src.crs == ref.crs and np.allclose(src.res, ref.res)):
+        yield src
+        return
+    with WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width, height=ref.height,
+                   resampling=Resampling.nearest, nodata=255) as vrt:
+        yield vrt
+
+
+def _read_padded(ds, window: Window) -> np.ndarray:
+    """Band 1 in ``window``, 255 where the window lies outside the raster (a boundless read, which
+    warped datasets do not allow)."""
+    out = np.full((int(window.height), int(window.width)), 255, dtype=np.uint8)
+    inner = window.intersection(Window(0, 0, ds.width, ds.height)) if _overlap(window, ds) else None
+    if inner is not None:
+        r0, c0 = int(inner.row_off - window.row_off), int(inner.col_off - window.col_off)
+        out[r0:r0 + int(inner.height), c0:c0 + int(inner.width)] = ds.read(1, window=inner)
+    return out
+
+
+def _overlap(window: Window, ds) -> bool:
+    return (window.col_off < ds.width and window.row_off < ds.height and window.col_off + window.width > 0
+            and window.row_off + window.height > 0)

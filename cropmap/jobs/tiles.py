@@ -6,7 +6,8 @@
   (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped;
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
   (every cube checked first, then one call per cube through an executor: the CLI's ``predict``);
-- :func:`mosaic_run`: the run's tiles -> COG mosaics, STAC item, quicklook.
+- :func:`mosaic_zone`: one UTM zone's tiles -> its COGs; :func:`mosaic_country`: the zones' COGs -> the
+  national COGs in the country's output CRS, STAC item, quicklook.
 
 :func:`check_model_fits` and :func:`check_cubes_fit` refuse a checkpoint whose bands, season or bins do
 not match, before any tile is computed.
@@ -14,9 +15,12 @@ not match, before any tile is computed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cropmap.core.grid import tile_from_id
 from cropmap.errors import IncompatibleInputError
 from cropmap.io import storage
 from cropmap.io.stac import search_items, season_search_window
@@ -25,18 +29,20 @@ from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor, InlineExecutor, Outcome, run_all
 from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
+from cropmap.stages.national import national_mosaic
 from cropmap.stages.predict import (
     PredictOptions,
     TileResult,
     check_cube,
     load_model,
     open_cube,
+    run_key,
     write_run_file,
 )
 from cropmap.stages.predict import predict_tile as predict_tile_cube
 
-__all__ = ["cube_tile", "predict_tile", "predict_cube", "predict_cubes", "mosaic_run", "check_model_fits", "check_cubes_fit",
-           "tile_annotations"]
+__all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
+           "mosaic_country", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
 def cube_tile(run: CountryRun, tile_id: str, *, overwrite: bool = False) -> CubeResult:
@@ -45,16 +51,21 @@ def cube_tile(run: CountryRun, tile_id: str, *, overwrite: bool = False) -> Cube
     target = cube_path(run.cube_dir, tile)
     if storage.is_complete(target) and not overwrite:
         return CubeResult(tile.id, target, "skipped", "already complete")
-    catalog = run.config.catalog
-    start, end = season_search_window(run.season, run.year, catalog.margin_days)
+    catalog, season = run.config.catalog, run.season_of(tile)
+    start, end = season_search_window(season, run.year, catalog.margin_days)
     items = search_items(catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
-    return build_tile_cube(tile, items, run.season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
+    return build_tile_cube(tile, items, season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
+
+
+def prediction_key(run: CountryRun, model: storage.Location) -> str:
+    """The key of the run's predictions with ``model`` (checkpoint bytes and output options)."""
+    return run_key(model, run.predict)
 
 
 def predict_tile(run: CountryRun, model: storage.Location, tile_id: str, *, force: bool = False) -> TileResult:
-    """Predict one tile of the run from its cube into ``run.tile_dir``."""
-    return predict_tile_cube(model, cube_path(run.cube_dir, run.tile(tile_id)), run.tile_dir, options=run.predict,
-                             force=force)
+    """Predict one tile of the run from its cube into ``run.tile_dir(key)``."""
+    out = run.tile_dir(prediction_key(run, model))
+    return predict_tile_cube(model, cube_path(run.cube_dir, run.tile(tile_id)), out, options=run.predict, force=force)
 
 
 def predict_cube(model: storage.Location, cube: storage.Location, out_dir: storage.Location, *,
@@ -75,16 +86,58 @@ def predict_cubes(model: storage.Location, cubes: Sequence[storage.Location], ou
     return run_all(executor or InlineExecutor(), predict_cube, calls)
 
 
-def mosaic_run(run: CountryRun) -> MosaicResult:
-    """The run's tile predictions -> ``<map dir>/<code>_{class,confidence}.tif``, STAC item, quicklook."""
-    return mosaic_tiles(run.tile_dir, run.map_dir, name=run.code)
+def zones_of(tile_ids: Sequence[str]) -> dict[int, list[str]]:
+    """The tiles of each UTM grid (EPSG code), in order."""
+    zones: dict[int, list[str]] = {}
+    for t in tile_ids:
+        zones.setdefault(tile_from_id(t).grid.epsg, []).append(t)
+    return dict(sorted(zones.items()))
 
 
-def check_model_fits(run: CountryRun, model: storage.Location) -> None:
-    """Raise :class:`IncompatibleInputError` unless the checkpoint takes the cubes this run builds (bands,
-    season, bins), from the plan alone: nothing is computed or read but the checkpoint."""
-    load_model(model).check_compatible(bands=list(run.cube.bands), season=run.season, n_bins=run.season.n_bins,
-                                       what=f"{run.code} {run.year} (cubes of this run)")
+def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: Sequence[str]) -> MosaicResult:
+    """One UTM zone's tiles -> ``<code>_<epsg>_{class,confidence}.tif`` + STAC item on the zone's grid."""
+    return mosaic_tiles(run.tile_dir(key), run.map_dir(key), name=f"{run.code}_{epsg}", tile_ids=tile_ids,
+                        quicklook=False)
+
+
+def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) -> MosaicResult:
+    """The zones' COGs -> ``<code>_{class,confidence}.tif`` in the country's output CRS, STAC item and
+    quicklook (:func:`cropmap.stages.national.national_mosaic`)."""
+    return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs)
+
+
+def check_existing_tiles(run: CountryRun, key: str, tile_ids: Sequence[str], model: storage.Location) -> int:
+    """Refuse, before any compute, a finished tile of the plan that another model or options wrote (its
+    run key) or that names other classes: a mosaic would otherwise fail at the last step, or mix them.
+    Returns how many of the plan's tiles are already there (a rerun skips them)."""
+    folder = run.tile_dir(key)
+    wanted = set(tile_ids)
+    found = [p for p in storage.list_files(folder, "*.class.tif") if storage.basename(p).split(".")[0] in wanted]
+    classes = json.dumps(list(load_model(model).class_names))
+
+    def tags_of(path: storage.Location) -> tuple[str, dict]:
+        with storage.open_raster(path) as ds:
+            return storage.basename(path).split(".")[0], ds.tags()
+
+    with ThreadPoolExecutor(8) as pool:  # header reads only; in an object store, one request each
+        for tile_id, tags in pool.map(tags_of, found):
+            if tags.get("cropmap_run_key") != key or tags.get("class_names") != classes:
+                raise IncompatibleInputError(
+                    f"tile {tile_id} in {folder} does not fit this run: run key {tags.get('cropmap_run_key')} "
+                    f"(this run's {key}), classes {tags.get('class_names')} (the model's {classes}); remove it "
+                    "or map into another output folder")
+    return len(found)
+
+
+def check_model_fits(run: CountryRun, model: storage.Location, tile_ids: Sequence[str]) -> dict[str, int]:
+    """Raise :class:`IncompatibleInputError` unless the checkpoint takes the cubes this run builds for
+    ``tile_ids`` (bands, and the season of each hemisphere they lie in: the model's, or its six-month
+    offset), from the plan alone: nothing is computed or read but the checkpoint. Returns the offset in
+    months per hemisphere."""
+    checkpoint = load_model(model)
+    return {h: checkpoint.check_compatible(bands=list(run.cube.bands), season=season, n_bins=season.n_bins,
+                                           what=f"{run.code} {run.year}, {h}ern tiles")
+            for h, season in run.seasons(tile_ids).items()}
 
 
 def check_cubes_fit(model: storage.Location, cubes: Sequence[storage.Location]) -> dict[str, storage.Location]:

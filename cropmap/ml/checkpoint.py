@@ -64,15 +64,18 @@ class Checkpoint:
     _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
-    def check_compatible(self, *, bands: Sequence[str], season: Season, n_bins: int, what: str) -> None:
-        """Raise :class:`IncompatibleInputError` naming the first mismatch of bands, season or bins."""
+    def check_compatible(self, *, bands: Sequence[str], season: Season, n_bins: int, what: str) -> int:
+        """Raise :class:`IncompatibleInputError` naming the first mismatch of bands, season or bins; the
+        season may be the model's or its six-month offset in the other hemisphere
+        (:meth:`~cropmap.core.season.Season.require_aligned`). Returns that offset in months (0 or 6)."""
         if tuple(bands) != self.bands:
             raise IncompatibleInputError(
                 f"{what}: bands {list(bands)} differ from the model's {list(self.bands)} (same names, same order)"
             )
-        self.season.require_same(season, what=what)
+        offset = self.season.require_aligned(season, what=what)
         if int(n_bins) != self.n_bins:
             raise IncompatibleInputError(f"{what}: {n_bins} time bins, the model was trained on {self.n_bins}")
+        return offset
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
         """``x`` ``(N, band, time)`` reflectance 0..1 -> the model's normalised float32 input."""

@@ -25,8 +25,8 @@ from cropmap.stages.predict import PredictOptions
 
 __all__ = ["SCENARIOS", "DEFAULT_COUNTRY", "prepare_scenario", "resolve_run"]
 
-#: Scenario name -> how it prepares a config: ``config -> (config, Scenario)``.
-SCENARIOS: dict[str, Callable[[CountryConfig], tuple[CountryConfig, Scenario]]] = {
+#: Scenario name -> how it prepares a config: ``(config, options) -> (config, Scenario)``.
+SCENARIOS: dict[str, Callable[[CountryConfig, dict], tuple[CountryConfig, Scenario]]] = {
     "demo": demo.prepare,
 }
 #: The country the flows and ``cropmap demo run`` map when none is given: the offline DEMO.
@@ -37,16 +37,19 @@ def prepare_scenario(config: CountryConfig) -> tuple[CountryConfig, Scenario | N
     """The config as its scenario prepares it, and the scenario (``None`` when the config names none)."""
     if config.scenario is None:
         return config, None
-    if config.scenario not in SCENARIOS:
-        raise ScenarioError(f"{config.code}: unknown scenario {config.scenario!r}; known: {', '.join(SCENARIOS)}")
-    return SCENARIOS[config.scenario](config)
+    name = config.scenario.name
+    if name not in SCENARIOS:
+        raise ScenarioError(f"{config.code}: unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    return SCENARIOS[name](config, dict(config.scenario.options))
 
 
 def resolve_run(country: str, *, year: int | None = None, out_dir: str | None = None,
                 configs_dir: str | Path | None = None, cube: CubeOptions = CubeOptions(),
-                predict: PredictOptions = PredictOptions(), cube_dir: str | None = None) -> CountryRun:
+                predict: PredictOptions = PredictOptions(), cube_dir: str | None = None,
+                parts: list[str] | None = None) -> CountryRun:
     """The run of ``country`` (an ISO3 code with a config; ``year`` overrides the config's), outputs under
-    ``out_dir`` (else the environment's output location, :func:`~cropmap.jobs.country_run.output_root`).
+    ``out_dir`` (else the environment's output location, :func:`~cropmap.jobs.country_run.output_root`);
+    ``parts``: the outline parts to map (default: the config's default parts).
 
     An unknown country, a malformed setting or an unwritable output location fails here, before any
     task: :class:`~cropmap.errors.UnknownCountryError` lists the known codes.
@@ -57,4 +60,4 @@ def resolve_run(country: str, *, year: int | None = None, out_dir: str | None = 
     root = output_root(out_dir)
     config, scenario = prepare_scenario(config)
     return resolve_country_run(config, out_root=root, scenario=scenario, cube=cube, predict=predict,
-                               cube_dir=cube_dir)
+                               cube_dir=cube_dir, parts=parts)

@@ -152,14 +152,31 @@ def _with_catalog(config: CountryConfig, paths: DemoPaths) -> CountryConfig:
     return config.model_copy(update={"catalog": catalog})
 
 
-def prepare(config: CountryConfig) -> tuple[CountryConfig, Scenario]:
-    """The DEMO scenario of a country config that names it: the demo built (if missing) in
-    :func:`default_demo_dir`, the config's catalog pointed there, and the scenario: the reference map,
-    the WEST half for training, the EAST half for scoring, :data:`DEMO_TRAINING`."""
-    paths = build_demo()
+def prepare(config: CountryConfig, options: dict | None = None) -> tuple[CountryConfig, Scenario]:
+    """The DEMO scenario of a country config that names it: the demo built (if missing), the config's
+    catalog pointed there, and the scenario: the reference map, the WEST half for training, the EAST half
+    for scoring, :data:`DEMO_TRAINING`.
+
+    ``options`` are :class:`DemoSpec` fields (another place, e.g. astride a UTM zone border or the
+    equator); the default spec is built in :func:`default_demo_dir`, another one beside it, named by
+    its hash."""
+    spec = _spec(options or {})
+    root = default_demo_dir()
+    if spec != DemoSpec():
+        root = root.parent / f"{root.name}-{spec.token()}"
+    paths = build_demo(root, spec=spec)
     layout = read_layout(paths.root)
     scenario = Scenario(name="demo", reference=str(paths.reference), train_bounds=part_bounds(layout, "west"),
-                        score_bounds=part_bounds(layout, "east"), training=DEMO_TRAINING,
+                        score_bounds=part_bounds(layout, "east"), bounds_crs=f"EPSG:{spec.epsg}",
+                        training=DEMO_TRAINING,
                         description="DEMO: trained on the west half (Victoria train-split series), scored on "
                                     "the east half (test-split series) against the reference map")
     return _with_catalog(config, paths), scenario
+
+
+def _spec(options: dict) -> DemoSpec:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    unknown = set(fields) - set(DemoSpec.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown DEMO scenario option(s) {sorted(unknown)}; use DemoSpec's fields")
+    return DemoSpec(**fields)

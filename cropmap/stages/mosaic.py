@@ -191,7 +191,8 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
         # in_memory=False: the intermediate raster goes to disk, never the whole country in RAM
         cog_translate(source, tmp, profile, nodata=NODATA, overview_resampling=resampling, in_memory=False,
                       quiet=True, forward_band_tags=True, colormap=colormap, additional_cog_metadata=tags,
-                      config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize)})
+                      config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize),
+                              "GDAL_CACHEMAX": "128"})
         valid, errors, warnings = cog_validate(tmp, strict=True, quiet=True)
         if not valid:
             raise MosaicError(f"{path.name} is not a valid COG: {'; '.join(errors + warnings)}")
@@ -207,8 +208,10 @@ def mosaic_tiles(
     blocksize: int = 512,
     stac: bool = True,
     quicklook: bool = True,
+    tile_ids: Sequence[str] | None = None,
 ) -> MosaicResult:
-    """Mosaic the tile GeoTIFFs of :func:`cropmap.stages.predict.predict_tile` in ``tile_dir``.
+    """Mosaic the tile GeoTIFFs of :func:`cropmap.stages.predict.predict_tile` in ``tile_dir`` (only
+    those of ``tile_ids`` when given: one UTM zone's, or one run's plan).
 
     Writes ``<out_dir>/<name>_<product>.tif`` (COG, uint8, nodata 255) for each product present
     (``class``, ``confidence``, ``probability``) or listed in ``products``, then ``<name>.json`` (STAC
@@ -220,19 +223,22 @@ def mosaic_tiles(
     tile_dir, out_dir = storage.as_location(tile_dir), storage.as_location(out_dir)
     if not (storage.is_remote(tile_dir) or storage.is_remote(out_dir)):
         return _mosaic_local(tile_dir, out_dir, name=name, products=products, blocksize=blocksize, stac=stac,
-                             quicklook=quicklook)
+                             quicklook=quicklook, tile_ids=tile_ids)
     with tempfile.TemporaryDirectory(prefix="cropmap-mosaic-") as scratch:
         local_tiles = tile_dir
         if storage.is_remote(tile_dir):
             local_tiles = Path(scratch) / "tiles"
             sources = storage.list_files(tile_dir, "*.*.tif")
+            if tile_ids is not None:
+                wanted = set(tile_ids)
+                sources = [s for s in sources if storage.basename(s).split(".")[0] in wanted]
             if not sources:
                 raise DataNotFoundError(f"{tile_dir} holds no tile GeoTIFFs (*.class.tif); run `cropmap predict` first")
             run = storage.join(tile_dir, RUN_FILE)
             storage.fetch(sources + ([run] if storage.exists(run) else []), local_tiles)
         local_out = Path(scratch) / "maps" if storage.is_remote(out_dir) else out_dir
         result = _mosaic_local(local_tiles, local_out, name=name, products=products, blocksize=blocksize,
-                               stac=stac, quicklook=quicklook)
+                               stac=stac, quicklook=quicklook, tile_ids=tile_ids)
         if local_out == out_dir:
             return result
 
@@ -246,14 +252,22 @@ def mosaic_tiles(
 
 
 def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequence[str] | None, blocksize: int,
-                  stac: bool, quicklook: bool) -> MosaicResult:
+                  stac: bool, quicklook: bool, tile_ids: Sequence[str] | None = None) -> MosaicResult:
+    wanted = None if tile_ids is None else set(tile_ids)
+
+    def tiles_of(product: str) -> list[Path]:
+        return [p for p in list_tiles(tile_dir, product) if wanted is None or p.name.split(".")[0] in wanted]
+
     if not tile_dir.is_dir():
         raise DataNotFoundError(f"tile folder {tile_dir} not found; run `cropmap predict` first")
     found = {p.name.split(".")[-2] for p in tile_dir.glob("*.*.tif") if not is_temporary(p)}
     products = [p for p in OVERVIEW_RESAMPLING if p in found] if products is None else list(products)
     if "class" not in products:
         raise DataNotFoundError(f"{tile_dir} holds no class tiles (*.class.tif); run `cropmap predict` first")
-    class_tiles = list_tiles(tile_dir, "class")
+    class_tiles = tiles_of("class")
+    if not class_tiles:
+        raise DataNotFoundError(f"{tile_dir} holds none of the {len(wanted or ())} class tiles asked for; "
+                                "run `cropmap predict` first")
     tile_ids = tuple(p.name.split(".")[0] for p in class_tiles)
     keys = {p.name.split(".")[0]: tile_tags(p)[0].get("cropmap_run_key") for p in class_tiles}
     if len(set(keys.values())) > 1:  # another checkpoint or options on part of the tiles: never mix them
@@ -264,7 +278,7 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
             f"{next(iter(keys))}; rerun `cropmap predict` on all tiles with one checkpoint")
     cogs: dict[str, Path] = {}
     for product in products:
-        paths = list_tiles(tile_dir, product)
+        paths = tiles_of(product)
         if tuple(p.name.split(".")[0] for p in paths) != tile_ids:
             raise IncompatibleInputError(f"{tile_dir}: the {product} tiles differ from the class tiles; rerun predict")
         grid = tile_grid(paths)
@@ -273,7 +287,8 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
             descriptions = [d or "" for d in src.descriptions]
             band_tags = [src.tags(b) for b in range(1, src.count + 1)]
         colormap = colormap_of(paths[0]) if product == "class" else None
-        keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "cropmap_run_key") if k in tags}
+        keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "model_season",
+                                     "season_offset_months", "cropmap_run_key") if k in tags}
         cog = out_dir / f"{name}_{product}.tif"
         out_dir.mkdir(parents=True, exist_ok=True)
         # the VRT is a step, not an output: a hidden name, removed whatever happens

@@ -117,8 +117,10 @@ def open_cube(path: storage.Location) -> xr.DataArray:
     return open_tile_cube(path)
 
 
-def check_cube(checkpoint, cube: xr.DataArray, *, what: str) -> None:
-    """Raise :class:`IncompatibleInputError` unless the cube's bands, season and bins fit the model.
+def check_cube(checkpoint, cube: xr.DataArray, *, what: str) -> int:
+    """Raise :class:`IncompatibleInputError` unless the cube's bands, season and bins fit the model; the
+    cube's season may be the model's or its six-month offset in the other hemisphere, in any year.
+    Returns that offset in months (0 or 6).
 
     Reads only metadata (dims, coords, attrs): nothing is computed.
     """
@@ -129,7 +131,7 @@ def check_cube(checkpoint, cube: xr.DataArray, *, what: str) -> None:
         raise IncompatibleInputError(f"{what}: cube lacks the filled_fraction coordinate of median_composite")
     if not any(k.startswith("season_") for k in cube.attrs):
         raise IncompatibleInputError(f"{what}: cube has no season attributes (Season.to_attrs)")
-    checkpoint.check_compatible(
+    return checkpoint.check_compatible(
         bands=[str(b) for b in cube["band"].values],
         season=Season.from_attrs(cube.attrs),
         n_bins=cube.sizes["time"],
@@ -293,6 +295,7 @@ def predict_tile(
     if not force and _is_finished(out_dir, tile_id, options, key):
         return TileResult(tile_id, "skipped", paths)
     checkpoint = load_model(checkpoint_path)
+    offset = check_cube(checkpoint, cube, what=f"tile {tile_id}")
     maps = predict_cube(checkpoint, cube, options=options)
     crs, transform = cube.rio.crs, cube.rio.transform(recalc=True)
     if crs is None:
@@ -304,8 +307,11 @@ def predict_tile(
         "cropmap_run_key": key,
         "model_name": checkpoint.model_name,
         "class_names": json.dumps(list(checkpoint.class_names)),
-        "season": json.dumps(checkpoint.season.model_dump()),
+        # what the map depicts (the cube's season), the model's, and the months between them
+        "season": json.dumps(Season.from_attrs(cube.attrs).model_dump()),
         "season_year": str(cube.attrs.get("season_year", "")),
+        "model_season": json.dumps(checkpoint.season.model_dump()),
+        "season_offset_months": str(offset),
         "source_items": json.dumps(source_items),
     }
     for product in [p for p in paths if p != "class"] + ["class"]:

@@ -1,0 +1,41 @@
+"""What a country run says about itself, as text: its plan (parts, hemispheres, tiles, seasons) before any
+work, and its products after. The flows print these lines; the CLI prints them too."""
+
+from __future__ import annotations
+
+from cropmap.jobs.country_run import CountryRun
+from cropmap.jobs.mapping import MapResult
+
+__all__ = ["plan_table", "map_lines"]
+
+
+def plan_table(run: CountryRun) -> str:
+    """One line per outline part and side of the equator: tiles and season (the season each tile gets)."""
+    rows = [("part", "hemisphere", "tiles", "season")]
+    rows += [(p.part, p.hemisphere, str(p.tiles), f"{p.season.describe()} {run.year}") for p in run.parts_plan()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{run.config.name} {run.year}: output CRS {run.config.output_crs}; outputs in {run.root}"]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def map_lines(result: MapResult) -> list[str]:
+    """Where the products are, zone by zone and national, with the season offsets and the score."""
+    lines = []
+    for epsg, zone in result.zones.items():
+        lines.append(f"zone EPSG:{epsg}:  {zone.cogs['class']} ({len(zone.tile_ids)} tiles)")
+    for epsg, reason in result.zone_failures.items():
+        lines.append(f"zone EPSG:{epsg}:  FAILED: {reason}")
+    if result.mosaic is not None:
+        lines += [f"national class:      {result.mosaic.cogs['class']}",
+                  f"national confidence: {result.mosaic.cogs.get('confidence')}",
+                  f"STAC item:           {result.mosaic.stac_item}",
+                  f"quicklook:           {result.mosaic.quicklook}"]
+    offsets = ", ".join(f"{h} {m} months" for h, m in result.season_offsets.items())
+    lines.append(f"model:               {result.model} (season offset: {offsets})")
+    if result.accuracy is not None:
+        acc = result.accuracy
+        lines.append(f"accuracy:            {result.accuracy_path}: OA {acc['oa']:.3f}, macro-F1 {acc['macro_f1']:.3f} "
+                     f"({acc['n']} pixels of the scored area)")
+    lines.append(f"tiles:               {result.tiles.describe()}")
+    return lines

@@ -1,0 +1,211 @@
+"""Per-zone COGs -> one national COG per product in the country's output CRS, warped window by window.
+
+Every UTM zone's tiles are mosaicked on their own grid first (:func:`cropmap.stages.mosaic.mosaic_tiles`);
+this stage warps those zone COGs into the output CRS (an equal-area CRS by default, so that pixel counts
+are areas) with GDAL (``rasterio.vrt.WarpedVRT``), one window of ``window`` x ``window`` output pixels at
+a time: memory is bounded by a window, whatever the country's size. The coordinate transformation is
+GDAL's approximation within ``tolerance`` source pixels (GDAL's default, 1/8: exact transforms of every
+pixel would cost hours for a large country); the windows are fixed by the grid, so a rerun or another
+machine writes the same bytes. Classes are resampled with
+``nearest``, continuous products (confidence, probabilities) with ``bilinear``; the COG's overviews are
+``mode`` and ``average`` (:data:`cropmap.stages.mosaic.OVERVIEW_RESAMPLING`); colour table, class names
+and tags come from the zone COGs.
+
+**Zone rule** (tiles of neighbouring zones overlap near the border): an output pixel takes the value of
+the zone whose plain 6-degree UTM zone (and hemisphere) contains the pixel's centre, the same rule that
+cut the country into zones when it was tiled (:func:`cropmap.core.grid.tiles_for_geometry`). Where that
+zone has no value (its tiles stop short, or it failed), the other zones fill in, lowest EPSG code first.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from cropmap.errors import IncompatibleInputError, MosaicError
+from cropmap.io import storage
+from cropmap.io.storage import TEMP_MARK, atomic_path
+from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
+from cropmap.stages.quicklook import write_quicklook
+from cropmap.stages.stac_item import write_stac_item
+from cropmap.stages.predict import NODATA
+from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
+
+__all__ = ["WARP_RESAMPLING", "national_grid", "owner_zone", "write_national_cog", "national_mosaic", "tiles_by_zone"]
+
+#: GDAL block cache of a national mosaic (MB): with it, peak memory stays flat whatever the area.
+GDAL_CACHE_MB = 128
+#: Warping of each product: a class is never interpolated.
+WARP_RESAMPLING = {"class": Resampling.nearest, "confidence": Resampling.bilinear,
+                   "probability": Resampling.bilinear}
+
+
+def owner_zone(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """EPSG code of the plain UTM zone (and hemisphere) holding each (lon, lat) point (vectorised
+    :func:`cropmap.core.grid.utm_epsg`)."""
+    zone = np.clip(np.floor((np.asarray(lon) + 180.0) / 6.0).astype(np.int64) + 1, 1, 60)
+    return np.where(np.asarray(lat) >= 0, 32600, 32700) + zone
+
+
+def tiles_by_zone(tile_dir: str | Path) -> dict[int, list[str]]:
+    """``{epsg: tile ids}`` of the class tiles in a local folder, by each tile's own CRS (a header read
+    each); a tile without an EPSG code raises :class:`IncompatibleInputError`."""
+    zones: dict[int, list[str]] = {}
+    for path in list_tiles(tile_dir, "class"):
+        with rasterio.open(path) as src:
+            epsg = src.crs.to_epsg() if src.crs else None
+        if epsg is None:
+            raise IncompatibleInputError(f"{path.name} has no EPSG CRS; tiles are on UTM grids")
+        zones.setdefault(epsg, []).append(path.name.split(".")[0])
+    return dict(sorted(zones.items()))
+
+
+def national_grid(zone_cogs: Sequence[str | Path], crs: str, *, resolution: float = 10.0
+                  ) -> tuple[Affine, int, int]:
+    """``(transform, width, height)`` of the output grid covering every zone COG in ``crs``: square
+    pixels of ``resolution`` metres, the origin on a multiple of the resolution (reruns and countries
+    that share an output CRS share the pixel lattice)."""
+    boxes = []
+    for path in zone_cogs:
+        with rasterio.open(path) as src:
+            boxes.append(transform_bounds(src.crs, crs, *src.bounds, densify_pts=101))
+    left, bottom = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    right, top = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    left, bottom = math.floor(left / resolution) * resolution, math.floor(bottom / resolution) * resolution
+    right, top = math.ceil(right / resolution) * resolution, math.ceil(top / resolution) * resolution
+    width, height = round((right - left) / resolution), round((top - bottom) / resolution)
+    return Affine(resolution, 0.0, left, 0.0, -resolution, top), width, height
+
+
+def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *, crs: str, product: str,
+                       resolution: float = 10.0, window: int = 2048, blocksize: int = 512,
+                       tolerance: float = 0.125) -> Path:
+    """Warp the zone COGs of one product (``{epsg: path}``) into a validated COG at ``path`` in ``crs``
+    (see the module docstring for the zone rule); returns ``path``."""
+    if not zone_cogs:
+        raise MosaicError(f"no zone COG of {product} to make a national map from")
+    epsgs = sorted(zone_cogs)
+    metas = {}
+    for e in epsgs:
+        with rasterio.open(zone_cogs[e]) as src:
+            metas[e] = (src.count, src.dtypes[0], src.crs)
+    counts = {m[0] for m in metas.values()}
+    if len(counts) != 1 or {m[1] for m in metas.values()} != {"uint8"}:
+        raise IncompatibleInputError(f"{product} zone COGs differ in band count or dtype: "
+                                     + ", ".join(f"EPSG:{e} {m[0]} x {m[1]}" for e, m in metas.items()))
+    count = counts.pop()
+    transform, width, height = national_grid([zone_cogs[e] for e in epsgs], crs, resolution=resolution)
+    first = zone_cogs[epsgs[0]]
+    tags, _ = tile_tags(first)
+    with rasterio.open(first) as src:
+        band_tags = [src.tags(b) for b in range(1, count + 1)]
+        descriptions = list(src.descriptions)
+    colormap = colormap_of(first) if product == "class" else None
+    to_lonlat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True)
+    path = Path(path)
+    # the warped raster is a step, not an output: a hidden temporary name beside the COG, removed after
+    staged = path.with_name(f".{path.stem}.warped{TEMP_MARK}{path.suffix}")
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint8", "crs": crs,
+               "transform": transform, "nodata": NODATA, "tiled": True, "blockxsize": blocksize,
+               "blockysize": blocksize, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    with atomic_path(staged) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            vrts = {}
+            try:
+                for e in epsgs:
+                    src = rasterio.open(zone_cogs[e])
+                    vrts[e] = (src, WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                                              resampling=WARP_RESAMPLING.get(product, Resampling.bilinear),
+                                              nodata=NODATA, src_nodata=NODATA, tolerance=tolerance))
+                    vrts[e] += (_footprint(src, crs),)
+                for row in range(0, height, window):
+                    for col in range(0, width, window):
+                        win = Window(col, row, min(window, width - col), min(window, height - row))
+                        dst.write(_combine(vrts, win, transform, to_lonlat, count), window=win)
+            finally:
+                for src, vrt, _ in vrts.values():
+                    vrt.close()
+                    src.close()
+            dst.update_tags(**tags)
+            for b in range(1, count + 1):
+                dst.update_tags(b, **band_tags[b - 1])
+                if descriptions[b - 1]:
+                    dst.set_band_description(b, descriptions[b - 1])
+            if colormap:
+                dst.write_colormap(1, colormap)
+        keep = {k: v for k, v in tags.items() if k not in ("tiles", "product")}
+        write_cog(tmp, path, resampling=OVERVIEW_RESAMPLING.get(product, "average"), blocksize=blocksize,
+                  colormap=colormap, tags={**keep, "product": product, "zones": ",".join(f"EPSG:{e}" for e in epsgs),
+                                           "zone_rule": "pixel centre's UTM zone, then lowest EPSG"})
+    staged.unlink(missing_ok=True)
+    return path
+
+
+def _combine(vrts: dict, win: Window, transform: Affine, to_lonlat: pyproj.Transformer, count: int) -> np.ndarray:
+    """One output window: each zone's warped values, the owner zone's where it has one."""
+    out = np.full((count, int(win.height), int(win.width)), NODATA, dtype=np.uint8)
+    box = shapely.box(*rasterio.windows.bounds(win, transform))
+    reads = {e: vrt.read(window=win) for e, (_, vrt, footprint) in vrts.items() if footprint.intersects(box)}
+    if not reads:
+        return out
+    if len(reads) == 1:
+        return next(iter(reads.values()))
+    for e in sorted(reads):  # any zone, lowest EPSG first, where the pixel is still empty ...
+        data = reads[e]
+        out = np.where((out == NODATA) & (data != NODATA), data, out)
+    valid = [(data != NODATA).any(axis=0) for data in reads.values()]
+    rows, cols = np.nonzero(np.sum(valid, axis=0) >= 2)  # ... and the owner zone's in the overlap
+    if rows.size:
+        xs, ys = rasterio.windows.transform(win, transform) * (cols + 0.5, rows + 0.5)
+        owner = owner_zone(*to_lonlat.transform(xs, ys))
+        for e, data in reads.items():
+            take = (owner == e) & (data[:, rows, cols] != NODATA).any(axis=0)
+            out[:, rows[take], cols[take]] = data[:, rows[take], cols[take]]
+    return out
+
+
+def _footprint(src, crs: str):
+    """The raster's outline (its data box, densified) in ``crs``: which windows it can reach."""
+    left, bottom, right, top = src.bounds
+    ring = shapely.segmentize(shapely.box(left, bottom, right, top), max(right - left, top - bottom) / 64)
+    to_dst = pyproj.Transformer.from_crs(src.crs, crs, always_xy=True)
+    return shapely.transform(ring, lambda xy: np.column_stack(to_dst.transform(xy[:, 0], xy[:, 1])))
+
+
+def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]], out_dir: storage.Location, *,
+                    name: str, crs: str, resolution: float = 10.0, window: int = 2048) -> MosaicResult:
+    """The national COG of every product the zones share (``{epsg: {product: zone COG}}``), then its STAC
+    item and quicklook, in ``out_dir`` (a folder or an fsspec URL: remote zone COGs are read from local
+    copies and the outputs built in a scratch folder, then uploaded whole, the item last)."""
+    products = [p for p in OVERVIEW_RESAMPLING if all(p in zp for zp in zone_products.values())]
+    if "class" not in products:
+        raise MosaicError(f"{name}: the zones share no class COG to make a national map from")
+    out_dir = storage.as_location(out_dir)
+    # GDAL's block cache would otherwise grow with the area read, up to 5 % of the machine's memory
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
+            tempfile.TemporaryDirectory(prefix="cropmap-national-") as scratch:
+        local_out = out_dir if isinstance(out_dir, Path) else Path(scratch)
+        cogs: dict[str, Path] = {}
+        for product in products:
+            zones = {e: storage.local_copy(zp[product]) for e, zp in zone_products.items()}
+            cogs[product] = write_national_cog(zones, local_out / f"{name}_{product}.tif", crs=crs, product=product,
+                                               resolution=resolution, window=window)
+        png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png")
+        item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png)
+        if local_out == out_dir:
+            return MosaicResult(cogs, item, png, ())
+        published = {p: storage.publish(c, storage.join(out_dir, c.name)) for p, c in cogs.items()}
+        png_url = storage.publish(png, storage.join(out_dir, png.name))
+        return MosaicResult(published, storage.publish(item, storage.join(out_dir, item.name)), png_url, ())

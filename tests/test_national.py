@@ -1,0 +1,156 @@
+"""National maps across UTM zones and hemispheres: per-zone COGs, one national COG in the output CRS,
+the zone rule in the overlap strip, outline parts and their seasons.
+
+The two-zone and equator countries are the DEMO scenario's real Victoria spectra laid out astride the
+zone 54/55 border (144 E) and astride the equator (33.5 E): configs that name the ``demo`` scenario
+with other DemoSpec options. The national COG is checked against an independent NumPy/pyproj nearest-
+neighbour reprojection of the tile GeoTIFFs themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from pyproj import Transformer
+from rio_cogeo.cogeo import cog_validate
+
+from cropmap.errors import IncompatibleInputError
+from cropmap.io.config import DEFAULT_CONFIGS_DIR, load_country
+from cropmap.io.outlines import part_plans, tiles_for_aoi
+from cropmap.jobs.executors import InlineExecutor
+from cropmap.jobs.mapping import map_country
+from cropmap.scenarios import resolve_run
+
+def _owner(lon, lat):
+    return np.where(lat >= 0, 32600, 32700) + (np.floor((lon + 180) / 6).astype(int) + 1)
+
+
+def reference_national(national: Path, tiles: list[Path]) -> tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]:
+    """Per zone, the tile classes at each national pixel centre (nearest neighbour: the tile pixel holding
+    the centre, by pyproj, exactly), the owner zone of each centre, and where the exact position lies
+    within GDAL's approximation error (1/8 pixel) of a tile pixel's edge: there the warper's approximate
+    transform may pick the neighbouring pixel, as gdalwarp's default does."""
+    with rasterio.open(national) as n:
+        t, (h, w), crs = n.transform, n.shape, n.crs
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    xs, ys = t * (cols, rows)
+    lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(xs, ys)
+    zones: dict[int, np.ndarray] = {}
+    near_edge = np.zeros((h, w), bool)
+    for path in tiles:
+        with rasterio.open(path) as src:
+            epsg, data, tt = src.crs.to_epsg(), src.read(1), src.transform
+        zx, zy = Transformer.from_crs(crs, epsg, always_xy=True).transform(xs, ys)
+        fc, fr = (zx - tt.c) / tt.a, (zy - tt.f) / tt.e
+        c, r = np.floor(fc).astype(int), np.floor(fr).astype(int)
+        inside = (c >= 0) & (c < data.shape[1]) & (r >= 0) & (r < data.shape[0])
+        values = zones.setdefault(epsg, np.full((h, w), 255, np.uint8))
+        values[inside] = data[r[inside], c[inside]]
+        edge = lambda f: np.abs(f - np.rint(f)) < 0.125  # noqa: E731
+        near_edge |= (c >= -1) & (c <= data.shape[1]) & (r >= -1) & (r <= data.shape[0]) & (edge(fc) | edge(fr))
+    return zones, _owner(lon, lat), near_edge
+
+
+@pytest.mark.slow
+def test_two_zone_country_national_cog_follows_the_tiles_and_the_zone_rule(two_zone_run):
+    run, result = two_zone_run
+    assert set(result.zones) == {32754, 32755} and not result.zone_failures and not result.tiles.failures
+    for cog in [*result.mosaic.cogs.values(), *(c for z in result.zones.values() for c in z.cogs.values())]:
+        assert cog_validate(cog, strict=True)[0], cog
+    national = Path(result.mosaic.cogs["class"])
+    with rasterio.open(national) as n:
+        got, names, cmap = n.read(1), json.loads(n.tags()["class_names"]), n.colormap(1)
+        assert n.crs.to_epsg() == 3577 and n.res == (10.0, 10.0)
+    assert len(names) == 8 and cmap[1][:3] != (0, 0, 0)  # class names and colours kept
+    tiles = sorted(Path(run.tile_dir(result.key)).glob("*.class.tif"))
+    zones, owner, near_edge = reference_national(national, tiles)
+    a, b = zones[32754], zones[32755]
+    sure = ~near_edge  # about 44 % of the pixels: the exact position is >= 1/8 pixel from every edge
+    assert 0.3 < sure.mean() < 0.6
+    only_a, only_b, strip = (a != 255) & (b == 255), (b != 255) & (a == 255), (a != 255) & (b != 255)
+    assert only_a.sum() > 1000 and only_b.sum() > 1000 and strip.sum() > 1000  # both zones, and a real strip
+    np.testing.assert_array_equal(got[only_a & sure], a[only_a & sure])
+    np.testing.assert_array_equal(got[only_b & sure], b[only_b & sure])
+    # near an edge the approximate transform may take the neighbour: never anything else
+    for zone, only in ((a, only_a), (b, only_b)):
+        close = only & ~sure
+        assert (got[close] == zone[close]).mean() > 0.97
+    # in the strip, the zone holding the pixel's centre; the two zones disagree there often enough
+    # (different pixel lattices) for the rule to matter
+    expected = np.where(owner == 32754, a, b)
+    np.testing.assert_array_equal(got[strip & sure], expected[strip & sure])
+    assert (a[strip & sure] != b[strip & sure]).sum() > 20
+    assert ((a == 255) & (b == 255) & sure & (got != 255)).sum() == 0
+    conf = Path(result.mosaic.cogs["confidence"])
+    with rasterio.open(conf) as c:
+        assert c.shape == got.shape and c.transform == rasterio.open(national).transform
+        assert ((c.read(1) != 255) == (got != 255)).mean() > 0.99  # bilinear edges may differ a little
+
+
+@pytest.mark.slow
+def test_equator_country_gets_each_sides_season_and_one_national_map(zone_configs, demo_paths, demo_model, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))
+    monkeypatch.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
+    run = resolve_run("DEQ", out_dir=str(tmp_path))
+    plans = {p.hemisphere: p for p in run.parts_plan()}
+    assert plans["south"].season == run.config.season and plans["north"].season.start == "05-01"
+    result = map_country(run, InlineExecutor(), model=demo_model)
+    assert set(result.zones) == {32636, 32736} and result.season_offsets == {"north": 6, "south": 0}
+    north_tile = next(Path(run.tile_dir(result.key)).glob("32636-*.class.tif"))
+    with rasterio.open(north_tile) as src:
+        tags = src.tags()
+    assert json.loads(tags["season"])["hemisphere"] == "north" and json.loads(tags["model_season"])["hemisphere"] == "south"
+    assert tags["season_offset_months"] == "6"
+    national = result.mosaic.cogs["class"]
+    assert cog_validate(national, strict=True)[0]
+    with rasterio.open(national) as n:
+        assert n.crs.to_epsg() == 6933 and (n.read(1) != 255).mean() > 0.5
+
+
+def test_a_tile_that_does_not_fit_is_refused_before_any_compute(demo_run, demo_model, tmp_path):
+    from cropmap.jobs.tiles import prediction_key
+
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run")})
+    tile = run.tiles()[0]
+    key = prediction_key(run, demo_model)
+    folder = Path(run.tile_dir(key))
+    folder.mkdir(parents=True)
+    profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8", "crs": "EPSG:32754",
+               "transform": rasterio.transform.from_origin(0, 40, 10, 10)}
+    with rasterio.open(folder / f"{tile}.class.tif", "w", **profile) as dst:  # another model's classes
+        dst.write(np.zeros((1, 4, 4), np.uint8))
+        dst.update_tags(cropmap_run_key=key, class_names=json.dumps(["wheat", "maize"]))
+    with pytest.raises(IncompatibleInputError, match=tile):
+        map_country(run, InlineExecutor(), model=demo_model)
+    assert not Path(run.cube_dir).exists()  # not one cube was built
+
+
+def test_france_maps_metropolitan_france_by_default():
+    fra = load_country("FRA", DEFAULT_CONFIGS_DIR)
+    tiles = tiles_for_aoi(fra)
+    assert len(tiles) > 4000 and min(t.lonlat_bbox()[0] for t in tiles) > -10
+    assert {t.grid.epsg for t in tiles} == {32630, 32631, 32632}
+    asked = tiles_for_aoi(fra, parts=("metropolitan", "french-guiana"))
+    assert min(t.lonlat_bbox()[0] for t in asked) < -50 and len(asked) > len(tiles) + 800
+
+
+def test_a_part_across_the_equator_gets_the_six_month_offset_season():
+    """Kenya (Natural Earth) straddles the equator: each side gets its own hemisphere's season."""
+    from cropmap.io.config import CountryConfig
+
+    kenya = CountryConfig.model_validate({
+        "code": "KEN", "name": "Kenya", "outline": {"natural_earth": "Kenya"}, "hemisphere": "north",
+        "season": {"start": "05-01", "end": "11-30", "hemisphere": "north"}, "year": 2023})
+    plans = {p.hemisphere: p for p in part_plans(kenya)}
+    assert set(plans) == {"north", "south"} and plans["north"].tiles > 0 and plans["south"].tiles > 0
+    assert plans["north"].season == kenya.season
+    south = plans["south"].season
+    assert (south.start, south.end, south.hemisphere, south.n_bins) == ("11-01", "05-31", "south", kenya.season.n_bins)
+    assert kenya.season.require_aligned(south, what="KEN") == 6
+    tiles = tiles_for_aoi(kenya)
+    assert {t.grid.epsg // 100 for t in tiles} == {326, 327}
