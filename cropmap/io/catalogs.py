@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pystac
+import rasterio
 
 from cropmap.core.bands import SCL, canonical_band
 from cropmap.errors import CatalogError, ConfigError, ReflectanceRangeError
@@ -37,7 +38,8 @@ from cropmap.settings import get_settings
 
 __all__ = ["CatalogProfile", "PROFILES", "GENERIC", "REFLECTANCE_RANGE", "get_profile", "profile_for_url",
            "item_profile", "processing_baseline", "boa_offset_applied", "raster_scale_offset",
-           "reflectance_scale_offset", "asset_band", "asset_scale_offset", "asset_href", "reflectance_problem", "implausible_band"]
+           "reflectance_scale_offset", "asset_band", "asset_scale_offset", "asset_href", "reflectance_problem", "implausible_band",
+           "rio_settings", "rasterio_env"]
 
 #: ESA's QUANTIFICATION_VALUE of L2A products: reflectance = DN / 10000 (plus the BOA offset).
 QUANTIFICATION_VALUE = 10_000
@@ -277,11 +279,31 @@ def asset_href(item: pystac.Item, key: str) -> str:
     return item_profile(item).sign(asset.get_absolute_href() or asset.href)
 
 
+_AWS_KEYS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key"}
+
+
+def rio_settings(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str] | None]:
+    """``(GDAL options, AWS session arguments)`` of a :meth:`CatalogProfile.gdal_env`: rasterio refuses S3
+    keys as GDAL options, they go into its ``AWSSession`` (``odc.stac.configure_rio(aws=...)``)."""
+    options = {k: v for k, v in env.items() if k not in _AWS_KEYS}
+    aws = {_AWS_KEYS[k]: v for k, v in env.items() if k in _AWS_KEYS}
+    if aws and "AWS_S3_ENDPOINT" in options:
+        aws["endpoint_url"] = options["AWS_S3_ENDPOINT"]
+    return options, aws or None
+
+
+def rasterio_env(env: Mapping[str, str]):
+    """A ``rasterio.Env`` for reading with ``env`` (:func:`rio_settings`)."""
+    import rasterio
+    from rasterio.session import AWSSession
+
+    options, aws = rio_settings(env)
+    return rasterio.Env(session=AWSSession(**aws) if aws else None, **options)
+
+
 @functools.lru_cache(maxsize=8192)
 def _median_dn(href: str, nodata: float | None, env: tuple[tuple[str, str], ...], size: int) -> float | None:
-    import rasterio
-
-    with rasterio.Env(**dict(env)), rasterio.open(href) as src:
+    with rasterio_env(dict(env)), rasterio.open(href) as src:
         # a decimated read (an overview where the file has one): the median needs no full resolution
         values = src.read(1, out_shape=(min(size, src.height), min(size, src.width)))
         missing = nodata if nodata is not None else (src.nodata if src.nodata is not None else 0)

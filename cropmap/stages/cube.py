@@ -54,7 +54,8 @@ from cropmap.core.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.core.season import Season
 from cropmap.errors import AssetReadError, ConfigError, CropmapError, DataNotFoundError
 from cropmap.io import storage
-from cropmap.io.catalogs import asset_href, implausible_band, item_profile, reflectance_problem
+from cropmap.io.catalogs import (asset_href, implausible_band, item_profile, rasterio_env, reflectance_problem,
+                                 rio_settings)
 from cropmap.io.stac import asset_scale_offset, band_assets
 from cropmap.io.storage import stable_hash
 
@@ -114,7 +115,7 @@ class CubeResult:
 def _open_header(href: str, env: tuple[tuple[str, str], ...]) -> None:
     # lru_cache keeps successes only (exceptions are not cached): neighbouring tiles share items,
     # and a transient network failure is probed again on the next tile
-    with rasterio.Env(**dict(env)), rasterio.open(href) as src:
+    with rasterio_env(dict(env)), rasterio.open(href) as src:
         if src.crs is None:
             raise AssetReadError("no georeferencing (CRS missing: is the .aux.xml sidecar readable?)")
 
@@ -218,7 +219,8 @@ def load_observations(
     days = sorted({_solar_day(it) for it in usable})
     for it in usable:
         it.properties["cropmap:solar_day"] = _solar_day(it)
-    odc.stac.configure_rio(**_read_env(usable[0]))  # a tile's items come from one catalog (io.stac.search_items)
+    options, aws = rio_settings(_read_env(usable[0]))  # a tile's items come from one catalog (io.stac.search_items)
+    odc.stac.configure_rio(aws=aws, **options)
     geobox = GeoBox(tile.shape, tile.transform, tile.crs)
     by_day = {d: [it for it in usable if it.properties["cropmap:solar_day"] == d] for d in days}
     # one representative time per solar day: the first acquisition of the day
