@@ -21,6 +21,7 @@ __all__ = [
     "DaskClusterError",
     "ScenarioError",
     "CubeBuildError",
+    "ReflectanceRangeError",
 ]
 
 
@@ -85,3 +86,8 @@ class ScenarioError(ConfigError):
 
 class CubeBuildError(CropmapError):
     """Tile cubes a job needs could not be built (the message names the tiles and why)."""
+
+
+class ReflectanceRangeError(InvalidInputError):
+    """Scaled reflectance of an item's band is implausible (e.g. raw DNs): the catalog profile's scale or
+    offset does not fit the catalog (the message names the item, the band and the profile to choose)."""

@@ -16,6 +16,9 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_DASK_ADDRESS`` | an existing Dask scheduler (``tcp://host:8786``) instead of a local cluster |
 | ``CROPMAP_GPU_WORKERS`` | ``1``: the cluster has workers started with ``--resources GPU=1`` |
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
+| ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
+| ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
+| ``CROPMAP_CDSE_SECRET_ACCESS_KEY`` | CDSE S3 secret key (else ``AWS_SECRET_ACCESS_KEY``) |
 """
 
 from __future__ import annotations
@@ -46,8 +49,12 @@ class Settings(BaseSettings):
     dask_address: str | None = None
     gpu_workers: str = ""
     tiles_in_flight: int = Field(2, ge=1, le=64)
+    cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
+    cdse_access_key_id: str | None = None
+    cdse_secret_access_key: str | None = None
 
-    @field_validator("configs_dir", "data_dir", "cache_dir", "demo_dir", "output_url", "output_dir", "dask_address", mode="before")
+    @field_validator("configs_dir", "data_dir", "cache_dir", "demo_dir", "output_url", "output_dir", "dask_address",
+                     "cdse_access_key_id", "cdse_secret_access_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -54,7 +54,8 @@ def cube(
     cfg = load_country(country, configs_dir=configs_dir)
     if catalog:
         cfg = cfg.model_copy(update={"catalog": CatalogConfig(
-            path=catalog, collection=cfg.catalog.collection, max_cloud_cover=cfg.catalog.max_cloud_cover,
+            path=catalog, profile=cfg.catalog.profile, collection=cfg.catalog.collection,
+            max_cloud_cover=cfg.catalog.max_cloud_cover,
             margin_days=cfg.catalog.margin_days)})
     opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
                        on_asset_error="fail" if fail_on_asset_error else "warn")

@@ -28,6 +28,7 @@ from pydantic import (
 
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, UnknownCountryError
+from cropmap.io.catalogs import get_profile, profile_for_url
 from cropmap.settings import get_settings
 
 __all__ = ["CatalogConfig", "OutlinePart", "OutlineConfig", "ScenarioRef", "CountryConfig", "load_country", "known_countries", "configs_folder",
@@ -41,22 +42,38 @@ _CODE = re.compile(r"^[A-Z]{3,4}$")
 
 
 class CatalogConfig(BaseModel):
-    """Where the Sentinel-2 L2A items come from: a STAC API ``url`` or a static catalog ``path``."""
+    """Where the Sentinel-2 L2A items come from: a STAC API ``url`` or a static catalog ``path``.
+
+    ``profile`` (:mod:`cropmap.io.catalogs`: ``earth-search``, ``earth-search-c1``,
+    ``planetary-computer``, ``cdse``, ``generic``) says how that catalog serves the bands: asset keys,
+    scale and offset, signing or credentials. Unset, it follows from the URL (and the collection:
+    Earth Search's ``sentinel-2-c1-l2a`` is ``earth-search-c1``); a static catalog without one is read
+    per item. A profile without a ``url`` uses the profile's API, without a ``collection`` its collection.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     url: str | None = EARTH_SEARCH
     path: Path | None = None
+    profile: str | None = None
     collection: str = "sentinel-2-l2a"
     max_cloud_cover: float = Field(80.0, ge=0, le=100)  # percent, scene-level eo:cloud_cover
     margin_days: int = Field(15, ge=0, le=180)  # searched before and after the season window
 
     @model_validator(mode="after")
     def _one_source(self) -> "CatalogConfig":
+        named = get_profile(self.profile) if self.profile is not None else None  # ConfigError: not a profile
+        if named is not None and "collection" not in self.model_fields_set and named.collection:
+            object.__setattr__(self, "collection", named.collection)
         if self.path is not None:
             object.__setattr__(self, "url", None)  # a static catalog replaces the default API
+        elif named is not None and "url" not in self.model_fields_set and named.url:
+            object.__setattr__(self, "url", named.url)
         elif not self.url:
             raise ValueError("catalog needs a 'url' (STAC API) or a 'path' (static catalog.json)")
+        if named is None and self.url:
+            found = profile_for_url(self.url, self.collection)
+            object.__setattr__(self, "profile", found.name if found else None)
         return self
 
 

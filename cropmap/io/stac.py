@@ -5,14 +5,18 @@ thing: ``pystac.Item`` objects sorted by date and id, asset hrefs absolute. The 
 always applied here, locally, because not every API honours ``query``/``filter`` (rustac's server
 silently returns nothing for them; see ../shared/notes/stack.md).
 
-Band names: :func:`band_assets` maps asset keys of both naming schemes (Earth Search ``blue ...
-swir22 scl`` and ``B02 ... B12 SCL``, or ``eo:bands`` names) to canonical names via
-:func:`cropmap.core.bands.canonical_band`.
+Band names: :func:`band_assets` maps asset keys to canonical names: first the keys of the item's
+catalog profile (:mod:`cropmap.io.catalogs`: Earth Search ``blue ... swir22 scl``, Planetary Computer
+``B02 ... B12 SCL``, CDSE ``B02_10m ... SCL_20m``), then any key or ``eo:bands`` name that
+:func:`cropmap.core.bands.canonical_band` knows. Scale and offset: :func:`asset_scale_offset`, the one
+rule of :func:`cropmap.io.catalogs.reflectance_scale_offset`. Every item found is marked with the
+catalog's profile (``cropmap:catalog``) when the config names or implies one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +28,7 @@ from shapely.geometry import shape
 from cropmap.core.bands import canonical_band
 from cropmap.core.season import Season
 from cropmap.errors import CatalogError
+from cropmap.io.catalogs import PROFILE_PROPERTY, asset_scale_offset, item_profile
 from cropmap.io.config import CatalogConfig
 
 __all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset"]
@@ -79,6 +84,8 @@ def search_items(
     for it in keep:
         if it.get_self_href():
             it.make_asset_hrefs_absolute()
+        if catalog.profile is not None:  # read with the catalog's rule, wherever the item goes next
+            it.properties[PROFILE_PROPERTY] = catalog.profile
     return sorted(keep, key=lambda it: (_item_time(it), it.id))
 
 
@@ -132,37 +139,34 @@ def _search_api(url: str, collection: str, bbox, start, end) -> list[pystac.Item
 def band_assets(item: pystac.Item, bands: Sequence[str] | None = None) -> dict[str, str]:
     """``{canonical band: asset key}`` for the raster assets of ``item`` (``B02`` ... ``SCL``).
 
-    Asset keys are matched first (``blue`` or ``B02``), then single-band ``eo:bands`` names; keys
-    that are not S2 bands (``blue-jp2``, ``visual``, ``aot``) are ignored. With ``bands``, only
-    those are returned (missing ones are simply absent: the caller decides whether that is fatal).
+    The keys of the item's catalog profile come first, in its order of preference (CDSE: ``B02_10m``
+    before ``B02_20m``); then asset keys (``blue``, ``B02``, ``B05_20m``: the finest resolution wins),
+    then single-band ``eo:bands`` / ``bands`` names; keys that are not S2 bands (``blue-jp2``,
+    ``visual``, ``aot``, ``TCI_10m``) are ignored. With ``bands``, only those are returned (missing
+    ones are simply absent: the caller decides whether that is fatal).
     """
     found: dict[str, str] = {}
+    for band, keys in item_profile(item).asset_keys.items():
+        key = next((k for k in keys if k in item.assets), None)
+        if key is not None:
+            found[band] = key
+    by_name: dict[str, tuple[int, str]] = {}
     for key, asset in item.assets.items():
-        band = canonical_band(key)
+        match = _RESOLUTION.search(key)
+        base, metres = (key[:match.start()], int(match[1])) if match else (key, 0)
+        band = canonical_band(base)
         if band is None:
-            eo = asset.extra_fields.get("eo:bands") or []
+            eo = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
             band = canonical_band(eo[0].get("name", "")) if len(eo) == 1 else None
             if band is not None and canonical_band(key.split("-")[0]) is not None and key != key.split("-")[0]:
                 band = None  # "blue-jp2": an alternative encoding of an asset already matched
-        if band is not None and band not in found:
-            found[band] = key
+        if band is not None and (band not in by_name or metres < by_name[band][0]):
+            by_name[band] = (metres, key)
+    for band, (_, key) in by_name.items():
+        found.setdefault(band, key)
     if bands is not None:
         return {b: found[b] for b in bands if b in found}
     return found
 
 
-def asset_scale_offset(item: pystac.Item, key: str) -> tuple[float, float]:
-    """``(scale, offset)`` of an asset from ``raster:bands`` (``(1, 0)`` when absent).
-
-    Reflectance = DN * scale + offset, read per item, never hard-coded. Exception: Earth Search
-    items flagged ``earthsearch:boa_offset_applied: true`` (or the older ``sentinel:...``) hold DNs
-    from which the BOA_ADD_OFFSET was already removed while ``raster:bands`` still says -0.1
-    (cirrus-geo/cirrus-earth-search#21, Element84/earth-search#71): the offset is then 0. Applying it
-    would make summer vegetation blue reflectance negative on the real 33TWM items.
-    """
-    rb = item.assets[key].extra_fields.get("raster:bands") or [{}]
-    scale, offset = float(rb[0].get("scale", 1.0)), float(rb[0].get("offset", 0.0))
-    props = item.properties
-    if props.get("earthsearch:boa_offset_applied") is True or props.get("sentinel:boa_offset_applied") is True:
-        offset = 0.0
-    return scale, offset
+_RESOLUTION = re.compile(r"_(\d+)m$")

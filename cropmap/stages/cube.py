@@ -54,6 +54,8 @@ from cropmap.core.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.core.season import Season
 from cropmap.errors import AssetReadError, ConfigError, CropmapError, DataNotFoundError
 from cropmap.io import storage
+from cropmap.io.catalogs import (asset_href, implausible_band, item_profile, rasterio_env, reflectance_problem,
+                                 rio_settings)
 from cropmap.io.stac import asset_scale_offset, band_assets
 from cropmap.io.storage import stable_hash
 
@@ -61,9 +63,9 @@ __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observat
            "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
 
 # GDAL must read .aux.xml sidecars (the real Earth Search JPEG2000 assets keep their georeferencing
-# there); remote probes fail fast instead of retrying for minutes.
-_GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "NO", "GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "1",
-             "AWS_NO_SIGN_REQUEST": "YES"}
+# there); remote probes fail fast instead of retrying for minutes. The catalog profile adds how its
+# buckets are reached (unsigned, or the CDSE S3 endpoint and keys: cropmap.io.catalogs).
+_GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "NO", "GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "1"}
 
 
 class AssetUnavailableWarning(UserWarning):
@@ -110,35 +112,58 @@ class CubeResult:
 
 
 @functools.lru_cache(maxsize=8192)
-def _open_header(href: str) -> None:
+def _open_header(href: str, env: tuple[tuple[str, str], ...]) -> None:
     # lru_cache keeps successes only (exceptions are not cached): neighbouring tiles share items,
     # and a transient network failure is probed again on the next tile
-    with rasterio.Env(**_GDAL_ENV), rasterio.open(href) as src:
+    with rasterio_env(dict(env)), rasterio.open(href) as src:
         if src.crs is None:
             raise AssetReadError("no georeferencing (CRS missing: is the .aux.xml sidecar readable?)")
 
 
-def _probe(href: str) -> str:
+def _probe(href: str, env: dict[str, str]) -> str:
     """"" if ``href`` opens as a georeferenced raster, else the reason."""
     try:
-        _open_header(href)
+        _open_header(href, tuple(sorted(env.items())))
     except Exception as err:  # noqa: BLE001 - GDAL raises many types for one meaning: unusable
         return str(err).splitlines()[0][:200]
     return ""
 
 
+def _read_env(item: pystac.Item) -> dict[str, str]:
+    return {**_GDAL_ENV, **item_profile(item).gdal_env()}
+
+
 def _usable_items(items: Sequence[pystac.Item], bands: Sequence[str], on_error: str
                   ) -> tuple[list[pystac.Item], list[str]]:
-    """Copies of ``items`` holding only readable assets of ``bands`` + SCL, renamed to canonical keys."""
+    """Copies of ``items`` holding only readable assets of ``bands`` + SCL, renamed to canonical keys.
+
+    An asset of implausible reflectance (:func:`cropmap.io.catalogs.reflectance_problem`: raw DNs, a
+    wrong scale) is never passed on: dropped with a warning, :class:`ReflectanceRangeError` when
+    ``on_error`` is "fail" or when no item of the band is plausible (the catalog's rule is wrong)."""
     kept, dropped = [], []
+    implausible: dict[str, list[str]] = {}
+    plausible: set[str] = set()
     for item in items:
         keys = band_assets(item, [*bands, SCL])
         clone = item.clone()
         clone.assets = {}
+        env = _read_env(item)
         for band, key in keys.items():
-            asset = item.assets[key]
-            href = asset.get_absolute_href() or asset.href
-            reason = _probe(href)
+            href = asset_href(item, key)
+            reason = _probe(href, env)
+            if not reason and band != SCL:
+                try:
+                    problem = reflectance_problem(item, key, href, env=env)
+                except rasterio.errors.RasterioError as err:  # the header opened, the pixels do not
+                    problem, reason = "", str(err).splitlines()[0][:200]
+                if problem and on_error == "fail":
+                    raise implausible_band(band, [problem])
+                if problem:
+                    implausible.setdefault(band, []).append(problem)
+                    warnings.warn(problem + "; the asset is left out", AssetUnavailableWarning, stacklevel=3)
+                    dropped.append(f"{item.id}/{key}")
+                    continue
+                plausible.update([band] if not reason else [])
             if reason:
                 msg = f"item {item.id} asset {key!r} ({band}) unavailable: {href}: {reason}"
                 if on_error == "fail":
@@ -146,7 +171,7 @@ def _usable_items(items: Sequence[pystac.Item], bands: Sequence[str], on_error: 
                 warnings.warn(msg, AssetUnavailableWarning, stacklevel=3)
                 dropped.append(f"{item.id}/{key}")
                 continue
-            copy = asset.clone()
+            copy = item.assets[key].clone()
             copy.href = href
             clone.add_asset(band, copy)
         if SCL in clone.assets and any(b in clone.assets for b in bands):
@@ -154,6 +179,8 @@ def _usable_items(items: Sequence[pystac.Item], bands: Sequence[str], on_error: 
         elif clone.assets:
             warnings.warn(f"item {item.id} skipped: it has no usable {SCL} or no usable band of "
                           f"{list(bands)}", AssetUnavailableWarning, stacklevel=3)
+    for band in [b for b in implausible if b not in plausible]:  # systematic: the catalog's rule is wrong
+        raise implausible_band(band, implausible[band])
     return kept, dropped
 
 
@@ -192,7 +219,8 @@ def load_observations(
     days = sorted({_solar_day(it) for it in usable})
     for it in usable:
         it.properties["cropmap:solar_day"] = _solar_day(it)
-    odc.stac.configure_rio(**_GDAL_ENV)
+    options, aws = rio_settings(_read_env(usable[0]))  # a tile's items come from one catalog (io.stac.search_items)
+    odc.stac.configure_rio(aws=aws, **options)
     geobox = GeoBox(tile.shape, tile.transform, tile.crs)
     by_day = {d: [it for it in usable if it.properties["cropmap:solar_day"] == d] for d in days}
     # one representative time per solar day: the first acquisition of the day
