@@ -15,6 +15,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_OUTPUT_DIR`` | output root, a local folder (the older variable; the URL wins) |
 | ``CROPMAP_DASK_ADDRESS`` | an existing Dask scheduler (``tcp://host:8786``) instead of a local cluster |
 | ``CROPMAP_GPU_WORKERS`` | ``1``: the cluster has workers started with ``--resources GPU=1`` |
+| ``CROPMAP_STAC_REQUESTS_PER_SECOND`` | requests a second a process sends a STAC API (default 2: polite to Earth Search) |
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     dask_address: str | None = None
     gpu_workers: str = ""
     tiles_in_flight: int = Field(2, ge=1, le=64)
+    stac_requests_per_second: float = Field(2.0, gt=0, le=1000)
     cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
     cdse_access_key_id: str | None = None
     cdse_secret_access_key: str | None = None

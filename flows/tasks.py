@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
-from cropmap.jobs import mapping, tiles, training
+from cropmap.jobs import mapping, searches, tiles, training
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.training import CheckpointResult, TrainingSetResult
 from cropmap.stages.cube import CubeResult
@@ -21,9 +21,14 @@ from flows._runner import PrefectExecutor
 __all__ = ["executor"]
 
 
+@task(name="search-block", retries=2, retry_delay_seconds=10, cache_policy=NONE, task_run_name="search {block}")
+def search_block(run: CountryRun, block: str, tile_ids: list[str]) -> searches.BlockSearch:
+    return searches.search_block(run, block, tile_ids)
+
+
 @task(name="cube-tile", retries=2, retry_delay_seconds=5, cache_policy=NONE, task_run_name="cube {tile_id}")
-def cube_tile(run: CountryRun, tile_id: str) -> CubeResult:
-    return tiles.cube_tile(run, tile_id)
+def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite: bool = False) -> CubeResult:
+    return tiles.cube_tile(run, tile_id, items=items, overwrite=overwrite)
 
 
 @task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
@@ -60,7 +65,7 @@ def executor(*, gpu: bool = False) -> PrefectExecutor:
     """The executor of a flow run: each job function as its task above; predictions on GPU workers
     when ``gpu``."""
     return PrefectExecutor(
-        {tiles.cube_tile: cube_tile, tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
+        {searches.search_block: search_block, tiles.cube_tile: cube_tile, tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
          tiles.mosaic_country: mosaic_country,
          mapping.score_run: score_run, training.training_set: training_set,
          training.train_checkpoint: train_checkpoint},

@@ -327,7 +327,9 @@ def test_dn_valued_assets_without_a_scale_are_refused_naming_the_band(pc_api):
     # one such item among good ones: left out with a warning, never passed on; refused with "fail"
     with pytest.warns(AssetUnavailableWarning, match=f"item {bare[0].id} asset 'B04'.*outside"):
         refl, _, dropped = load_observations(TILE, [bare[0], *es_items[1:]], bands=("B04",), chunk=128)
-    assert f"{bare[0].id}/B04" in dropped and refl.sizes["time"] == 4  # its date had no other band
+    # its date had no other band: nothing of it is passed on (the date stays, all no data)
+    assert f"{bare[0].id}/B04" in dropped and refl.sizes["time"] == 5
+    assert np.isnan(refl.sel(time=refl.time[refl.time.dt.day == 10]).values).all()
     assert 0.01 < np.nanmedian(refl.values) < 0.5  # what is passed on is reflectance
     with pytest.raises(ReflectanceRangeError, match="B04"):
         load_observations(TILE, [bare[0], *es_items[1:]], bands=("B04",), chunk=128, on_asset_error="fail")

@@ -209,11 +209,24 @@ def _raise_on_compute(*args, **kwargs):
 
 
 def test_graph_building_reads_no_pixels(twm_items):
+    """Compositing Dask-backed observations stays a lazy graph (all dates of a chunk in one task)."""
+    refl, scl, _ = load_observations(TILE, twm_items, bands=BANDS, chunk=128)
     with dask.config.set(scheduler=_raise_on_compute):
-        refl, scl, _ = load_observations(TILE, twm_items, bands=BANDS, chunk=128)
-        cube = composite_observations(refl, scl, AUG, 2023)
+        cube = composite_observations(refl.chunk({"y": 128, "x": 128}), scl.chunk({"y": 128, "x": 128}), AUG, 2023)
     assert cube.chunks is not None and cube.data.chunksize[2:] == (128, 128)
     assert cube.data.chunksize[0] == AUG.n_bins  # all dates of a chunk in one task: the median needs them
+
+
+def test_a_tile_is_built_without_any_dask_graph(twm_items, tmp_path):
+    """A tile cube is one task to a cluster: reading, compositing and writing compute no Dask graph
+    at all (the default scheduler raises here), and the result equals the lazy composite's."""
+    with dask.config.set(scheduler=_raise_on_compute):
+        res = build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path, options=CubeOptions(bands=BANDS, chunk=64))
+    refl, scl, _ = load_observations(TILE, twm_items, bands=BANDS, chunk=128)
+    lazy = composite_observations(refl.chunk({"y": 128, "x": 128}), scl.chunk({"y": 128, "x": 128}), AUG, 2023)
+    built = open_tile_cube(res.path)
+    np.testing.assert_array_equal(built.values, lazy.values)
+    np.testing.assert_array_equal(built["filled_fraction"].values, lazy["filled_fraction"].values)
 
 
 def test_cube_and_sample_compositing_identical_on_raw_acquisitions(shared_data):

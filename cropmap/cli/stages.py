@@ -16,8 +16,9 @@ from cropmap.core.bands import S2_BANDS
 from cropmap.io.config import CatalogConfig, load_country
 from cropmap.io.outlines import tiles_for_aoi
 from cropmap.jobs.country_run import resolve_country_run
-from cropmap.jobs.executors import Outcome, local_executor, run_all
-from cropmap.jobs.tiles import cube_tile, predict_cubes, tile_annotations
+from cropmap.jobs.executors import Outcome, local_executor
+from cropmap.jobs.tile_pipeline import run_tiles
+from cropmap.jobs.tiles import predict_cubes, tile_annotations
 from cropmap.stages.cube import CubeOptions
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.national import national_mosaic, tiles_by_zone
@@ -64,16 +65,17 @@ def cube(
     run = resolve_country_run(cfg, out_root=out, cube=opts, cube_dir=out)
     typer.echo(f"{cfg.name}: {len(tiles)} tile(s) of {cfg.tile_size} px, season {cfg.season.describe()} {cfg.year}")
 
-    def show(o: Outcome) -> None:
-        if o.ok:
-            typer.echo(f"{o.value.tile_id}: {o.value.status} {o.value.reason}".rstrip())
+    def show(stage: str, tile_id: str, status: str) -> None:
+        typer.echo(f"{tile_id}: {status}")
 
     with local_executor(threads=threads) as executor:
-        outcomes = run_all(executor, cube_tile, [((run, t), {"overwrite": overwrite}) for t in tiles],
-                           on_outcome=show)
-    counts = {s: sum(o.ok and o.value.status == s for o in outcomes) for s in ("written", "skipped", "empty")}
-    typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
-    _report_failures(outcomes, tiles, "tiles")
+        summary = run_tiles(executor, run, tiles, progress=show, overwrite=overwrite)
+    counts = summary.counts["cube"]
+    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty")))
+    for f in summary.failures:
+        typer.echo(f"{f.tile_id}: failed: {f.reason}", err=True)
+    if summary.failures:
+        raise fail(f"{len(summary.failures)} of {summary.total} tiles failed (listed above)")
 
 
 @app.command("predict")

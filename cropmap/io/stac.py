@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from shapely.geometry import shape
 from cropmap.core.bands import canonical_band
 from cropmap.core.season import Season
 from cropmap.errors import CatalogError
+from cropmap.settings import get_settings
 from cropmap.io.catalogs import PROFILE_PROPERTY, asset_scale_offset, item_profile
 from cropmap.io.config import CatalogConfig
 
@@ -124,8 +126,14 @@ def _search_static(path: Path, collection: str, bbox, start, end) -> list[pystac
 
 def _search_api(url: str, collection: str, bbox, start, end) -> list[pystac.Item]:
     from pystac_client import Client  # imported here: static catalogs do not need it
+    from pystac_client.stac_api_io import StacApiIO
+    from urllib3.util.retry import Retry
 
-    client = Client.open(url)
+    # HTTP 429 (and 5xx) are retried with exponential backoff, honouring the server's Retry-After;
+    # a refused connection is not: search_items' own attempts handle an unreachable catalog
+    retry = Retry(total=None, connect=0, read=0, other=0, status=6, backoff_factor=1.0,
+                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, respect_retry_after_header=True)
+    client = Client.open(url, stac_io=StacApiIO(max_retries=retry, request_modifier=_polite), timeout=60)
     search = client.search(
         collections=[collection],
         bbox=list(bbox),
@@ -134,6 +142,22 @@ def _search_api(url: str, collection: str, bbox, start, end) -> list[pystac.Item
     )
     # the server's datetime filter is trusted for paging, re-checked here for servers that round
     return [it for it in search.items() if _in_window(it, start, end)]
+
+
+_RATE_LOCK = threading.Lock()
+_LAST_REQUEST = [0.0]
+
+
+def _polite(request):
+    """At most ``$CROPMAP_STAC_REQUESTS_PER_SECOND`` requests a second from this process (every page of
+    every search): public APIs such as Earth Search ask for it."""
+    interval = 1.0 / get_settings().stac_requests_per_second
+    with _RATE_LOCK:
+        wait = _LAST_REQUEST[0] + interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        _LAST_REQUEST[0] = time.monotonic()
+    return request
 
 
 def band_assets(item: pystac.Item, bands: Sequence[str] | None = None) -> dict[str, str]:

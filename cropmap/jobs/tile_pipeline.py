@@ -1,8 +1,11 @@
-"""Many tiles through the per-tile stages: each tile's cube, then its prediction as soon as the cube is done.
+"""Many tiles through the per-tile stages: the searches of their blocks, each tile's cube, then its
+prediction as soon as the cube is done.
 
-:func:`run_tiles` keeps at most ``window`` tiles in flight (by default the executor's capacity times
-``$CROPMAP_TILES_IN_FLIGHT``), starts a tile's prediction the moment its cube is ready, and starts the
-next tile whenever one finishes, so the stages overlap in bounded waves and the calling process holds
+:func:`run_tiles` searches each 100 km block of tiles once (:mod:`cropmap.jobs.searches`; a tile starts
+as soon as its block's items are there), keeps at most ``window`` tiles in flight (by default the
+executor's capacity times ``$CROPMAP_TILES_IN_FLIGHT``), starts a tile's prediction the moment its cube
+is ready, and starts the next tile whenever one finishes, so the stages overlap in bounded waves and the
+calling process holds
 only a :class:`TileSummary`: per tile, two short status words, and the reason of each failure (tens of
 bytes a tile, not the task objects). A tile that fails in one stage is recorded with its reason; the
 others go on.
@@ -10,7 +13,7 @@ others go on.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +21,7 @@ from typing import Any
 from cropmap.io import storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
+from cropmap.jobs.searches import search_block, search_blocks
 from cropmap.jobs.tiles import cube_tile, predict_tile
 from cropmap.settings import get_settings
 
@@ -43,6 +47,7 @@ class TileSummary:
     counts: dict[str, Counter] = field(default_factory=lambda: {"cube": Counter(), "predict": Counter()})
     failures: list[TileFailure] = field(default_factory=list)
     status: dict[str, dict[str, str]] = field(default_factory=dict)
+    searches: Counter = field(default_factory=Counter)  # block searches: "searched" / "skipped"
 
     def record(self, tile_id: str, stage: str, status: str) -> None:
         self.counts[stage][status] += 1
@@ -72,40 +77,68 @@ class TileSummary:
 
     def describe(self) -> str:
         parts = [f"{s}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())) for s, c in self.counts.items() if c]
-        return f"{self.total} tiles; " + "; ".join(parts)
+        blocks = ", ".join(f"{n} {k}" for k, n in sorted(self.searches.items()))
+        return f"{self.total} tiles; " + "; ".join(parts) + (f"; block searches: {blocks}" if blocks else "")
 
 
 def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
               model: storage.Location | None = None, window: int | None = None,
-              progress: Progress | None = None) -> TileSummary:
-    """Cube every tile of ``tile_ids`` and, with a ``model``, predict it right after; see the module doc."""
+              progress: Progress | None = None, overwrite: bool = False) -> TileSummary:
+    """Search, cube and (with a ``model``) predict every tile of ``tile_ids``; see the module docstring."""
     window = window or executor.capacity * get_settings().tiles_in_flight
     summary = TileSummary()
-    queue = iter(tile_ids)
-    pending: dict[Any, tuple[str, str]] = {}  # handle -> (tile id, stage)
+    blocks = search_blocks(list(tile_ids))
+    searches = iter(blocks.items())
+    ready: deque[tuple[str, str]] = deque()  # (tile id, its block's items) waiting for a slot
+    pending: dict[Any, tuple[str, str]] = {}  # handle -> (tile id or block, stage)
+    in_flight = {"search": 0, "tiles": 0}
 
-    def start_next() -> None:
-        for tile_id in queue:
+    def fill() -> None:
+        while in_flight["tiles"] < window and ready:
+            tile_id, items = ready.popleft()
             summary.total += 1
-            pending[executor.submit(cube_tile, run, tile_id)] = (tile_id, "cube")
-            return
+            in_flight["tiles"] += 1
+            pending[executor.submit(cube_tile, run, tile_id, items=items, overwrite=overwrite)] = (tile_id, "cube")
+        # the next searches while tiles wait for items: at most two at once (the catalog is shared)
+        while in_flight["search"] < 2 and len(ready) < window:
+            nxt = next(searches, None)
+            if nxt is None:
+                return
+            in_flight["search"] += 1
+            pending[executor.submit(search_block, run, nxt[0], nxt[1])] = (nxt[0], "search")
 
-    for _ in range(window):
-        start_next()
+    fill()
     while pending:
         for handle in executor.wait_any(list(pending)):
-            tile_id, stage = pending.pop(handle)
+            name, stage = pending.pop(handle)
             try:
-                status = executor.result(handle).status
-            except Exception as err:  # noqa: BLE001 - one bad tile must not stop the others
-                summary.fail(tile_id, stage, err)
+                result = executor.result(handle)
+            except Exception as err:  # noqa: BLE001 - one bad tile (or block) must not stop the others
+                if stage == "search":  # every tile of the block fails with the search's reason
+                    in_flight["search"] -= 1
+                    for tile_id in blocks[name]:
+                        summary.total += 1
+                        summary.fail(tile_id, "cube", err)
+                        if progress is not None:
+                            progress("cube", tile_id, "failed")
+                    fill()
+                    continue
+                summary.fail(name, stage, err)
                 status = "failed"
             else:
-                summary.record(tile_id, stage, status)
+                if stage == "search":
+                    in_flight["search"] -= 1
+                    summary.searches[result.status] += 1
+                    ready.extend((t, result.path) for t in blocks[name])
+                    fill()
+                    continue
+                status = result.status
+                summary.record(name, stage, status)
             if progress is not None:
-                progress(stage, tile_id, status)
+                progress(stage, name, status)
             if stage == "cube" and status != "failed" and model is not None:
-                pending[executor.submit(predict_tile, run, model, tile_id)] = (tile_id, "predict")
+                pending[executor.submit(predict_tile, run, model, name)] = (name, "predict")
             else:
-                start_next()
+                in_flight["tiles"] -= 1
+                fill()
     return summary

@@ -27,6 +27,7 @@ from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.cluster import inference_annotations
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor, InlineExecutor, Outcome, run_all
+from cropmap.jobs.searches import items_for_tile
 from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
 from cropmap.stages.national import national_mosaic
@@ -45,16 +46,21 @@ __all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predi
            "mosaic_country", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
-def cube_tile(run: CountryRun, tile_id: str, *, overwrite: bool = False) -> CubeResult:
-    """Build one tile's cube in ``run.cube_dir`` (skipped when complete, unless ``overwrite``)."""
+def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwrite: bool = False) -> CubeResult:
+    """Build one tile's cube in ``run.cube_dir`` (skipped when complete, unless ``overwrite``), from the
+    items of its block's search (``items``: :func:`cropmap.jobs.searches.search_block`'s file), else from
+    a search of its own."""
     tile = run.tile(tile_id)
     target = cube_path(run.cube_dir, tile)
     if storage.is_complete(target) and not overwrite:
         return CubeResult(tile.id, target, "skipped", "already complete")
     catalog, season = run.config.catalog, run.season_of(tile)
-    start, end = season_search_window(season, run.year, catalog.margin_days)
-    items = search_items(catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
-    return build_tile_cube(tile, items, season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
+    if items is not None:
+        found = items_for_tile(items, tile)
+    else:
+        start, end = season_search_window(season, run.year, catalog.margin_days)
+        found = search_items(catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
+    return build_tile_cube(tile, found, season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
 
 
 def prediction_key(run: CountryRun, model: storage.Location) -> str:
@@ -157,6 +163,8 @@ def check_cubes_fit(model: storage.Location, cubes: Sequence[storage.Location]) 
 
 
 def tile_annotations(gpu: bool) -> dict[Callable, dict[str, Any]]:
-    """Per-function executor annotations: predictions ask for a GPU worker when ``gpu``."""
-    gpu_keywords = inference_annotations(gpu)
-    return {predict_tile: gpu_keywords, predict_cube: gpu_keywords} if gpu_keywords else {}
+    """Per-function executor annotations (``Client.submit`` keywords, ``dask.annotate`` in the flows):
+    a prediction goes before any waiting cube (priority), so that a tile's map follows its cube and
+    the stages overlap instead of running one after the other; it asks for a GPU worker when ``gpu``."""
+    keywords = {"priority": 10, **inference_annotations(gpu)}
+    return {predict_tile: keywords, predict_cube: keywords}

@@ -192,7 +192,7 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
         cog_translate(source, tmp, profile, nodata=NODATA, overview_resampling=resampling, in_memory=False,
                       quiet=True, forward_band_tags=True, colormap=colormap, additional_cog_metadata=tags,
                       config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize),
-                              "GDAL_CACHEMAX": "128"})
+                              "GDAL_CACHEMAX": 128})
         valid, errors, warnings = cog_validate(tmp, strict=True, quiet=True)
         if not valid:
             raise MosaicError(f"{path.name} is not a valid COG: {'; '.join(errors + warnings)}")

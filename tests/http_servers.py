@@ -1,0 +1,167 @@
+"""Small HTTP servers on 127.0.0.1 for tests that count requests: a file server answering byte ranges
+(what GDAL's /vsicurl/ asks of a COG server), and a counting reverse proxy in front of a STAC API."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    """Serves ``server.root`` with byte ranges; appends ``path first last`` per GET to ``server.log``."""
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _target(self) -> Path | None:
+        root = self.server.root  # type: ignore[attr-defined]
+        path = (root / self.path.split("?")[0].lstrip("/")).resolve()
+        return path if path.is_file() and root in path.parents else None
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+        path = self._target()
+        if path is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self._target()
+        if path is None:
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        match = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        first, last = (int(match[1]), int(match[2]) if match[2] else size - 1) if match else (0, size - 1)
+        last = min(last, size - 1)
+        with open(path, "rb") as f:
+            f.seek(first)
+            body = f.read(last - first + 1)
+        with self.server.lock:  # type: ignore[attr-defined]
+            with open(self.server.log, "a") as log:  # type: ignore[attr-defined]
+                log.write(f"{path.relative_to(self.server.root)} {first} {last}\n")  # type: ignore[attr-defined]
+        self.send_response(206 if match else 200)
+        if match:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _serve_ranges(root: str, log: str) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    server.root, server.log, server.lock = Path(root).resolve(), log, threading.Lock()  # type: ignore[attr-defined]
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+@contextlib.contextmanager
+def range_file_server(root: Path) -> Iterator[tuple[str, Callable[[], list[tuple[str, int, int]]]]]:
+    """Serve ``root`` with HTTP Range support from another process; yields ``(base URL, log)`` where
+    ``log()`` returns ``(path, first byte, last byte)`` of every GET so far (a whole-file GET logs the
+    whole range).
+
+    Another process, because rasterio holds the GIL while GDAL opens a URL: a server thread in the
+    reading process would never get to answer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "ranges.log"
+        log_path.touch()
+        proc = subprocess.Popen([sys.executable, __file__, "ranges", str(root), str(log_path)],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(proc.stdout.readline())  # type: ignore[union-attr]
+
+            kept: list[str] = []  # the log's lines once the server is gone
+
+            def log() -> list[tuple[str, int, int]]:
+                lines = kept or log_path.read_text().splitlines()
+                return [(path, int(first), int(last)) for path, first, last in (ln.rsplit(" ", 2) for ln in lines)]
+
+            yield f"http://127.0.0.1:{port}", log
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            kept.extend(log_path.read_text().splitlines())
+
+
+@contextlib.contextmanager
+def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A reverse proxy to ``upstream``; yields ``(base URL, log)`` of ``(method, path)`` per request.
+    Links in the answers keep pointing at the proxy (the upstream's address is rewritten). The first
+    ``throttle_searches`` requests to ``/search`` are answered HTTP 429 with ``Retry-After: 1``, as a
+    busy public API answers."""
+    log: list[tuple[str, str]] = []
+    throttled = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _forward(self, method: str) -> None:
+            log.append((method, self.path))
+            if self.path.startswith("/search") and throttled[0] < throttle_searches:
+                throttled[0] += 1
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
+            request = urllib.request.Request(upstream + self.path, data=body, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    status, data, ctype = answer.status, answer.read(), answer.headers.get("Content-Type", "")
+            except urllib.error.HTTPError as err:
+                status, data, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
+            data = data.replace(upstream.encode(), self.server.base.encode())  # type: ignore[attr-defined]
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._forward("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._forward("POST")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.base = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.base, log  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+__all__ = ["range_file_server", "counting_proxy", "free_port"]
+
+
+if __name__ == "__main__" and sys.argv[1] == "ranges":
+    _serve_ranges(sys.argv[2], sys.argv[3])

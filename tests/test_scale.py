@@ -1,0 +1,152 @@
+"""Country scale on the DEMO's real spectra: one STAC search per block of tiles (counted at a real STAC
+API on 127.0.0.1), every COG byte fetched once per tile and band (counted at a local range-request
+HTTP server), and predictions that start while cubes are still being built, with one scheduler task
+per tile and stage (read from Dask's task stream)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pystac
+import pytest
+from http_servers import counting_proxy, free_port, range_file_server
+
+from cropmap.io.config import CatalogConfig
+from cropmap.io.stac import search_items, season_search_window
+from cropmap.jobs.executors import DaskExecutor, InlineExecutor
+from cropmap.jobs.searches import search_blocks
+from cropmap.jobs.tile_pipeline import run_tiles
+from cropmap.stages.cube import CubeOptions, build_tile_cube, open_tile_cube
+
+
+@pytest.fixture(scope="module")
+def stac_api(demo_paths, tmp_path_factory):
+    """The DEMO's items served by ``rustac serve`` behind a counting proxy, their COGs by a local
+    range-request HTTP server (as a public catalog serves both)."""
+    folder = tmp_path_factory.mktemp("api")
+    catalog = pystac.Catalog.from_file(str(demo_paths.catalog))
+    (collection,) = list(catalog.get_children())
+    cogs = range_file_server(demo_paths.root)
+    cog_url, _ = cogs.__enter__()
+    lines = []
+    for item in collection.get_items():
+        item.make_asset_hrefs_absolute()
+        for asset in item.assets.values():
+            asset.href = cog_url + "/" + str(Path(asset.href).resolve().relative_to(demo_paths.root.resolve()))
+        lines.append(json.dumps(item.to_dict(include_self_link=False)))
+    (folder / "items.ndjson").write_text("\n".join(lines) + "\n")
+    coll = collection.to_dict(include_self_link=False)
+    coll["links"] = []
+    (folder / "collection.json").write_text(json.dumps(coll))
+    port = free_port()
+    exe = Path(sys.executable).with_name("rustac")
+    proc = subprocess.Popen([str(exe), "serve", "--addr", f"127.0.0.1:{port}", str(folder / "collection.json"),
+                             str(folder / "items.ndjson")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    upstream = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{upstream}/collections", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.05)
+        with counting_proxy(upstream) as (url, log):
+            yield url, log, upstream
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        cogs.__exit__(None, None, None)
+
+
+def test_one_stac_search_per_block_of_tiles_not_per_tile(demo_run, stac_api, tmp_path):
+    url, log, _ = stac_api
+    catalog = CatalogConfig(url=url, collection="sentinel-2-l2a", max_cloud_cover=100, margin_days=30)
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run"),
+                                      "config": demo_run.config.model_copy(update={"catalog": catalog})})
+    tiles = run.tiles()
+    blocks = search_blocks(tiles)
+    assert len(tiles) == 4 and len(blocks) == 1  # the DEMO's 2.5 km lie in one 100 km block of one zone
+    log.clear()
+    summary = run_tiles(InlineExecutor(), run, tiles)
+    searches = [p for m, p in log if p.startswith("/search")]
+    assert summary.counts["cube"]["written"] == 4 and summary.searches["searched"] == 1
+    assert len(searches) == len(blocks) == 1, log  # one page: 54 items under the page size of 100
+    # the block's items reach every tile: the cubes equal cubes from the static catalog
+    static = run.config.catalog.model_copy(update={"url": None, "path": demo_run.config.catalog.path})
+    tile = run.tile(tiles[0])
+    start, end = season_search_window(run.season, run.year, 30)
+    direct = build_tile_cube(tile, search_items(static, bbox=tile.lonlat_bbox(), start=start, end=end), run.season,
+                             run.year, tmp_path / "direct")
+    via_api = open_tile_cube(Path(run.cube_dir) / f"{tiles[0]}.zarr")
+    assert (open_tile_cube(direct.path).values == via_api.values).sum() > 0.9 * via_api.size
+    log.clear()
+    again = run_tiles(InlineExecutor(), run, tiles)  # a rerun reuses the block's items: no request at all
+    assert [p for _, p in log] == [] and again.searches["skipped"] == 1
+
+
+def test_a_throttled_search_waits_as_told_and_succeeds(demo_run, stac_api):
+    """HTTP 429 with Retry-After: the search waits that long and tries again, instead of failing."""
+    _, _, upstream = stac_api
+    start, end = season_search_window(demo_run.season, demo_run.year, 30)
+    bbox = demo_run.tile(demo_run.tiles()[0]).lonlat_bbox()
+    with counting_proxy(upstream, throttle_searches=2) as (url, log):
+        t0 = time.perf_counter()
+        items = search_items(CatalogConfig(url=url, collection="sentinel-2-l2a", max_cloud_cover=100), bbox=bbox,
+                             start=start, end=end, retries=1)
+        waited = time.perf_counter() - t0
+    assert len(items) > 40
+    assert [p for _, p in log if p.startswith("/search")].__len__() == 3 and waited >= 2.0, (log, waited)
+
+
+def test_every_cog_byte_is_fetched_once_per_tile_and_band(demo_paths, demo_run, tmp_path):
+    """The DEMO's COGs served over HTTP with byte ranges; a tile read in strips of 32 rows (4 strips per
+    COG block): no file is asked for any byte twice."""
+    start, end = season_search_window(demo_run.season, demo_run.year, 30)
+    tile = demo_run.tile(demo_run.tiles()[0])
+    items = search_items(demo_run.config.catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
+    with range_file_server(demo_paths.root) as (url, log):
+        for item in items:
+            for asset in item.assets.values():
+                asset.href = url + "/" + str(Path(asset.href).resolve().relative_to(demo_paths.root.resolve()))
+        res = build_tile_cube(tile, items, demo_run.season, demo_run.year, tmp_path,
+                              options=CubeOptions(chunk=32))
+    assert res.status == "written" and not res.unavailable
+    by_file: dict[str, list[tuple[int, int]]] = {}
+    for path, first, last in log():
+        by_file.setdefault(path, []).append((first, last))
+    assert len(by_file) >= 11 * 40  # 10 bands + SCL of every in-season date were read
+    for path, ranges in by_file.items():
+        ranges.sort()
+        for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
+            assert b0 > a1, f"{path}: bytes {b0}..{min(a1, b1)} fetched twice ({ranges})"
+
+
+@pytest.mark.slow
+def test_predictions_start_before_the_last_cube_and_each_stage_is_one_task_per_tile(demo_run, demo_model, tmp_path):
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from cropmap.jobs.mapping import map_country
+    from cropmap.jobs.tiles import tile_annotations
+
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run")})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        executor = DaskExecutor(client, annotations=tile_annotations(False))
+        with get_task_stream(client) as stream:
+            result = map_country(run, executor, model=demo_model)
+    assert result.tiles.counts["predict"]["done"] == 4
+    kinds = Counter(r["key"].rsplit("-", 5)[0] for r in stream.data)
+    # per tile: one cube task, one predict task; per block one search; per zone and country one mosaic
+    assert kinds == {"search_block": 1, "cube_tile": 4, "predict_tile": 4, "mosaic_zone": 1, "mosaic_country": 1,
+                     "score_run": 1}, kinds
+    spans = {k: [(s["start"], s["stop"]) for r in stream.data if r["key"].startswith(k) for s in r["startstops"]
+                 if s["action"] == "compute"] for k in ("cube_tile", "predict_tile")}
+    first_predict = min(start for start, _ in spans["predict_tile"])
+    last_cube = max(stop for _, stop in spans["cube_tile"])
+    assert first_predict < last_cube, (spans, "predictions waited for every cube")
