@@ -225,6 +225,35 @@ def test_row_blocks_bound_memory_without_changing_the_map(tiny_checkpoint, tmp_p
     assert blocks["label"].values.reshape(-1)[7] == NODATA
 
 
+@pytest.mark.parametrize("bands,bins", [(10, 43), (10, 73), (4, 37)])
+def test_the_batch_follows_the_memory_budget(tiny_checkpoint, tmp_path, bands, bins):
+    """The paper's CropNet: the peak per pixel is the largest conv input + output, by hand from the
+    architecture (pooling rounds up), and the budget buys that many pixels twice over."""
+    import dataclasses
+    import math
+
+    from cropmap.ml.models import CROPNET_V1
+
+    ckpt = dataclasses.replace(load_checkpoint(tiny_checkpoint), bands=tuple(f"B{i}" for i in range(bands)),
+                               n_bins=bins, model=build_model("cropnet", n_bands=bands, n_classes=8, **CROPNET_V1))
+    b2, t2 = math.ceil(bands / 2), math.ceil(bins / 2)
+    b4, t4 = math.ceil(b2 / 2), math.ceil(t2 / 2)
+    by_hand = 4 * max(2 * 64 * bands * bins, 2 * 128 * b2 * t2, 2 * 256 * b2 * t2, 2 * 512 * b4 * t4)
+    assert ckpt.activation_bytes_per_pixel() == by_hand
+    assert ckpt.batch_size_for(1024 * 2**20) == 1024 * 2**20 // (2 * by_hand)
+    assert ckpt.batch_size_for(1) == 1 and ckpt.batch_size_for(2**40) == 65536
+
+
+def test_a_budget_sized_batch_gives_the_same_map(tiny_checkpoint, tmp_path):
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
+    ckpt = load_checkpoint(tiny_checkpoint)
+    fixed = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", batch_size=4096))
+    small = PredictOptions(precision="fp32", memory_budget_mb=4)
+    assert ckpt.batch_size_for(4 * 2**20) < 200  # several forward passes over the tile's 400 pixels
+    budget = predict_cube(ckpt, open_cube(cube), options=small)
+    np.testing.assert_array_equal(budget["label"].values, fixed["label"].values)
+
+
 def test_cli_predict_reports_an_incompatible_cube_and_a_bad_option(tiny_checkpoint, tmp_path):
     from typer.testing import CliRunner
 

@@ -85,7 +85,8 @@ def predict(
     cubes: list[str] = typer.Argument(..., help="Tile cube stores (<tile id>.zarr) or folders holding them."),
     out: str = typer.Option(..., "--out", help="Folder for <tile id>.{class,confidence}.tif and run.json."),
     max_filled_fraction: float = typer.Option(0.8, help="Pixels with more interpolated bins than this are nodata."),
-    batch_size: int = typer.Option(4096, help="Pixels per forward pass."),
+    batch_size: int = typer.Option(None, help="Pixels per forward pass (default: what fits in --memory-budget-mb)."),
+    memory_budget_mb: int = typer.Option(1024, help="Memory one forward pass may take (GPU memory on CUDA), MiB."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
     device: Literal["cuda", "cpu"] = typer.Option(None, help="Default: CUDA when available."),
     precision: Literal["auto", "fp32", "bf16"] = typer.Option("auto", help="auto = bf16 on CUDA, fp32 on CPU."),
@@ -98,7 +99,7 @@ def predict(
         p = Path(c)
         paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
     options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
-                             probabilities=probabilities, device=device, precision=precision)
+                             memory_budget_mb=memory_budget_mb, probabilities=probabilities, device=device, precision=precision)
     gpu = options.device == "cuda"
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor:
         outcomes = predict_cubes(checkpoint, paths, out, options=options, force=force, executor=executor)

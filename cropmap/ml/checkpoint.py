@@ -98,6 +98,31 @@ class Checkpoint:
                 self._variants[key] = model
             return self._variants[key]
 
+    def activation_bytes_per_pixel(self) -> int:
+        """Bytes one pixel takes at the peak of a float32 forward pass: the largest input plus output
+        of any layer (activations are freed layer by layer without autograd), from a forward pass of
+        the model's structure on PyTorch's ``meta`` device (no weights, no compute)."""
+        model = copy.deepcopy(self.model).to("meta").eval()
+        peak = [len(self.bands) * self.n_bins]
+
+        def measure(module, inputs, output) -> None:
+            sizes = [t.numel() for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+            peak[0] = max(peak[0], sum(sizes))
+
+        hooks = [m.register_forward_hook(measure) for m in model.modules() if not list(m.children())]
+        try:
+            with torch.no_grad():
+                model(torch.empty((1, len(self.bands), self.n_bins), device="meta"))
+        finally:
+            for h in hooks:
+                h.remove()
+        return 4 * peak[0]
+
+    def batch_size_for(self, budget_bytes: int) -> int:
+        """Pixels per forward pass that keep the activations within ``budget_bytes``, with half the
+        budget left for the convolution workspace and the allocator (between 1 and 65,536)."""
+        return int(min(65536, max(1, budget_bytes // (2 * self.activation_bytes_per_pixel()))))
+
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096, device: str | None = None,
                       channels_last: bool = False) -> np.ndarray:
