@@ -156,7 +156,8 @@ class CountryConfig(BaseModel):
     season: Season
     year: int = Field(ge=2015, le=2100)  # the season year: the calendar year in which the window starts
     catalog: CatalogConfig = CatalogConfig()
-    tile_size: int = Field(1024, ge=64, le=8192)  # pixels (10 m) per tile side
+    # pixels (10 m) per tile side; below 64 only for benchmarks of orchestration (bench/scale.py)
+    tile_size: int = Field(1024, ge=16, le=8192)
     # the CRS of the national products: equal-area, so that pixel counts are areas (EPSG:6933, the global
     # EASE-Grid 2.0 cylindrical equal-area, unless a national equal-area CRS is better: LAEA Europe 3035,
     # CONUS Albers 5070, Australian Albers 3577)
