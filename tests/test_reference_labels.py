@@ -181,3 +181,52 @@ def test_demo_points_carry_their_field(demo_paths):
 def test_group_split_needs_two_fields():
     with pytest.raises(InvalidInputError, match="from 1 field"):
         group_split(np.array([0, 1, 0]), np.array([7, 7, 7]), fraction=0.2, seed=0)
+
+
+def test_vector_labels_outside_the_country_are_refused_before_any_tile(demo_run, shared_data):
+    with pytest.raises(InvalidInputError, match=r"wc_extraction_dataset.gpkg \(extent .*EPSG:4326\) do not "
+                                                r"intersect DEMO's tiles"):
+        demo_run.tiles(reference=shared_data / PARCELS)
+
+
+def _demo_parcels(demo_paths, path):
+    """The DEMO reference map's fields as polygons in WGS 84 (a reprojection on the way in), column ``crop``."""
+    from rasterio import features
+
+    with rasterio.open(demo_paths.reference) as ds:
+        data, transform, crs = ds.read(1), ds.transform, ds.crs
+        names = {int(k[6:]): v for k, v in ds.tags(1).items() if k.startswith("class_")}
+    shapes = [(shapely.geometry.shape(g), int(v)) for g, v in features.shapes(data, mask=data != 255,
+                                                                             transform=transform, connectivity=8)]
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    geoms = shapely.transform(np.array([g for g, _ in shapes]),
+                              lambda xy: np.column_stack(to_ll.transform(xy[:, 0], xy[:, 1])))
+    crops = np.array([names[v] for _, v in shapes], dtype=object)
+    pyogrio.raw.write(path, shapely.to_wkb(geoms), [crops], fields=["crop"], crs="EPSG:4326",
+                      geometry_type="Polygon", driver="GPKG")
+    return sorted(set(crops))
+
+
+@pytest.mark.slow
+def test_train_country_from_vector_parcels(demo_run, demo_paths, tmp_path):
+    """train-model's job from a GeoPackage of parcels: the sample set's points lie 60 m inside their
+    parcel and carry it as ``field`` (what validation groups by)."""
+    import xarray as xr
+
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import train_country
+    from cropmap.ml.checkpoint import load_checkpoint
+
+    gpkg = tmp_path / "parcels.gpkg"
+    classes = _demo_parcels(demo_paths, gpkg)
+    legend = tmp_path / "legend.yaml"
+    legend.write_text(yaml.safe_dump({"name": "demo", "classes": classes}))
+    settings = demo_run.scenario.training.model_copy(update={"epochs": 2})
+    result = train_country(demo_run, InlineExecutor(), reference=str(gpkg), label_column="crop",
+                           legend=str(legend), settings=settings)
+    samples = xr.load_dataset(result.samples.path, engine="h5netcdf")
+    assert samples.sizes["sample"] > 100 and "field" in samples.coords
+    points = pd.DataFrame({"lon": samples["lon"].values, "lat": samples["lat"].values,
+                           "field": samples["field"].values, "epsg": 32754})
+    _assert_inside(points, gpkg, 60.0 - 0.01)  # cm: the parcels went to WGS 84 and back
+    assert load_checkpoint(result.checkpoint.path).scores["val_macro_f1"] >= 0
