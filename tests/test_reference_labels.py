@@ -230,3 +230,17 @@ def test_train_country_from_vector_parcels(demo_run, demo_paths, tmp_path):
                            "field": samples["field"].values, "epsg": 32754})
     _assert_inside(points, gpkg, 60.0 - 0.01)  # cm: the parcels went to WGS 84 and back
     assert load_checkpoint(result.checkpoint.path).scores["val_macro_f1"] >= 0
+
+
+def test_cli_train_refuses_labels_off_the_country_in_one_line(demo_paths, shared_data, legend, tmp_path,
+                                                               monkeypatch):
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    monkeypatch.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
+    out = CliRunner().invoke(app, ["train", "DEMO", "--labels", str(shared_data / PARCELS), "--label-column",
+                                   "croptype_label", "--legend", str(legend), "--out", str(tmp_path)])
+    assert out.exit_code == 2, out.output
+    assert "do not intersect DEMO's tiles" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "DEMO").exists() or not any((tmp_path / "DEMO").rglob("*.zarr"))  # nothing computed

@@ -14,7 +14,7 @@ from cropmap.cli.common import app, command, fail, tile_progress
 from cropmap.cli.data import demo_app
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.executors import local_executor
-from cropmap.jobs.mapping import MapResult, map_country, train_country
+from cropmap.jobs.mapping import MapResult, map_country, train_country, training_tiles
 from cropmap.jobs.reports import map_lines, plan_table
 from cropmap.jobs.tiles import tile_annotations
 from cropmap.jobs.training import TrainingSettings
@@ -83,7 +83,8 @@ def train(
     out: str = typer.Option(None, "--out", help="Output root (as for `cropmap map`)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
 ) -> None:
-    """Train a country's model from reference labels (the train-model job, locally); prints the checkpoint."""
+    """Train a country's model from reference labels (the train-model job, locally, with a progress display of
+    the tiles cubed); prints the checkpoint."""
     started = time.perf_counter()
     run = resolve_run(country, year=year, out_dir=out)
     base = run.scenario.training if run.scenario is not None and labels is None else TrainingSettings()
@@ -92,9 +93,10 @@ def train(
     settings = TrainingSettings(**{**base.model_dump(), **overrides})
     typer.echo(f"{run.config.name} {run.year}: training {settings.model} ({settings.epochs} epochs, lr {settings.lr}, "
                f"batch {settings.batch_size}, augmentation {settings.augment!r})")
-    with local_executor(threads=threads) as executor:
+    n = len(training_tiles(run, reference=labels))  # labels off the country fail here, before any cluster
+    with local_executor(threads=threads) as executor, tile_progress(n, ("cube",)) as progress:
         result = train_country(run, executor, reference=labels, legend=legend, settings=settings,
-                               label_column=label_column)
+                               label_column=label_column, progress=progress)
     ckpt = result.checkpoint
     typer.echo(f"samples:    {result.samples.path} ({result.samples.n_samples}: "
                + ", ".join(f"{k} {v}" for k, v in result.samples.per_class.items()) + ")")

@@ -37,7 +37,7 @@ from cropmap.stages.cube import cube_path
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import write_run_file
 
-__all__ = ["TrainResult", "MapResult", "train_country", "map_country", "score_run"]
+__all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,20 @@ def _run(executor: Executor, fn, *args, **kwargs):
     return executor.result(executor.submit(fn, *args, **kwargs))
 
 
+def training_tiles(run: CountryRun, *, reference: str | None = None, bounds: Bounds | None = None) -> list[str]:
+    """The tiles :func:`train_country` cubes: those under ``bounds`` (default: the scenario's training
+    area when ``reference`` is the scenario's), else those under the labels' extent (vector labels that
+    meet none of the country's tiles are an error, raised before anything runs)."""
+    scenario = run.scenario
+    if reference is None and scenario is not None:
+        reference = scenario.reference
+        bounds = bounds if bounds is not None else scenario.train_bounds
+    bounds_crs = scenario.bounds_crs if scenario is not None and bounds == scenario.train_bounds else None
+    if bounds is not None:
+        return run.tiles(bounds=bounds, bounds_crs=bounds_crs)
+    return run.tiles(reference=reference)
+
+
 def train_country(run: CountryRun, executor: Executor, *, reference: str | None = None, legend: str | None = None,
                   settings: TrainingSettings | None = None, bounds: Bounds | None = None,
                   progress: Progress | None = None, label_column: str | None = None) -> TrainResult:
@@ -89,9 +103,7 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
         bounds = bounds if bounds is not None else scenario.train_bounds
     if settings is None:
         settings = scenario.training if scenario is not None else TrainingSettings()
-    bounds_crs = scenario.bounds_crs if scenario is not None and bounds == scenario.train_bounds else None
-    tile_ids = (run.tiles(bounds=bounds, bounds_crs=bounds_crs) if bounds is not None
-                else run.tiles(reference=reference))
+    tile_ids = training_tiles(run, reference=reference, bounds=bounds)
     tiles = run_tiles(executor, run, tile_ids, progress=progress)
     if tiles.failures:  # a sample set from part of the labels would train a different model, silently
         first = tiles.failures[0]
