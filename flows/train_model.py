@@ -31,8 +31,10 @@ __all__ = ["train_model"]
 @flow(name="train-model", task_runner=task_runner(), log_prints=True)
 def train_model(country: str = DEFAULT_COUNTRY, reference: str | None = None, legend: str | None = None,
                 year: int | None = None, cell_deg: float | None = None, per_cell: int | None = None,
-                epochs: int | None = None, out_dir: str | None = None, training: dict | None = None) -> str:
-    """Train a model for ``country`` from a reference crop map; returns the checkpoint path. ``training``:
+                epochs: int | None = None, out_dir: str | None = None, training: dict | None = None,
+                label_column: str | None = None) -> str:
+    """Train a model for ``country`` from reference labels (a categorical crop map, or vector parcels/points
+    with their ``label_column`` and a ``legend``); returns the checkpoint path. ``training``:
     any :class:`~cropmap.jobs.training.TrainingSettings` fields, over the defaults (the paper's, or the
     scenario's when no reference is given)."""
     run = resolve_run(country, year=year, out_dir=out_dir)  # an unknown country fails here, before any task
@@ -40,7 +42,8 @@ def train_model(country: str = DEFAULT_COUNTRY, reference: str | None = None, le
     overrides = {**(training or {}), **{k: v for k, v in {"cell_deg": cell_deg, "per_cell": per_cell,
                                                            "epochs": epochs}.items() if v is not None}}
     settings = TrainingSettings(**{**base.model_dump(), **overrides})  # validated, unlike model_copy
-    result = train_country(run, tasks.executor(), reference=reference, legend=legend, settings=settings)
+    result = train_country(run, tasks.executor(), reference=reference, legend=legend, settings=settings,
+                           label_column=label_column)
     create_table_artifact(key=f"training-{run.code.lower()}", description=f"{run.code}: samples per class",
                           table=[{"class": k, "samples": v} for k, v in result.samples.per_class.items()])
     ckpt = result.checkpoint

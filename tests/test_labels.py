@@ -114,7 +114,7 @@ def test_grid_sampling_on_demo_map(demo_paths, reference, cell, per_cell):
     assert np.allclose(points.y, transform.f - (points.row + 0.5) * 10)
     lon, lat = Transformer.from_crs(32754, 4326, always_xy=True).transform(points.x, points.y)
     assert np.allclose(points.lon, lon) and np.allclose(points.lat, lat)
-    assert list(points.columns) == ["x", "y", "lon", "lat", "row", "col", "value", "label", "class_name"]
+    assert list(points.columns) == ["x", "y", "lon", "lat", "row", "col", "value", "label", "field", "class_name"]
 
 
 def test_sampling_is_deterministic_and_seeded(demo_paths):

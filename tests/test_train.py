@@ -69,10 +69,10 @@ def test_normalisation_matches_plain_numpy(victoria):
     assert np.allclose(out.mean(axis=(0, 2)), 0, atol=1e-4) and np.allclose(out.std(axis=(0, 2)), 1, atol=1e-3)
 
 
-def _train(x, y, **kw):
+def _train(x, y, groups=None, **kw):
     cfg = TrainConfig(**{"model": "cropnet1d", "model_options": SMALL, "epochs": 3, "lr": 3e-3, "batch_size": 32,
                          "progress": False, "device": "cpu", **kw})
-    return train_model(x, y, window_start=0, n_bins=73, n_classes=8, config=cfg)
+    return train_model(x, y, window_start=0, n_bins=73, n_classes=8, config=cfg, groups=groups)
 
 
 def test_training_is_reproducible_keeps_the_best_epoch_and_never_sees_validation(victoria):
@@ -162,3 +162,18 @@ def test_check_compatible_names_the_mismatch(victoria, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="bad.pt"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+
+def test_training_with_groups_validates_on_whole_fields(victoria):
+    """Given field ids, validation holds out whole fields (GroupShuffleSplit): no field on both sides."""
+    x, y, _ = victoria
+    x, y = x[::4], y[::4]  # 100 samples
+    fields = np.arange(len(y)) // 4  # 25 "fields" of 4 consecutive samples
+    result = _train(x, y, epochs=1, seed=3, groups=fields)
+    assert not set(fields[result.train_index]) & set(fields[result.val_index])
+    assert len(result.val_index) > 0 and len(result.val_index) % 4 == 0
+    plain = stratified_split(y, fraction=0.2, seed=3)  # what it replaces: fields on both sides
+    assert set(fields[plain[0]]) & set(fields[plain[1]])
+    with pytest.raises(ConfigError, match=r"groups must be \(100,\)"):
+        _train(x, y, epochs=1, groups=fields[:-1])

@@ -14,7 +14,7 @@ from cropmap.cli.common import app, command, fail, tile_progress
 from cropmap.cli.data import demo_app
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.executors import local_executor
-from cropmap.jobs.mapping import MapResult, map_country, train_country
+from cropmap.jobs.mapping import MapResult, map_country, train_country, training_tiles
 from cropmap.jobs.reports import map_lines, plan_table
 from cropmap.jobs.tiles import tile_annotations
 from cropmap.jobs.training import TrainingSettings
@@ -71,25 +71,32 @@ def map_(
 @command
 def train(
     country: str = typer.Argument(..., help="Country code with a config in configs/countries."),
-    labels: str = typer.Option(None, "--labels", help="Reference labels: a categorical crop map (GeoTIFF); "
-                               "default: the country's scenario's."),
+    labels: str = typer.Option(None, "--labels", help="Reference labels: a categorical crop map (GeoTIFF) or "
+                               "vector parcels/points (GeoPackage, GeoParquet, Shapefile); default: the country's "
+                               "scenario's."),
+    label_column: str = typer.Option(None, "--label-column", help="Vector labels: the column holding the codes."),
     legend: str = typer.Option(None, "--legend", help="configs/legends YAML mapping the labels' classes."),
     year: int = typer.Option(None, "--year", help="Season year (default: the config's)."),
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the epochs (default: the paper's 50)."),
     cell_deg: float = typer.Option(None, "--cell-deg", help="Sampling cell in degrees (default 0.1)."),
+    per_cell: int = typer.Option(None, "--per-cell", min=1, help="Points per sampling cell and class (default 1)."),
     out: str = typer.Option(None, "--out", help="Output root (as for `cropmap map`)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
 ) -> None:
-    """Train a country's model from reference labels (the train-model job, locally); prints the checkpoint."""
+    """Train a country's model from reference labels (the train-model job, locally, with a progress display of
+    the tiles cubed); prints the checkpoint."""
     started = time.perf_counter()
     run = resolve_run(country, year=year, out_dir=out)
     base = run.scenario.training if run.scenario is not None and labels is None else TrainingSettings()
-    overrides = {k: v for k, v in {"epochs": epochs, "cell_deg": cell_deg}.items() if v is not None}
+    given = {"epochs": epochs, "cell_deg": cell_deg, "per_cell": per_cell}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = TrainingSettings(**{**base.model_dump(), **overrides})
     typer.echo(f"{run.config.name} {run.year}: training {settings.model} ({settings.epochs} epochs, lr {settings.lr}, "
                f"batch {settings.batch_size}, augmentation {settings.augment!r})")
-    with local_executor(threads=threads) as executor:
-        result = train_country(run, executor, reference=labels, legend=legend, settings=settings)
+    n = len(training_tiles(run, reference=labels))  # labels off the country fail here, before any cluster
+    with local_executor(threads=threads) as executor, tile_progress(n, ("cube",)) as progress:
+        result = train_country(run, executor, reference=labels, legend=legend, settings=settings,
+                               label_column=label_column, progress=progress)
     ckpt = result.checkpoint
     typer.echo(f"samples:    {result.samples.path} ({result.samples.n_samples}: "
                + ", ".join(f"{k} {v}" for k, v in result.samples.per_class.items()) + ")")

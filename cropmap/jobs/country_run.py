@@ -26,7 +26,9 @@ from cropmap.core.season import Season
 from cropmap.io import storage
 from cropmap.io.config import CountryConfig
 from cropmap.io.outlines import PartPlan, part_plans, tiles_for_aoi
+from cropmap.errors import InvalidInputError
 from cropmap.jobs.training import TrainingSettings
+from cropmap.samples.reference_labels import is_vector, label_extent
 from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeOptions
 from cropmap.stages.predict import PredictOptions
@@ -106,10 +108,17 @@ class CountryRun(BaseModel):
     def tiles(self, *, tile_limit: int | None = None, bounds: Bounds | None = None, bounds_crs: str | None = None,
               reference: storage.Location | None = None) -> list[str]:
         """Ids of the run's tiles (sorted by zone, row, col), optionally only those intersecting ``bounds``
-        (in ``bounds_crs``; default the tiles' own CRS) or the extent of the raster ``reference``, and at
+        (in ``bounds_crs``; default the tiles' own CRS) or the extent of ``reference`` (a raster or vector
+        labels; vectors that meet no tile are an error), and at
         most ``tile_limit`` of them."""
         tiles = tiles_for_aoi(self.config, parts=self.parts)
-        if reference is not None:
+        if reference is not None and is_vector(reference):
+            box, crs = label_extent(reference)
+            tiles = _within(tiles, box, crs)
+            if not tiles:
+                raise InvalidInputError(f"the labels {reference} (extent {tuple(round(b, 4) for b in box)}, "
+                                        f"{crs.to_string()}) do not intersect {self.code}'s tiles")
+        elif reference is not None:
             with storage.open_raster(reference) as ds:
                 tiles = _within(tiles, tuple(ds.bounds), ds.crs)
         if bounds is not None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from cropmap.errors import ConfigError, CubeBuildError
 from cropmap.io import storage
 from cropmap.jobs.country_run import Bounds, CountryRun
@@ -35,7 +37,7 @@ from cropmap.stages.cube import cube_path
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import write_run_file
 
-__all__ = ["TrainResult", "MapResult", "train_country", "map_country", "score_run"]
+__all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,27 @@ def _run(executor: Executor, fn, *args, **kwargs):
     return executor.result(executor.submit(fn, *args, **kwargs))
 
 
+def training_tiles(run: CountryRun, *, reference: str | None = None, bounds: Bounds | None = None) -> list[str]:
+    """The tiles :func:`train_country` cubes: those under ``bounds`` (default: the scenario's training
+    area when ``reference`` is the scenario's), else those under the labels' extent (vector labels that
+    meet none of the country's tiles are an error, raised before anything runs)."""
+    scenario = run.scenario
+    if reference is None and scenario is not None:
+        reference = scenario.reference
+        bounds = bounds if bounds is not None else scenario.train_bounds
+    bounds_crs = scenario.bounds_crs if scenario is not None and bounds == scenario.train_bounds else None
+    if bounds is not None:
+        return run.tiles(bounds=bounds, bounds_crs=bounds_crs)
+    return run.tiles(reference=reference)
+
+
 def train_country(run: CountryRun, executor: Executor, *, reference: str | None = None, legend: str | None = None,
                   settings: TrainingSettings | None = None, bounds: Bounds | None = None,
-                  progress: Progress | None = None) -> TrainResult:
+                  progress: Progress | None = None, label_column: str | None = None) -> TrainResult:
     """Train the run's model from ``reference`` labels (default: the scenario's, with its training area
     and settings); ``settings`` default to the scenario's, else the paper's (:class:`TrainingSettings`).
+    ``reference`` is a categorical raster or vector parcels/points (GeoPackage, GeoParquet, Shapefile;
+    then ``label_column`` and ``legend`` are needed); only labels on the country's tiles are used.
 
     Outputs under ``run.training_dir`` and ``run.model_dir``, named by a hash of everything that defines
     them, so a rerun reuses a finished sample set and checkpoint.
@@ -79,23 +97,25 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     scenario = run.scenario
     if reference is None:
         if scenario is None:
-            raise ConfigError(f"training a model for {run.code} needs reference labels (a categorical crop map)")
+            raise ConfigError(f"training a model for {run.code} needs reference labels (a categorical crop map "
+                              "or vector parcels/points)")
         reference, legend = scenario.reference, legend or scenario.legend
         bounds = bounds if bounds is not None else scenario.train_bounds
     if settings is None:
         settings = scenario.training if scenario is not None else TrainingSettings()
-    bounds_crs = scenario.bounds_crs if scenario is not None and bounds == scenario.train_bounds else None
-    tile_ids = (run.tiles(bounds=bounds, bounds_crs=bounds_crs) if bounds is not None
-                else run.tiles(reference=reference))
+    tile_ids = training_tiles(run, reference=reference, bounds=bounds)
     tiles = run_tiles(executor, run, tile_ids, progress=progress)
     if tiles.failures:  # a sample set from part of the labels would train a different model, silently
         first = tiles.failures[0]
         raise CubeBuildError(f"{len(tiles.failed_tiles)} of {len(tile_ids)} training tile(s) failed; the first, "
                              f"{first.tile_id} ({first.stage}): {first.reason}. Rerun to retry them")
     cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in tile_ids if t not in tiles.failed_tiles]
-    key = storage.stable_hash([run.key, reference, legend, bounds, settings.model_dump(mode="json")])
+    boxes = np.array([run.tile(t).lonlat_bbox() for t in tile_ids])
+    area = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))  # lon/lat box of the tiles
+    key = storage.stable_hash([run.key, reference, legend, bounds, label_column, settings.model_dump(mode="json")])
     samples = _run(executor, training_set, reference, cubes, str(storage.join(run.training_dir, f"samples-{key}.nc")),
-                   region=run.code, legend_path=legend, settings=settings, bounds=bounds)
+                   region=run.code, legend_path=legend, settings=settings, bounds=bounds, label_column=label_column,
+                   area=tuple(float(v) for v in area))
     # one torch thread: small nets train fastest that way on cores shared with the Dask workers
     checkpoint = _run(executor, train_checkpoint, samples.path,
                       str(storage.join(run.model_dir, f"{settings.model}-{key}.pt")), settings=settings, threads=1)

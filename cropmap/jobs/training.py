@@ -3,10 +3,12 @@
 The steps of the train-model job as plain functions with small arguments (paths, settings), so that an
 executor (:mod:`cropmap.jobs.executors`) can run each as one task:
 
-- :func:`training_set`: points from the reference map (60 m inward erosion, one point per lon/lat cell
-  and class: :func:`cropmap.samples.reference.sample_reference_map`), their series read from the tile
-  cubes, written as a netCDF sample set;
-- :func:`train_checkpoint`: the model trained on that set and saved with everything predict needs.
+- :func:`training_set`: points from the reference labels (60 m inward erosion, one point per lon/lat cell
+  and class: :func:`cropmap.samples.reference.sample_reference_map` for a categorical raster,
+  :func:`cropmap.samples.reference_labels.sample_label_vectors` for vector parcels or points), their
+  series read from the tile cubes, written as a netCDF sample set;
+- :func:`train_checkpoint`: the model trained on that set (validated on held-out whole fields) and saved
+  with everything predict needs.
 
 :class:`TrainingSettings` defaults to the paper's recipe: CropNet v1 (4.69M parameters), Adam lr 1e-4,
 batch 256, 50 epochs, time shift + time scale + magnitude warp (each p = 0.5), 60 m inward buffer,
@@ -26,7 +28,7 @@ from pydantic import Field
 
 from cropmap.core.harmonise import load_legend
 from cropmap.core.season import Season
-from cropmap.errors import IncompatibleInputError
+from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.io import storage
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.train import TrainConfig, train_model
@@ -35,6 +37,7 @@ from cropmap.samples.reference import (
     sample_reference_map,
     samples_from_cubes,
 )
+from cropmap.samples.reference_labels import is_vector, sample_label_vectors
 from cropmap.stages.cube import open_tile_cube
 
 __all__ = ["TrainingSettings", "TrainingSetResult", "CheckpointResult", "training_points", "training_set",
@@ -50,6 +53,7 @@ class TrainingSettings(TrainConfig):
     erosion_m: float = Field(60.0, ge=0)
     cell_deg: float = Field(0.1, gt=0, le=10)
     per_cell: int = Field(1, ge=1)
+    spacing_m: float = Field(10.0, gt=0)  # vector parcels: candidate points on this grid inside the buffer
 
     def train_config(self) -> TrainConfig:
         """The :class:`~cropmap.ml.train.TrainConfig` part of these settings."""
@@ -83,21 +87,32 @@ class CheckpointResult:
 
 def training_points(reference: storage.Location, *, legend_path: str | Path | None = None,
                     settings: TrainingSettings = TrainingSettings(),
-                    bounds: tuple[float, float, float, float] | None = None):
-    """Points from a reference crop map (:func:`cropmap.samples.reference.sample_reference_map`); the
-    legend is a ``configs/legends`` YAML (default: the map's own classes)."""
+                    bounds: tuple[float, float, float, float] | None = None, label_column: str | None = None,
+                    area: tuple[float, float, float, float] | None = None):
+    """Points from reference labels: a categorical raster
+    (:func:`cropmap.samples.reference.sample_reference_map`) or vector parcels or points
+    (:func:`cropmap.samples.reference_labels.sample_label_vectors`, which need ``label_column`` and a
+    legend). The legend is a ``configs/legends`` YAML (default for a raster: the map's own classes).
+    ``bounds``: the raster's training area (its CRS); ``area``: lon/lat box the vectors must intersect."""
     legend = load_legend(legend_path) if legend_path is not None else None
+    if is_vector(reference):
+        if label_column is None or legend is None:
+            raise ConfigError(f"vector labels {reference} need a label column (--label-column) and a legend (--legend)")
+        return sample_label_vectors(reference, column=label_column, legend=legend, options=settings.sampling(),
+                                    spacing_m=settings.spacing_m, bounds=area)
     return sample_reference_map(reference, legend=legend, options=settings.sampling(), bounds=bounds)
 
 
 def training_set(reference: storage.Location, cube_paths: Sequence[storage.Location], path: storage.Location, *,
                  region: str, legend_path: str | Path | None = None,
                  settings: TrainingSettings = TrainingSettings(),
-                 bounds: tuple[float, float, float, float] | None = None) -> TrainingSetResult:
+                 bounds: tuple[float, float, float, float] | None = None, label_column: str | None = None,
+                 area: tuple[float, float, float, float] | None = None) -> TrainingSetResult:
     """Points from ``reference`` (:func:`training_points`), their series from the tile cubes
     (:func:`cropmap.samples.reference.samples_from_cubes`), written as a netCDF sample set at ``path`` (a
     file or a URL, published whole: :func:`cropmap.io.storage.output_file`)."""
-    points = training_points(reference, legend_path=legend_path, settings=settings, bounds=bounds)
+    points = training_points(reference, legend_path=legend_path, settings=settings, bounds=bounds,
+                             label_column=label_column, area=area)
     samples = samples_from_cubes([open_tile_cube(p) for p in cube_paths], points, region=region)
     with storage.output_file(path) as tmp:
         samples.to_netcdf(tmp, engine="h5netcdf")
@@ -133,13 +148,15 @@ def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
         if threads is not None:
             torch.set_num_threads(threads)
         result = train_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2],
-                             n_classes=len(names), config=config, bin_days=season.bin_days)
+                             n_classes=len(names), config=config, bin_days=season.bin_days,
+                             groups=samples["field"].values if "field" in samples.coords else None)
     finally:
         torch.set_num_threads(before)
     scores = {**result.val_scores, "seconds": round(result.seconds, 1)}
     save_checkpoint(path, model=result.model, model_name=config.model, model_config=result.model_config,
                     feature_kind="2d", bands=[str(b) for b in samples["band"].values], season=season,
                     n_bins=x.shape[2], normalisation=result.normalisation, class_names=names,
-                    class_colours=colours, config=config.model_dump(mode="json"), scores=scores)
+                    class_colours=colours, config=config.model_dump(mode="json"), scores=scores,
+                    year=int(attrs["season_year"]) if str(attrs.get("season_year", "")).strip() else None)
     return CheckpointResult(str(path), "trained", scores, int(x.shape[0]), result.model_config,
                             sum(p.numel() for p in result.model.parameters()))

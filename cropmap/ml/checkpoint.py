@@ -59,6 +59,7 @@ class Checkpoint:
     config: dict
     scores: dict
     version: str
+    year: int | None = None  # the year of the season the model was trained on (None: not recorded)
     # copies of ``model`` prepared per (device, memory format), made once and never changed afterwards:
     # prediction threads share them, and ``model`` itself is never moved or converted
     _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -158,9 +159,11 @@ def save_checkpoint(
     class_colours: list[str] | None,
     config: dict,
     scores: dict,
+    year: int | None = None,
 ) -> storage.Location:
     """Write the checkpoint and its model card, each published whole (:func:`cropmap.io.storage.output_file`:
-    temporary name then rename, or one upload to an object store); returns ``path``."""
+    temporary name then rename, or one upload to an object store); returns ``path``. ``year``: the year
+    of the training season (recorded, so that a map of another year says which year the model saw)."""
     path = storage.as_location(path)
     meta = {
         "format": _FORMAT,
@@ -169,6 +172,7 @@ def save_checkpoint(
         "feature_kind": feature_kind,
         "bands": list(bands),
         "season": season.model_dump(),
+        "season_year": None if year is None else int(year),
         "n_bins": int(n_bins),
         "normalisation": _plain(normalisation),
         "class_names": list(class_names),
@@ -214,6 +218,7 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
         config=blob["config"],
         scores=blob["scores"],
         version=blob["version"],
+        year=blob.get("season_year"),
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,7 +34,8 @@ from cropmap.ml.evaluate import macro_f1
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
 
-__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "predict_logits", "class_weights"]
+__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "predict_logits",
+           "class_weights"]
 
 
 class TrainConfig(BaseModel):
@@ -103,6 +104,28 @@ def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple
     return np.sort(np.concatenate([tr, idx[lone]])), np.sort(va)
 
 
+def group_split(labels: np.ndarray, groups: np.ndarray, *, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, validation) sample indices with no group (field) on both sides.
+
+    scikit-learn's ``GroupShuffleSplit`` with ``fraction`` of the groups held out; among 20 seeded draws
+    the first whose validation set holds the most classes is taken (deterministic under ``seed``).
+    ``labels``, ``groups``: ``(N,)``. Errors when fewer than two groups exist.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise InvalidInputError(f"{len(labels)} training sample(s) from {n_groups} field(s): a validation set "
+                                "by field needs at least two; give more labels")
+    splitter = GroupShuffleSplit(n_splits=20, test_size=max(fraction, 1.0 / n_groups), random_state=seed)
+    best = None
+    for tr, va in splitter.split(labels, labels, groups):
+        n_cls = len(np.unique(labels[va]))
+        if best is None or n_cls > best[0]:
+            best = (n_cls, tr, va)
+    return np.sort(best[1]), np.sort(best[2])
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Balanced weights ``n / (k * count_c)`` over the ``k`` classes present; absent classes get 0."""
     counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(np.float64)
@@ -131,11 +154,14 @@ def train_model(
     n_classes: int,
     config: TrainConfig,
     bin_days: int = 5,
+    groups: np.ndarray | None = None,
 ) -> TrainResult:
     """Train one model; see the module docstring.
 
     ``x_full``: ``(N, band, T)`` float32 reflectance 0..1, the full-year composite (``T >= window_start +
-    n_bins``); ``labels``: ``(N,)`` int in ``0..n_classes-1``. Rows with NaN are dropped.
+    n_bins``); ``labels``: ``(N,)`` int in ``0..n_classes-1``. Rows with NaN are dropped. ``groups``:
+    ``(N,)`` field ids: the validation split holds out whole fields
+    (:func:`group_split`), else it is stratified by label.
     """
     t0 = time.perf_counter()
     x_full = np.asarray(x_full, dtype=np.float32)
@@ -144,11 +170,19 @@ def train_model(
         raise ConfigError(f"x_full must be (N, band, time) with N = {len(labels)} labels, got {x_full.shape}")
     keep = ~np.isnan(x_full).any(axis=(1, 2))
     x_full, labels = x_full[keep], labels[keep]
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != keep.shape:
+            raise ConfigError(f"groups must be ({len(keep)},) like the labels, got {groups.shape}")
+        groups = groups[keep]
     if len(np.unique(labels)) < 2:
         raise ConfigError("training needs samples of at least two classes")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    tr, va = stratified_split(labels, fraction=config.val_fraction, seed=config.seed)
+    if groups is not None:
+        tr, va = group_split(labels, groups, fraction=config.val_fraction, seed=config.seed)
+    else:
+        tr, va = stratified_split(labels, fraction=config.val_fraction, seed=config.seed)
     window = slice(window_start, window_start + n_bins)
     norm = fit_normalisation(x_full[tr][:, :, window])
     z_val = apply_normalisation(x_full[va][:, :, window], norm)

@@ -141,6 +141,67 @@ def _pick(table: pd.DataFrame, per_cell: int) -> pd.DataFrame:
     return table.sort_values("key", kind="stable").groupby(["cell_x", "cell_y", "label"], sort=False).head(per_cell)
 
 
+class _Fields:
+    """Fields of a categorical raster read window by window: 8-connected regions of one value.
+
+    Each region of a window is named by its smallest pixel index ``row * width + col``; regions that touch
+    across a window edge (diagonals included) are merged by union-find keeping the smaller name, so a
+    field's id is its smallest pixel index whatever the window size. Nodata is no field (id -1).
+    """
+
+    def __init__(self, width: int, nodata: float | None):
+        self.width, self.nodata = width, nodata
+        self.parent: dict[int, int] = {}
+        self.edges: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def find(self, a: int) -> int:
+        root = a
+        while root in self.parent:
+            root = self.parent[root]
+        while a != root:  # path compression
+            self.parent[a], a = root, self.parent[a]
+        return root
+
+    def _join(self, va: np.ndarray, ia: np.ndarray, vb: np.ndarray, ib: np.ndarray) -> None:
+        """Merge the regions of two 1-D pixel runs that face each other (offsets -1, 0, +1)."""
+        n = len(va)
+        for d in (-1, 0, 1):
+            a, b = slice(max(0, -d), n - max(0, d)), slice(max(0, d), n + min(0, d))
+            same = (va[a] == vb[b]) & (ia[a] >= 0) & (ib[b] >= 0)
+            for x, y in set(zip(ia[a][same].tolist(), ib[b][same].tolist())):
+                rx, ry = self.find(x), self.find(y)
+                if rx != ry:
+                    self.parent[max(rx, ry)] = min(rx, ry)
+
+    def window(self, core: np.ndarray, wr: int, wc: int, step: int) -> np.ndarray:
+        """Region ids ``(h, w)`` int64 of the window at (``wr``, ``wc``), merged with its finished
+        neighbours (windows are visited row by row)."""
+        h, w = core.shape
+        lin = (np.arange(h, dtype=np.int64)[:, None] + wr) * self.width + (np.arange(w, dtype=np.int64) + wc)
+        ids = np.full(core.shape, -1, np.int64)
+        for v in np.unique(core):
+            if self.nodata is not None and v == self.nodata:
+                continue
+            regions, n = ndimage.label(core == v, structure=np.ones((3, 3), bool))
+            first = np.asarray(ndimage.minimum(lin, regions, index=np.arange(1, n + 1)), dtype=np.int64)
+            inside = regions > 0
+            ids[inside] = first[regions[inside] - 1]
+        if (left := self.edges.get((wr, wc - step))) is not None:
+            self._join(left[2], left[3], core[:, 0], ids[:, 0])
+        if (top := self.edges.get((wr - step, wc))) is not None:
+            self._join(top[0], top[1], core[0, :], ids[0, :])
+        for dc, j, k in ((-step, -1, 0), (step, 0, w - 1)):  # the windows diagonally above
+            if (corner := self.edges.get((wr - step, wc + dc))) is not None:
+                self._join(corner[0][j:j + 1 or None], corner[1][j:j + 1 or None], core[0, k:k + 1], ids[0, k:k + 1])
+        self.edges[(wr, wc)] = (core[-1, :].copy(), ids[-1, :].copy(), core[:, -1].copy(), ids[:, -1].copy())
+        return ids
+
+    def resolve(self, ids: np.ndarray) -> np.ndarray:
+        """The merged field id of each raw id."""
+        uniq, inv = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
+        return np.array([self.find(int(u)) for u in uniq], dtype=np.int64)[inv].reshape(np.shape(ids))
+
+
 def _pixel_box(ds, bounds: tuple[float, float, float, float] | None) -> tuple[int, int, int, int]:
     """(row0, row1, col0, col1) of the pixels whose centres lie in ``bounds`` (the raster's CRS)."""
     if bounds is None:
@@ -173,7 +234,9 @@ def sample_reference_map(
 
     Returns one row per point: ``x``, ``y`` (pixel centre, metres in the raster's CRS), ``lon``, ``lat``
     (degrees, WGS 84), ``row``, ``col`` (raster pixel), ``value`` (raster value), ``label`` (index into
-    ``legend.classes``), ``class_name``; sorted by (row, col). ``attrs``: ``crs`` (WKT), ``classes``,
+    ``legend.classes``), ``field`` (int64: the 8-connected region of one raster value the pixel lies in,
+    named by its smallest pixel index ``row * width + col``; what the validation split groups by),
+    ``class_name``; sorted by (row, col). ``attrs``: ``crs`` (WKT), ``classes``,
     ``colours``, ``source``, ``options``.
     """
     names = dict(value_names) if value_names is not None else raster_value_names(path)
@@ -197,7 +260,7 @@ def sample_reference_map(
         halo_y, halo_x = footprint.shape[0] // 2, footprint.shape[1] // 2
         to_ll = Transformer.from_crs(ds.crs, "EPSG:4326", always_xy=True)
         r0, r1, c0, c1 = _pixel_box(ds, bounds)
-        picked = []
+        picked, fields = [], _Fields(ds.width, ds.nodata)
         for wr in range(r0, r1, options.window):
             for wc in range(c0, c1, options.window):
                 h, w = min(options.window, r1 - wr), min(options.window, c1 - wc)
@@ -212,6 +275,7 @@ def sample_reference_map(
                               drop_edges=options.drop_edges)[halo_y:halo_y + h, halo_x:halo_x + w]
                 core = data[halo_y:halo_y + h, halo_x:halo_x + w]
                 keep &= np.isin(core, mapped_values)
+                field_ids = fields.window(core, wr, wc, options.window)
                 rr, cc = np.nonzero(keep)
                 if rr.size == 0:
                     continue
@@ -221,20 +285,21 @@ def sample_reference_map(
                 lon, lat = to_ll.transform(xs, ys)
                 table = pd.DataFrame({
                     "x": xs, "y": ys, "lon": lon, "lat": lat, "row": rows, "col": cols, "value": values,
-                    "label": labels_of[np.searchsorted(mapped_values, values)],
+                    "label": labels_of[np.searchsorted(mapped_values, values)], "field": field_ids[rr, cc],
                     "cell_x": np.floor((np.asarray(lon) + 180.0) / options.cell_deg).astype(np.int64),
                     "cell_y": np.floor((np.asarray(lat) + 90.0) / options.cell_deg).astype(np.int64),
                     "key": _keys(rows, cols, options.seed),
                 })
                 picked.append(_pick(table, options.per_cell))  # per window first: bounded memory
         crs_wkt = ds.crs.to_wkt()
-    columns = ["x", "y", "lon", "lat", "row", "col", "value", "label"]
+    columns = ["x", "y", "lon", "lat", "row", "col", "value", "label", "field"]
     if picked:
         points = _pick(pd.concat(picked, ignore_index=True), options.per_cell)[columns]
     else:
         points = pd.DataFrame({c: pd.Series(dtype=float if c in ("x", "y", "lon", "lat") else np.int64)
                                for c in columns})
     points = points.sort_values(["row", "col"]).reset_index(drop=True)
+    points["field"] = fields.resolve(points["field"].to_numpy())
     points["label"] = points["label"].astype(np.int16)
     points["class_name"] = np.asarray(legend.classes, dtype=object)[points["label"].to_numpy(int)]
     points.attrs = {"crs": crs_wkt, "classes": list(legend.classes), "colours": legend.colours,
@@ -272,7 +337,8 @@ def samples_from_cubes(
 
     Returns a sample set ``(sample, time, band)`` float32 (:func:`cropmap.samples.sets.make_sample_set`) with
     ``label`` from the points, ``class_name`` = ``class_names`` (default ``points.attrs["classes"]``),
-    ``point`` = the row of each sample in ``points``, and the cubes' season attributes.
+    ``point`` = the row of each sample in ``points``, ``field`` (when the points have one), and the cubes'
+    season attributes.
     """
     class_names = list(class_names if class_names is not None else points.attrs.get("classes") or [])
     if not class_names:
@@ -319,4 +385,7 @@ def samples_from_cubes(
                           lat=chosen["lat"].to_numpy(), lon=chosen["lon"].to_numpy(),
                           source=str(points.attrs.get("source", "")))
     out.attrs.update(season_attrs)  # the cubes' season: training refuses to mix seasons
-    return out.assign_coords(point=("sample", idx.astype(np.int64)))
+    out = out.assign_coords(point=("sample", idx.astype(np.int64)))
+    if "field" in chosen:  # what the validation split groups by: no field on both sides
+        out = out.assign_coords(field=("sample", chosen["field"].to_numpy(np.int64)))
+    return out

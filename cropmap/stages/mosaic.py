@@ -288,7 +288,7 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
             band_tags = [src.tags(b) for b in range(1, src.count + 1)]
         colormap = colormap_of(paths[0]) if product == "class" else None
         keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "model_season",
-                                     "season_offset_months", "cropmap_run_key") if k in tags}
+                                     "model_season_year", "season_offset_months", "cropmap_run_key") if k in tags}
         cog = out_dir / f"{name}_{product}.tif"
         out_dir.mkdir(parents=True, exist_ok=True)
         # the VRT is a step, not an output: a hidden name, removed whatever happens

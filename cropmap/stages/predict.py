@@ -317,6 +317,7 @@ def predict_tile(
         "season": json.dumps(Season.from_attrs(cube.attrs).model_dump()),
         "season_year": str(cube.attrs.get("season_year", "")),
         "model_season": json.dumps(checkpoint.season.model_dump()),
+        "model_season_year": "" if checkpoint.year is None else str(checkpoint.year),  # training year ("": none)
         "season_offset_months": str(offset),
         "source_items": json.dumps(source_items),
     }

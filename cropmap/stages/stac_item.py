@@ -47,6 +47,13 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
     if "season" in tags and tags.get("season_year"):
         first, last = Season(**json.loads(tags["season"])).window(int(tags["season_year"]))
         start, end = f"{first.isoformat()}T00:00:00Z", f"{last.isoformat()}T23:59:59Z"
+    # the map's season and year, the model's (another hemisphere's window, another year) and the offset
+    for key in ("season", "model_season"):
+        if tags.get(key):
+            props[f"cropmap:{key}"] = json.loads(tags[key])
+    for key in ("season_year", "model_season_year", "season_offset_months"):
+        if str(tags.get(key, "")).strip():
+            props[f"cropmap:{key}"] = int(tags[key])
     run = Path(tile_dir) / RUN_FILE if tile_dir is not None else None
     if run is not None and run.exists():
         record = json.loads(run.read_text())
