@@ -31,8 +31,8 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         frame.to_csv(tmp, index=False, float_format="%.4f")
     shifts = sorted(frame["shift_days"].unique())
     axes = [a for a in Axes.model_fields if a in frame.columns]  # the axes this grid varies, in order
-    keys = [*axes, "features", "model", "augment"]
-    head = "| " + " | ".join([a.replace("_", " ") for a in axes] + ["features", "model", "augmentation"]) + " | " + \
+    keys = ["split", *axes, "features", "model", "augment"]
+    head = "| " + " | ".join(["split (test)"] + [a.replace("_", " ") for a in axes] + ["features", "model", "augmentation"]) + " | " + \
         " | ".join(f"OA {s:+d} d" if s else "OA" for s in shifts) + " | macro-F1 (0 d) | kappa (0 d) | s / model |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key, g in frame.groupby(keys, sort=False):
@@ -62,11 +62,13 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         f"`{cfg.name}.csv`; confusion matrices (first seed, unshifted): `{cfg.name}/`.", "",
         *lines, "",
         "Settings:", "",
-        f"- source: {cfg.source.model_dump(exclude_none=True)}; target: {cfg.target.model_dump(exclude_none=True)}",
+        (f"- source: {cfg.source.model_dump(exclude_none=True)}, split {cfg.split.describe()}: the runs train on "
+         "the training part and are scored on the held-out part (every row of the table)" if cfg.split else
+         f"- source: {cfg.source.model_dump(exclude_none=True)}; target: {cfg.target.model_dump(exclude_none=True)}"),
         f"- season: {cfg.season.describe()}"
         + (f"; target season: {base.target_season.describe()}" if base.target_season != base.season else "")
         + "; context for augmentation: "
-        f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands)}",
+        f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands or ['(defaults)'])}",
         f"- target dates moved by {cfg.target_shifts_days} days (then composited like any input)",
         f"- networks: Adam lr {train.lr}, batch {train.batch_size}, {train.epochs} epochs, weight decay "
         f"{train.weight_decay}, class-balanced cross-entropy, stratified validation split {train.val_fraction} "

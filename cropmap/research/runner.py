@@ -42,7 +42,7 @@ from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
 from cropmap.ml.train import TrainConfig, train_model
-from cropmap.research.config import ExperimentConfig, RunSpec
+from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
 from cropmap.research.report import write_report
 from cropmap.research.variants import (
     Variant,
@@ -51,6 +51,7 @@ from cropmap.research.variants import (
     window_start,
 )
 from cropmap.samples.sources import read_sample_set
+from cropmap.samples.splits import holdout_split
 
 __all__ = ["run_experiment"]
 
@@ -129,11 +130,21 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
     """Run the grid; write the Markdown table, the CSV and the confusion matrices; return the rows."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    bands, note = resolve_bands(cfg)
+    log(f"{cfg.name}: {note}")
+    if cfg.bands != bands:
+        cfg = cfg.model_copy(update={"bands": bands})
     source = read_sample_set(cfg.source, bands=cfg.bands)
     target = read_sample_set(cfg.target, bands=cfg.bands)
     if cfg.legend:
         legend = load_legend(cfg.legend)
         source, target = harmonise(source, legend), harmonise(target, legend)
+    split = "source -> target"
+    if cfg.split is not None:  # one file: train on one part, score on the held-out groups
+        train_idx, test_idx = holdout_split(source, cfg.split)
+        source, target = source.isel(sample=train_idx), source.isel(sample=test_idx)
+        split = cfg.split.describe()
+        log(f"{cfg.name}: split {split}: {len(train_idx)} training, {len(test_idx)} held-out samples")
     prepared = [_prepare(cfg, v, source, target) for v in variants(cfg)]
     for prep in prepared:
         v = prep.variant
@@ -161,7 +172,7 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                     for shift, proba in proba_of.items():
                         s = scores(prep.y_tgt, proba.argmax(1), class_names=prep.class_names)
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
-                                     "features": spec.features,
+                                     "split": split, "features": spec.features,
                                      "model": spec.model, "augment": aug, "seed": seed, "shift_days": shift,
                                      "n_train": int(len(keep)), "oa": s["oa"], "macro_f1": s["macro_f1"],
                                      "kappa": s["kappa"], **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
@@ -189,6 +200,8 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.model_dump(exclude={"progress", "device"}), __version__,
              v.minority.model_dump() if v.minority else None]
+    if cfg.split is not None:  # trained on the split's training part only
+        parts.append(cfg.split.model_dump())
     path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"
     return {"path": path, "x_full": prep.x_full[keep], "y": prep.y_src[keep], "start": prep.start,
             "season": v.season, "train": train_cfg, "bands": cfg.bands, "class_names": prep.class_names,

@@ -23,7 +23,7 @@ from cropmap.errors import ConfigError, IncompatibleInputError, InvalidInputErro
 from cropmap.io.data import data_file
 from cropmap.samples.sets import make_sample_set
 
-__all__ = ["WORLDCEREAL_NODATA", "read_worldcereal", "worldcereal_legend"]
+__all__ = ["WORLDCEREAL_NODATA", "read_worldcereal", "worldcereal_bands", "worldcereal_legend"]
 
 #: The no-data value of WorldCereal and openEO uint16 bands.
 WORLDCEREAL_NODATA = 65535
@@ -166,6 +166,16 @@ def _read_long(table: pd.DataFrame) -> tuple[np.ndarray, pd.DatetimeIndex, list[
     # first row of each sample, in the order of ``samples`` (unique() keeps first appearance too)
     per_sample = table.drop_duplicates("sample_id").reset_index(drop=True)
     return raw, times, bands, per_sample
+
+
+def worldcereal_bands(path: str | Path) -> list[str]:
+    """The S2 bands a WorldCereal extraction holds (wide or long), canonical order, from the parquet
+    header alone (no row is read)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    found = {m.group(1) for c in names if (m := _WIDE_COL.match(c) or _LONG_COL.match(c))}
+    return [b for b in S2_ORDER if b in found]
 
 
 def read_worldcereal(
