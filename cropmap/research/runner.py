@@ -38,6 +38,7 @@ from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
+from cropmap.ml.calibration import expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
@@ -169,13 +170,16 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                         proba_of, info = _run_forest(cfg, prep, spec, aug, seed, keep)
                     else:
                         proba_of, info = _run_network(cfg, prep, spec, aug, seed, keep, cache)
+                    raw_of = info.pop("raw_proba", proba_of)  # networks: before temperature scaling
                     for shift, proba in proba_of.items():
                         s = scores(prep.y_tgt, proba.argmax(1), class_names=prep.class_names)
+                        ece = {"ece": expected_calibration_error(proba, prep.y_tgt),
+                               "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt)}
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
                                      "split": split, "features": spec.features,
                                      "model": spec.model, "augment": aug, "seed": seed, "shift_days": shift,
                                      "n_train": int(len(keep)), "oa": s["oa"], "macro_f1": s["macro_f1"],
-                                     "kappa": s["kappa"], **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
+                                     "kappa": s["kappa"], **ece, **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
                                      "seconds": time.perf_counter() - t0})
                         if seed == cfg.seeds[0] and shift == 0:
                             name = label.replace("/", "_") + (f"_{v.slug}" if v.values else "")
@@ -217,7 +221,8 @@ def _train_network(job: dict, threads: int | None = None) -> Path:
                          n_classes=len(job["class_names"]), config=train_cfg, bin_days=season.bin_days)
     save_checkpoint(job["path"], model=result.model, model_name=train_cfg.model, model_config=result.model_config,
                     feature_kind="2d", bands=job["bands"], season=season, n_bins=season.n_bins,
-                    normalisation=result.normalisation, class_names=job["class_names"],
+                    normalisation=result.normalisation, temperature=result.temperature, ood=result.ood,
+                    class_names=job["class_names"],
                     class_colours=job["colours"], config={"experiment": job["experiment"], "train": train_cfg.model_dump()},
                     scores={**result.val_scores, "train_seconds": result.seconds})
     return job["path"]
@@ -263,7 +268,9 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
         _train_network(job)
     ckpt = load_checkpoint(job["path"])
     proba = {d: ckpt.predict_proba(_matrix(c)) for d, c in prep.tgt.items()}
-    return proba, {"val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
+    raw = {d: ckpt.predict_proba(_matrix(c), calibrated=False) for d, c in prep.tgt.items()}
+    return proba, {"raw_proba": raw, "temperature": ckpt.temperature,
+                   "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
                    "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached}
 
 
