@@ -31,6 +31,8 @@ class RunSpec(BaseModel):
     augment: list[str] = ["none"]
     augment_copies: int = Field(4, ge=1)  # rf only: augmented copies added to the training set
     model_options: dict[str, Any] = {}  # networks: merged over train.model_options for this run only
+    recipe: str = ""  # a name for this run's training settings (a table column when any run names one)
+    train: dict[str, Any] = {}  # networks: merged over the config's train for this run only (lr, batch_size, ...)
 
 
 class Minority(BaseModel):
@@ -139,6 +141,8 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
                 raise ConfigError(f"model {spec.model} cannot take {spec.features} features "
                                   "(networks take '2d', the forest '1d' or 'harmonic')")
         TrainConfig(**cfg.train)  # fail now, not after an hour of training
+        for spec in cfg.runs:
+            TrainConfig(**{**cfg.train, **spec.train})
         bands, note = resolve_bands(cfg)  # a band asked for but missing fails now, in one line
         cfg = cfg.model_copy(update={"bands": bands})
         cfg._bands_note = note

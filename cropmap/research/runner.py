@@ -165,7 +165,7 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
             for spec in cfg.runs:
                 for aug in spec.augment:
                     t0 = time.perf_counter()
-                    label = f"{spec.features}/{spec.model}/{aug}"
+                    label = f"{spec.features}/{spec.model}/{aug}" + (f"/{spec.recipe}" if spec.recipe else "")
                     if spec.model == "rf":
                         proba_of, info = _run_forest(cfg, prep, spec, aug, seed, keep)
                     else:
@@ -176,7 +176,8 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                         ece = {"ece": expected_calibration_error(proba, prep.y_tgt),
                                "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt)}
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
-                                     "split": split, "features": spec.features,
+                                     "split": split, **({"recipe": spec.recipe} if spec.recipe else {}),
+                                     "features": spec.features,
                                      "model": spec.model, "augment": aug, "seed": seed, "shift_days": shift,
                                      "n_train": int(len(keep)), "oa": s["oa"], "macro_f1": s["macro_f1"],
                                      "kappa": s["kappa"], **ece, **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
@@ -200,7 +201,8 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
     """Everything one network training needs (picklable), and the checkpoint path it is cached at."""
     v = prep.variant
     options = {**cfg.train.get("model_options", {}), **spec.model_options}
-    train_cfg = TrainConfig(**{**cfg.train, "model": spec.model, "augment": aug, "seed": seed, "model_options": options})
+    train_cfg = TrainConfig(**{**cfg.train, **spec.train, "model": spec.model, "augment": aug, "seed": seed,
+                               "model_options": options})
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.model_dump(exclude={"progress", "device"}), __version__,
              v.minority.model_dump() if v.minority else None]
