@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 import typer
@@ -15,6 +16,7 @@ from cropmap.cli.common import app, command
 from cropmap.ml.models import MODELS, build_model, count_parameters
 from cropmap.research.config import load_experiment
 from cropmap.research.runner import run_experiment
+from cropmap.samples.sources import read_sample_file, resolve_path
 from cropmap.samples.summary import real_sample_sets, summarize_samples
 from cropmap.scenarios.demo import build_demo, read_layout
 
@@ -28,13 +30,18 @@ app.add_typer(demo_app, name="demo")
 @samples_app.command("summary")
 @command
 def samples_summary(
-    only: list[str] = typer.Option(None, "--set", help="Only these sets (repeatable); default: all."),
+    paths: list[str] = typer.Argument(None, help="Sample files (.parquet, .npz, .rda, .csv) or set names."),
+    only_sets: list[str] = typer.Option(None, "--set", help="Only these sets or files (repeatable); default: all."),
 ) -> None:
-    """Per real sample set: shape, classes and counts, and the filled-bin fraction after 5-day compositing."""
+    """Per sample set or file: shape, classes and counts, and the filled-bin fraction after 5-day compositing."""
     sets = real_sample_sets()
-    unknown = sorted(set(only or []) - set(sets))
-    if unknown:
-        raise typer.BadParameter(f"unknown set(s) {', '.join(unknown)}; choose from {', '.join(sets)}")
+    only = []
+    for item in [*(paths or []), *(only_sets or [])]:
+        if item not in sets:  # a path: any sample file, its reader by suffix, shown by its name
+            if not resolve_path(item).exists():
+                raise typer.BadParameter(f"{item}: neither a sample file nor a set ({', '.join(sets)})")
+            sets[item] = ((lambda p=item: read_sample_file(p)), None)
+        only.append(item)
     table = Table(title="Real sample sets composited onto the seed's 5-day season grid")
     for column in ("set", "sample x time x band", "dates", "regions", "classes (count)", "no data",
                    "season", "filled bins", "empty"):
@@ -45,7 +52,7 @@ def samples_summary(
         s = summarize_samples(load(), season=season)
         classes = ", ".join(f"{k} {v}" for k, v in sorted(s["class_counts"].items(), key=lambda kv: -kv[1]))
         table.add_row(
-            name, " x ".join(map(str, s["shape"])), " .. ".join(s["dates"]),
+            Path(name).name, " x ".join(map(str, s["shape"])), " .. ".join(s["dates"]),
             ", ".join(f"{k} {v}" for k, v in s["regions"].items()),
             f"{len(s['class_counts'])}: {classes}", f"{s['nodata_fraction']:.1%}",
             f"{s['season']} {s['season_year']}", f"{s['filled_fraction']:.1%}", str(s["empty_samples"]),

@@ -38,6 +38,7 @@ class Legend(BaseModel):
     colours: list[str] | None = None
     mapping: dict[str, str | None] = {}
     keep_unmapped: bool = True
+    other: str | None = None  # every name neither mapped nor kept goes to this class ("everything else")
 
     @model_validator(mode="after")
     def _check(self) -> "Legend":
@@ -48,14 +49,22 @@ class Legend(BaseModel):
         unknown = {v for v in self.mapping.values() if v is not None} - set(self.classes)
         if unknown:
             raise ValueError(f"mapping targets {sorted(unknown)} are not among classes {self.classes}")
+        if self.other is not None and self.other not in self.classes:
+            raise ValueError(f"other: {self.other!r} is not among classes {self.classes}")
         return self
 
     def target_of(self, name: str) -> str | None:
-        """The shared class of a source class name, or None when it is dropped."""
+        """The shared class of a source class name, or None when it is dropped.
+
+        Order: an explicit ``mapping`` entry (``null`` drops), then the name itself when it is a class and
+        ``keep_unmapped``, then ``other`` (everything else), else dropped.
+        """
         lowered = {k.lower(): v for k, v in self.mapping.items()}
         if name.lower() in lowered:
             return lowered[name.lower()]
-        return name if self.keep_unmapped and name in self.classes else None
+        if self.keep_unmapped and name in self.classes:
+            return name
+        return self.other
 
 
 def load_legend(path: str | Path) -> Legend:

@@ -155,8 +155,9 @@ def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
     scores = {**result.val_scores, "seconds": round(result.seconds, 1)}
     save_checkpoint(path, model=result.model, model_name=config.model, model_config=result.model_config,
                     feature_kind="2d", bands=[str(b) for b in samples["band"].values], season=season,
-                    n_bins=x.shape[2], normalisation=result.normalisation, class_names=names,
-                    class_colours=colours, config=config.model_dump(mode="json"), scores=scores,
+                    n_bins=x.shape[2], normalisation=result.normalisation, temperature=result.temperature,
+                    ood=result.ood, class_names=names, class_colours=colours,
+                    config=config.model_dump(mode="json"), scores=scores,
                     year=int(attrs["season_year"]) if str(attrs.get("season_year", "")).strip() else None)
     return CheckpointResult(str(path), "trained", scores, int(x.shape[0]), result.model_config,
                             sum(p.numel() for p in result.model.parameters()))

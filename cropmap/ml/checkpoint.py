@@ -26,6 +26,7 @@ from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputErro
 from cropmap.io import storage
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import apply_normalisation
+from cropmap.ml.ood import ood_score
 
 __all__ = [
     "Checkpoint",
@@ -60,6 +61,8 @@ class Checkpoint:
     scores: dict
     version: str
     year: int | None = None  # the year of the season the model was trained on (None: not recorded)
+    temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training
+    ood: dict | None = field(default=None, repr=False)  # cropmap.ml.ood statistics of the training inputs
     # copies of ``model`` prepared per (device, memory format), made once and never changed afterwards:
     # prediction threads share them, and ``model`` itself is never moved or converted
     _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -124,10 +127,24 @@ class Checkpoint:
         budget left for the convolution workspace and the allocator (between 1 and 65,536)."""
         return int(min(65536, max(1, budget_bytes // (2 * self.activation_bytes_per_pixel()))))
 
+    def ood_score(self, x: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32 distance of ``x`` ``(N, band, time)`` (reflectance 0..1) from the training
+        inputs over the training threshold (:func:`cropmap.ml.ood.ood_score`; > 1 = out of distribution);
+        NaN rows give NaN. Raises :class:`ConfigError` for a checkpoint saved without statistics."""
+        if self.ood is None:
+            raise ConfigError("this checkpoint holds no training-distribution statistics (retrain it)")
+        z = self.normalise(x)
+        out = np.full(len(z), np.nan, dtype=np.float32)
+        ok = ~np.isnan(z).any(axis=(1, 2))
+        if ok.any():
+            out[ok] = ood_score(z[ok], self.ood)
+        return out
+
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096, device: str | None = None,
-                      channels_last: bool = False) -> np.ndarray:
-        """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1.
+                      channels_last: bool = False, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1:
+        ``softmax(logits / temperature)`` with the checkpoint's temperature (``calibrated=False``: T = 1).
 
         Rows holding any NaN (no valid observation) come back as NaN rows. ``device`` defaults to
         CUDA when available; the forward pass uses :meth:`inference_model`.
@@ -140,7 +157,8 @@ class Checkpoint:
         for i in range(0, len(ok), batch_size):
             rows = ok[i:i + batch_size]
             logits = model(torch.from_numpy(z[rows]).to(dev))
-            out[rows] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            t = self.temperature if calibrated else 1.0
+            out[rows] = torch.softmax(logits.float() / t, dim=1).cpu().numpy()
         return out
 
 
@@ -160,6 +178,8 @@ def save_checkpoint(
     config: dict,
     scores: dict,
     year: int | None = None,
+    temperature: float = 1.0,
+    ood: dict | None = None,
 ) -> storage.Location:
     """Write the checkpoint and its model card, each published whole (:func:`cropmap.io.storage.output_file`:
     temporary name then rename, or one upload to an object store); returns ``path``. ``year``: the year
@@ -180,10 +200,11 @@ def save_checkpoint(
         "config": _plain(config),
         "scores": _plain(scores),
         "version": __version__,
+        "temperature": float(temperature),
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with storage.output_file(path) as tmp:
-        torch.save({**meta, "state_dict": state}, tmp)
+    with storage.output_file(path) as tmp:  # the OOD statistics stay out of the card (large arrays)
+        torch.save({**meta, "ood": None if ood is None else _plain(ood), "state_dict": state}, tmp)
     with storage.output_file(card_path(path)) as tmp:
         tmp.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
     return path
@@ -219,6 +240,8 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
         scores=blob["scores"],
         version=blob["version"],
         year=blob.get("season_year"),
+        temperature=float(blob.get("temperature", 1.0)),  # older checkpoints: uncalibrated
+        ood=blob.get("ood"),
     )
 
 

@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from cropmap.errors import ConfigError, InvalidInputError
 from cropmap.ml.augment import AUGMENTATIONS, augmenter
+from cropmap.ml.calibration import expected_calibration_error, fit_temperature, softmax_t
 from cropmap.ml.evaluate import macro_f1
+from cropmap.ml.ood import fit_ood
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
 
@@ -83,6 +85,8 @@ class TrainResult:
     train_index: np.ndarray | None = None
     val_index: np.ndarray | None = None
     seconds: float = 0.0
+    temperature: float = 1.0  # fitted on the validation split (cropmap.ml.calibration)
+    ood: dict | None = None  # training-distribution statistics (cropmap.ml.ood)
 
 
 def stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,10 +230,17 @@ def train_model(
     model.load_state_dict(best_state)
     model = model.cpu().eval()
     kept = np.flatnonzero(keep)
+    # temperature scaling on the validation split (the best epoch's logits): calibrated confidence
+    val_logits = predict_logits(model, z_val)
+    temperature = fit_temperature(val_logits, labels[va])
+    ece = {f"val_ece_{k}": expected_calibration_error(softmax_t(val_logits, t), labels[va])
+           for k, t in (("raw", 1.0), ("calibrated", temperature))}
+    # where the training distribution ends: a Mahalanobis score on the training split's inputs
+    ood = fit_ood(apply_normalisation(x_full[tr][:, :, window], norm))
     return TrainResult(
-        model=model, model_config=model_cfg, normalisation=norm,
+        model=model, model_config=model_cfg, normalisation=norm, temperature=temperature, ood=ood,
         val_scores={"val_macro_f1": best[0], "val_loss": best[1], "best_epoch": best_epoch,
-                    "n_train": int(len(tr)), "n_val": int(len(va))},
+                    "n_train": int(len(tr)), "n_val": int(len(va)), "temperature": temperature, **ece},
         best_epoch=best_epoch, history=history, train_index=kept[tr], val_index=kept[va],
         seconds=time.perf_counter() - t0,
     )

@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from cropmap.core.bands import S2_BANDS
+from cropmap.core.bands import S2_BANDS, S2_ORDER
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError
 from cropmap.ml.augment import AUGMENTATIONS
 from cropmap.ml.models import MODELS
 from cropmap.ml.train import TrainConfig
-from cropmap.samples.sources import SampleSource
+from cropmap.samples.sources import SampleSource, source_bands
+from cropmap.samples.splits import SplitSpec
 
-__all__ = ["RunSpec", "Minority", "Axes", "ExperimentConfig", "load_experiment"]
+__all__ = ["RunSpec", "Minority", "Axes", "ExperimentConfig", "load_experiment", "resolve_bands"]
 
 
 class RunSpec(BaseModel):
@@ -30,6 +31,8 @@ class RunSpec(BaseModel):
     augment: list[str] = ["none"]
     augment_copies: int = Field(4, ge=1)  # rf only: augmented copies added to the training set
     model_options: dict[str, Any] = {}  # networks: merged over train.model_options for this run only
+    recipe: str = ""  # a name for this run's training settings (a table column when any run names one)
+    train: dict[str, Any] = {}  # networks: merged over the config's train for this run only (lr, batch_size, ...)
 
 
 class Minority(BaseModel):
@@ -55,7 +58,12 @@ class Axes(BaseModel):
 
 
 class ExperimentConfig(BaseModel):
-    """A scenario and its grid (validated from YAML)."""
+    """A scenario and its grid (validated from YAML).
+
+    ``split`` cuts the SOURCE into a training and a held-out part (:mod:`cropmap.samples.splits`) and the
+    runs are scored on the held-out part: the in-region figure of a single file. ``target`` must then be
+    omitted (or equal the source). ``bands`` defaults to the canonical bands both files hold.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -63,9 +71,10 @@ class ExperimentConfig(BaseModel):
     description: str = ""
     source: SampleSource
     target: SampleSource
+    split: SplitSpec | None = None
     season: Season
     context_season: Season | None = None  # the full-year series augmentation reads (default: season)
-    bands: list[str] = list(S2_BANDS)
+    bands: list[str] | None = None  # default: the canonical bands source and target both hold
     legend: str | None = None  # configs/legends/*.yaml, relative to the config file
     target_shifts_days: list[int] = [0]
     seeds: list[int] = [0, 1, 2]
@@ -77,6 +86,39 @@ class ExperimentConfig(BaseModel):
     workers: int = Field(1, ge=1)  # processes training networks in parallel
     output: str = "docs/results"
     cache_dir: str = "~/.cache/cropmap/experiments"
+    _bands_note: str = PrivateAttr("")  # where the bands came from (set by load_experiment)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_target(cls, raw):
+        if isinstance(raw, dict) and raw.get("split") is not None:
+            if raw.get("target") is not None and raw["target"] != raw.get("source"):
+                raise ValueError("with split: the runs are scored on the held-out part of the source; omit target")
+            raw = {**raw, "target": raw.get("source")}
+        return raw
+
+
+def resolve_bands(cfg: ExperimentConfig) -> tuple[list[str], str]:
+    """The bands the experiment uses and a one-line note on where they came from.
+
+    Given ``bands`` must all be in both files (else :class:`ConfigError` naming the missing ones and the
+    file); without ``bands``, the canonical Sentinel-2 bands (``S2_BANDS`` order) both files hold.
+    """
+    if cfg._bands_note:  # resolved already by load_experiment
+        return list(cfg.bands or []), cfg._bands_note
+    have = {"source": source_bands(cfg.source), "target": source_bands(cfg.target)}
+    if cfg.bands is not None:
+        for side, spec in (("source", cfg.source), ("target", cfg.target)):
+            missing = [b for b in cfg.bands if b not in have[side]]
+            if missing:
+                raise ConfigError(f"{cfg.name}: {side} {spec.describe()} lacks band(s) {', '.join(missing)} asked "
+                                  f"in bands:; it has {', '.join(have[side]) or 'none'}")
+        return list(cfg.bands), f"bands: {', '.join(cfg.bands)} (as configured)"
+    common = [b for b in (*S2_BANDS, *(b for b in S2_ORDER if b not in S2_BANDS))
+              if b in have["source"] and b in have["target"]]
+    if not common:
+        raise ConfigError(f"{cfg.name}: source and target hold no Sentinel-2 band in common; give bands:")
+    return common, f"bands: {', '.join(common)} (not configured: the {len(common)} canonical bands both files hold)"
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -99,6 +141,11 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
                 raise ConfigError(f"model {spec.model} cannot take {spec.features} features "
                                   "(networks take '2d', the forest '1d' or 'harmonic')")
         TrainConfig(**cfg.train)  # fail now, not after an hour of training
+        for spec in cfg.runs:
+            TrainConfig(**{**cfg.train, **spec.train})
+        bands, note = resolve_bands(cfg)  # a band asked for but missing fails now, in one line
+        cfg = cfg.model_copy(update={"bands": bands})
+        cfg._bands_note = note
         from cropmap.research.variants import (
             variants,  # the grid's seasons, defined beside it
         )

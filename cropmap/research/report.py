@@ -31,8 +31,12 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         frame.to_csv(tmp, index=False, float_format="%.4f")
     shifts = sorted(frame["shift_days"].unique())
     axes = [a for a in Axes.model_fields if a in frame.columns]  # the axes this grid varies, in order
-    keys = [*axes, "features", "model", "augment"]
-    head = "| " + " | ".join([a.replace("_", " ") for a in axes] + ["features", "model", "augmentation"]) + " | " + \
+    recipe = ["recipe"] if "recipe" in frame.columns else []
+    if recipe:
+        frame = frame.assign(recipe=frame["recipe"].fillna(""))
+    keys = ["split", *axes, *recipe, "features", "model", "augment"]
+    head = "| " + " | ".join(["split (test)"] + [a.replace("_", " ") for a in axes] + recipe
+                             + ["features", "model", "augmentation"]) + " | " + \
         " | ".join(f"OA {s:+d} d" if s else "OA" for s in shifts) + " | macro-F1 (0 d) | kappa (0 d) | s / model |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key, g in frame.groupby(keys, sort=False):
@@ -52,6 +56,7 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
                   + (f"; {v.minority.class_name} cut to {v.minority.fraction:.1%} of the training samples"
                      if v.minority else "") for v in grid]
     train = TrainConfig(**cfg.train)
+    recipes = sorted({(r.recipe, tuple(sorted(r.train.items()))) for r in cfg.runs if r.recipe})
     base = grid[0]
     text = "\n".join([
         f"# Experiment `{cfg.name}`", "", cfg.description.strip(), "",
@@ -62,16 +67,19 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         f"`{cfg.name}.csv`; confusion matrices (first seed, unshifted): `{cfg.name}/`.", "",
         *lines, "",
         "Settings:", "",
-        f"- source: {cfg.source.model_dump(exclude_none=True)}; target: {cfg.target.model_dump(exclude_none=True)}",
+        (f"- source: {cfg.source.model_dump(exclude_none=True)}, split {cfg.split.describe()}: the runs train on "
+         "the training part and are scored on the held-out part (every row of the table)" if cfg.split else
+         f"- source: {cfg.source.model_dump(exclude_none=True)}; target: {cfg.target.model_dump(exclude_none=True)}"),
         f"- season: {cfg.season.describe()}"
         + (f"; target season: {base.target_season.describe()}" if base.target_season != base.season else "")
         + "; context for augmentation: "
-        f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands)}",
+        f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands or ['(defaults)'])}",
         f"- target dates moved by {cfg.target_shifts_days} days (then composited like any input)",
         f"- networks: Adam lr {train.lr}, batch {train.batch_size}, {train.epochs} epochs, weight decay "
         f"{train.weight_decay}, class-balanced cross-entropy, stratified validation split {train.val_fraction} "
         "of the source (never augmented), best-validation-macro-F1 epoch kept; log1p + per-band standardisation "
         "from the training split",
+        *[f"- recipe {name}: {dict(train_items)} over the networks' settings" for name, train_items in recipes],
         f"- forest: {cfg.forest}, balanced class weights; augmented forests get augmented copies of the series",
         f"- cropmap {__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device "

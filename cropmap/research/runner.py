@@ -38,11 +38,12 @@ from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
+from cropmap.ml.calibration import expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
 from cropmap.ml.train import TrainConfig, train_model
-from cropmap.research.config import ExperimentConfig, RunSpec
+from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
 from cropmap.research.report import write_report
 from cropmap.research.variants import (
     Variant,
@@ -51,6 +52,7 @@ from cropmap.research.variants import (
     window_start,
 )
 from cropmap.samples.sources import read_sample_set
+from cropmap.samples.splits import holdout_split
 
 __all__ = ["run_experiment"]
 
@@ -129,11 +131,21 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
     """Run the grid; write the Markdown table, the CSV and the confusion matrices; return the rows."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    bands, note = resolve_bands(cfg)
+    log(f"{cfg.name}: {note}")
+    if cfg.bands != bands:
+        cfg = cfg.model_copy(update={"bands": bands})
     source = read_sample_set(cfg.source, bands=cfg.bands)
     target = read_sample_set(cfg.target, bands=cfg.bands)
     if cfg.legend:
         legend = load_legend(cfg.legend)
         source, target = harmonise(source, legend), harmonise(target, legend)
+    split = "source -> target"
+    if cfg.split is not None:  # one file: train on one part, score on the held-out groups
+        train_idx, test_idx = holdout_split(source, cfg.split)
+        source, target = source.isel(sample=train_idx), source.isel(sample=test_idx)
+        split = cfg.split.describe()
+        log(f"{cfg.name}: split {split}: {len(train_idx)} training, {len(test_idx)} held-out samples")
     prepared = [_prepare(cfg, v, source, target) for v in variants(cfg)]
     for prep in prepared:
         v = prep.variant
@@ -153,18 +165,22 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
             for spec in cfg.runs:
                 for aug in spec.augment:
                     t0 = time.perf_counter()
-                    label = f"{spec.features}/{spec.model}/{aug}"
+                    label = f"{spec.features}/{spec.model}/{aug}" + (f"/{spec.recipe}" if spec.recipe else "")
                     if spec.model == "rf":
                         proba_of, info = _run_forest(cfg, prep, spec, aug, seed, keep)
                     else:
                         proba_of, info = _run_network(cfg, prep, spec, aug, seed, keep, cache)
+                    raw_of = info.pop("raw_proba", proba_of)  # networks: before temperature scaling
                     for shift, proba in proba_of.items():
                         s = scores(prep.y_tgt, proba.argmax(1), class_names=prep.class_names)
+                        ece = {"ece": expected_calibration_error(proba, prep.y_tgt),
+                               "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt)}
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
+                                     "split": split, **({"recipe": spec.recipe} if spec.recipe else {}),
                                      "features": spec.features,
                                      "model": spec.model, "augment": aug, "seed": seed, "shift_days": shift,
                                      "n_train": int(len(keep)), "oa": s["oa"], "macro_f1": s["macro_f1"],
-                                     "kappa": s["kappa"], **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
+                                     "kappa": s["kappa"], **ece, **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
                                      "seconds": time.perf_counter() - t0})
                         if seed == cfg.seeds[0] and shift == 0:
                             name = label.replace("/", "_") + (f"_{v.slug}" if v.values else "")
@@ -185,10 +201,13 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
     """Everything one network training needs (picklable), and the checkpoint path it is cached at."""
     v = prep.variant
     options = {**cfg.train.get("model_options", {}), **spec.model_options}
-    train_cfg = TrainConfig(**{**cfg.train, "model": spec.model, "augment": aug, "seed": seed, "model_options": options})
+    train_cfg = TrainConfig(**{**cfg.train, **spec.train, "model": spec.model, "augment": aug, "seed": seed,
+                               "model_options": options})
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.model_dump(exclude={"progress", "device"}), __version__,
              v.minority.model_dump() if v.minority else None]
+    if cfg.split is not None:  # trained on the split's training part only
+        parts.append(cfg.split.model_dump())
     path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"
     return {"path": path, "x_full": prep.x_full[keep], "y": prep.y_src[keep], "start": prep.start,
             "season": v.season, "train": train_cfg, "bands": cfg.bands, "class_names": prep.class_names,
@@ -204,7 +223,8 @@ def _train_network(job: dict, threads: int | None = None) -> Path:
                          n_classes=len(job["class_names"]), config=train_cfg, bin_days=season.bin_days)
     save_checkpoint(job["path"], model=result.model, model_name=train_cfg.model, model_config=result.model_config,
                     feature_kind="2d", bands=job["bands"], season=season, n_bins=season.n_bins,
-                    normalisation=result.normalisation, class_names=job["class_names"],
+                    normalisation=result.normalisation, temperature=result.temperature, ood=result.ood,
+                    class_names=job["class_names"],
                     class_colours=job["colours"], config={"experiment": job["experiment"], "train": train_cfg.model_dump()},
                     scores={**result.val_scores, "train_seconds": result.seconds})
     return job["path"]
@@ -250,7 +270,9 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
         _train_network(job)
     ckpt = load_checkpoint(job["path"])
     proba = {d: ckpt.predict_proba(_matrix(c)) for d, c in prep.tgt.items()}
-    return proba, {"val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
+    raw = {d: ckpt.predict_proba(_matrix(c), calibrated=False) for d, c in prep.tgt.items()}
+    return proba, {"raw_proba": raw, "temperature": ckpt.temperature,
+                   "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
                    "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached}
 
 

@@ -1,5 +1,7 @@
-"""Sample sets by name: a :class:`SampleSource` (a reader, its file, a split or region, the season year)
-and :func:`read_sample_set`, the one entry point experiments (and other callers) read samples through."""
+"""Sample sets by name or path: a :class:`SampleSource` (a reader, its file, a split or regions, the season
+year), :func:`read_sample_set`, the one entry point experiments (and other callers) read samples
+through, :func:`read_sample_file` (any sample file, its reader told by the file's suffix) and
+:func:`source_bands` (the bands a file holds, read from its header where the format allows)."""
 
 from __future__ import annotations
 
@@ -8,43 +10,118 @@ from typing import Literal
 
 import numpy as np
 import xarray as xr
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from cropmap.core.bands import S2_BANDS, S2_ORDER
 from cropmap.errors import ConfigError
 from cropmap.io.data import data_dir
 from cropmap.samples.cropglobe import read_cropglobe
 from cropmap.samples.sets import select_bands
+from cropmap.samples.sits import read_sits
 from cropmap.samples.victoria import read_victoria
-from cropmap.samples.worldcereal import read_worldcereal
+from cropmap.samples.worldcereal import read_worldcereal, worldcereal_bands
 
-__all__ = ["SampleSource", "read_sample_set"]
+__all__ = ["SampleSource", "read_sample_set", "read_sample_file", "reader_for", "source_bands", "resolve_path"]
+
+Reader = Literal["victoria", "cropglobe", "worldcereal", "sits"]
+_BY_SUFFIX: dict[str, Reader] = {".parquet": "worldcereal", ".npz": "cropglobe", ".rda": "sits", ".csv": "victoria"}
 
 
 class SampleSource(BaseModel):
-    """Where a sample set comes from: a reader and its arguments, optionally one region of the file."""
+    """Where a sample set comes from: a reader and its arguments, optionally some regions of the file.
+
+    ``reader`` defaults to the one the ``path`` suffix names (``.parquet`` WorldCereal, ``.npz``
+    CropGlobe, ``.rda`` sits, ``.csv`` a Victoria-format table). ``region`` is one region or a list.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    reader: Literal["victoria", "cropglobe", "worldcereal"]
+    reader: Reader | None = None
     split: str | None = None  # victoria: train / test
-    path: str | None = None  # cropglobe / worldcereal file (relative paths: the data folder)
-    region: str | None = None  # keep only samples of this region (e.g. UGA)
+    path: str | None = None  # any reader's file (relative paths: the data folder)
+    region: list[str] | None = None  # keep only samples of these regions (e.g. [UGA])
     year: int  # the season year the samples are composited for
     hemisphere: Literal["north", "south"] | None = None  # default: the config season's
 
+    @field_validator("region", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def kind(self) -> Reader:
+        """The reader: the declared one, else the path suffix's."""
+        if self.reader is not None:
+            return self.reader
+        if self.path is None:
+            raise ConfigError("a sample source needs a reader or a path")
+        return reader_for(self.path)
+
+    def describe(self) -> str:
+        """A short name for messages: ``worldcereal test_public_extractions.parquet [UGA]``."""
+        what = Path(self.path).name if self.path else (self.split or "train")
+        return f"{self.kind} {what}" + (f" [{', '.join(self.region)}]" if self.region else "")
+
+
+def reader_for(path: str | Path) -> Reader:
+    """The reader of a sample file by its suffix; an unknown suffix raises a one-line error."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _BY_SUFFIX:
+        raise ConfigError(f"{Path(path).name}: no sample reader for {suffix or 'no suffix'!r} files; "
+                          f"known: {', '.join(f'{s} ({r})' for s, r in _BY_SUFFIX.items())}")
+    return _BY_SUFFIX[suffix]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """An absolute path as given; a relative one is tried as given, then under the data folder."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return data_dir() / path
+
+
+def read_sample_file(path: str | Path, *, reader: Reader | None = None, year: int | None = None) -> xr.Dataset:
+    """Any sample file as a sample set (all its bands); ``reader`` defaults to the suffix's."""
+    path = resolve_path(path)
+    if not path.exists():
+        raise ConfigError(f"sample file {path} not found")
+    kind = reader or reader_for(path)
+    if kind == "victoria":
+        return read_victoria(path=path)
+    if kind == "cropglobe":
+        return read_cropglobe(path, **({} if year is None else {"year": year}))
+    if kind == "sits":
+        return read_sits(path)
+    return read_worldcereal(path)
+
+
+def _read_all(spec: SampleSource) -> xr.Dataset:
+    if spec.kind == "victoria" and spec.path is None:
+        return read_victoria(spec.split or "train")
+    if spec.path is None:
+        raise ConfigError(f"a {spec.kind} sample source needs a path")
+    return read_sample_file(spec.path, reader=spec.kind, year=spec.year)
+
+
+def source_bands(spec: SampleSource) -> list[str]:
+    """The bands the source's file holds, canonical order (WorldCereal: from the parquet header only)."""
+    kind = spec.kind
+    if kind in ("victoria", "cropglobe"):
+        return list(S2_BANDS)
+    if kind == "worldcereal":
+        path = resolve_path(spec.path or "")
+        if not path.exists():
+            raise ConfigError(f"sample file {path} not found")
+        return worldcereal_bands(path)
+    bands = [str(b) for b in _read_all(spec)["band"].values]
+    return [b for b in S2_ORDER if b in bands] + [b for b in bands if b not in S2_ORDER]
 
 
 def read_sample_set(spec: SampleSource, *, bands: list[str]) -> xr.Dataset:
     """The sample set named by ``spec``, restricted to ``bands``."""
-    path = None if spec.path is None else (Path(spec.path) if Path(spec.path).is_absolute() else data_dir() / spec.path)
-    if spec.reader == "victoria":
-        ds = read_victoria(spec.split or "train")
-    elif spec.reader == "cropglobe":
-        ds = read_cropglobe(path, year=spec.year)
-    else:
-        ds = read_worldcereal(path)
+    ds = _read_all(spec)
     if spec.region is not None:
-        ds = ds.isel(sample=np.flatnonzero(ds["region"].values == spec.region))
+        ds = ds.isel(sample=np.flatnonzero(np.isin(ds["region"].values, spec.region)))
         if ds.sizes["sample"] == 0:
-            raise ConfigError(f"{spec.reader} {spec.path or spec.split}: no sample of region {spec.region!r}")
-    return select_bands(ds, bands, where=f"{spec.reader} samples")
+            raise ConfigError(f"{spec.describe()}: no sample of region(s) {', '.join(spec.region)}")
+    return select_bands(ds, bands, where=spec.describe())

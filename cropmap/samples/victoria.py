@@ -31,6 +31,7 @@ def read_victoria(
     start: str = VICTORIA_START,
     step_days: int = 5,
     folder: str | Path | None = None,
+    path: str | Path | None = None,
 ) -> xr.Dataset:
     """The Victoria (Australia) Sentinel-2 pixel series: 400 samples x 73 dates x 10 bands, 8 classes.
 
@@ -38,14 +39,19 @@ def read_victoria(
     ``start + k * step_days`` (k = 0..72); change ``start`` if you know better. Column
     ``b{t*10 + band}`` holds band ``band`` (B2..B12 order of :data:`S2_BANDS`) at step ``t``,
     reflectance x 10000. ``folder`` overrides the data folder (default: :func:`cropmap.io.data.data_file`).
+    ``path`` reads any table of this format instead (its ``class_map.txt`` beside it); ``split`` is then
+    ignored.
     """
-    if split not in ("train", "test"):
+    if path is not None:
+        path = Path(path)
+        folder, split = path.parent, path.stem
+    elif split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
 
     def _path(name: str) -> Path:
         return Path(folder) / name if folder is not None else data_file(f"victoria_s2/{name}")
 
-    table = pd.read_csv(_path(f"{split}_dataset.csv"))
+    table = pd.read_csv(path if path is not None else _path(f"{split}_dataset.csv"))
     # "value,class,colour" where colour is "rgb(r, g, b)": split on the first two commas only
     rows = [line.split(",", 2) for line in _path("class_map.txt").read_text().splitlines()[1:] if line.strip()]
     value_cols = [c for c in table.columns if re.fullmatch(r"b\d+", c)]
@@ -65,5 +71,5 @@ def read_victoria(
         class_names=[name.strip().lower() for _, name, _ in rows],
         class_colours=[_rgb_to_hex(colour) for _, _, colour in rows],
         region="AUS-VIC",
-        source=f"victoria_s2/{split}_dataset.csv",
+        source=str(path) if path is not None else f"victoria_s2/{split}_dataset.csv",
     )

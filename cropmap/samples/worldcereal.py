@@ -21,9 +21,10 @@ import xarray as xr
 from cropmap.core.bands import S2_ORDER, require_bands
 from cropmap.errors import ConfigError, IncompatibleInputError, InvalidInputError
 from cropmap.io.data import data_file
+from cropmap.samples.periods import Period, snap_to_periods
 from cropmap.samples.sets import make_sample_set
 
-__all__ = ["WORLDCEREAL_NODATA", "read_worldcereal", "worldcereal_legend"]
+__all__ = ["WORLDCEREAL_NODATA", "read_worldcereal", "worldcereal_bands", "worldcereal_legend"]
 
 #: The no-data value of WorldCereal and openEO uint16 bands.
 WORLDCEREAL_NODATA = 65535
@@ -109,11 +110,15 @@ def _step_grid(anchor: pd.Timestamp, n: int, cadence: str, *, last: bool) -> pd.
         {"year": months // 12, "month": months % 12 + 1, "day": (k % 3) * 10 + 1}))
 
 
-def _wide_times(table: pd.DataFrame, n_time: int, cadence: str) -> pd.DatetimeIndex:
+def _wide_times(table: pd.DataFrame, n_time: int, cadence: str, period: Period) -> pd.DatetimeIndex:
     if "start_date" not in table:
         raise InvalidInputError("a wide WorldCereal table needs a start_date column to date its time steps")
-    starts = pd.to_datetime(table["start_date"]).unique()
-    ends = pd.to_datetime(table["end_date"]).unique() if "end_date" in table else starts[:0]
+    # start/end dates are period starts too, and may be stored shifted by a time zone like timestamps
+    snap = "dekad" if period == "auto" else period  # one date has no spacing to tell month from dekad
+    starts = pd.DatetimeIndex(pd.to_datetime(table["start_date"]).unique())
+    starts = snap_to_periods(starts, snap, where="start_date")[0].unique()
+    ends = pd.DatetimeIndex(pd.to_datetime(table["end_date"]).unique()) if "end_date" in table else starts[:0]
+    ends = snap_to_periods(ends, snap, where="end_date")[0].unique()
     if len(starts) != 1 or len(ends) > 1:
         raise IncompatibleInputError(
             f"rows have {len(starts)} start_date and {len(ends)} end_date values; a sample set shares "
@@ -138,7 +143,7 @@ def _wide_times(table: pd.DataFrame, n_time: int, cadence: str) -> pd.DatetimeIn
                       f"{'month or dekad' if cadence == 'auto' else cadence} grid: pass cadence=")
 
 
-def _read_wide(table: pd.DataFrame, cadence: str) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], pd.DataFrame]:
+def _read_wide(table: pd.DataFrame, cadence: str, period: Period) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], pd.DataFrame]:
     cols: dict[tuple[str, int], str] = {}
     for col in table.columns:
         if m := _WIDE_COL.match(col):
@@ -148,13 +153,14 @@ def _read_wide(table: pd.DataFrame, cadence: str) -> tuple[np.ndarray, pd.Dateti
     needed = [f"{b}@ts{t}" for b in bands for t in range(n_time)]
     require_bands([f"{b}@ts{t}" for b, t in cols], needed, where="WorldCereal wide table (band@timestep)")
     raw = np.stack([table[[cols[(b, t)] for b in bands]].to_numpy() for t in range(n_time)], axis=1)
-    return raw, _wide_times(table, n_time, cadence), bands, table
+    return raw, _wide_times(table, n_time, cadence, period), bands, table
 
 
-def _read_long(table: pd.DataFrame) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], pd.DataFrame]:
+def _read_long(table: pd.DataFrame, period: Period) -> tuple[np.ndarray, pd.DatetimeIndex, list[str], pd.DataFrame]:
     band_cols = {m.group(1): c for c in table.columns if (m := _LONG_COL.match(c))}
     bands = [b for b in S2_ORDER if b in band_cols]
-    table = table.assign(timestamp=pd.to_datetime(table["timestamp"]))
+    stamps = pd.DatetimeIndex(pd.to_datetime(table["timestamp"]))
+    table = table.assign(timestamp=snap_to_periods(stamps, period, where="timestamp")[0])
     times = pd.DatetimeIndex(np.sort(table["timestamp"].unique()))
     samples = pd.Index(table["sample_id"].unique())
     if table.duplicated(["sample_id", "timestamp"]).any():
@@ -168,6 +174,16 @@ def _read_long(table: pd.DataFrame) -> tuple[np.ndarray, pd.DatetimeIndex, list[
     return raw, times, bands, per_sample
 
 
+def worldcereal_bands(path: str | Path) -> list[str]:
+    """The S2 bands a WorldCereal extraction holds (wide or long), canonical order, from the parquet
+    header alone (no row is read)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    found = {m.group(1) for c in names if (m := _WIDE_COL.match(c) or _LONG_COL.match(c))}
+    return [b for b in S2_ORDER if b in found]
+
+
 def read_worldcereal(
     path: str | Path,
     *,
@@ -178,6 +194,7 @@ def read_worldcereal(
     scale: float = 1e-4,
     region: str | None = None,
     legend_folder: str | Path | None = None,
+    period: Period = "auto",
 ) -> xr.Dataset:
     """A WorldCereal point extraction (parquet) as a sample set.
 
@@ -196,6 +213,10 @@ def read_worldcereal(
     ordered by ewoc code. ``region`` is the country token of ``ref_id`` as written (``UGA``, ``SSD``,
     ``BEL``; ``AF`` for the pan-African One Acre Fund points, ``BE`` in the prometheo files) unless
     ``region`` overrides it. Extra coords: ``sample`` (``sample_id``), ``ewoc_code``.
+
+    Dates are period starts (:func:`cropmap.samples.periods.snap_to_periods`): timestamps stored as local
+    midnight in UTC (``2017-04-30 22:00`` for May) are moved to the nearest month or dekad start, with a
+    warning; ``period`` declares the cadence (``"month"``, ``"dekad"``) or keeps the dates (``"none"``).
     """
     path = Path(path)
     table = pd.read_parquet(path)
@@ -207,9 +228,9 @@ def read_worldcereal(
                               "(long) columns: not a WorldCereal extraction")
         layout = "long" if is_long else "wide"
     if layout == "wide":
-        raw, times, found, per_sample = _read_wide(table, cadence)
+        raw, times, found, per_sample = _read_wide(table, cadence, period)
     elif layout == "long":
-        raw, times, found, per_sample = _read_long(table)
+        raw, times, found, per_sample = _read_long(table, period)
     else:
         raise ConfigError(f"layout must be 'auto', 'wide' or 'long', got {layout!r}")
     wanted = list(bands) if bands is not None else found

@@ -62,7 +62,7 @@ NODATA = 255
 #: Products written per tile; ``probability`` only with ``PredictOptions.probabilities``.
 PRODUCTS = ("class", "confidence", "probability")
 # Dataset variable of each product ("class" is the dim of the probabilities)
-_VARIABLE = {"class": "label", "confidence": "confidence", "probability": "probability"}
+_VARIABLE = {"class": "label", "confidence": "confidence", "probability": "probability", "ood": "ood"}
 #: File with the run's provenance (checkpoint, model card, options), written beside the tiles.
 RUN_FILE = "run.json"
 
@@ -92,11 +92,15 @@ class PredictOptions(BaseModel):
     #: ``"bf16"`` on a CPU with AVX512-BF16/AMX is about 2x faster (bench/predict.py,
     #: docs/performance.md) but may flip near-tie pixels.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    #: Also write the out-of-distribution score (``ood`` product, :meth:`Checkpoint.ood_score`): uint8,
+    #: the pixel's distance from the training inputs in percent of the training threshold (the 99th
+    #: percentile of the training pixels' distances); > 100 = out of distribution, 254 = 254 % or more.
+    ood: bool = False
 
     def output_key(self) -> dict:
         """The options that change the written pixels (the device and batch size do not)."""
         return {"max_filled_fraction": self.max_filled_fraction, "probabilities": self.probabilities,
-                "precision": self.precision}
+                "precision": self.precision, **({"ood": True} if self.ood else {})}
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,9 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
 
     - ``label`` ``(y, x)`` uint8 (the ``class`` product): index into ``checkpoint.class_names``, 255 = nodata;
     - ``confidence`` ``(y, x)`` uint8: the winning softmax probability in percent (0-100), 255 = nodata;
-    - ``probability`` ``(class, y, x)`` uint8 percent, only with ``options.probabilities``.
+    - ``probability`` ``(class, y, x)`` uint8 percent, only with ``options.probabilities``;
+    - ``ood`` ``(y, x)`` uint8: distance from the training inputs in percent of the training threshold
+      (> 100 = out of distribution, capped at 254), only with ``options.ood``.
 
     Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
     is NaN. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
@@ -185,6 +191,7 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     device = _device(options)
     bf16 = options.precision == "bf16" or (options.precision == "auto" and device == "cuda")
     proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
+    ood = np.full(ny * nx, np.nan, dtype=np.float32) if options.ood else None
     # blocks of whole rows: a 1024 px tile's cube is 3 GB (73 bins x 10 bands float32), a block ~200 MB
     step = max(1, options.block_pixels // nx)
     # the cube is read here, in this call, whatever cluster runs it: a tile is one task (torch uses the
@@ -194,7 +201,7 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
         # oneDNN's bf16 convolutions are fastest on channels_last weights: 3.5x eager fp32 against 2.3x
         # for bf16 alone (bench/predict.py, docs/performance.md); the fp32 path keeps the model as it is
         _predict_blocks(checkpoint, cube, proba, filled, step=step, options=options, device=device, bf16=bf16,
-                        channels_last=bf16 and device == "cpu")
+                        channels_last=bf16 and device == "cpu", ood=ood)
 
     ok = ~np.isnan(proba).any(axis=1)
     cls = np.where(ok, np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1), NODATA).astype(np.uint8)
@@ -211,13 +218,18 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
         pct = np.where(ok[:, None], np.rint(np.nan_to_num(proba) * 100), NODATA).astype(np.uint8)
         out["probability"] = (("class", "y", "x"), pct.T.reshape(-1, ny, nx))
         out = out.assign_coords({"class": list(checkpoint.class_names)})
+    if ood is not None:
+        pct = np.where(ok & np.isfinite(ood), np.minimum(np.rint(np.nan_to_num(ood) * 100), 254), NODATA)
+        out["ood"] = (("y", "x"), pct.astype(np.uint8).reshape(ny, nx))
     out.attrs = {"tile_id": cube.attrs.get("tile_id", ""), "nodata": NODATA}
     return out
 
 
 def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: np.ndarray, *, step: int,
-                    options: PredictOptions, device: str, bf16: bool, channels_last: bool) -> None:
-    """Fill ``proba`` ``(y * x, class)`` block of ``step`` rows by block; unusable pixels stay NaN."""
+                    options: PredictOptions, device: str, bf16: bool, channels_last: bool,
+                    ood: np.ndarray | None = None) -> None:
+    """Fill ``proba`` ``(y * x, class)`` (and ``ood`` ``(y * x,)`` if given) block of ``step`` rows by
+    block; unusable pixels stay NaN."""
     nx = cube.sizes["x"]
     batch_size = options.batch_size or checkpoint.batch_size_for(options.memory_budget_mb * 2**20)
     for y0 in range(0, cube.sizes["y"], step):
@@ -230,6 +242,8 @@ def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: n
             with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 proba[first + rows] = checkpoint.predict_proba(x[rows], batch_size=batch_size, device=device,
                                                               channels_last=channels_last)
+            if ood is not None:
+                ood[first + rows] = checkpoint.ood_score(x[rows])
 
 
 @functools.lru_cache(maxsize=8)
@@ -265,7 +279,7 @@ def load_model(path: storage.Location) -> Checkpoint:
 
 
 def _products(options: PredictOptions) -> tuple[str, ...]:
-    return PRODUCTS if options.probabilities else PRODUCTS[:2]
+    return (PRODUCTS if options.probabilities else PRODUCTS[:2]) + (("ood",) if options.ood else ())
 
 
 def _is_finished(out_dir: storage.Location, tile_id: str, options: PredictOptions, key: str) -> bool:
@@ -360,7 +374,9 @@ def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, 
                 dst.update_tags(1, **{f"class_{i}": n for i, n in enumerate(checkpoint.class_names)})
                 dst.set_band_description(1, "crop class")
             elif product == "confidence":
-                dst.set_band_description(1, "confidence (max softmax, percent)")
+                dst.set_band_description(1, "confidence (max calibrated softmax, percent)")
+            elif product == "ood":
+                dst.set_band_description(1, "distance from the training inputs (percent of the training threshold)")
             else:
                 for i, name in enumerate(checkpoint.class_names, start=1):
                     dst.set_band_description(i, f"probability of {name} (percent)")

@@ -1,0 +1,92 @@
+"""Calibrated confidence: temperature scaling and its reliability measures.
+
+A network's softmax is not a probability of being right. :func:`fit_temperature` finds the single
+temperature ``T > 0`` that minimises the negative log-likelihood of ``softmax(logits / T)`` on held-out
+(validation) samples (Guo et al. 2017); it changes confidences, never the winning class.
+:func:`expected_calibration_error` and :func:`reliability_table` measure how far confidence is from
+accuracy (equal-width confidence bins); :func:`reliability_png` draws the diagram.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+
+from cropmap.errors import InvalidInputError
+from cropmap.io.storage import atomic_path
+
+__all__ = ["fit_temperature", "softmax_t", "expected_calibration_error", "reliability_table", "reliability_png"]
+
+
+def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` row-wise, ``(N, C)`` float32."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    return np.exp(log_softmax(z, axis=1)).astype(np.float32)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature minimising the mean NLL of ``softmax(logits / T)`` for ``labels`` ``(N,)``.
+
+    ``logits``: ``(N, C)`` raw network outputs. Searched on log T within ``bounds`` (bounded Brent).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+        raise InvalidInputError(f"fit_temperature: logits (N, C) and labels (N,), got {logits.shape}, {labels.shape}")
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean())
+
+    best = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(best.x))
+
+
+def reliability_table(proba: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> pd.DataFrame:
+    """Per confidence bin ``[k/n, (k+1)/n)`` (the last closed): ``lower``, ``upper``, ``count``,
+    ``confidence`` (mean winning probability), ``accuracy`` (share right); NaN rows of ``proba`` skipped."""
+    proba = np.asarray(proba, dtype=np.float64)
+    ok = ~np.isnan(proba).any(axis=1)
+    proba, labels = proba[ok], np.asarray(labels)[ok]
+    conf, right = proba.max(1), proba.argmax(1) == labels
+    k = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        m = k == b
+        rows.append({"lower": b / n_bins, "upper": (b + 1) / n_bins, "count": int(m.sum()),
+                     "confidence": float(conf[m].mean()) if m.any() else np.nan,
+                     "accuracy": float(right[m].mean()) if m.any() else np.nan})
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(proba: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> float:
+    """ECE: sum over confidence bins of (share of samples) x |accuracy - mean confidence|, in 0..1."""
+    table = reliability_table(proba, labels, n_bins=n_bins)
+    used = table[table["count"] > 0]
+    return float((used["count"] * (used["accuracy"] - used["confidence"]).abs()).sum() / used["count"].sum())
+
+
+def reliability_png(tables: dict[str, pd.DataFrame], path: str | Path, *, title: str = "") -> Path:
+    """A reliability diagram (accuracy against mean confidence per bin, one line per table, the diagonal
+    is perfect calibration) written whole to ``path`` (PNG); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    for name, table in tables.items():
+        used = table[table["count"] > 0]
+        ax.plot(used["confidence"], used["accuracy"], marker="o", label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean of bin)", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
