@@ -1,0 +1,149 @@
+"""Fault injection on real DEMO data: damaged inputs, flaky servers, broken stores, killed processes.
+
+Every case ends either in a clean error (nothing half-written under a final name) or in a named
+status that is not "complete" and that the next run rebuilds; none ends as a "complete" tile or map
+that silently holds a hole.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+
+from cropmap.errors import DataNotFoundError, MissingBandError
+from cropmap.io.stac import search_items, season_search_window
+from cropmap.stages.cube import CubeOptions, build_tile_cube, open_tile_cube
+from cropmap.stages.reading import AssetUnavailableWarning, solar_day
+from http_servers import range_file_server
+
+BANDS = ("B04", "B08")
+OPTIONS = CubeOptions(bands=BANDS, chunk=64)
+
+
+@pytest.fixture(scope="module")
+def tile_items(demo_run):
+    """The first DEMO tile and four of its in-season items (four dates; red/nir/SCL COGs, 128 px)."""
+    start, end = season_search_window(demo_run.season, demo_run.year, 30)
+    tile = demo_run.tile(demo_run.tiles()[0])
+    edges = demo_run.season.bin_edges(demo_run.year)
+    items = [it for it in search_items(demo_run.config.catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
+             if edges[0] <= np.datetime64(solar_day(it)) < edges[-1]]
+    return tile, items[:4]
+
+
+@pytest.fixture(scope="module")
+def clean(demo_run, tile_items, tmp_path_factory):
+    """The tile's cube built from the undamaged items: ``(time, band, y, x)`` values."""
+    tile, items = tile_items
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssetUnavailableWarning)
+        res = build_tile_cube(tile, items, demo_run.season, demo_run.year, tmp_path_factory.mktemp("clean"),
+                              options=OPTIONS)
+    return open_tile_cube(res.path).values
+
+
+def _copied(items: list[pystac.Item], root: Path) -> list[pystac.Item]:
+    """Copies of ``items`` (their JSON and COGs) under ``root``, hrefs absolute, to damage freely."""
+    out = []
+    for item in items:
+        folder = Path(item.get_self_href()).parent
+        shutil.copytree(folder, root / folder.name)
+        copy = pystac.Item.from_file(str(root / folder.name / Path(item.get_self_href()).name))
+        copy.make_asset_hrefs_absolute()
+        out.append(copy)
+    return out
+
+
+def _build(run, tile, items, out: Path, **kwargs):
+    return build_tile_cube(tile, items, run.season, run.year, out, options=OPTIONS, **kwargs)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _text(path: Path) -> None:
+    path.write_text("<html>503 Service Unavailable</html>\n")
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _empty, _text, _delete], ids=["truncated", "zero-byte", "text", "deleted"])
+def test_a_damaged_asset_makes_the_tile_incomplete_and_the_rerun_rebuilds_it(demo_run, tile_items, clean, damage,
+                                                                             tmp_path):
+    tile, items = tile_items
+    copies = _copied(items, tmp_path / "items")
+    red = Path(copies[1].assets["red"].href)
+    good = red.read_bytes()
+    damage(red)
+    with pytest.warns(AssetUnavailableWarning, match=f"{copies[1].id}.*'red'"):
+        res = _build(demo_run, tile, copies, tmp_path / "cubes")
+    assert res.status == "incomplete" and f"{copies[1].id}/red" in res.unavailable
+    assert f"{copies[1].id}/red" in res.reason
+    cube = open_tile_cube(res.path)
+    assert cube.attrs["status"] == "incomplete" and cube.attrs["unavailable_assets"] == [f"{copies[1].id}/red"]
+    red.write_bytes(good)  # the file is back: the rerun rebuilds the tile instead of skipping it
+    again = _build(demo_run, tile, copies, tmp_path / "cubes")
+    assert again.status == "written" and not again.unavailable
+    np.testing.assert_array_equal(open_tile_cube(again.path).values, clean)
+    assert _build(demo_run, tile, copies, tmp_path / "cubes").status == "skipped"
+
+
+def test_an_item_without_a_band_key_is_recorded_and_the_tile_incomplete(demo_run, tile_items, tmp_path):
+    tile, items = tile_items
+    copies = [it.clone() for it in items]
+    del copies[2].assets["red"]
+    with pytest.warns(AssetUnavailableWarning, match=f"{copies[2].id}.*B04"):
+        res = _build(demo_run, tile, copies, tmp_path)
+    assert res.status == "incomplete" and f"{copies[2].id}/B04" in res.unavailable
+
+
+def test_a_band_missing_from_every_item_is_an_error_naming_it(demo_run, tile_items, tmp_path):
+    tile, items = tile_items
+    copies = [it.clone() for it in items]
+    for item in copies:
+        del item.assets["red"]
+    with pytest.raises(MissingBandError, match="B04"):
+        _build(demo_run, tile, copies, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_predict_refuses_an_incomplete_cube(demo_run, tile_items, tmp_path):
+    from cropmap.stages.predict import open_cube
+
+    tile, items = tile_items
+    copies = _copied(items[:2], tmp_path / "items")
+    _delete(Path(copies[0].assets["nir"].href))
+    with pytest.warns(AssetUnavailableWarning):
+        res = _build(demo_run, tile, copies, tmp_path / "cubes")
+    with pytest.raises(DataNotFoundError, match=f"incomplete.*{copies[0].id}/nir.*rebuild"):
+        open_cube(res.path)
+
+
+def test_a_server_failing_twice_still_yields_the_clean_cube(demo_paths, demo_run, tile_items, tmp_path,
+                                                           monkeypatch):
+    """Every URL is answered HTTP 500 twice before it is served: GDAL's retries recover every read."""
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.05")  # the retries' schedule, not their number
+    tile, items = tile_items
+    copies = [it.clone() for it in items[:2]]  # two dates: each URL costs its two failures
+    reference = open_tile_cube(_build(demo_run, tile, items[:2], tmp_path / "local").path).values
+    with range_file_server(demo_paths.root, fail_first=2) as (url, _):
+        for item in copies:
+            for asset in item.assets.values():
+                asset.href = url + "/" + str(Path(asset.href).resolve().relative_to(demo_paths.root.resolve()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AssetUnavailableWarning)
+            res = _build(demo_run, tile, copies, tmp_path / "http")
+    assert res.status == "written" and not res.unavailable
+    np.testing.assert_array_equal(open_tile_cube(res.path).values, reference)
