@@ -37,14 +37,20 @@ def tile_items(demo_run):
 
 
 @pytest.fixture(scope="module")
-def clean(demo_run, tile_items, tmp_path_factory):
-    """The tile's cube built from the undamaged items: ``(time, band, y, x)`` values."""
+def clean_path(demo_run, tile_items, tmp_path_factory) -> Path:
+    """The tile's cube built from the undamaged items."""
     tile, items = tile_items
     with warnings.catch_warnings():
         warnings.simplefilter("error", AssetUnavailableWarning)
         res = build_tile_cube(tile, items, demo_run.season, demo_run.year, tmp_path_factory.mktemp("clean"),
                               options=OPTIONS)
-    return open_tile_cube(res.path).values
+    return res.path
+
+
+@pytest.fixture(scope="module")
+def clean(clean_path) -> np.ndarray:
+    """The clean cube's ``(time, band, y, x)`` values."""
+    return open_tile_cube(clean_path).values
 
 
 def _copied(items: list[pystac.Item], root: Path) -> list[pystac.Item]:
@@ -147,3 +153,45 @@ def test_a_server_failing_twice_still_yields_the_clean_cube(demo_paths, demo_run
             res = _build(demo_run, tile, copies, tmp_path / "http")
     assert res.status == "written" and not res.unavailable
     np.testing.assert_array_equal(open_tile_cube(res.path).values, reference)
+
+
+def test_a_missing_zarr_chunk_is_refused_not_read_as_nodata(clean_path, tmp_path):
+    from cropmap.stages.predict import open_cube
+
+    cube = tmp_path / clean_path.name
+    shutil.copytree(clean_path, cube)
+    chunks = sorted(p for p in (cube / "reflectance").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(chunks) == 8  # 2 bands x 2 x 2 spatial chunks of 64 px
+    chunks[3].unlink()
+    with pytest.raises(DataNotFoundError, match="reflectance.*1 of 8 chunks missing"):
+        open_cube(cube)
+
+
+def test_an_empty_tile_writes_its_chunks_and_opens(demo_run, tile_items, tmp_path):
+    from cropmap.stages.predict import open_cube
+
+    tile, _ = tile_items
+    res = _build(demo_run, tile, [], tmp_path)
+    assert res.status == "empty" and np.isnan(open_cube(res.path).values).all()
+
+
+@pytest.mark.slow
+def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(demo_run, demo_model, tmp_path):
+    """One DEMO tile's cube has a corrupt chunk: the other tiles are predicted and mosaicked, no accuracy
+    is reported, and the run raises naming the tile (the flow ends Failed, the CLI exits 2)."""
+    from cropmap.errors import CubeBuildError
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import check_complete, map_country
+    from cropmap.jobs.tiles import cube_tile
+
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run")})
+    bad = run.tiles()[1]
+    built = cube_tile(run, bad)
+    chunk = next(p for p in sorted((built.path / "reflectance").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\x00garbage" * 64)
+    result = map_country(run, InlineExecutor(), model=demo_model)
+    assert result.tiles.failed_tiles == {bad} and result.accuracy is None
+    assert result.mosaic is not None and Path(result.mosaic.cogs["class"]).exists()  # what can be written is
+    assert not (Path(run.map_dir(result.key)) / "accuracy.json").exists()
+    with pytest.raises(CubeBuildError, match=f"1 of 4 tile.*{bad}"):
+        check_complete(result)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from cropmap.errors import ConfigError, CubeBuildError
+from cropmap.errors import ConfigError, CubeBuildError, MosaicError
 from cropmap.io import storage
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
@@ -35,7 +35,7 @@ from cropmap.stages.cube import cube_path
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import write_run_file
 
-__all__ = ["TrainResult", "MapResult", "train_country", "map_country", "score_run"]
+__all__ = ["TrainResult", "MapResult", "train_country", "map_country", "score_run", "check_complete"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     checked against each hemisphere's season of the plan (the model's window, or its six-month offset),
     and the plan's finished tiles against the model. Then per UTM zone a mosaic, and the national mosaic
     of the zones in the country's output CRS. A zone that fails does not stop the others: it is in
-    :attr:`MapResult.zone_failures` and its tiles are missing from the national map.
+    :attr:`MapResult.zone_failures` and its tiles are missing from the national map. A failed tile or
+    zone leaves the maps of the others written but unscored; :func:`check_complete` raises then.
     """
     training = None
     if model is None:
@@ -170,6 +171,21 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
         national = _run(executor, mosaic_country, run, key,
                         {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()})
     accuracy = accuracy_path = None
-    if run.scenario is not None and run.scenario.score_bounds is not None and (zones or national):
+    # a map with holes is not scored: its accuracy would read as the run's
+    if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
+            and not tiles.failures and not failures):
         accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national))
     return MapResult(str(model), key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training)
+
+
+def check_complete(result: MapResult) -> None:
+    """Raise :class:`CubeBuildError` when a tile or a zone of ``result`` failed: the maps written from
+    the others have holes there (and were not scored); a rerun retries the failed tiles."""
+    failures = result.tiles.failures
+    if failures:
+        first = failures[0]
+        raise CubeBuildError(f"{len(result.tiles.failed_tiles)} of {result.tiles.total} tile(s) failed, so the maps "
+                             f"have holes there and were not scored; the first, {first.tile_id} ({first.stage}): "
+                             f"{first.reason}. Rerun to retry them")
+    if result.zone_failures:
+        raise MosaicError("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))

@@ -49,7 +49,7 @@ from cropmap.io.storage import stable_hash
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "cube_path", "cube_status", "is_finished", "incomplete_reason", "FINISHED",
+           "open_tile_cube", "cube_path", "cube_status", "check_chunks", "is_finished", "incomplete_reason", "FINISHED",
            "AssetUnavailableWarning"]
 
 @dataclass(frozen=True)
@@ -198,7 +198,8 @@ def build_tile_cube(
     # local: a hidden temporary store renamed when complete; remote: written in place, then marked
     # complete (cropmap.io.storage.output_dir). The tile is computed HERE, in this call, band by band
     # and strip by strip, whatever cluster runs it: one task to the cluster (docs/scaling.md)
-    with storage.output_dir(target) as tmp:
+    # every chunk is written, all-NaN ones too: a chunk missing from the store is then detectable
+    with storage.output_dir(target) as tmp, zarr.config.set({"array.write_empty_chunks": True}):
         ds.to_zarr(str(tmp), mode="w", consolidated=False, compute=False)  # metadata and coordinates
         group = zarr.open_group(str(tmp), mode="r+")
         if reader is not None:
@@ -219,6 +220,7 @@ def build_tile_cube(
             reason = incomplete_reason(dropped)
         group.attrs.update({**attrs, "status": status, "reason": reason,
                             "filled_fraction": round(float(np.mean(filled, dtype=np.float64)), 6)})
+        check_chunks(tmp)  # before the rename (or the marker): what is published is whole
     return CubeResult(tile.id, target, "written" if status == "complete" else status, reason, len(ids), tuple(dropped))
 
 
@@ -242,6 +244,19 @@ def cube_status(path: storage.Location) -> tuple[str, str]:
     except Exception:  # noqa: BLE001 - zarr raises several types for "no readable group here"
         return "missing", ""
     return str(attrs.get("status", "missing")), str(attrs.get("reason", ""))
+
+
+def check_chunks(path: storage.Location) -> None:
+    """Raise :class:`DataNotFoundError` unless every chunk of the store's ``reflectance`` and
+    ``filled_fraction`` is stored (Zarr reads a missing chunk as its fill value, NaN: a silent hole).
+    Lists the store's keys; reads no chunk."""
+    group = zarr.open_group(str(storage.as_location(path)), mode="r")
+    missing = [f"{name}: {group[name].nchunks - group[name].nchunks_initialized} of {group[name].nchunks} chunks"
+               for name in ("reflectance", "filled_fraction")
+               if group[name].nchunks_initialized < group[name].nchunks]
+    if missing:
+        raise DataNotFoundError(f"tile cube {path} is damaged ({'; '.join(m + ' missing' for m in missing)}); "
+                                "remove it and rebuild it (cropmap cube, or rerun the flow)")
 
 
 def is_finished(path: storage.Location) -> bool:

@@ -39,7 +39,7 @@ from cropmap.errors import DataNotFoundError, IncompatibleInputError
 from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
-from cropmap.stages.cube import FINISHED, cube_status, open_tile_cube
+from cropmap.stages.cube import FINISHED, check_chunks, cube_status, open_tile_cube
 
 __all__ = [
     "NODATA",
@@ -111,14 +111,15 @@ def tile_path(out_dir: storage.Location, tile_id: str, product: str) -> storage.
 def open_cube(path: storage.Location) -> xr.DataArray:
     """A tile cube store (folder or URL) as a lazy ``(time, band, y, x)`` DataArray:
     :func:`cropmap.stages.cube.open_tile_cube` (the layout is documented in :mod:`cropmap.stages.cube`), with a clear
-    error when the store is missing or its status is not complete or empty (an ``incomplete`` cube,
-    built without some asset, is refused)."""
+    error when the store is missing, lacks a chunk (:func:`~cropmap.stages.cube.check_chunks`) or its
+    status is not complete or empty (an ``incomplete`` cube, built without some asset, is refused)."""
     status, reason = cube_status(path)
     if status == "missing":
         raise DataNotFoundError(f"tile cube {path} not found; build it first (cropmap cube ...)")
     if status not in FINISHED:
         raise DataNotFoundError(f"tile cube {path} is {status} ({reason}); rebuild it (cropmap cube, or rerun "
                                 "the flow) before predicting")
+    check_chunks(path)
     return open_tile_cube(path)
 
 
