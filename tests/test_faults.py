@@ -195,3 +195,33 @@ def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(
     assert not (Path(run.map_dir(result.key)) / "accuracy.json").exists()
     with pytest.raises(CubeBuildError, match=f"1 of 4 tile.*{bad}"):
         check_complete(result)
+
+
+_WRITE_UNDER_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from rasterio.transform import from_origin
+from cropmap.stages.predict import _write_geotiff
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+data = np.random.default_rng(0).integers(0, 100, (1, 512, 512), dtype=np.uint8)  # ~220 kB deflated
+_write_geotiff(sys.argv[1], data, crs="EPSG:32754", transform=from_origin(500000, 6000000, 10, 10), tags={},
+               product="confidence", checkpoint=None)
+"""
+
+
+@pytest.mark.parametrize("limit", [50_000, 200_000], ids=["while-writing", "at-close"])
+def test_a_write_that_runs_out_of_space_raises_and_publishes_nothing(tmp_path, limit):
+    """A file-size limit (RLIMIT_FSIZE: the same EFBIG/ENOSPC path as a full disk) cuts the GeoTIFF
+    short, early or only when GDAL flushes at close: an error, and no file under the final name."""
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "t.confidence.tif"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _WRITE_UNDER_LIMIT, str(target), str(limit)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "t.confidence.tif" in proc.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary

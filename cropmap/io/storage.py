@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
            "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
            "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
-           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash"]
+           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash", "check_raster"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
 TEMP_MARK = ".tmp-"
@@ -407,3 +407,21 @@ def _endpoint_hint(location: str) -> str:
     where = f"endpoint {endpoint}" if endpoint else "AWS's endpoint (AWS_ENDPOINT_URL unset)"
     return (f". Check that the bucket exists, the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
             f"or the pod's role) allow writing, and the {where} is reachable")
+
+
+def check_raster(path: str | Path, expected=None, *, what: str | None = None) -> None:
+    """Read the raster at ``path`` back whole (every band; equal to ``expected`` ``(band, y, x)`` when
+    given) before it is published: GDAL reports some write errors (a full disk, a file-size limit while
+    it flushes at close) only as log lines, leaving a truncated file. Raises :class:`StorageError`
+    naming ``what`` (default ``path``)."""
+    import numpy as np
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            data = src.read()
+    except Exception as err:  # noqa: BLE001 - any failure to read back means the write did not finish
+        raise StorageError(f"could not write {what or path} (disk full or quota?): reading it back failed: "
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if expected is not None and not np.array_equal(data, expected):
+        raise StorageError(f"could not write {what or path} (disk full or quota?): it reads back different")

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cropmap import __version__
 from cropmap.core.features import compute_features
 from cropmap.core.season import Season
-from cropmap.errors import DataNotFoundError, IncompatibleInputError
+from cropmap.errors import DataNotFoundError, IncompatibleInputError, StorageError
 from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
@@ -350,7 +350,7 @@ def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, 
     }
     if ny >= 256 and nx >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with storage.output_file(path) as tmp:
+    with storage.output_file(path) as tmp, _write_errors(path):
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
             dst.update_tags(**tags, product=product)
@@ -363,6 +363,19 @@ def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, 
             else:
                 for i, name in enumerate(checkpoint.class_names, start=1):
                     dst.set_band_description(i, f"probability of {name} (percent)")
+        storage.check_raster(tmp, data, what=str(path))  # before the rename: never a truncated final file
+
+
+@contextlib.contextmanager
+def _write_errors(path: storage.Location):
+    """GDAL's write errors (``RasterioIOError``, ``OSError``) as one :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (rasterio.errors.RasterioError, OSError) as err:
+        raise StorageError(f"could not write {path} (disk full or quota?): "
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
 
 
 def write_run_file(checkpoint_path: storage.Location, out_dir: storage.Location, *, options: PredictOptions,
