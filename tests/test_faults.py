@@ -225,3 +225,37 @@ def test_a_write_that_runs_out_of_space_raises_and_publishes_nothing(tmp_path, l
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "t.confidence.tif" in proc.stderr.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary
+
+
+_KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from cropmap.io.storage import atomic_path
+with atomic_path(Path(sys.argv[1])) as tmp:  # as build_tile_cube's output_dir: half a store, then killed
+    tmp.mkdir()
+    (tmp / "zarr.json").write_text("{}")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_build_leaves_a_temporary_that_no_reader_lists_and_the_rerun_removes(demo_run, tile_items,
+                                                                                     clean_path, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from cropmap.stages.cube import cube_stores
+
+    tile, items = tile_items
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(tmp_path / clean_path.name)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    leftover = Path(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert leftover.is_dir() and leftover.name.startswith(f".{tile.id}.tmp-")
+    assert cube_stores([tmp_path]) == []  # `cropmap predict <folder>` sees no cube, not the half store
+    res = _build(demo_run, tile, items, tmp_path)
+    assert res.status == "written" and not leftover.exists()  # the dead process's temporary is removed
+    assert cube_stores([tmp_path]) == [res.path] and [p.name for p in tmp_path.iterdir()] == [res.path.name]

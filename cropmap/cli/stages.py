@@ -6,7 +6,6 @@ Many tiles run on a local Dask cluster through the same per-tile job functions t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import typer
@@ -19,7 +18,7 @@ from cropmap.jobs.country_run import resolve_country_run
 from cropmap.jobs.executors import Outcome, local_executor
 from cropmap.jobs.tile_pipeline import run_tiles
 from cropmap.jobs.tiles import predict_cubes, tile_annotations
-from cropmap.stages.cube import CubeOptions
+from cropmap.stages.cube import CubeOptions, cube_stores
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.national import national_mosaic, tiles_by_zone
 from cropmap.stages.predict import PredictOptions
@@ -93,10 +92,7 @@ def predict(
     threads: int = typer.Option(1, "--threads", min=1, help="Tiles predicted at once (torch uses the cores inside one)."),
 ) -> None:
     """Classify tile cubes with a checkpoint: one class map and one confidence map per tile."""
-    paths = []
-    for c in cubes:  # a folder of stores, or stores themselves
-        p = Path(c)
-        paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
+    paths = cube_stores(cubes)  # a folder of stores, or stores themselves
     options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
                              probabilities=probabilities, device=device, precision=precision)
     gpu = options.device == "cuda"

@@ -74,7 +74,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the suffix (GDAL picks drivers by extension) and starts with a dot so
     that file listings of finished outputs do not show it. On an exception the temporary file or
     directory is removed and ``path`` is left as it was. Works for files and directories (a Zarr
-    store); an existing directory at ``path`` is replaced.
+    store); an existing directory at ``path`` is replaced. Temporaries of ``path`` left by dead
+    processes of this host (a killed run) are removed first.
 
     >>> import tempfile; d = Path(tempfile.mkdtemp())
     >>> with atomic_path(d / "a.txt") as tmp:
@@ -87,6 +88,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # the pid keeps two processes that race on the same tile from writing into one temporary file
     tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
     _remove(tmp)
+    _remove_dead_temporaries(path)
     try:
         yield tmp
     except BaseException:
@@ -97,6 +99,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     if tmp.is_dir() and path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove ``path``'s temporaries (``.<stem>.tmp-<pid><suffix>``) left by processes of this host that
+    are gone (a SIGKILLed run); a live process's, or one with another name, is never touched."""
+    for stale in path.parent.glob(f".{path.stem}{TEMP_MARK}*{path.suffix}"):
+        pid = stale.name[len(path.stem) + 1 + len(TEMP_MARK):len(stale.name) - len(path.suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: its temporary is litter
+            with contextlib.suppress(OSError):
+                _remove(stale)
+        except PermissionError:  # another user's live process
+            continue
 
 
 def _remove(path: Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import dask.array as da
@@ -49,7 +50,7 @@ from cropmap.io.storage import stable_hash
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "cube_path", "cube_status", "check_chunks", "is_finished", "incomplete_reason", "FINISHED",
+           "open_tile_cube", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
            "AssetUnavailableWarning"]
 
 @dataclass(frozen=True)
@@ -257,6 +258,16 @@ def check_chunks(path: storage.Location) -> None:
     if missing:
         raise DataNotFoundError(f"tile cube {path} is damaged ({'; '.join(m + ' missing' for m in missing)}); "
                                 "remove it and rebuild it (cropmap cube, or rerun the flow)")
+
+
+def cube_stores(paths: Sequence[str | Path]) -> list[Path]:
+    """The cube stores among local ``paths``: a ``.zarr`` path itself, or the ``*.zarr`` stores in a
+    folder (sorted), temporaries of interrupted builds (``.<tile>.tmp-<pid>.zarr``) left out."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        found += (sorted(q for q in p.glob("*.zarr") if not storage.is_temporary(q))
+                  if p.is_dir() and p.suffix != ".zarr" else [p])
+    return found
 
 
 def is_finished(path: storage.Location) -> bool:

@@ -37,7 +37,7 @@ from cropmap.core.features import compute_features
 from cropmap.core.season import Season
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, StorageError
 from cropmap.io import storage
-from cropmap.io.storage import TEMP_MARK, stable_hash
+from cropmap.io.storage import stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
 from cropmap.stages.cube import FINISHED, check_chunks, cube_status, open_tile_cube
 
@@ -324,11 +324,8 @@ def predict_tile(
         data = maps[_VARIABLE[product]].values
         _write_geotiff(paths[product], data if data.ndim == 3 else data[None], crs=crs, transform=transform,
                        tags=tags, product=product, checkpoint=checkpoint)
-    # temporaries of this tile left by a killed run: the tile is complete now, they are litter (an
-    # object store has none: an upload that did not finish leaves no object)
-    if not storage.is_remote(out_dir):
-        for stale in out_dir.glob(f".{tile_id}.*{TEMP_MARK}*"):
-            stale.unlink(missing_ok=True)
+    # temporaries of this tile left by a killed run were removed when each product was written
+    # (cropmap.io.storage.atomic_path: only those of dead processes, never a concurrent run's)
     return TileResult(tile_id, "done", paths)
 
 
