@@ -259,3 +259,32 @@ def test_a_killed_build_leaves_a_temporary_that_no_reader_lists_and_the_rerun_re
     res = _build(demo_run, tile, items, tmp_path)
     assert res.status == "written" and not leftover.exists()  # the dead process's temporary is removed
     assert cube_stores([tmp_path]) == [res.path] and [p.name for p in tmp_path.iterdir()] == [res.path.name]
+
+
+def test_an_area_outside_the_country_is_refused(demo_run):
+    from cropmap.errors import EmptyAOIError
+    from cropmap.io.outlines import tiles_for_area
+
+    with pytest.raises(EmptyAOIError, match=r"outside DEMO"):
+        tiles_for_area(demo_run.config, (10.0, 45.0, 10.1, 45.1))  # northern Italy
+    assert len(tiles_for_area(demo_run.config, (141.7, -37.2, 142.7, -36.2))) == 4  # clipped to the country
+
+
+def test_an_area_planning_more_tiles_than_the_cap_is_refused_naming_both(demo_run, monkeypatch):
+    from cropmap.errors import ConfigError
+    from cropmap.io.outlines import tiles_for_area
+
+    monkeypatch.setenv("CROPMAP_MAX_AREA_TILES", "3")
+    with pytest.raises(ConfigError, match=r"4 tiles.*CROPMAP_MAX_AREA_TILES=3"):
+        tiles_for_area(demo_run.config, (141.7, -37.2, 142.7, -36.2))
+    assert len(tiles_for_area(demo_run.config, (141.7, -37.2, 142.7, -36.2), limit=4)) == 4  # explicit override
+
+
+@pytest.mark.parametrize("text", ["[]", '{"foo": 1}', '{"type": "FeatureCollection", "features": [{"x": 1}]}'])
+def test_a_malformed_geojson_area_is_a_config_error(demo_run, tmp_path, text):
+    from cropmap.errors import ConfigError
+    from cropmap.io.outlines import tiles_for_area
+
+    (tmp_path / "aoi.geojson").write_text(text)
+    with pytest.raises(ConfigError, match="aoi.geojson"):
+        tiles_for_area(demo_run.config, str(tmp_path / "aoi.geojson"))

@@ -13,7 +13,7 @@ import typer
 from cropmap.cli.common import app, command, fail
 from cropmap.core.bands import S2_BANDS
 from cropmap.io.config import CatalogConfig, load_country
-from cropmap.io.outlines import tiles_for_aoi
+from cropmap.io.outlines import tiles_for_aoi, tiles_for_area
 from cropmap.jobs.country_run import resolve_country_run
 from cropmap.jobs.executors import Outcome, local_executor
 from cropmap.jobs.tile_pipeline import run_tiles
@@ -59,8 +59,11 @@ def cube(
             margin_days=cfg.catalog.margin_days)})
     opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
                        on_asset_error="fail" if fail_on_asset_error else "warn")
-    aoi = bbox if bbox else (geojson if geojson else cfg)
-    tiles = [t.id for t in tiles_for_aoi(aoi, tile_size=cfg.tile_size)][:max_tiles]
+    area = bbox if bbox else geojson
+    # an area is checked against the country and the tile cap (--max-tiles is the explicit override)
+    planned = (tiles_for_area(cfg, area, limit=None if max_tiles is None else 10**9) if area
+               else tiles_for_aoi(cfg, tile_size=cfg.tile_size))
+    tiles = [t.id for t in planned][:max_tiles]
     run = resolve_country_run(cfg, out_root=out, cube=opts, cube_dir=out)
     typer.echo(f"{cfg.name}: {len(tiles)} tile(s) of {cfg.tile_size} px, season {cfg.season.describe()} {cfg.year}")
 
@@ -70,7 +73,7 @@ def cube(
     with local_executor(threads=threads) as executor:
         summary = run_tiles(executor, run, tiles, progress=show, overwrite=overwrite)
     counts = summary.counts["cube"]
-    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty")))
+    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty", "incomplete")))
     for f in summary.failures:
         typer.echo(f"{f.tile_id}: failed: {f.reason}", err=True)
     if summary.failures:
