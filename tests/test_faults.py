@@ -288,3 +288,23 @@ def test_a_malformed_geojson_area_is_a_config_error(demo_run, tmp_path, text):
     (tmp_path / "aoi.geojson").write_text(text)
     with pytest.raises(ConfigError, match="aoi.geojson"):
         tiles_for_area(demo_run.config, str(tmp_path / "aoi.geojson"))
+
+
+@pytest.mark.parametrize("tile_id", ["../escaped_tile", "a/b", ".hidden", ""])
+def test_a_cube_whose_tile_id_is_not_a_safe_name_is_refused_before_anything_is_written(clean_path, tmp_path,
+                                                                                      tile_id):
+    import zarr
+
+    from cropmap.errors import InvalidInputError
+    from cropmap.jobs.tiles import check_cubes_fit
+    from cropmap.stages.predict import predict_tile
+
+    cube = tmp_path / "cubes" / clean_path.name
+    shutil.copytree(clean_path, cube)
+    zarr.open_group(str(cube), mode="r+").attrs["tile_id"] = tile_id
+    out = tmp_path / "out" / "maps"
+    with pytest.raises(InvalidInputError, match="tile id"):
+        predict_tile(tmp_path / "no-model.pt", cube, out)
+    with pytest.raises(InvalidInputError, match="tile id"):
+        check_cubes_fit(tmp_path / "no-model.pt", [cube])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cubes"]  # nothing written, inside or out

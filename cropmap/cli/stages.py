@@ -12,6 +12,7 @@ import typer
 
 from cropmap.cli.common import app, command, fail
 from cropmap.core.bands import S2_BANDS
+from cropmap.io import storage
 from cropmap.io.config import CatalogConfig, load_country
 from cropmap.io.outlines import tiles_for_aoi, tiles_for_area
 from cropmap.jobs.country_run import resolve_country_run
@@ -120,6 +121,7 @@ def mosaic(
 ) -> None:
     """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG. Tiles of
     several UTM zones give one mosaic per zone (<name>_<epsg>_*.tif) and the national COGs in --crs."""
+    storage.safe_name(name, "--name")  # it names the outputs: no path
     zones = tiles_by_zone(tiles)
     if len(zones) <= 1:
         result = mosaic_tiles(tiles, out, name=name, blocksize=blocksize)

@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 from urllib.parse import unquote, urlparse
 
-from cropmap.errors import DataNotFoundError, StorageError
+from cropmap.errors import DataNotFoundError, InvalidInputError, StorageError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
            "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
            "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
-           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash", "check_raster"]
+           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash", "check_raster", "safe_name"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
 TEMP_MARK = ".tmp-"
@@ -60,6 +61,19 @@ def stable_hash(settings: object) -> str:
     """16 hex digits of the sha256 of ``settings`` as sorted-key JSON (non-JSON values as ``str``): the
     key under which run folders, cached checkpoints, cubes and tile predictions are found again."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def safe_name(name: object, what: str) -> str:
+    """``name`` if it can be one component of an output name (letters, digits, ``_ . -``, not starting
+    with a dot, no ``..``, at most 128 characters); else :class:`InvalidInputError` naming ``what``
+    (e.g. ``"tile id"``): a name read from an input file must not write outside its folder."""
+    text = str(name)
+    if not _SAFE_NAME.match(text) or ".." in text:
+        raise InvalidInputError(f"{what} {text!r} is not a safe name (letters, digits, '_', '.', '-'; no path)")
+    return text
 
 
 def is_temporary(path: str | Path) -> bool:

@@ -151,10 +151,13 @@ def check_cubes_fit(model: storage.Location, cubes: Sequence[storage.Location]) 
     """Open every cube (metadata only) and check it against the checkpoint; ``{tile id: cube}``.
 
     A tile id seen twice, or a cube that does not fit, raises before any tile is predicted."""
-    checkpoint = load_model(model)
+    cubes = list(cubes)
     found: dict[str, storage.Location] = {}
-    for path in cubes:
-        cube = open_cube(path)
+    opened = [(path, open_cube(path)) for path in cubes]
+    for path, cube in opened:  # names first: a cube's tile id names its outputs
+        storage.safe_name(cube.attrs.get("tile_id", ""), f"tile id of {path}:")
+    checkpoint = load_model(model)
+    for path, cube in opened:
         tid = str(cube.attrs["tile_id"])
         if tid in found:
             raise IncompatibleInputError(f"tile id {tid} appears twice: {found[tid]} and {path}")

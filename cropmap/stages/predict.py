@@ -295,7 +295,7 @@ def predict_tile(
     """
     out_dir = storage.as_location(out_dir)
     cube = open_cube(cube_path)
-    tile_id = str(cube.attrs["tile_id"])
+    tile_id = storage.safe_name(cube.attrs.get("tile_id", ""), "tile id")  # it names the outputs
     key = run_key(checkpoint_path, options)
     paths = {p: tile_path(out_dir, tile_id, p) for p in _products(options)}
     if not force and _is_finished(out_dir, tile_id, options, key):
