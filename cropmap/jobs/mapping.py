@@ -92,6 +92,10 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
         first = tiles.failures[0]
         raise CubeBuildError(f"{len(tiles.failed_tiles)} of {len(tile_ids)} training tile(s) failed; the first, "
                              f"{first.tile_id} ({first.stage}): {first.reason}. Rerun to retry them")
+    incomplete = sorted(t for t, s in tiles.status.items() if s.get("cube") == "incomplete")
+    if incomplete:  # samples from cubes with holes: the same silent change of the training set
+        raise CubeBuildError(f"{len(incomplete)} of {len(tile_ids)} training tile(s) are incomplete (an asset could "
+                             f"not be read), the first {incomplete[0]}; rerun to rebuild them")
     cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in tile_ids if t not in tiles.failed_tiles]
     key = storage.stable_hash([run.key, reference, legend, bounds, settings.model_dump(mode="json")])
     samples = _run(executor, training_set, reference, cubes, str(storage.join(run.training_dir, f"samples-{key}.nc")),
