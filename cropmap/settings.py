@@ -17,6 +17,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_GPU_WORKERS`` | ``1``: the cluster has workers started with ``--resources GPU=1`` |
 | ``CROPMAP_STAC_REQUESTS_PER_SECOND`` | requests a second a process sends a STAC API (default 2: polite to Earth Search) |
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
+| ``CROPMAP_MAX_AREA_TILES`` | tiles a user's area (``cropmap cube --bbox/--geojson``) may plan before it is refused (default 1000; ``--max-tiles`` overrides) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
 | ``CROPMAP_CDSE_SECRET_ACCESS_KEY`` | CDSE S3 secret key (else ``AWS_SECRET_ACCESS_KEY``) |
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     dask_address: str | None = None
     gpu_workers: str = ""
     tiles_in_flight: int = Field(2, ge=1, le=64)
+    max_area_tiles: int = Field(1000, ge=1)  # tiles a user's --bbox/--geojson area may plan (tiles_for_area)
     stac_requests_per_second: float = Field(2.0, gt=0, le=1000)
     cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
     cdse_access_key_id: str | None = None

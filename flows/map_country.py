@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # loaded by file path (a deployment's entrypoint)
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cropmap.errors import CropmapError, MosaicError
+from cropmap.errors import CropmapError
 from cropmap.io import storage
 from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
@@ -66,8 +66,7 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
         create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
             [f"# {run.config.name} {run.year}", f"![quicklook]({storage.as_uri(result.mosaic.quicklook)})", ""]
             + [f"- {k}: `{v}`" for k, v in {**result.mosaic.cogs, "STAC item": result.mosaic.stac_item}.items()]))
-    if result.zone_failures:  # the other zones' products are written; the run is not complete
-        raise MosaicError("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))
+    mapping.check_complete(result)  # failed tiles or zones: the others' products are written, the run Fails
     return {"cogs": {k: str(v) for k, v in result.mosaic.cogs.items()}, "item": str(result.mosaic.stac_item),
             "quicklook": str(result.mosaic.quicklook),
             "zones": {e: {k: str(v) for k, v in z.cogs.items()} for e, z in result.zones.items()},

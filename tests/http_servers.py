@@ -17,7 +17,8 @@ from pathlib import Path
 
 
 class _RangeHandler(BaseHTTPRequestHandler):
-    """Serves ``server.root`` with byte ranges; appends ``path first last`` per GET to ``server.log``."""
+    """Serves ``server.root`` with byte ranges; appends ``path first last`` per GET to ``server.log``.
+    The first ``server.fail_first`` requests (HEAD or GET) of each path are answered HTTP 500."""
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -27,8 +28,22 @@ class _RangeHandler(BaseHTTPRequestHandler):
         path = (root / self.path.split("?")[0].lstrip("/")).resolve()
         return path if path.is_file() and root in path.parents else None
 
+    def _failing(self) -> bool:
+        """Answer 500 to the first ``fail_first`` requests of a path (a transient server error)."""
+        with self.server.lock:  # type: ignore[attr-defined]
+            seen = self.server.seen  # type: ignore[attr-defined]
+            seen[self.path] = seen.get(self.path, 0) + 1
+            if seen[self.path] > self.server.fail_first:  # type: ignore[attr-defined]
+                return False
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
         path = self._target()
+        if self._failing():
+            return
         if path is None:
             self.send_error(404)
             return
@@ -39,6 +54,8 @@ class _RangeHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         path = self._target()
+        if self._failing():
+            return
         if path is None:
             self.send_error(404)
             return
@@ -61,25 +78,26 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _serve_ranges(root: str, log: str) -> None:
+def _serve_ranges(root: str, log: str, fail_first: int = 0) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
     server.root, server.log, server.lock = Path(root).resolve(), log, threading.Lock()  # type: ignore[attr-defined]
+    server.fail_first, server.seen = fail_first, {}  # type: ignore[attr-defined]
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
 
 @contextlib.contextmanager
-def range_file_server(root: Path) -> Iterator[tuple[str, Callable[[], list[tuple[str, int, int]]]]]:
+def range_file_server(root: Path, *, fail_first: int = 0) -> Iterator[tuple[str, Callable[[], list[tuple[str, int, int]]]]]:
     """Serve ``root`` with HTTP Range support from another process; yields ``(base URL, log)`` where
     ``log()`` returns ``(path, first byte, last byte)`` of every GET so far (a whole-file GET logs the
-    whole range).
+    whole range). ``fail_first``: the first requests of each URL answered HTTP 500 (a flaky server).
 
     Another process, because rasterio holds the GIL while GDAL opens a URL: a server thread in the
     reading process would never get to answer."""
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "ranges.log"
         log_path.touch()
-        proc = subprocess.Popen([sys.executable, __file__, "ranges", str(root), str(log_path)],
+        proc = subprocess.Popen([sys.executable, __file__, "ranges", str(root), str(log_path), str(fail_first)],
                                 stdout=subprocess.PIPE, text=True)
         try:
             port = int(proc.stdout.readline())  # type: ignore[union-attr]
@@ -164,4 +182,4 @@ __all__ = ["range_file_server", "counting_proxy", "free_port"]
 
 
 if __name__ == "__main__" and sys.argv[1] == "ranges":
-    _serve_ranges(sys.argv[2], sys.argv[3])
+    _serve_ranges(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 0)

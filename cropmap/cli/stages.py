@@ -6,20 +6,20 @@ Many tiles run on a local Dask cluster through the same per-tile job functions t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import typer
 
 from cropmap.cli.common import app, command, fail
 from cropmap.core.bands import S2_BANDS
+from cropmap.io import storage
 from cropmap.io.config import CatalogConfig, load_country
-from cropmap.io.outlines import tiles_for_aoi
+from cropmap.io.outlines import tiles_for_aoi, tiles_for_area
 from cropmap.jobs.country_run import resolve_country_run
 from cropmap.jobs.executors import Outcome, local_executor
 from cropmap.jobs.tile_pipeline import run_tiles
 from cropmap.jobs.tiles import predict_cubes, tile_annotations
-from cropmap.stages.cube import CubeOptions
+from cropmap.stages.cube import CubeOptions, cube_stores
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.national import national_mosaic, tiles_by_zone
 from cropmap.stages.predict import PredictOptions
@@ -60,8 +60,11 @@ def cube(
             margin_days=cfg.catalog.margin_days)})
     opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
                        on_asset_error="fail" if fail_on_asset_error else "warn")
-    aoi = bbox if bbox else (geojson if geojson else cfg)
-    tiles = [t.id for t in tiles_for_aoi(aoi, tile_size=cfg.tile_size)][:max_tiles]
+    area = bbox if bbox else geojson
+    # an area is checked against the country and the tile cap (--max-tiles is the explicit override)
+    planned = (tiles_for_area(cfg, area, limit=None if max_tiles is None else 10**9) if area
+               else tiles_for_aoi(cfg, tile_size=cfg.tile_size))
+    tiles = [t.id for t in planned][:max_tiles]
     run = resolve_country_run(cfg, out_root=out, cube=opts, cube_dir=out)
     typer.echo(f"{cfg.name}: {len(tiles)} tile(s) of {cfg.tile_size} px, season {cfg.season.describe()} {cfg.year}")
 
@@ -71,7 +74,7 @@ def cube(
     with local_executor(threads=threads) as executor:
         summary = run_tiles(executor, run, tiles, progress=show, overwrite=overwrite)
     counts = summary.counts["cube"]
-    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty")))
+    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty", "incomplete")))
     for f in summary.failures:
         typer.echo(f"{f.tile_id}: failed: {f.reason}", err=True)
     if summary.failures:
@@ -94,10 +97,7 @@ def predict(
     threads: int = typer.Option(1, "--threads", min=1, help="Tiles predicted at once (torch uses the cores inside one)."),
 ) -> None:
     """Classify tile cubes with a checkpoint: one class map and one confidence map per tile."""
-    paths = []
-    for c in cubes:  # a folder of stores, or stores themselves
-        p = Path(c)
-        paths += sorted(p.glob("*.zarr")) if p.is_dir() and p.suffix != ".zarr" else [p]
+    paths = cube_stores(cubes)  # a folder of stores, or stores themselves
     options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
                              memory_budget_mb=memory_budget_mb, probabilities=probabilities, device=device, precision=precision)
     gpu = options.device == "cuda"
@@ -122,6 +122,7 @@ def mosaic(
 ) -> None:
     """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG. Tiles of
     several UTM zones give one mosaic per zone (<name>_<epsg>_*.tif) and the national COGs in --crs."""
+    storage.safe_name(name, "--name")  # it names the outputs: no path
     zones = tiles_by_zone(tiles)
     if len(zones) <= 1:
         result = mosaic_tiles(tiles, out, name=name, blocksize=blocksize)

@@ -15,6 +15,7 @@ import numpy as np
 import pyogrio
 import pyproj
 import shapely
+import shapely.errors
 from shapely.geometry.base import BaseGeometry
 
 from cropmap.core.grid import Tile, tiles_for_geometry
@@ -23,7 +24,7 @@ from cropmap.errors import ConfigError, EmptyAOIError
 from cropmap.io.config import CountryConfig, OutlineConfig
 from cropmap.io.data import data_file
 
-__all__ = ["load_aoi", "outline_parts", "part_plans", "PartPlan", "tiles_for_aoi", "NATURAL_EARTH"]
+__all__ = ["load_aoi", "outline_parts", "part_plans", "PartPlan", "tiles_for_aoi", "tiles_for_area", "NATURAL_EARTH"]
 
 #: Relative path (under the data folder) of the offline country outlines.
 NATURAL_EARTH = "naturalearth_lowres/naturalearth_lowres.shp"
@@ -80,8 +81,13 @@ def _read_geojson(path: Path) -> BaseGeometry:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot read GeoJSON AOI {path}: {err}") from err
+    if not isinstance(doc, dict):
+        raise ConfigError(f"GeoJSON AOI {path} is not a GeoJSON object (a {type(doc).__name__})")
     feats = doc.get("features") if doc.get("type") == "FeatureCollection" else [doc]
-    geoms = [shapely.geometry.shape(f.get("geometry", f)) for f in feats if f.get("geometry", f)]
+    try:
+        geoms = [shapely.geometry.shape(f.get("geometry", f)) for f in feats or [] if f.get("geometry", f)]
+    except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException) as err:
+        raise ConfigError(f"GeoJSON AOI {path} holds no valid geometry: {type(err).__name__}: {err}") from err
     if not geoms:
         raise EmptyAOIError(f"GeoJSON AOI {path} holds no geometry")
     return shapely.union_all(geoms)
@@ -158,3 +164,27 @@ def tiles_for_aoi(
     if tile_size is None:
         tile_size = aoi.tile_size if isinstance(aoi, CountryConfig) else 1024
     return tiles_for_geometry(load_aoi(aoi, parts=parts), tile_size=tile_size, resolution=resolution)
+
+
+def tiles_for_area(config: CountryConfig, area: str | Path | tuple | BaseGeometry, *, parts: tuple[str, ...] | None = None,
+                   limit: int | None = None) -> list[Tile]:
+    """Tiles of a user's area inside ``config``'s country: the area (:func:`load_aoi`: a lon/lat bbox,
+    a GeoJSON path, a geometry) clipped to the country's outline (``parts``).
+
+    Raises :class:`EmptyAOIError` when the area misses the country, and :class:`ConfigError` when it
+    plans more tiles than ``limit`` (default: the ``CROPMAP_MAX_AREA_TILES`` setting): a wrong bbox
+    must not silently plan thousands of tiles.
+    """
+    from cropmap.settings import get_settings
+
+    geom, country = load_aoi(area), load_aoi(config, parts=parts)
+    inside = shapely.intersection(geom, country)
+    if inside.is_empty or inside.area == 0:
+        raise EmptyAOIError(f"the area {tuple(round(v, 4) for v in geom.bounds)} lies outside {config.code} "
+                            f"(its outline spans {tuple(round(v, 4) for v in country.bounds)}, lon/lat)")
+    tiles = tiles_for_geometry(inside, tile_size=config.tile_size)
+    cap = get_settings().max_area_tiles if limit is None else limit
+    if len(tiles) > cap:
+        raise ConfigError(f"the area plans {len(tiles)} tiles of {config.tile_size} px, more than "
+                          f"CROPMAP_MAX_AREA_TILES={cap}; give a smaller area, or raise the setting (or --max-tiles)")
+    return tiles

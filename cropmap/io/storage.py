@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 from urllib.parse import unquote, urlparse
 
-from cropmap.errors import DataNotFoundError, StorageError
+from cropmap.errors import DataNotFoundError, InvalidInputError, StorageError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
            "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
            "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
-           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash"]
+           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash", "check_raster", "safe_name"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
 TEMP_MARK = ".tmp-"
@@ -60,6 +61,19 @@ def stable_hash(settings: object) -> str:
     """16 hex digits of the sha256 of ``settings`` as sorted-key JSON (non-JSON values as ``str``): the
     key under which run folders, cached checkpoints, cubes and tile predictions are found again."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def safe_name(name: object, what: str) -> str:
+    """``name`` if it can be one component of an output name (letters, digits, ``_ . -``, not starting
+    with a dot, no ``..``, at most 128 characters); else :class:`InvalidInputError` naming ``what``
+    (e.g. ``"tile id"``): a name read from an input file must not write outside its folder."""
+    text = str(name)
+    if not _SAFE_NAME.match(text) or ".." in text:
+        raise InvalidInputError(f"{what} {text!r} is not a safe name (letters, digits, '_', '.', '-'; no path)")
+    return text
 
 
 def is_temporary(path: str | Path) -> bool:
@@ -74,7 +88,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the suffix (GDAL picks drivers by extension) and starts with a dot so
     that file listings of finished outputs do not show it. On an exception the temporary file or
     directory is removed and ``path`` is left as it was. Works for files and directories (a Zarr
-    store); an existing directory at ``path`` is replaced.
+    store); an existing directory at ``path`` is replaced. Temporaries of ``path`` left by dead
+    processes of this host (a killed run) are removed first.
 
     >>> import tempfile; d = Path(tempfile.mkdtemp())
     >>> with atomic_path(d / "a.txt") as tmp:
@@ -87,6 +102,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # the pid keeps two processes that race on the same tile from writing into one temporary file
     tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
     _remove(tmp)
+    _remove_dead_temporaries(path)
     try:
         yield tmp
     except BaseException:
@@ -97,6 +113,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     if tmp.is_dir() and path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove ``path``'s temporaries (``.<stem>.tmp-<pid><suffix>``) left by processes of this host that
+    are gone (a SIGKILLed run); a live process's, or one with another name, is never touched."""
+    for stale in path.parent.glob(f".{path.stem}{TEMP_MARK}*{path.suffix}"):
+        pid = stale.name[len(path.stem) + 1 + len(TEMP_MARK):len(stale.name) - len(path.suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: its temporary is litter
+            with contextlib.suppress(OSError):
+                _remove(stale)
+        except PermissionError:  # another user's live process
+            continue
 
 
 def _remove(path: Path) -> None:
@@ -407,3 +439,21 @@ def _endpoint_hint(location: str) -> str:
     where = f"endpoint {endpoint}" if endpoint else "AWS's endpoint (AWS_ENDPOINT_URL unset)"
     return (f". Check that the bucket exists, the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
             f"or the pod's role) allow writing, and the {where} is reachable")
+
+
+def check_raster(path: str | Path, expected=None, *, what: str | None = None) -> None:
+    """Read the raster at ``path`` back whole (every band; equal to ``expected`` ``(band, y, x)`` when
+    given) before it is published: GDAL reports some write errors (a full disk, a file-size limit while
+    it flushes at close) only as log lines, leaving a truncated file. Raises :class:`StorageError`
+    naming ``what`` (default ``path``)."""
+    import numpy as np
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            data = src.read()
+    except Exception as err:  # noqa: BLE001 - any failure to read back means the write did not finish
+        raise StorageError(f"could not write {what or path} (disk full or quota?): reading it back failed: "
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    if expected is not None and not np.array_equal(data, expected):
+        raise StorageError(f"could not write {what or path} (disk full or quota?): it reads back different")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cropmap.errors import ConfigError, CubeBuildError
+from cropmap.errors import ConfigError, CubeBuildError, MosaicError
 from cropmap.io import storage
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
@@ -37,7 +37,8 @@ from cropmap.stages.cube import cube_path
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import write_run_file
 
-__all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run"]
+__all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run",
+           "check_complete"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
         first = tiles.failures[0]
         raise CubeBuildError(f"{len(tiles.failed_tiles)} of {len(tile_ids)} training tile(s) failed; the first, "
                              f"{first.tile_id} ({first.stage}): {first.reason}. Rerun to retry them")
+    incomplete = sorted(t for t, s in tiles.status.items() if s.get("cube") == "incomplete")
+    if incomplete:  # samples from cubes with holes: the same silent change of the training set
+        raise CubeBuildError(f"{len(incomplete)} of {len(tile_ids)} training tile(s) are incomplete (an asset could "
+                             f"not be read), the first {incomplete[0]}; rerun to rebuild them")
     cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in tile_ids if t not in tiles.failed_tiles]
     boxes = np.array([run.tile(t).lonlat_bbox() for t in tile_ids])
     area = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))  # lon/lat box of the tiles
@@ -154,7 +159,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     checked against each hemisphere's season of the plan (the model's window, or its six-month offset),
     and the plan's finished tiles against the model. Then per UTM zone a mosaic, and the national mosaic
     of the zones in the country's output CRS. A zone that fails does not stop the others: it is in
-    :attr:`MapResult.zone_failures` and its tiles are missing from the national map.
+    :attr:`MapResult.zone_failures` and its tiles are missing from the national map. A failed tile or
+    zone leaves the maps of the others written but unscored; :func:`check_complete` raises then.
     """
     training = None
     if model is None:
@@ -190,6 +196,21 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
         national = _run(executor, mosaic_country, run, key,
                         {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()})
     accuracy = accuracy_path = None
-    if run.scenario is not None and run.scenario.score_bounds is not None and (zones or national):
+    # a map with holes is not scored: its accuracy would read as the run's
+    if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
+            and not tiles.failures and not failures):
         accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national))
     return MapResult(str(model), key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training)
+
+
+def check_complete(result: MapResult) -> None:
+    """Raise :class:`CubeBuildError` when a tile or a zone of ``result`` failed: the maps written from
+    the others have holes there (and were not scored); a rerun retries the failed tiles."""
+    failures = result.tiles.failures
+    if failures:
+        first = failures[0]
+        raise CubeBuildError(f"{len(result.tiles.failed_tiles)} of {result.tiles.total} tile(s) failed, so the maps "
+                             f"have holes there and were not scored; the first, {first.tile_id} ({first.stage}): "
+                             f"{first.reason}. Rerun to retry them")
+    if result.zone_failures:
+        raise MosaicError("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))

@@ -1,7 +1,8 @@
 """One tile, one call: the per-tile job functions that executors fan out (small arguments, typed results).
 
 - :func:`cube_tile`: search the run's catalog over the tile and the season (plus margin), build its
-  5-day median cube (:func:`cropmap.stages.cube.build_tile_cube`); a complete cube is skipped;
+  5-day median cube (:func:`cropmap.stages.cube.build_tile_cube`); a complete or empty cube is skipped,
+  an incomplete one rebuilt;
 - :func:`predict_tile`: the tile's cube + a checkpoint -> its class and confidence GeoTIFFs
   (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped;
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
@@ -28,7 +29,7 @@ from cropmap.jobs.cluster import inference_annotations
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor, InlineExecutor, Outcome, run_all
 from cropmap.jobs.searches import items_for_tile
-from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path
+from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path, is_finished
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
 from cropmap.stages.national import national_mosaic
 from cropmap.stages.predict import (
@@ -52,7 +53,7 @@ def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwr
     a search of its own."""
     tile = run.tile(tile_id)
     target = cube_path(run.cube_dir, tile)
-    if storage.is_complete(target) and not overwrite:
+    if is_finished(target) and not overwrite:
         return CubeResult(tile.id, target, "skipped", "already complete")
     catalog, season = run.config.catalog, run.season_of(tile)
     if items is not None:
@@ -150,10 +151,13 @@ def check_cubes_fit(model: storage.Location, cubes: Sequence[storage.Location]) 
     """Open every cube (metadata only) and check it against the checkpoint; ``{tile id: cube}``.
 
     A tile id seen twice, or a cube that does not fit, raises before any tile is predicted."""
-    checkpoint = load_model(model)
+    cubes = list(cubes)
     found: dict[str, storage.Location] = {}
-    for path in cubes:
-        cube = open_cube(path)
+    opened = [(path, open_cube(path)) for path in cubes]
+    for path, cube in opened:  # names first: a cube's tile id names its outputs
+        storage.safe_name(cube.attrs.get("tile_id", ""), f"tile id of {path}:")
+    checkpoint = load_model(model)
+    for path, cube in opened:
         tid = str(cube.attrs["tile_id"])
         if tid in found:
             raise IncompatibleInputError(f"tile id {tid} appears twice: {found[tid]} and {path}")

@@ -12,7 +12,8 @@ Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage
         rasterio Affine), season_* (Season.to_attrs), season_year, bin_edges (ISO dates),
         source_items (ids), unavailable_assets ("item/asset"), bands, invalid_scl, dilate_pixels,
         config_hash (of the above but unavailable_assets), cropmap_version, filled_fraction (tile
-        mean), status ("complete" | "empty"), reason (why empty)
+        mean), status ("complete" | "empty" | "incomplete": an asset could not be read, the next
+        run rebuilds it and predict refuses it), reason (why empty or incomplete)
 
 Reading is :class:`cropmap.stages.reading.TileReader`: one band at a time, ``chunk`` rows at a time,
 each asset opened once per tile and band, no Dask graph (it replaced 11 odc-stac loads and a header
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import dask.array as da
@@ -48,7 +50,8 @@ from cropmap.io.storage import stable_hash
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "cube_path", "AssetUnavailableWarning"]
+           "open_tile_cube", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
+           "AssetUnavailableWarning"]
 
 @dataclass(frozen=True)
 class CubeOptions:
@@ -79,7 +82,8 @@ class CubeOptions:
 
 @dataclass(frozen=True)
 class CubeResult:
-    """What happened to one tile: ``status`` is "written", "skipped" (already complete) or "empty"."""
+    """What happened to one tile: ``status`` is "written", "skipped" (already complete), "empty" or
+    "incomplete" (``unavailable`` assets left out; the next run rebuilds it)."""
 
     tile_id: str
     path: storage.Location  # a Path, or a URL string for an object store
@@ -105,7 +109,8 @@ def load_observations(
     (DN x scale + offset of each item; nodata -> NaN), ``scl`` ``(time, y, x)`` uint8 (0 = no data),
     nearest-neighbour from each file's own georeferencing (not the item's ``proj:`` fields), read in
     strips of ``chunk`` rows; ``dropped`` lists the ``item/asset`` pairs that were unavailable. Items
-    of the same solar day are fused (first valid pixel). A band no item provides is all NaN. The
+    of the same solar day are fused (first valid pixel). A band no item provides raises
+    :class:`~cropmap.errors.MissingBandError`. The
     whole tile is in memory: :func:`build_tile_cube` reads one band at a time instead.
     """
     reader = _reader(tile, items, bands, on_asset_error, threads)
@@ -173,7 +178,7 @@ def build_tile_cube(
     scheduler (a distributed client if one is active).
     """
     target = cube_path(out_dir, tile)
-    if storage.is_complete(target) and not overwrite:
+    if is_finished(target) and not overwrite:
         return CubeResult(tile.id, target, "skipped", "already complete")
     edges = season.bin_edges(year)
     # only the dates the composite uses are read: margin dates are searched, never opened
@@ -194,7 +199,8 @@ def build_tile_cube(
     # local: a hidden temporary store renamed when complete; remote: written in place, then marked
     # complete (cropmap.io.storage.output_dir). The tile is computed HERE, in this call, band by band
     # and strip by strip, whatever cluster runs it: one task to the cluster (docs/scaling.md)
-    with storage.output_dir(target) as tmp:
+    # every chunk is written, all-NaN ones too: a chunk missing from the store is then detectable
+    with storage.output_dir(target) as tmp, zarr.config.set({"array.write_empty_chunks": True}):
         ds.to_zarr(str(tmp), mode="w", consolidated=False, compute=False)  # metadata and coordinates
         group = zarr.open_group(str(tmp), mode="r+")
         if reader is not None:
@@ -210,9 +216,63 @@ def build_tile_cube(
         # what the cube depends on, so that a flow can tell a stale cube from a complete one
         attrs["config_hash"] = stable_hash({k: attrs[k] for k in sorted(attrs) if k != "unavailable_assets"})
         attrs["cropmap_version"] = __version__
-        group.attrs.update({**attrs, "status": "empty" if reason else "complete", "reason": reason,
+        status = "incomplete" if dropped else "empty" if reason else "complete"
+        if dropped:  # a hole the next run may fill: never "complete", rebuilt instead of skipped
+            reason = incomplete_reason(dropped)
+        group.attrs.update({**attrs, "status": status, "reason": reason,
                             "filled_fraction": round(float(np.mean(filled, dtype=np.float64)), 6)})
-    return CubeResult(tile.id, target, "empty" if reason else "written", reason, len(ids), tuple(dropped))
+        check_chunks(tmp)  # before the rename (or the marker): what is published is whole
+    return CubeResult(tile.id, target, "written" if status == "complete" else status, reason, len(ids), tuple(dropped))
+
+
+def incomplete_reason(dropped: Sequence[str], *, shown: int = 20) -> str:
+    """Why a cube is ``incomplete``: the ``item/asset`` pairs left out (the first ``shown``)."""
+    more = f" and {len(dropped) - shown} more" if len(dropped) > shown else ""
+    return f"{len(dropped)} asset(s) unavailable: {', '.join(dropped[:shown])}{more}"
+
+
+#: Cube statuses that a rerun keeps (``incomplete`` ones are rebuilt).
+FINISHED = ("complete", "empty")
+
+
+def cube_status(path: storage.Location) -> tuple[str, str]:
+    """``(status, reason)`` of the complete store at ``path`` (``"complete"``, ``"empty"`` or
+    ``"incomplete"``: :func:`build_tile_cube`); ``("missing", "")`` when there is none."""
+    if not storage.is_complete(path):
+        return "missing", ""
+    try:
+        attrs = zarr.open_group(str(storage.as_location(path)), mode="r").attrs
+    except Exception:  # noqa: BLE001 - zarr raises several types for "no readable group here"
+        return "missing", ""
+    return str(attrs.get("status", "missing")), str(attrs.get("reason", ""))
+
+
+def check_chunks(path: storage.Location) -> None:
+    """Raise :class:`DataNotFoundError` unless every chunk of the store's ``reflectance`` and
+    ``filled_fraction`` is stored (Zarr reads a missing chunk as its fill value, NaN: a silent hole).
+    Lists the store's keys; reads no chunk."""
+    group = zarr.open_group(str(storage.as_location(path)), mode="r")
+    missing = [f"{name}: {group[name].nchunks - group[name].nchunks_initialized} of {group[name].nchunks} chunks"
+               for name in ("reflectance", "filled_fraction")
+               if group[name].nchunks_initialized < group[name].nchunks]
+    if missing:
+        raise DataNotFoundError(f"tile cube {path} is damaged ({'; '.join(m + ' missing' for m in missing)}); "
+                                "remove it and rebuild it (cropmap cube, or rerun the flow)")
+
+
+def cube_stores(paths: Sequence[str | Path]) -> list[Path]:
+    """The cube stores among local ``paths``: a ``.zarr`` path itself, or the ``*.zarr`` stores in a
+    folder (sorted), temporaries of interrupted builds (``.<tile>.tmp-<pid>.zarr``) left out."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        found += (sorted(q for q in p.glob("*.zarr") if not storage.is_temporary(q))
+                  if p.is_dir() and p.suffix != ".zarr" else [p])
+    return found
+
+
+def is_finished(path: storage.Location) -> bool:
+    """Whether the cube at ``path`` is complete or empty (a rerun skips it), not missing or incomplete."""
+    return cube_status(path)[0] in FINISHED
 
 
 def _composite_bands(reader: TileReader, group, season: Season, year: int, options: CubeOptions) -> np.ndarray:

@@ -35,11 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from cropmap import __version__
 from cropmap.core.features import compute_features
 from cropmap.core.season import Season
-from cropmap.errors import DataNotFoundError, IncompatibleInputError
+from cropmap.errors import DataNotFoundError, IncompatibleInputError, StorageError
 from cropmap.io import storage
-from cropmap.io.storage import TEMP_MARK, stable_hash
+from cropmap.io.storage import stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
-from cropmap.stages.cube import open_tile_cube
+from cropmap.stages.cube import FINISHED, check_chunks, cube_status, open_tile_cube
 
 __all__ = [
     "NODATA",
@@ -120,9 +120,15 @@ def tile_path(out_dir: storage.Location, tile_id: str, product: str) -> storage.
 def open_cube(path: storage.Location) -> xr.DataArray:
     """A tile cube store (folder or URL) as a lazy ``(time, band, y, x)`` DataArray:
     :func:`cropmap.stages.cube.open_tile_cube` (the layout is documented in :mod:`cropmap.stages.cube`), with a clear
-    error when the store is missing or incomplete."""
-    if not storage.is_complete(path):
+    error when the store is missing, lacks a chunk (:func:`~cropmap.stages.cube.check_chunks`) or its
+    status is not complete or empty (an ``incomplete`` cube, built without some asset, is refused)."""
+    status, reason = cube_status(path)
+    if status == "missing":
         raise DataNotFoundError(f"tile cube {path} not found; build it first (cropmap cube ...)")
+    if status not in FINISHED:
+        raise DataNotFoundError(f"tile cube {path} is {status} ({reason}); rebuild it (cropmap cube, or rerun "
+                                "the flow) before predicting")
+    check_chunks(path)
     return open_tile_cube(path)
 
 
@@ -309,7 +315,7 @@ def predict_tile(
     """
     out_dir = storage.as_location(out_dir)
     cube = open_cube(cube_path)
-    tile_id = str(cube.attrs["tile_id"])
+    tile_id = storage.safe_name(cube.attrs.get("tile_id", ""), "tile id")  # it names the outputs
     key = run_key(checkpoint_path, options)
     paths = {p: tile_path(out_dir, tile_id, p) for p in _products(options)}
     if not force and _is_finished(out_dir, tile_id, options, key):
@@ -339,11 +345,8 @@ def predict_tile(
         data = maps[_VARIABLE[product]].values
         _write_geotiff(paths[product], data if data.ndim == 3 else data[None], crs=crs, transform=transform,
                        tags=tags, product=product, checkpoint=checkpoint)
-    # temporaries of this tile left by a killed run: the tile is complete now, they are litter (an
-    # object store has none: an upload that did not finish leaves no object)
-    if not storage.is_remote(out_dir):
-        for stale in out_dir.glob(f".{tile_id}.*{TEMP_MARK}*"):
-            stale.unlink(missing_ok=True)
+    # temporaries of this tile left by a killed run were removed when each product was written
+    # (cropmap.io.storage.atomic_path: only those of dead processes, never a concurrent run's)
     return TileResult(tile_id, "done", paths)
 
 
@@ -365,7 +368,7 @@ def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, 
     }
     if ny >= 256 and nx >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with storage.output_file(path) as tmp:
+    with storage.output_file(path) as tmp, _write_errors(path):
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
             dst.update_tags(**tags, product=product)
@@ -380,6 +383,19 @@ def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, 
             else:
                 for i, name in enumerate(checkpoint.class_names, start=1):
                     dst.set_band_description(i, f"probability of {name} (percent)")
+        storage.check_raster(tmp, data, what=str(path))  # before the rename: never a truncated final file
+
+
+@contextlib.contextmanager
+def _write_errors(path: storage.Location):
+    """GDAL's write errors (``RasterioIOError``, ``OSError``) as one :class:`StorageError` naming ``path``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (rasterio.errors.RasterioError, OSError) as err:
+        raise StorageError(f"could not write {path} (disk full or quota?): "
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
 
 
 def write_run_file(checkpoint_path: storage.Location, out_dir: storage.Location, *, options: PredictOptions,

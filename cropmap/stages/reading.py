@@ -11,12 +11,15 @@ grid (same CRS, same pixel size, whole-pixel offset: Sentinel-2 COGs of the tile
 a window; anything else (another zone, another resolution) through GDAL's warper onto the tile grid,
 nearest neighbour. Assets that cannot be opened or read, or whose reflectance is implausible
 (:func:`cropmap.io.catalogs.reflectance_problem`), are reported per item and asset: a warning and
-:attr:`TileReader.dropped`, or :class:`~cropmap.errors.AssetReadError` with ``on_error="fail"``.
+:attr:`TileReader.dropped`, or :class:`~cropmap.errors.AssetReadError` with ``on_error="fail"``; so is
+an item without an asset of a band (``item/B04`` in ``dropped``). A band that no item has at all is a
+:class:`~cropmap.errors.MissingBandError`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,16 +34,25 @@ from rasterio.windows import Window
 
 from cropmap.core.bands import SCL
 from cropmap.core.grid import Tile
-from cropmap.errors import AssetReadError, CropmapError
+from cropmap.errors import AssetReadError, CropmapError, MissingBandError
 from cropmap.io.catalogs import asset_href, implausible_band, item_profile, rasterio_env, reflectance_problem
 from cropmap.io.stac import asset_scale_offset, band_assets
 
-__all__ = ["AssetUnavailableWarning", "NoObservations", "TileReader", "GDAL_ENV"]
+__all__ = ["AssetUnavailableWarning", "NoObservations", "TileReader", "GDAL_ENV", "gdal_env"]
 
 # GDAL must read .aux.xml sidecars (the real Earth Search JPEG2000 assets keep their georeferencing
-# there); remote reads fail fast instead of retrying for minutes. The catalog profile adds how its
-# buckets are reached (unsigned, or the CDSE S3 endpoint and keys: cropmap.io.catalogs).
-GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "NO", "GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "1"}
+# there). A transient HTTP error (429, 5xx, and an unreachable host) is retried 4 times, GDAL doubling
+# the delay (with jitter) from 1 s: ~15-25 s in all before the asset counts as unavailable and its tile
+# as incomplete. The process
+# environment overrides these defaults (GDAL_HTTP_RETRY_DELAY=0.1 in a test). The catalog profile adds
+# how its buckets are reached (unsigned, or the CDSE S3 endpoint and keys: cropmap.io.catalogs).
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "NO", "GDAL_HTTP_TIMEOUT": "10", "GDAL_HTTP_MAX_RETRY": "4",
+            "GDAL_HTTP_RETRY_DELAY": "1", "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504"}
+
+
+def gdal_env() -> dict[str, str]:
+    """:data:`GDAL_ENV`, each value overridden by the process environment's where it has one."""
+    return {k: os.environ.get(k, v) for k, v in GDAL_ENV.items()}
 
 
 class AssetUnavailableWarning(UserWarning):
@@ -97,12 +109,20 @@ class TileReader:
                               AssetUnavailableWarning, stacklevel=2)
                 self.dropped += [f"{item.id}/{k}" for k in keys.values()]
                 continue
+            for band in (b for b in self.bands if b not in keys):  # recorded: the tile will not be complete
+                warnings.warn(f"item {item.id} has no asset of band {band}", AssetUnavailableWarning, stacklevel=2)
+                self.dropped.append(f"{item.id}/{band}")
             day = solar_day(item)
             by_day.setdefault(day, [])
             for band, key in keys.items():
                 self._assets[band].setdefault(day, []).append(_Asset(item, key, band, asset_href(item, key)))
         if not by_day:
             raise NoObservations("no item has an SCL and a reflectance asset", self.dropped)
+        absent = [b for b in self.bands if not self._assets[b]]
+        if absent:  # the catalog does not provide it: an all-NaN band would be a silent hole in every tile
+            raise MissingBandError(f"band(s) {', '.join(absent)} in none of the tile's {len(items)} items "
+                                   f"(asset keys of the first: {sorted(items[0].assets)}); drop them from the "
+                                   "cube's bands or use a catalog that has them")
         self.days = sorted(by_day)
         times = {d: min(_item_time(a.item) for b in self._assets.values() for a in b.get(d, [])) for d in self.days}
         self.times = np.array([times[d] for d in self.days], dtype="datetime64[ns]")
@@ -158,7 +178,7 @@ class TileReader:
 
     def _read_asset(self, job: tuple, y0: int, y1: int, handles: dict) -> tuple[np.ndarray, np.ndarray] | None:
         n, (_, asset) = job
-        env = {**GDAL_ENV, **item_profile(asset.item).gdal_env()}
+        env = {**gdal_env(), **item_profile(asset.item).gdal_env()}
         if n in handles and handles[n] is None:  # failed before: reported once
             return None
         try:

@@ -1,0 +1,310 @@
+"""Fault injection on real DEMO data: damaged inputs, flaky servers, broken stores, killed processes.
+
+Every case ends either in a clean error (nothing half-written under a final name) or in a named
+status that is not "complete" and that the next run rebuilds; none ends as a "complete" tile or map
+that silently holds a hole.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+
+from cropmap.errors import DataNotFoundError, MissingBandError
+from cropmap.io.stac import search_items, season_search_window
+from cropmap.stages.cube import CubeOptions, build_tile_cube, open_tile_cube
+from cropmap.stages.reading import AssetUnavailableWarning, solar_day
+from http_servers import range_file_server
+
+BANDS = ("B04", "B08")
+OPTIONS = CubeOptions(bands=BANDS, chunk=64)
+
+
+@pytest.fixture(scope="module")
+def tile_items(demo_run):
+    """The first DEMO tile and four of its in-season items (four dates; red/nir/SCL COGs, 128 px)."""
+    start, end = season_search_window(demo_run.season, demo_run.year, 30)
+    tile = demo_run.tile(demo_run.tiles()[0])
+    edges = demo_run.season.bin_edges(demo_run.year)
+    items = [it for it in search_items(demo_run.config.catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
+             if edges[0] <= np.datetime64(solar_day(it)) < edges[-1]]
+    return tile, items[:4]
+
+
+@pytest.fixture(scope="module")
+def clean_path(demo_run, tile_items, tmp_path_factory) -> Path:
+    """The tile's cube built from the undamaged items."""
+    tile, items = tile_items
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AssetUnavailableWarning)
+        res = build_tile_cube(tile, items, demo_run.season, demo_run.year, tmp_path_factory.mktemp("clean"),
+                              options=OPTIONS)
+    return res.path
+
+
+@pytest.fixture(scope="module")
+def clean(clean_path) -> np.ndarray:
+    """The clean cube's ``(time, band, y, x)`` values."""
+    return open_tile_cube(clean_path).values
+
+
+def _copied(items: list[pystac.Item], root: Path) -> list[pystac.Item]:
+    """Copies of ``items`` (their JSON and COGs) under ``root``, hrefs absolute, to damage freely."""
+    out = []
+    for item in items:
+        folder = Path(item.get_self_href()).parent
+        shutil.copytree(folder, root / folder.name)
+        copy = pystac.Item.from_file(str(root / folder.name / Path(item.get_self_href()).name))
+        copy.make_asset_hrefs_absolute()
+        out.append(copy)
+    return out
+
+
+def _build(run, tile, items, out: Path, **kwargs):
+    return build_tile_cube(tile, items, run.season, run.year, out, options=OPTIONS, **kwargs)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _text(path: Path) -> None:
+    path.write_text("<html>503 Service Unavailable</html>\n")
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _empty, _text, _delete], ids=["truncated", "zero-byte", "text", "deleted"])
+def test_a_damaged_asset_makes_the_tile_incomplete_and_the_rerun_rebuilds_it(demo_run, tile_items, clean, damage,
+                                                                             tmp_path):
+    tile, items = tile_items
+    copies = _copied(items, tmp_path / "items")
+    red = Path(copies[1].assets["red"].href)
+    good = red.read_bytes()
+    damage(red)
+    with pytest.warns(AssetUnavailableWarning, match=f"{copies[1].id}.*'red'"):
+        res = _build(demo_run, tile, copies, tmp_path / "cubes")
+    assert res.status == "incomplete" and f"{copies[1].id}/red" in res.unavailable
+    assert f"{copies[1].id}/red" in res.reason
+    cube = open_tile_cube(res.path)
+    assert cube.attrs["status"] == "incomplete" and cube.attrs["unavailable_assets"] == [f"{copies[1].id}/red"]
+    red.write_bytes(good)  # the file is back: the rerun rebuilds the tile instead of skipping it
+    again = _build(demo_run, tile, copies, tmp_path / "cubes")
+    assert again.status == "written" and not again.unavailable
+    np.testing.assert_array_equal(open_tile_cube(again.path).values, clean)
+    assert _build(demo_run, tile, copies, tmp_path / "cubes").status == "skipped"
+
+
+def test_an_item_without_a_band_key_is_recorded_and_the_tile_incomplete(demo_run, tile_items, tmp_path):
+    tile, items = tile_items
+    copies = [it.clone() for it in items]
+    del copies[2].assets["red"]
+    with pytest.warns(AssetUnavailableWarning, match=f"{copies[2].id}.*B04"):
+        res = _build(demo_run, tile, copies, tmp_path)
+    assert res.status == "incomplete" and f"{copies[2].id}/B04" in res.unavailable
+
+
+def test_a_band_missing_from_every_item_is_an_error_naming_it(demo_run, tile_items, tmp_path):
+    tile, items = tile_items
+    copies = [it.clone() for it in items]
+    for item in copies:
+        del item.assets["red"]
+    with pytest.raises(MissingBandError, match="B04"):
+        _build(demo_run, tile, copies, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_predict_refuses_an_incomplete_cube(demo_run, tile_items, tmp_path):
+    from cropmap.stages.predict import open_cube
+
+    tile, items = tile_items
+    copies = _copied(items[:2], tmp_path / "items")
+    _delete(Path(copies[0].assets["nir"].href))
+    with pytest.warns(AssetUnavailableWarning):
+        res = _build(demo_run, tile, copies, tmp_path / "cubes")
+    with pytest.raises(DataNotFoundError, match=f"incomplete.*{copies[0].id}/nir.*rebuild"):
+        open_cube(res.path)
+
+
+def test_a_server_failing_twice_still_yields_the_clean_cube(demo_paths, demo_run, tile_items, tmp_path,
+                                                           monkeypatch):
+    """Every URL is answered HTTP 500 twice before it is served: GDAL's retries recover every read."""
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.05")  # the retries' schedule, not their number
+    tile, items = tile_items
+    copies = [it.clone() for it in items[:2]]  # two dates: each URL costs its two failures
+    reference = open_tile_cube(_build(demo_run, tile, items[:2], tmp_path / "local").path).values
+    with range_file_server(demo_paths.root, fail_first=2) as (url, _):
+        for item in copies:
+            for asset in item.assets.values():
+                asset.href = url + "/" + str(Path(asset.href).resolve().relative_to(demo_paths.root.resolve()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AssetUnavailableWarning)
+            res = _build(demo_run, tile, copies, tmp_path / "http")
+    assert res.status == "written" and not res.unavailable
+    np.testing.assert_array_equal(open_tile_cube(res.path).values, reference)
+
+
+def test_a_missing_zarr_chunk_is_refused_not_read_as_nodata(clean_path, tmp_path):
+    from cropmap.stages.predict import open_cube
+
+    cube = tmp_path / clean_path.name
+    shutil.copytree(clean_path, cube)
+    chunks = sorted(p for p in (cube / "reflectance").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(chunks) == 8  # 2 bands x 2 x 2 spatial chunks of 64 px
+    chunks[3].unlink()
+    with pytest.raises(DataNotFoundError, match="reflectance.*1 of 8 chunks missing"):
+        open_cube(cube)
+
+
+def test_an_empty_tile_writes_its_chunks_and_opens(demo_run, tile_items, tmp_path):
+    from cropmap.stages.predict import open_cube
+
+    tile, _ = tile_items
+    res = _build(demo_run, tile, [], tmp_path)
+    assert res.status == "empty" and np.isnan(open_cube(res.path).values).all()
+
+
+@pytest.mark.slow
+def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(demo_run, demo_model, tmp_path):
+    """One DEMO tile's cube has a corrupt chunk: the other tiles are predicted and mosaicked, no accuracy
+    is reported, and the run raises naming the tile (the flow ends Failed, the CLI exits 2)."""
+    from cropmap.errors import CubeBuildError
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import check_complete, map_country
+    from cropmap.jobs.tiles import cube_tile
+
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run")})
+    bad = run.tiles()[1]
+    built = cube_tile(run, bad)
+    chunk = next(p for p in sorted((built.path / "reflectance").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\x00garbage" * 64)
+    result = map_country(run, InlineExecutor(), model=demo_model)
+    assert result.tiles.failed_tiles == {bad} and result.accuracy is None
+    assert result.mosaic is not None and Path(result.mosaic.cogs["class"]).exists()  # what can be written is
+    assert not (Path(run.map_dir(result.key)) / "accuracy.json").exists()
+    with pytest.raises(CubeBuildError, match=f"1 of 4 tile.*{bad}"):
+        check_complete(result)
+
+
+_WRITE_UNDER_LIMIT = """
+import resource, signal, sys
+import numpy as np
+from rasterio.transform import from_origin
+from cropmap.stages.predict import _write_geotiff
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+data = np.random.default_rng(0).integers(0, 100, (1, 512, 512), dtype=np.uint8)  # ~220 kB deflated
+_write_geotiff(sys.argv[1], data, crs="EPSG:32754", transform=from_origin(500000, 6000000, 10, 10), tags={},
+               product="confidence", checkpoint=None)
+"""
+
+
+@pytest.mark.parametrize("limit", [50_000, 200_000], ids=["while-writing", "at-close"])
+def test_a_write_that_runs_out_of_space_raises_and_publishes_nothing(tmp_path, limit):
+    """A file-size limit (RLIMIT_FSIZE: the same EFBIG/ENOSPC path as a full disk) cuts the GeoTIFF
+    short, early or only when GDAL flushes at close: an error, and no file under the final name."""
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "t.confidence.tif"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _WRITE_UNDER_LIMIT, str(target), str(limit)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "t.confidence.tif" in proc.stderr.splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary
+
+
+_KILLED_BUILD = """
+import sys, time
+from pathlib import Path
+from cropmap.io.storage import atomic_path
+with atomic_path(Path(sys.argv[1])) as tmp:  # as build_tile_cube's output_dir: half a store, then killed
+    tmp.mkdir()
+    (tmp / "zarr.json").write_text("{}")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_build_leaves_a_temporary_that_no_reader_lists_and_the_rerun_removes(demo_run, tile_items,
+                                                                                     clean_path, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from cropmap.stages.cube import cube_stores
+
+    tile, items = tile_items
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, str(tmp_path / clean_path.name)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    leftover = Path(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert leftover.is_dir() and leftover.name.startswith(f".{tile.id}.tmp-")
+    assert cube_stores([tmp_path]) == []  # `cropmap predict <folder>` sees no cube, not the half store
+    res = _build(demo_run, tile, items, tmp_path)
+    assert res.status == "written" and not leftover.exists()  # the dead process's temporary is removed
+    assert cube_stores([tmp_path]) == [res.path] and [p.name for p in tmp_path.iterdir()] == [res.path.name]
+
+
+def test_an_area_outside_the_country_is_refused(demo_run):
+    from cropmap.errors import EmptyAOIError
+    from cropmap.io.outlines import tiles_for_area
+
+    with pytest.raises(EmptyAOIError, match=r"outside DEMO"):
+        tiles_for_area(demo_run.config, (10.0, 45.0, 10.1, 45.1))  # northern Italy
+    assert len(tiles_for_area(demo_run.config, (141.7, -37.2, 142.7, -36.2))) == 4  # clipped to the country
+
+
+def test_an_area_planning_more_tiles_than_the_cap_is_refused_naming_both(demo_run, monkeypatch):
+    from cropmap.errors import ConfigError
+    from cropmap.io.outlines import tiles_for_area
+
+    monkeypatch.setenv("CROPMAP_MAX_AREA_TILES", "3")
+    with pytest.raises(ConfigError, match=r"4 tiles.*CROPMAP_MAX_AREA_TILES=3"):
+        tiles_for_area(demo_run.config, (141.7, -37.2, 142.7, -36.2))
+    assert len(tiles_for_area(demo_run.config, (141.7, -37.2, 142.7, -36.2), limit=4)) == 4  # explicit override
+
+
+@pytest.mark.parametrize("text", ["[]", '{"foo": 1}', '{"type": "FeatureCollection", "features": [{"x": 1}]}'])
+def test_a_malformed_geojson_area_is_a_config_error(demo_run, tmp_path, text):
+    from cropmap.errors import ConfigError
+    from cropmap.io.outlines import tiles_for_area
+
+    (tmp_path / "aoi.geojson").write_text(text)
+    with pytest.raises(ConfigError, match="aoi.geojson"):
+        tiles_for_area(demo_run.config, str(tmp_path / "aoi.geojson"))
+
+
+@pytest.mark.parametrize("tile_id", ["../escaped_tile", "a/b", ".hidden", ""])
+def test_a_cube_whose_tile_id_is_not_a_safe_name_is_refused_before_anything_is_written(clean_path, tmp_path,
+                                                                                      tile_id):
+    import zarr
+
+    from cropmap.errors import InvalidInputError
+    from cropmap.jobs.tiles import check_cubes_fit
+    from cropmap.stages.predict import predict_tile
+
+    cube = tmp_path / "cubes" / clean_path.name
+    shutil.copytree(clean_path, cube)
+    zarr.open_group(str(cube), mode="r+").attrs["tile_id"] = tile_id
+    out = tmp_path / "out" / "maps"
+    with pytest.raises(InvalidInputError, match="tile id"):
+        predict_tile(tmp_path / "no-model.pt", cube, out)
+    with pytest.raises(InvalidInputError, match="tile id"):
+        check_cubes_fit(tmp_path / "no-model.pt", [cube])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cubes"]  # nothing written, inside or out
