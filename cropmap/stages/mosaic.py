@@ -19,6 +19,7 @@ way and uploads each output whole (:mod:`cropmap.io.storage`): the COGs are the 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from rio_cogeo.profiles import cog_profiles
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError
 from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary
+from cropmap.stages.labels import sidecars, write_labels
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
 from cropmap.stages.stac_item import write_stac_item
@@ -181,6 +183,8 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
 
     DEFLATE, ``blocksize`` x ``blocksize`` internal tiles (a multiple of 16), overviews by
     ``resampling`` down to one block, band tags and descriptions forwarded, dataset ``tags`` added.
+    With a ``product`` tag (class, confidence, probability) the GIS labels are written beside it
+    (:func:`cropmap.stages.labels.write_labels`: ``<path>.aux.xml``, and a ``.qml`` for classes).
     Raises :class:`MosaicError` if ``rio_cogeo.cogeo.cog_validate(strict=True)`` rejects the result.
     """
     if blocksize % 16:
@@ -196,7 +200,18 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
         valid, errors, warnings = cog_validate(tmp, strict=True, quiet=True)
         if not valid:
             raise MosaicError(f"{path.name} is not a valid COG: {'; '.join(errors + warnings)}")
+    _write_labels_of(path, tags or {}, colormap)
     return path
+
+
+def _write_labels_of(cog: Path, tags: dict, colormap: dict | None) -> None:
+    """The GIS label sidecars of a product COG, from its ``product`` and ``class_names`` tags."""
+    if "product" not in tags:
+        return
+    with rasterio.open(cog) as src:
+        count = src.count
+    write_labels(cog, product=tags["product"], names=json.loads(tags.get("class_names", "[]")),
+                 colormap=colormap, count=count)
 
 
 def mosaic_tiles(
@@ -247,6 +262,9 @@ def mosaic_tiles(
 
         # the item last: it points at the others, so it appears only when they are there
         cogs = {product: publish(path) for product, path in result.cogs.items()}
+        for path in result.cogs.values():
+            for sidecar in sidecars(path):
+                publish(sidecar)
         png = publish(result.quicklook)
         return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids)
 

@@ -39,6 +39,7 @@ from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, atomic_path
 from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
 from cropmap.stages.quicklook import write_quicklook
+from cropmap.stages.labels import sidecars
 from cropmap.stages.stac_item import write_stac_item
 from cropmap.stages.predict import NODATA
 from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
@@ -207,5 +208,8 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
         if local_out == out_dir:
             return MosaicResult(cogs, item, png, ())
         published = {p: storage.publish(c, storage.join(out_dir, c.name)) for p, c in cogs.items()}
+        for c in cogs.values():
+            for sidecar in sidecars(c):
+                storage.publish(sidecar, storage.join(out_dir, sidecar.name))
         png_url = storage.publish(png, storage.join(out_dir, png.name))
         return MosaicResult(published, storage.publish(item, storage.join(out_dir, item.name)), png_url, ())
