@@ -39,7 +39,7 @@ from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary
 from cropmap.stages.labels import sidecars, write_labels
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
-from cropmap.stages.stac_item import write_stac_item
+from cropmap.stages.stac_item import write_stac_collection, write_stac_item
 from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
 
 __all__ = [
@@ -89,6 +89,7 @@ class MosaicResult:
     stac_item: storage.Location | None
     quicklook: storage.Location | None
     tile_ids: tuple[str, ...]
+    collection: storage.Location | None = None  # the map folder's STAC Collection (collection.json)
 
 
 def tile_grid(paths: Sequence[str | Path]) -> TileGrid:
@@ -266,7 +267,7 @@ def mosaic_tiles(
             for sidecar in sidecars(path):
                 publish(sidecar)
         png = publish(result.quicklook)
-        return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids)
+        return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids, publish(result.collection))
 
 
 def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequence[str] | None, blocksize: int,
@@ -321,6 +322,7 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
     png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
     item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir,
                            quicklook=png) if stac else None
-    return MosaicResult(cogs, item, png, tile_ids)
+    collection = write_stac_collection(out_dir, collection_id=out_dir.name) if stac else None
+    return MosaicResult(cogs, item, png, tile_ids, collection)
 
 
