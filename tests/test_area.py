@@ -133,3 +133,38 @@ def test_cli_area_sample_and_estimate(demo_class_map, tmp_path):
     assert (tmp_path / "area_estimates.csv").exists() and "overall accuracy 1.0000" in run.output
     missing = CliRunner().invoke(app, ["area", "estimate", str(class_map), str(tmp_path / "none.csv"), "--out", "x"])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+@pytest.mark.slow
+def test_demo_map_area_cis_cover_the_reference_areas(demo_run, demo_model, demo_paths, tmp_path):
+    """The DEMO map of map-country, sampled (seed 0) and labelled by the reference map: every class's
+    95 % CI covers its reference area (reference pixels over the map's valid pixels, counted in NumPy)."""
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import map_country
+
+    result = map_country(demo_run, InlineExecutor(), model=demo_model)
+    class_map = result.mosaic.cogs["class"]
+    strata = map_strata(class_map)
+    sample = label_from_reference(draw_sample(strata, allocate(strata.pixels, 800, minimum=50), seed=0), strata,
+                                  demo_paths.reference)
+    est, notes = estimate_areas(strata, sample)
+    with rasterio.open(class_map) as m, rasterio.open(demo_paths.reference) as r:
+        assert m.crs == r.crs and m.res == r.res
+        window = rasterio.windows.from_bounds(*m.bounds, r.transform).round_offsets().round_lengths()
+        ref = r.read(1, window=window, boundless=True, fill_value=255)
+        ref_names = {int(k[6:]): v for k, v in r.tags(1).items() if k.startswith("class_") and k[6:].isdigit()} \
+            or {int(k[6:]): v for k, v in r.tags().items() if k.startswith("class_") and k[6:].isdigit()}
+        mapped = m.read(1)
+    valid = (mapped != 255) & (ref != 255)
+    truth = np.array([(ref[valid] == v).sum() for v, n in sorted(ref_names.items()) if n in strata.names])
+    names = [n for _, n in sorted(ref_names.items()) if n in strata.names]
+    ref_ha = dict(zip(names, truth * strata.pixel_ha))
+    lines = []
+    for k, name in enumerate(strata.names):
+        half = Z95 * est.area_se[k]
+        lines.append(f"{name}: est {est.area[k]:.1f} +- {half:.1f} ha, reference {ref_ha.get(name, 0):.1f}, "
+                     f"mapped {strata.area_ha[k]:.1f}")
+    print("\n".join(lines))
+    assert notes["n_unlabelled"] < 0.01 * len(sample)
+    for k, name in enumerate(strata.names):
+        assert abs(est.area[k] - ref_ha.get(name, 0.0)) <= Z95 * est.area_se[k], lines[k]

@@ -40,7 +40,7 @@ def test_item_and_collection_validate_offline(stac_run):
     assert any("schemas.stacspec.org/v1.1.0/item-spec" in u for u in used)
     assert validate_stac(result.collection, schemas)
     item = pystac.Item.from_file(str(result.stac_item))
-    assert item.collection_id == "maps"
+    assert item.collection_id == "vic"
     collection = pystac.Collection.from_file(str(result.collection))
     assert [link.href.rsplit("/", 1)[-1] for link in collection.get_item_links()] == ["vic.json"]
     assert collection.extent.spatial.bboxes[0] == item.bbox

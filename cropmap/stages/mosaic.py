@@ -322,7 +322,8 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
     png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
     item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir,
                            quicklook=png) if stac else None
-    collection = write_stac_collection(out_dir, collection_id=out_dir.name) if stac else None
+    # one collection per map folder, named by the items' prefix (the country code of <code>_<epsg>)
+    collection = write_stac_collection(out_dir, collection_id=name.split("_")[0]) if stac else None
     return MosaicResult(cogs, item, png, tile_ids, collection)
 
 

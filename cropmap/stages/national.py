@@ -205,7 +205,7 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
                                                resolution=resolution, window=window)
         png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png")
         item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png)
-        collection = write_stac_collection(local_out, collection_id=storage.basename(out_dir) or name)
+        collection = write_stac_collection(local_out, collection_id=name.split("_")[0])
         if local_out == out_dir:
             return MosaicResult(cogs, item, png, (), collection)
         published = {p: storage.publish(c, storage.join(out_dir, c.name)) for p, c in cogs.items()}
