@@ -4,6 +4,8 @@ markdown."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -29,14 +31,27 @@ def test_onnx_matches_torch_on_real_series(tiny_checkpoint, victoria_test_series
     assert (got.argmax(1) == expected.argmax(1)).mean() > 0.999
 
 
-def test_cli_export_onnx_and_model_card(tiny_checkpoint, tmp_path):
+def test_cli_export_onnx_model_card_and_mlm_item(tiny_checkpoint, tmp_path, shared_data):
     from typer.testing import CliRunner
 
     from cropmap.cli import app
 
     run = CliRunner().invoke(app, ["export-onnx", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"),
-                                   "--card", str(tmp_path / "card.md")])
+                                   "--card", str(tmp_path / "card.md"), "--mlm-item", str(tmp_path / "m.json")])
     assert run.exit_code == 0, run.output
+    # the STAC MLM item validates offline (mlm v1.5.2, file, raster) and fails without a required field
+    from cropmap.errors import InvalidInputError
+    from cropmap.io.stac_validation import validate_stac
+
+    used = validate_stac(tmp_path / "m.json", shared_data / "stac_schemas")
+    assert any("/mlm/v1.5.2/" in u for u in used)
+    item = json.loads((tmp_path / "m.json").read_text())
+    classes = item["properties"]["mlm:output"][0]["classification:classes"]
+    assert [c["description"] for c in classes] == list(load_checkpoint(tiny_checkpoint).class_names)
+    assert item["assets"]["onnx"]["file:size"] == (tmp_path / "m.onnx").stat().st_size
+    del item["properties"]["mlm:name"]
+    with pytest.raises(InvalidInputError, match="mlm:name"):
+        validate_stac(item, shared_data / "stac_schemas")
     assert (tmp_path / "m.onnx").stat().st_size > 1000 and "tolerance" in run.output
     text = (tmp_path / "card.md").read_text()
     for heading in ("## Intended use", "## Training data", "## Season", "## Scores", "## Limitations"):

@@ -142,6 +142,7 @@ def export_onnx_command(
     checkpoint: str = typer.Argument(..., help="The checkpoint (.pt) to export."),
     out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
     card: Path = typer.Option(None, "--card", help="Also write the model card as markdown here."),
+    mlm_item: Path = typer.Option(None, "--mlm-item", help="Also write a STAC MLM item (JSON) describing the model."),
 ) -> None:
     """Export a checkpoint to ONNX (reflectance in, probabilities out), checked against torch."""
     from cropmap.ml.checkpoint import card_markdown, load_checkpoint
@@ -153,3 +154,7 @@ def export_onnx_command(
     if card is not None:
         card.write_text(card_markdown(load_checkpoint(checkpoint), name=Path(checkpoint).stem))
         typer.echo(f"model card: {card}")
+    if mlm_item is not None:
+        from cropmap.stages.model_item import write_mlm_item
+
+        typer.echo(f"STAC MLM item: {write_mlm_item(checkpoint, mlm_item, onnx=result.path)}")
