@@ -17,6 +17,7 @@ never reported valid because a schema was out of reach. Mapping of schema URIs t
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ def validate_stac(obj: pystac.STACObject | dict | str | Path, schema_dir: str | 
         data = obj
     else:
         data = obj.to_dict(include_self_link=False)
+    log = logging.getLogger("pystac.validation.stac_validator")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # pystac logs every failure with a traceback; the error below says it
     try:
         return validate_dict(data, validator=OfflineValidator(schema_dir))
     except pystac.STACValidationError as err:
@@ -98,3 +102,5 @@ def validate_stac(obj: pystac.STACObject | dict | str | Path, schema_dir: str | 
         raise InvalidInputError(f"STAC {data.get('type', '')} {data.get('id', '?')} is invalid: "
                                 + " ".join(line.strip() for line in first[1:2] or first[:1])
                                 + f" ({first[0].split('against schema at ')[-1]})") from err
+    finally:
+        log.setLevel(level)
