@@ -52,6 +52,7 @@ from cropmap.core.composite import median_composite  # noqa: E402
 from cropmap.core.features import compute_features  # noqa: E402
 from cropmap.core.season import Season  # noqa: E402
 from cropmap.ml.checkpoint import load_checkpoint  # noqa: E402
+from cropmap.ml.export import CoreForward  # noqa: E402
 from cropmap.ml.models import build_model, count_parameters  # noqa: E402
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation  # noqa: E402
 from cropmap.samples.victoria import read_victoria  # noqa: E402
@@ -61,16 +62,8 @@ PATHS = ("eager_fp32", "channels_last", "fold_bn", "bf16", "bf16_channels_last",
          "compile", "compile_bf16", "onnxruntime")
 
 
-class _Core(torch.nn.Module):
-    """CropNet's forward without its input checks (python control flow that torch.fx cannot trace):
-    the same layers in the same order, input (n, band, time)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.features, self.head = net.features, net.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.unsqueeze(1)).flatten(2).mean(-1))
+# CropNet's forward without its input checks: the one the ONNX export uses (cropmap export-onnx)
+_Core = CoreForward
 
 
 def _features(split: str) -> tuple[np.ndarray, np.ndarray]:

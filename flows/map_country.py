@@ -31,10 +31,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cropmap.errors import CropmapError
-from cropmap.io import storage
 from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
-from cropmap.jobs.reports import map_lines, plan_table
+from cropmap.jobs.reports import map_lines, plan_table, quicklook_markdown
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from flows import tasks
 from flows._runner import task_runner
@@ -64,7 +63,7 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
         print(line)
     if result.mosaic is not None:
         create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
-            [f"# {run.config.name} {run.year}", f"![quicklook]({storage.as_uri(result.mosaic.quicklook)})", ""]
+            [f"# {run.config.name} {run.year}", quicklook_markdown(result.mosaic.quicklook), ""]
             + [f"- {k}: `{v}`" for k, v in {**result.mosaic.cogs, "STAC item": result.mosaic.stac_item}.items()]))
     mapping.check_complete(result)  # failed tiles or zones: the others' products are written, the run Fails
     return {"cogs": {k: str(v) for k, v in result.mosaic.cogs.items()}, "item": str(result.mosaic.stac_item),

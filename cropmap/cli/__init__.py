@@ -6,7 +6,7 @@ location) into one line on stderr and exit code 2 (:func:`cropmap.cli.common.com
 
 from __future__ import annotations
 
-from cropmap.cli import data, jobs, stages  # noqa: F401 - each module registers its commands on `app`
+from cropmap.cli import area, data, jobs, stages  # noqa: F401 - each module registers its commands on `app`
 from cropmap.cli.common import app
 
 __all__ = ["app"]

@@ -136,3 +136,27 @@ def mosaic(
         typer.echo(f"{product}: {path}")
     typer.echo(f"STAC item: {result.stac_item}\nquicklook: {result.quicklook}\n"
                f"{sum(len(v) for v in zones.values())} tiles")
+
+
+@app.command("export-onnx")
+@command
+def export_onnx_command(
+    checkpoint: str = typer.Argument(..., help="The checkpoint (.pt) to export."),
+    out: Path = typer.Option(..., "--out", help="The ONNX file to write."),
+    card: Path = typer.Option(None, "--card", help="Also write the model card as markdown here."),
+    mlm_item: Path = typer.Option(None, "--mlm-item", help="Also write a STAC MLM item (JSON) describing the model."),
+) -> None:
+    """Export a checkpoint to ONNX (reflectance in, probabilities out), checked against torch."""
+    from cropmap.ml.checkpoint import card_markdown, load_checkpoint
+    from cropmap.ml.export import export_onnx
+
+    result = export_onnx(checkpoint, out)
+    typer.echo(f"{result.path}: max |onnx - torch| = {result.max_abs_diff:.1e} on {result.n_checked} rows "
+               f"(tolerance {result.tolerance:.0e})")
+    if card is not None:
+        card.write_text(card_markdown(load_checkpoint(checkpoint), name=Path(checkpoint).stem))
+        typer.echo(f"model card: {card}")
+    if mlm_item is not None:
+        from cropmap.stages.model_item import write_mlm_item
+
+        typer.echo(f"STAC MLM item: {write_mlm_item(checkpoint, mlm_item, onnx=result.path)}")

@@ -3,10 +3,34 @@ work, and its products after. The flows print these lines; the CLI prints them t
 
 from __future__ import annotations
 
+import base64
+
+from cropmap.io import storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.mapping import MapResult
 
-__all__ = ["plan_table", "map_lines"]
+__all__ = ["plan_table", "map_lines", "quicklook_markdown"]
+
+#: Largest quicklook embedded in a markdown artifact (bytes); a larger one is described instead.
+EMBED_LIMIT = 2_000_000
+
+
+def quicklook_markdown(quicklook: storage.Location | None, *, title: str = "quicklook") -> str:
+    """The quicklook PNG as markdown that renders where the file cannot be reached (the Prefect UI is
+    served elsewhere, so a ``file://`` link shows nothing): the image inline as a ``data:`` URI up to
+    :data:`EMBED_LIMIT` bytes, an ``https://`` link as it is, otherwise a line naming where it lies."""
+    if quicklook is None:
+        return f"_{title}: none written_"
+    text = str(quicklook)
+    if text.startswith(("https://", "http://")):
+        return f"![{title}]({text})"
+    try:
+        data = storage.read_bytes(quicklook)
+    except (OSError, FileNotFoundError):
+        return f"_{title}: `{text}` (not readable from here)_"
+    if len(data) > EMBED_LIMIT:
+        return f"_{title}: `{text}` ({len(data) / 1e6:.1f} MB, too large to embed)_"
+    return f"![{title}](data:image/png;base64,{base64.b64encode(data).decode()})"
 
 
 def plan_table(run: CountryRun) -> str:

@@ -30,7 +30,7 @@ from cropmap.core.harmonise import load_legend
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.io import storage
-from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
+from cropmap.ml.checkpoint import load_checkpoint, model_card, save_checkpoint
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.samples.reference import (
     SamplingOptions,
@@ -121,6 +121,27 @@ def training_set(reference: storage.Location, cube_paths: Sequence[storage.Locat
                              {str(n): int(c) for n, c in zip(samples["class_name"].values, counts)})
 
 
+def _card_of(samples: xr.Dataset, names: list[str], season: Season, scores: dict) -> dict:
+    """The model card of a checkpoint trained on ``samples``: class counts, and the countries, years,
+    extent and label licence the sample set's attributes record (where it records them)."""
+    counts = np.bincount(samples["label"].values, minlength=len(names))
+    attrs = samples.attrs
+
+    def listed(key: str) -> list:
+        value = attrs.get(key, [])
+        return [value] if isinstance(value, (str, int, np.integer)) else list(value)
+
+    bounds = None
+    if "lon" in samples.coords and "lat" in samples.coords:
+        lon, lat = samples["lon"].values, samples["lat"].values
+        bounds = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
+    return model_card(class_names=names, season=season, scores=scores,
+                      class_counts={n: int(c) for n, c in zip(names, counts)},
+                      countries=[str(c) for c in listed("country")], years=[int(y) for y in listed("season_year")],
+                      bounds=bounds, label_licence=attrs.get("label_licence"),
+                      label_sources=[str(s) for s in listed("source")])
+
+
 def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
                      settings: TrainingSettings = TrainingSettings(), threads: int | None = None) -> CheckpointResult:
     """Train a model on a sample set of season composites (:func:`training_set`) and save its checkpoint.
@@ -158,6 +179,7 @@ def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
                     n_bins=x.shape[2], normalisation=result.normalisation, temperature=result.temperature,
                     ood=result.ood, class_names=names, class_colours=colours,
                     config=config.model_dump(mode="json"), scores=scores,
-                    year=int(attrs["season_year"]) if str(attrs.get("season_year", "")).strip() else None)
+                    year=int(attrs["season_year"]) if str(attrs.get("season_year", "")).strip() else None,
+                    card=_card_of(samples, names, season, scores))
     return CheckpointResult(str(path), "trained", scores, int(x.shape[0]), result.model_config,
                             sum(p.numel() for p in result.model.parameters()))

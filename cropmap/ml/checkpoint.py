@@ -3,7 +3,9 @@
 A checkpoint file (``torch.save`` of plain types, loadable with ``weights_only=True``) holds the
 ``state_dict``, the model registry name and configuration (:func:`cropmap.ml.models.build_model`), the
 feature kind, band list, season, bin count, normalisation, class names/colours, the experiment config,
-the scores and the cropmap version. ``<path>.card.json`` holds the same without the weights.
+the scores and the cropmap version, and the model card (:func:`model_card`: intended use, training
+data extent, season, transfer scores, limitations, licence of the training labels).
+``<path>.card.json`` holds the same without the weights; :func:`card_markdown` renders the card.
 
 The normalisation it stores is :mod:`cropmap.ml.normalisation`'s.
 """
@@ -33,7 +35,25 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "card_path",
+    "model_card",
+    "card_markdown",
 ]
+
+#: What a cropmap model is for, and what it was never shown (the paper's stated limitations).
+INTENDED_USE = ("Per-pixel crop type maps for one growing season from Sentinel-2 L2A 5-day median "
+                "composites, at country scale, for area statistics with a sample-based accuracy "
+                "assessment (cropmap area); transfer to countries and years outside the training data is "
+                "measured by the transfer scores, not assumed.")
+LIMITATIONS = (
+    "Smallholder systems with fields of a few pixels (10 m) and intercropping are not represented in "
+    "the training labels; expect lower accuracy there.",
+    "Cultivars, management practices and sowing dates unseen in training shift the phenology the model "
+    "relies on.",
+    "Persistent cloud cover leaves composite bins gap-filled; pixels with too many filled bins are nodata.",
+    "Classes outside the training legend are mapped to the nearest known class (no rejection class).",
+    "Map areas are biased by classification errors: use the area-adjusted estimates with their "
+    "confidence intervals, not pixel counts.",
+)
 
 _FORMAT = 1
 
@@ -63,6 +83,7 @@ class Checkpoint:
     year: int | None = None  # the year of the season the model was trained on (None: not recorded)
     temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training
     ood: dict | None = field(default=None, repr=False)  # cropmap.ml.ood statistics of the training inputs
+    card: dict = field(default_factory=dict)
     # copies of ``model`` prepared per (device, memory format), made once and never changed afterwards:
     # prediction threads share them, and ``model`` itself is never moved or converted
     _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -180,10 +201,13 @@ def save_checkpoint(
     year: int | None = None,
     temperature: float = 1.0,
     ood: dict | None = None,
+    card: dict | None = None,
 ) -> storage.Location:
     """Write the checkpoint and its model card, each published whole (:func:`cropmap.io.storage.output_file`:
     temporary name then rename, or one upload to an object store); returns ``path``. ``year``: the year
-    of the training season (recorded, so that a map of another year says which year the model saw)."""
+    of the training season (recorded, so that a map of another year says which year the model saw).
+    ``card``: the model card fields of :func:`model_card` (default: one built from the class names,
+    season and scores alone)."""
     path = storage.as_location(path)
     meta = {
         "format": _FORMAT,
@@ -202,6 +226,8 @@ def save_checkpoint(
         "version": __version__,
         "temperature": float(temperature),
     }
+    meta["card"] = _plain(card if card is not None else model_card(class_names=class_names, season=season,
+                                                                    scores=scores))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with storage.output_file(path) as tmp:  # the OOD statistics stay out of the card (large arrays)
         torch.save({**meta, "ood": None if ood is None else _plain(ood), "state_dict": state}, tmp)
@@ -242,7 +268,61 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
         year=blob.get("season_year"),
         temperature=float(blob.get("temperature", 1.0)),  # older checkpoints: uncalibrated
         ood=blob.get("ood"),
+        card=blob.get("card", {}),
     )
+
+
+def model_card(*, class_names: Sequence[str], season: Season, scores: dict, class_counts: dict | None = None,
+               countries: Sequence[str] = (), years: Sequence[int] = (), bounds: Sequence[float] | None = None,
+               transfer_scores: dict | None = None, label_licence: str | None = None,
+               label_sources: Sequence[str] = ()) -> dict:
+    """The model card: intended use, training data extent (countries, years, bounding box, classes and
+    sample counts per class, label sources and licence), the season, the validation and transfer
+    scores measured (``transfer_scores``: target -> scores; empty when none was measured, said so),
+    and the limitations."""
+    return {
+        "intended_use": INTENDED_USE,
+        "training_data": {
+            "countries": list(countries), "years": [int(y) for y in years],
+            "bounds_lonlat": None if bounds is None else [float(b) for b in bounds],
+            "classes": list(class_names),
+            "samples_per_class": {str(k): int(v) for k, v in (class_counts or {}).items()},
+            "n_samples": int(sum((class_counts or {}).values())),
+            "label_sources": list(label_sources),
+            "label_licence": label_licence or "not recorded: check the licence of the reference labels used",
+        },
+        "season": season.model_dump(),
+        "validation_scores": _plain(scores),
+        "transfer_scores": _plain(transfer_scores or {}),
+        "limitations": list(LIMITATIONS),
+    }
+
+
+def card_markdown(ckpt: Checkpoint, name: str = "model") -> str:
+    """The checkpoint's model card as markdown."""
+    card = ckpt.card or model_card(class_names=ckpt.class_names, season=ckpt.season, scores=ckpt.scores)
+    data = card.get("training_data", {})
+    lines = [f"# Model card: {name}", "", f"cropmap {ckpt.version}, model `{ckpt.model_name}` "
+             f"({ckpt.feature_kind} features, bands {', '.join(ckpt.bands)}, {ckpt.n_bins} bins).", "",
+             "## Intended use", "", card.get("intended_use", INTENDED_USE), "", "## Training data", "",
+             f"- countries: {', '.join(data.get('countries', [])) or 'not recorded'}",
+             f"- years: {', '.join(str(y) for y in data.get('years', [])) or 'not recorded'}",
+             f"- extent (lon/lat): {data.get('bounds_lonlat') or 'not recorded'}",
+             f"- samples: {data.get('n_samples', 0)}",
+             f"- label sources: {', '.join(data.get('label_sources', [])) or 'not recorded'}",
+             f"- label licence: {data.get('label_licence', 'not recorded')}", "",
+             "| class | samples |", "|---|---|"]
+    counts = data.get("samples_per_class", {})
+    lines += [f"| {c} | {counts.get(c, '')} |" for c in data.get("classes", ckpt.class_names)]
+    lines += ["", "## Season", "", f"`{json.dumps(card.get('season', ckpt.season.model_dump()))}`", "",
+              "## Scores", "", "Validation: " + (", ".join(f"{k} {v}" for k, v in card.get("validation_scores", {}).items()
+                                                     if not isinstance(v, (dict, list))) or "none"), ""]
+    transfer = card.get("transfer_scores", {})
+    lines += ["Transfer (trained elsewhere, scored here):"] + ([
+        f"- {target}: " + ", ".join(f"{k} {v}" for k, v in s.items() if not isinstance(v, (dict, list)))
+        for target, s in transfer.items()] or ["- none measured for this checkpoint"])
+    lines += ["", "## Limitations", ""] + [f"- {x}" for x in card.get("limitations", LIMITATIONS)]
+    return "\n".join(lines) + "\n"
 
 
 def _plain(value: Any) -> Any:

@@ -10,7 +10,8 @@ Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage
         y, x  pixel-centre coordinates in metres of the tile's UTM CRS; spatial_ref (CF grid mapping)
         attrs: tile_id, tile_crs ("EPSG:32633"), tile_transform (6 floats a b c d e f of the
         rasterio Affine), season_* (Season.to_attrs), season_year, bin_edges (ISO dates),
-        source_items (ids), unavailable_assets ("item/asset"), bands, invalid_scl, dilate_pixels,
+        source_items (ids), source_hrefs (the items' self hrefs, "" where none), unavailable_assets
+        ("item/asset"), bands, invalid_scl, dilate_pixels,
         config_hash (of the above but unavailable_assets), cropmap_version, filled_fraction (tile
         mean), status ("complete" | "empty" | "incomplete": an asset could not be read, the next
         run rebuilds it and predict refuses it), reason (why empty or incomplete)
@@ -193,6 +194,7 @@ def build_tile_cube(
     ds = _cube_template(tile, season, year, options)
     ds.attrs = {**season.to_attrs(), "season_year": year, "tile_id": tile.id, "tile_crs": tile.crs,
                 "tile_transform": list(tile.transform)[:6], "source_items": ids,
+                "source_hrefs": [it.get_self_href() or "" for it in in_season],
                 "bin_edges": [str(d) for d in edges], "unavailable_assets": dropped,
                 "bands": list(options.bands), "invalid_scl": list(options.invalid_scl),
                 "dilate_pixels": options.dilate_pixels}

@@ -19,6 +19,7 @@ way and uploads each output whole (:mod:`cropmap.io.storage`): the COGs are the 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -35,9 +36,10 @@ from rio_cogeo.profiles import cog_profiles
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError
 from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary
+from cropmap.stages.labels import sidecars, write_labels
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
-from cropmap.stages.stac_item import write_stac_item
+from cropmap.stages.stac_item import write_stac_collection, write_stac_item
 from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
 
 __all__ = [
@@ -87,6 +89,7 @@ class MosaicResult:
     stac_item: storage.Location | None
     quicklook: storage.Location | None
     tile_ids: tuple[str, ...]
+    collection: storage.Location | None = None  # the map folder's STAC Collection (collection.json)
 
 
 def tile_grid(paths: Sequence[str | Path]) -> TileGrid:
@@ -181,6 +184,8 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
 
     DEFLATE, ``blocksize`` x ``blocksize`` internal tiles (a multiple of 16), overviews by
     ``resampling`` down to one block, band tags and descriptions forwarded, dataset ``tags`` added.
+    With a ``product`` tag (class, confidence, probability) the GIS labels are written beside it
+    (:func:`cropmap.stages.labels.write_labels`: ``<path>.aux.xml``, and a ``.qml`` for classes).
     Raises :class:`MosaicError` if ``rio_cogeo.cogeo.cog_validate(strict=True)`` rejects the result.
     """
     if blocksize % 16:
@@ -196,7 +201,18 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
         valid, errors, warnings = cog_validate(tmp, strict=True, quiet=True)
         if not valid:
             raise MosaicError(f"{path.name} is not a valid COG: {'; '.join(errors + warnings)}")
+    _write_labels_of(path, tags or {}, colormap)
     return path
+
+
+def _write_labels_of(cog: Path, tags: dict, colormap: dict | None) -> None:
+    """The GIS label sidecars of a product COG, from its ``product`` and ``class_names`` tags."""
+    if "product" not in tags:
+        return
+    with rasterio.open(cog) as src:
+        count = src.count
+    write_labels(cog, product=tags["product"], names=json.loads(tags.get("class_names", "[]")),
+                 colormap=colormap, count=count)
 
 
 def mosaic_tiles(
@@ -247,8 +263,11 @@ def mosaic_tiles(
 
         # the item last: it points at the others, so it appears only when they are there
         cogs = {product: publish(path) for product, path in result.cogs.items()}
+        for path in result.cogs.values():
+            for sidecar in sidecars(path):
+                publish(sidecar)
         png = publish(result.quicklook)
-        return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids)
+        return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids, publish(result.collection))
 
 
 def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequence[str] | None, blocksize: int,
@@ -303,6 +322,8 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
     png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
     item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir,
                            quicklook=png) if stac else None
-    return MosaicResult(cogs, item, png, tile_ids)
+    # one collection per map folder, named by the items' prefix (the country code of <code>_<epsg>)
+    collection = write_stac_collection(out_dir, collection_id=name.split("_")[0]) if stac else None
+    return MosaicResult(cogs, item, png, tile_ids, collection)
 
 

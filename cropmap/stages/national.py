@@ -39,7 +39,8 @@ from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, atomic_path
 from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
 from cropmap.stages.quicklook import write_quicklook
-from cropmap.stages.stac_item import write_stac_item
+from cropmap.stages.labels import sidecars
+from cropmap.stages.stac_item import write_stac_collection, write_stac_item
 from cropmap.stages.predict import NODATA
 from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
 
@@ -204,8 +205,14 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
                                                resolution=resolution, window=window)
         png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png")
         item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png)
+        collection = write_stac_collection(local_out, collection_id=name.split("_")[0])
         if local_out == out_dir:
-            return MosaicResult(cogs, item, png, ())
+            return MosaicResult(cogs, item, png, (), collection)
         published = {p: storage.publish(c, storage.join(out_dir, c.name)) for p, c in cogs.items()}
+        for c in cogs.values():
+            for sidecar in sidecars(c):
+                storage.publish(sidecar, storage.join(out_dir, sidecar.name))
         png_url = storage.publish(png, storage.join(out_dir, png.name))
-        return MosaicResult(published, storage.publish(item, storage.join(out_dir, item.name)), png_url, ())
+        item_url = storage.publish(item, storage.join(out_dir, item.name))
+        return MosaicResult(published, item_url, png_url, (),
+                            storage.publish(collection, storage.join(out_dir, collection.name)))

@@ -341,6 +341,10 @@ def predict_tile(
         "season_offset_months": str(offset),
         "source_items": json.dumps(source_items),
     }
+    hrefs = cube.attrs.get("source_hrefs", [])
+    hrefs = [hrefs] if isinstance(hrefs, str) else [str(h) for h in hrefs]
+    if any(hrefs):  # the scenes' STAC items, for the map item's derived_from links
+        tags["source_hrefs"] = json.dumps(sorted({h for h in hrefs if h}))
     for product in [p for p in paths if p != "class"] + ["class"]:
         data = maps[_VARIABLE[product]].values
         _write_geotiff(paths[product], data if data.ndim == 3 else data[None], crs=crs, transform=transform,

@@ -1,7 +1,10 @@
-"""A quicklook PNG of a class map, read from its overviews, with a legend."""
+"""A quicklook PNG of a class map, read from its overviews: title (map, season, model), coordinates
+in kilometres of the map's CRS, a scale bar and a legend."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +13,7 @@ import rasterio
 from matplotlib.patches import Patch
 from rasterio.enums import Resampling
 
+from cropmap.core.season import Season
 from cropmap.io.storage import atomic_path
 from cropmap.stages.predict import NODATA
 from cropmap.stages.tile_files import class_legend
@@ -20,26 +24,61 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only bac
 __all__ = ["write_quicklook"]
 
 
-def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int = 1024) -> Path:
+def _title(stem: str, tags: dict) -> str:
+    """``<map> - <season> <year> - model <name>`` from the COG's tags (parts it lacks left out)."""
+    parts = [stem]
+    if "season" in tags:
+        try:
+            season = Season(**json.loads(tags["season"]))
+            parts.append(f"season {season.start}..{season.end} {tags.get('season_year', '')}".strip())
+        except (ValueError, TypeError):
+            pass
+    if tags.get("model_name"):
+        parts.append(f"model {tags['model_name']}")
+    return " - ".join(parts)
+
+
+def scale_bar_length(width_m: float) -> float:
+    """A round scale bar length (1, 2 or 5 x 10^k metres) of about a fifth of ``width_m``."""
+    target = max(width_m / 5, 1e-9)
+    base = 10 ** math.floor(math.log10(target))
+    return max(m * base for m in (1, 2, 5) if m * base <= target) if target >= base else base
+
+
+def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int = 1024, title: str | None = None) -> Path:
     """A PNG of the class map (at most ``max_pixels`` on the long side, read from the overviews with
-    mode resampling) with a legend of the classes it shows."""
+    mode resampling): a title (``title`` or the map's name, its season and model from the tags), axes
+    in km of the map's CRS, a scale bar, and a legend of the classes it shows."""
     names, colours = class_legend(Path(class_cog))
     with rasterio.open(class_cog) as src:
         scale = max(src.width, src.height) / max_pixels
         shape = (max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
         data = src.read(1, out_shape=shape, resampling=Resampling.mode)
+        bounds, crs, tags = src.bounds, src.crs, src.tags()
     lut = np.zeros((256, 4), dtype=np.uint8)
     for k, c in colours.items():
         lut[k] = c
     lut[NODATA] = (0, 0, 0, 0)
     fig, ax = plt.subplots(figsize=(8, 8 * shape[0] / shape[1] + 1), dpi=100)
-    ax.imshow(lut[data], interpolation="nearest")
-    ax.set_axis_off()
+    km = (bounds.left / 1e3, bounds.right / 1e3, bounds.bottom / 1e3, bounds.top / 1e3)
+    ax.imshow(lut[data], interpolation="nearest", extent=km)
+    epsg = crs.to_epsg() if crs else None
+    unit = f"km, EPSG:{epsg}" if epsg else "km"
+    ax.set_xlabel(f"easting ({unit})", fontsize=8)
+    ax.set_ylabel(f"northing ({unit})", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title or _title(Path(class_cog).stem, tags), fontsize=11)
+    bar = scale_bar_length(bounds.right - bounds.left) / 1e3
+    x0 = km[0] + 0.05 * (km[1] - km[0])
+    y0 = km[2] + 0.05 * (km[3] - km[2])
+    ax.plot([x0, x0 + bar], [y0, y0], color="k", linewidth=4, solid_capstyle="butt")
+    ax.text(x0 + bar / 2, y0 + 0.02 * (km[3] - km[2]), f"{bar:g} km", ha="center", va="bottom", fontsize=8,
+            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
     present = [i for i in range(len(names)) if (data == i).any()]
     handles = [Patch(facecolor=np.array(colours.get(i, (0, 0, 0, 255))) / 255, edgecolor="k", label=names[i])
                for i in present]
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(4, len(handles)),
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(4, len(handles)),
                   frameon=False, fontsize=9)
     path = Path(path)
     with atomic_path(path) as tmp:

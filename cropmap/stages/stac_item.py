@@ -1,7 +1,16 @@
-"""The STAC Item describing a country's mosaics (projection, raster and classification extensions)."""
+"""The STAC Item describing a country's mosaics, and the Collection of a map folder's items.
+
+Extensions: projection v2.0.0, raster v1.1.0, file v2.1.0 (size and sha2-256 multihash of every
+asset) and classification v1.1.0 (the newest whose schema is in reach: pystac defaults to v2.0.0,
+whose field names differ; v1.1.0 has no nodata flag, so nodata is declared as a class of value 255
+carrying ``"nodata": true``, the v2.0.0 field, and in ``raster:bands``). The scenes a map was made
+from are ``derived_from`` links to their STAC items (when the cubes recorded their hrefs), besides
+their ids in ``cropmap:source_items``. Validated offline by :mod:`cropmap.io.stac_validation`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -9,6 +18,7 @@ from pathlib import Path
 import pystac
 import rasterio
 from pystac.extensions.classification import Classification, ClassificationExtension
+from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.warp import transform_geom
@@ -20,7 +30,29 @@ from cropmap.io.storage import atomic_path
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.tile_files import class_legend, list_tiles, tile_tags
 
-__all__ = ["write_stac_item"]
+__all__ = ["write_stac_item", "write_stac_collection", "multihash_sha256", "CLASSIFICATION_SCHEMA",
+           "COLLECTION_FILE"]
+
+#: The classification extension version written (its schema is in ../shared/data/stac_schemas).
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
+#: The Collection of a map folder.
+COLLECTION_FILE = "collection.json"
+#: Licence of the maps (the project's).
+LICENSE = "Apache-2.0"
+
+
+def multihash_sha256(path: str | Path) -> str:
+    """The file extension's ``file:checksum``: a sha2-256 multihash (``1220`` + 64 hex digits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "1220" + digest.hexdigest()
+
+
+def _add_file_info(asset: pystac.Asset, path: Path) -> None:
+    ext = FileExtension.ext(asset, add_if_missing=True)
+    ext.size, ext.checksum = path.stat().st_size, multihash_sha256(path)
 
 
 def _slug(text: str) -> str:
@@ -42,7 +74,11 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
             (bounds.left, bounds.top), (bounds.left, bounds.bottom)]
     geom = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7)
     lons, lats = zip(*geom["coordinates"][0])
-    props: dict = {"cropmap:software_version": __version__}
+    props: dict = {"cropmap:software_version": __version__, "license": LICENSE}
+    for key in ("model_name", "season", "season_year", "model_season", "season_offset_months"):
+        if key in tags:  # the season and model the map stands for, also without a run file
+            props[f"cropmap:{key}"] = json.loads(tags[key]) if key in ("season", "model_season") else tags[key]
+    source_hrefs: set[str] = set()
     start = end = None
     if "season" in tags and tags.get("season_year"):
         first, last = Season(**json.loads(tags["season"])).window(int(tags["season_year"]))
@@ -65,6 +101,7 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
             t, _ = tile_tags(tile)
             tiles.append(t.get("tile_id", tile.name.split(".")[0]))
             sources.update(json.loads(t.get("source_items", "[]")))
+            source_hrefs.update(json.loads(t.get("source_hrefs", "[]")))
         props.update({"cropmap:tiles": tiles, "cropmap:source_items": sorted(sources)})
     if start is None:  # STAC needs a date; without a season there is none to give
         raise MosaicError(f"{cogs['class'].name} carries no season; was it written by cropmap predict?")
@@ -88,17 +125,79 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
                              title={"class": "crop class", "confidence": "confidence (percent)",
                                     "probability": "class probabilities (percent)"}.get(product, product))
         item.add_asset(product, asset)
+        _add_file_info(asset, cog)
         RasterExtension.ext(asset, add_if_missing=True).bands = [
             RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, spatial_resolution=abs(transform.a),
                               unit=None if product == "class" else "percent") for _ in range(count)]
         if product == "class":
-            ClassificationExtension.ext(asset, add_if_missing=True).classes = [
-                Classification.create(value=i, description=n, name=_slug(n),
-                                      color_hint="{:02X}{:02X}{:02X}".format(*colours.get(i, (0, 0, 0))[:3]))
-                for i, n in enumerate(names)]
+            classes = [Classification.create(value=i, description=n, name=_slug(n),
+                                             color_hint="{:02X}{:02X}{:02X}".format(*colours.get(i, (0, 0, 0))[:3]))
+                       for i, n in enumerate(names)]
+            classes.append(Classification({"value": NODATA, "description": "no data", "name": "nodata",
+                                           "nodata": True}))
+            ClassificationExtension.ext(asset, add_if_missing=True).classes = classes
+            style = cog.with_suffix(".qml")
+            if style.exists():
+                item.add_asset("class_style", pystac.Asset(href=f"./{style.name}", media_type="text/xml",
+                                                           roles=["style"], title="QGIS style (class names, colours)"))
+                _add_file_info(item.assets["class_style"], style)
     if quicklook is not None:
         item.add_asset("quicklook", pystac.Asset(href=f"./{quicklook.name}", media_type=pystac.MediaType.PNG,
                                                  roles=["overview"], title="quicklook with legend"))
+        _add_file_info(item.assets["quicklook"], quicklook)
+    for href in sorted(source_hrefs):
+        item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON, title="source scene"))
+    # classification v1.1.0 (in reach for validation) instead of pystac's default v2.0.0
+    item.stac_extensions = sorted({CLASSIFICATION_SCHEMA if "/classification/" in e else e
+                                   for e in item.stac_extensions})
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(item.to_dict(include_self_link=False), indent=2) + "\n")
     return path
+
+
+def write_stac_collection(out_dir: str | Path, *, collection_id: str, description: str | None = None) -> Path:
+    """``<out_dir>/collection.json``: a STAC Collection of every STAC Item JSON in ``out_dir``
+    (extent: the union of their bboxes and seasons), each item rewritten to belong to it (its
+    ``collection`` field and ``collection``/``parent`` links, relative). Items are sorted by id and
+    nothing holds a timestamp: a rerun writes the same bytes. Returns the collection's path."""
+    out_dir = Path(out_dir)
+    items = []
+    for path in sorted(out_dir.glob("*.json")):
+        if path.name == COLLECTION_FILE or path.name.startswith("."):
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("type") == "Feature" and "stac_version" in data:
+            items.append((path, data))
+    if not items:
+        raise MosaicError(f"{out_dir} holds no STAC item to make a collection of; run `cropmap mosaic` first")
+    bboxes = [d["bbox"] for _, d in items]
+    starts = [d["properties"].get("start_datetime") or d["properties"].get("datetime") for _, d in items]
+    ends = [d["properties"].get("end_datetime") or d["properties"].get("datetime") for _, d in items]
+    extent = pystac.Extent(
+        pystac.SpatialExtent([[min(b[0] for b in bboxes), min(b[1] for b in bboxes),
+                               max(b[2] for b in bboxes), max(b[3] for b in bboxes)]]),
+        pystac.TemporalExtent([[pystac.utils.str_to_datetime(min(starts)), pystac.utils.str_to_datetime(max(ends))]]))
+    collection = pystac.Collection(
+        id=collection_id, description=description or f"cropmap crop type maps ({collection_id})", extent=extent,
+        license=LICENSE, title=f"cropmap {collection_id}")
+    summaries = sorted({d["properties"].get("cropmap:model_name", "") for _, d in items} - {""})
+    if summaries:
+        collection.summaries.add("cropmap:model_name", summaries)
+    record = collection.to_dict(include_self_link=False)
+    record["stac_extensions"] = []
+    record["links"] = [{"rel": "item", "href": f"./{p.name}", "type": "application/geo+json", "title": d["id"]}
+                       for p, d in sorted(items, key=lambda x: x[1]["id"])]
+    for path, data in items:
+        data["collection"] = collection_id
+        data["links"] = [link for link in data.get("links", []) if link.get("rel") not in ("collection", "parent")]
+        data["links"] += [{"rel": rel, "href": f"./{COLLECTION_FILE}", "type": "application/json"}
+                          for rel in ("collection", "parent")]
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+    target = out_dir / COLLECTION_FILE
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return target

@@ -1,0 +1,71 @@
+"""``cropmap area``: a stratified random sample of a class map to be labelled, and the area-adjusted
+estimates with 95 % confidence intervals from the labelled sample (Olofsson et al. 2014)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cropmap.cli.common import app, command, fail
+from cropmap.core.area_estimation import Z95, allocate, sample_size
+from cropmap.stages.area import (
+    draw_sample,
+    estimate_areas,
+    label_from_reference,
+    map_strata,
+    read_sample,
+    write_area_report,
+    write_sample,
+)
+
+area_app = typer.Typer(help="Area estimates with confidence intervals from a stratified sample of a class map.",
+                       no_args_is_help=True)
+app.add_typer(area_app, name="area")
+
+
+@area_app.command("sample")
+@command
+def sample(
+    class_map: Path = typer.Argument(..., help="The class COG (<name>_class.tif) to sample; its classes are the strata."),
+    out: Path = typer.Option(..., "--out", help="Sample points to label: .gpkg (EPSG:4326 points) or .csv."),
+    n: int = typer.Option(None, "--n", min=2, help="Total sample size (default: from --target-se)."),
+    target_se: float = typer.Option(0.01, "--target-se", help="Target standard error of the overall accuracy."),
+    expected_ua: float = typer.Option(0.8, "--expected-ua", help="User's accuracy expected in every stratum."),
+    minimum: int = typer.Option(50, "--min-per-class", min=2, help="Sample units at least per class (rare classes)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed draws the same points."),
+    reference: Path = typer.Option(None, "--reference", help="Label the points from this reference map (DEMO)."),
+) -> None:
+    """Draw a stratified random sample of the map's pixels (strata = classes) to be labelled."""
+    strata = map_strata(class_map)
+    total = n or sample_size(strata.pixels, [expected_ua] * len(strata.names), target_se)
+    alloc = allocate(strata.pixels, total, minimum=minimum)
+    points = draw_sample(strata, alloc, seed=seed)
+    if reference is not None:
+        points = label_from_reference(points, strata, reference)
+    write_sample(points, out)
+    typer.echo(f"{len(points)} sample points ({', '.join(f'{c}: {k}' for c, k in zip(strata.names, alloc))}) "
+               f"-> {out}" + ("" if reference else "; fill reference_class, then run `cropmap area estimate`"))
+
+
+@area_app.command("estimate")
+@command
+def estimate(
+    class_map: Path = typer.Argument(..., help="The class COG the sample was drawn on."),
+    samples: Path = typer.Argument(..., help="Labelled sample points (.csv or .gpkg with reference_class)."),
+    out: Path = typer.Option(..., "--out", help="Folder for <name>_estimates.csv, <name>_error_matrix.csv, <name>.md."),
+    name: str = typer.Option("area", "--name", help="Prefix of the report files."),
+    reference: Path = typer.Option(None, "--reference", help="Relabel the points from this reference map first."),
+) -> None:
+    """Area-adjusted areas (ha), user's/producer's/overall accuracy, each with a 95 % CI."""
+    strata = map_strata(class_map)
+    points = read_sample(samples)
+    if reference is not None:
+        points = label_from_reference(points, strata, reference)
+    est, notes = estimate_areas(strata, points)
+    if notes["n_used"] == 0:
+        raise fail(f"{samples} holds no labelled point of a map class; fill reference_class")
+    paths = write_area_report(strata, est, out, name=name, notes=notes)
+    for cls, area, se in zip(strata.names, est.area, est.area_se):
+        typer.echo(f"{cls:>20}: {area:12.1f} ha +- {Z95 * se:.1f}")
+    typer.echo(f"overall accuracy {est.overall:.4f} +- {Z95 * est.overall_se:.4f}; report: {paths['markdown']}")

@@ -1,0 +1,251 @@
+"""Area estimation on a class map: a stratified random sample of its pixels to be labelled, the
+labels read from a reference map where one stands in for the labellers (the DEMO), and the
+area-adjusted estimates with 95 % confidence intervals (:mod:`cropmap.core.area_estimation`) written
+as CSV and markdown.
+
+Strata are the mapped classes; nodata pixels (255) are outside the population. The map is read
+block by block (memory: one block), twice for a sample: once to count the pixels of each class,
+once to find the pixels drawn (uniformly without replacement among the pixels of each stratum,
+from ``numpy.random.default_rng(seed)``). Areas are per country (the map's whole extent): no
+province outlines are used here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.warp import transform as transform_points
+
+from cropmap.core.area_estimation import Z95, AreaEstimate, allocate, stratified_estimate
+from cropmap.errors import DataNotFoundError, InvalidInputError
+from cropmap.io.storage import atomic_path
+from cropmap.stages.predict import NODATA
+
+__all__ = ["MapStrata", "map_strata", "draw_sample", "label_from_reference", "write_sample", "read_sample",
+           "estimate_areas", "area_table", "write_area_report", "default_allocation"]
+
+SAMPLE_COLUMNS = ["id", "stratum", "map_class", "row", "col", "x", "y", "lon", "lat", "reference_class"]
+
+
+@dataclass(frozen=True)
+class MapStrata:
+    """The strata of a class map: ``pixels[k]`` mapped pixels of class ``k`` (``names[k]``), the pixel
+    area in hectares, and the map's CRS."""
+
+    path: Path
+    names: tuple[str, ...]
+    pixels: np.ndarray
+    pixel_ha: float
+    crs: rasterio.crs.CRS
+
+    @property
+    def area_ha(self) -> np.ndarray:
+        """Mapped area per class in hectares, ``(k,)``."""
+        return self.pixels * self.pixel_ha
+
+
+def _names(src) -> tuple[str, ...]:
+    names = json.loads(src.tags().get("class_names", "[]"))
+    if not names:
+        raise InvalidInputError(f"{src.name} carries no class_names tag; is it a cropmap class map?")
+    return tuple(names)
+
+
+def _windows(src):
+    for _, window in src.block_windows(1):
+        yield window, src.read(1, window=window)
+
+
+def map_strata(class_map: str | Path) -> MapStrata:
+    """Count the mapped pixels of each class of ``class_map`` (a class COG in a projected CRS, metres)."""
+    path = Path(class_map)
+    if not path.exists():
+        raise DataNotFoundError(f"class map {path} not found; run `cropmap mosaic` first")
+    with rasterio.open(path) as src:
+        names = _names(src)
+        if not src.crs or not src.crs.is_projected:
+            raise InvalidInputError(f"{path.name}: areas need a projected CRS in metres, got {src.crs}")
+        counts = np.zeros(256, dtype=np.int64)
+        for _, block in _windows(src):
+            counts += np.bincount(block.ravel(), minlength=256)
+        pixel_ha = abs(src.transform.a * src.transform.e) / 1e4
+        crs = src.crs
+    extra = np.flatnonzero(counts[len(names):NODATA])
+    if extra.size:
+        raise InvalidInputError(f"{path.name} holds values {list(extra + len(names))} past its {len(names)} classes")
+    return MapStrata(path, names, counts[:len(names)], pixel_ha, crs)
+
+
+def draw_sample(strata: MapStrata, allocation: Sequence[int], *, seed: int = 0) -> pd.DataFrame:
+    """A stratified random sample of ``allocation[k]`` pixels of each class ``k`` (without
+    replacement). Columns: ``id``, ``stratum`` (class name), ``map_class`` (index), ``row``/``col``
+    (pixel), ``x``/``y`` (pixel centre, map CRS), ``lon``/``lat`` (EPSG:4326), ``reference_class``
+    (empty: to be labelled). Rows sorted by stratum then pixel; the same seed draws the same sample."""
+    alloc = np.asarray(allocation, dtype=np.int64)
+    if alloc.shape != strata.pixels.shape or (alloc > strata.pixels).any() or (alloc < 0).any():
+        raise InvalidInputError(f"allocation {alloc.tolist()} does not fit the mapped pixels {strata.pixels.tolist()}")
+    rng = np.random.default_rng(seed)
+    # the ordinal (in reading order of the blocks) of each pixel drawn, per class
+    wanted = {k: np.sort(rng.choice(int(strata.pixels[k]), size=int(alloc[k]), replace=False))
+              for k in range(len(alloc)) if alloc[k]}
+    seen = np.zeros(len(alloc), dtype=np.int64)
+    rows, cols, classes = [], [], []
+    with rasterio.open(strata.path) as src:
+        transform = src.transform
+        for window, block in _windows(src):
+            flat = block.ravel()
+            for k, ordinals in wanted.items():
+                where = np.flatnonzero(flat == k)
+                lo, hi = np.searchsorted(ordinals, [seen[k], seen[k] + where.size])
+                picked = where[ordinals[lo:hi] - seen[k]]
+                seen[k] += where.size
+                r, c = np.divmod(picked, block.shape[1])
+                rows.append(r + int(window.row_off))
+                cols.append(c + int(window.col_off))
+                classes.append(np.full(picked.size, k))
+    row, col, cls = (np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for v in (rows, cols, classes))
+    xs, ys = rasterio.transform.xy(transform, row, col)
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    lon, lat = transform_points(strata.crs, "EPSG:4326", xs, ys) if len(xs) else ([], [])
+    frame = pd.DataFrame({"stratum": [strata.names[k] for k in cls], "map_class": cls, "row": row, "col": col,
+                          "x": xs, "y": ys, "lon": np.round(lon, 7), "lat": np.round(lat, 7),
+                          "reference_class": ""})
+    frame = frame.sort_values(["map_class", "row", "col"], kind="stable").reset_index(drop=True)
+    frame.insert(0, "id", np.arange(len(frame)))
+    return frame
+
+
+def label_from_reference(sample: pd.DataFrame, strata: MapStrata, reference: str | Path) -> pd.DataFrame:
+    """Fill ``reference_class`` with the class name of ``reference`` (a raster whose ``class_<value>``
+    or ``class_names`` tags name its classes) at each point: the reference map standing in for the
+    labellers. Points on reference nodata get an empty label (left out of the estimate)."""
+    with rasterio.open(reference) as ref:
+        tags = {**ref.tags(), **ref.tags(1)}
+        if "class_names" in tags:
+            ref_names = dict(enumerate(json.loads(tags["class_names"])))
+        else:
+            ref_names = {int(k[6:]): v for k, v in tags.items() if k.startswith("class_") and k[6:].isdigit()}
+        xs, ys = sample["x"].to_numpy(), sample["y"].to_numpy()
+        if ref.crs != strata.crs:
+            xs, ys = transform_points(strata.crs, ref.crs, xs, ys)
+        values = np.array([v[0] for v in ref.sample(zip(xs, ys), indexes=1)]) if len(xs) else np.zeros(0)
+        nodata = ref.nodata
+    out = sample.copy()
+    out["reference_class"] = ["" if (nodata is not None and v == nodata) else ref_names.get(int(v), str(int(v)))
+                              for v in values]
+    return out
+
+
+def write_sample(sample: pd.DataFrame, path: str | Path, crs: rasterio.crs.CRS | None = None) -> Path:
+    """Write the sample points as CSV (``.csv``) or a GeoPackage of points in EPSG:4326 (``.gpkg``)."""
+    import pyogrio.raw
+    import shapely
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".csv":
+            sample.to_csv(tmp, index=False)
+        elif path.suffix == ".gpkg":
+            geometry = shapely.to_wkb(shapely.points(sample["lon"].to_numpy(), sample["lat"].to_numpy()))
+            fields = [c for c in sample.columns]
+            pyogrio.raw.write(str(tmp), geometry=np.asarray(geometry, dtype=object),
+                              field_data=[sample[c].to_numpy() for c in fields], fields=fields, crs="EPSG:4326",
+                              geometry_type="Point", driver="GPKG", layer="samples")
+        else:
+            raise InvalidInputError(f"{path.name}: write samples as .csv or .gpkg")
+    return path
+
+
+def read_sample(path: str | Path) -> pd.DataFrame:
+    """Read labelled samples (CSV or GeoPackage written by :func:`write_sample`, ``reference_class`` filled)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"sample file {path} not found; draw one with `cropmap area sample`")
+    if path.suffix == ".gpkg":
+        import pyogrio
+
+        _, _, _, fields = pyogrio.raw.read(str(path), read_geometry=False)
+        meta = pyogrio.read_info(str(path))
+        frame = pd.DataFrame(dict(zip(meta["fields"], fields)))
+    else:
+        frame = pd.read_csv(path, keep_default_na=False, dtype={"reference_class": str})
+    missing = {"map_class", "reference_class"} - set(frame.columns)
+    if missing:
+        raise InvalidInputError(f"{path.name} lacks the columns {sorted(missing)}")
+    return frame
+
+
+def estimate_areas(strata: MapStrata, sample: pd.DataFrame) -> tuple[AreaEstimate, dict]:
+    """The Olofsson et al. (2014) estimates from a labelled sample of this map; also returns notes
+    (``n_unlabelled``: samples left out for an empty label; ``unknown_labels``: reference names that
+    are not map classes, which are left out too and listed)."""
+    index = {n: i for i, n in enumerate(strata.names)}
+    labels = sample["reference_class"].astype(str)
+    unlabelled = labels == ""
+    unknown = sorted(set(labels[~unlabelled]) - set(index))
+    keep = ~unlabelled & labels.isin(list(index))
+    k = len(strata.names)
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (sample.loc[keep, "map_class"].astype(int).to_numpy(),
+                       labels[keep].map(index).to_numpy()), 1)
+    return stratified_estimate(counts, strata.area_ha), {"n_unlabelled": int(unlabelled.sum()),
+                                                         "unknown_labels": unknown, "n_used": int(keep.sum())}
+
+
+def area_table(strata: MapStrata, est: AreaEstimate) -> pd.DataFrame:
+    """One row per class: mapped and adjusted area (ha) with 95 % CI, user's and producer's accuracy with CI."""
+    return pd.DataFrame({
+        "class": strata.names, "mapped_pixels": strata.pixels, "mapped_ha": np.round(strata.area_ha, 2),
+        "sample_n": est.counts.sum(axis=1).astype(int),
+        "area_ha": np.round(est.area, 2), "area_ci95_ha": np.round(Z95 * est.area_se, 2),
+        "area_low_ha": np.round(est.area - Z95 * est.area_se, 2),
+        "area_high_ha": np.round(est.area + Z95 * est.area_se, 2),
+        "users_accuracy": np.round(est.users, 4), "users_ci95": np.round(Z95 * est.users_se, 4),
+        "producers_accuracy": np.round(est.producers, 4), "producers_ci95": np.round(Z95 * est.producers_se, 4),
+    })
+
+
+def write_area_report(strata: MapStrata, est: AreaEstimate, out_dir: str | Path, *, name: str = "area",
+                      notes: dict | None = None) -> dict[str, Path]:
+    """``<name>_estimates.csv`` (:func:`area_table`), ``<name>_error_matrix.csv`` (area proportions, rows
+    map, columns reference) and ``<name>.md`` (both tables, OA with CI, the method) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    table = area_table(strata, est)
+    matrix = pd.DataFrame(np.round(est.proportions, 6), index=list(strata.names), columns=list(strata.names))
+    matrix.index.name = "map \\ reference"
+    paths = {"estimates": out_dir / f"{name}_estimates.csv", "error_matrix": out_dir / f"{name}_error_matrix.csv",
+             "markdown": out_dir / f"{name}.md"}
+    with atomic_path(paths["estimates"]) as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(paths["error_matrix"]) as tmp:
+        matrix.to_csv(tmp)
+    lines = [f"# Area estimates: {strata.path.name}", "",
+             "Stratified estimator of Olofsson et al. (2014), strata = mapped classes; 95 % confidence "
+             "intervals (estimate +- 1.96 SE). Areas in hectares over the whole map (per country: no "
+             "province outlines used).", "",
+             f"Overall accuracy: {est.overall:.4f} +- {Z95 * est.overall_se:.4f}; "
+             f"{int(est.counts.sum())} labelled sample units.", ""]
+    if notes:
+        lines += [f"Samples without a label: {notes.get('n_unlabelled', 0)}; reference classes outside the map "
+                  f"legend (left out): {', '.join(notes.get('unknown_labels', [])) or 'none'}.", ""]
+    cols = ["class", "mapped_ha", "sample_n", "area_ha", "area_ci95_ha", "users_accuracy", "users_ci95",
+            "producers_accuracy", "producers_ci95"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table[cols].itertuples(index=False)]
+    lines += ["", "Error matrix in area proportions (rows: map, columns: reference):", "",
+              "| map \\ reference | " + " | ".join(strata.names) + " |", "|" + "---|" * (len(strata.names) + 1)]
+    lines += [f"| {n} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for n, row in zip(strata.names, est.proportions)]
+    with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def default_allocation(strata: MapStrata, total: int, minimum: int = 50) -> np.ndarray:
+    """:func:`cropmap.core.area_estimation.allocate` on the map's pixel counts."""
+    return allocate(strata.pixels, total, minimum=minimum)

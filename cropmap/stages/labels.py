@@ -1,0 +1,162 @@
+"""GIS-native labels for the map COGs: what QGIS, GDAL and rioxarray show instead of bare numbers.
+
+rio-cogeo builds a COG through rasterio, which has no API for GDAL category names or raster
+attribute tables, and a TIFF palette has no alpha channel (GDAL reads entries 8-254 of a class map
+as opaque black). So the labels live in GDAL's own sidecar, ``<cog>.aux.xml`` (PAM), which GDAL,
+rasterio, rioxarray and QGIS read with the COG:
+
+- class map: category names, a thematic raster attribute table (``Value``, ``Class``, ``Red``,
+  ``Green``, ``Blue``, ``Alpha``), the colour table with every entry past the last class (and the
+  nodata value) transparent, and CF ``flag_values``/``flag_meanings`` as band metadata (rioxarray
+  puts them in ``DataArray.attrs``; no NetCDF is written, so these tags are the CF view);
+- confidence and probability: unit ``percent`` (scale 1, offset 0: a value of 87 is 87 %), the
+  valid range 0-100 and nodata 255;
+- a QGIS style (``<cog stem>.qml``, which QGIS loads by itself for a raster of the same name) beside
+  the class map: a paletted renderer with the class names and colours.
+
+Sidecars are written to a temporary name and renamed, and hold no timestamps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from cropmap.io.storage import atomic_path
+from cropmap.stages.predict import NODATA
+
+__all__ = ["aux_path", "qml_path", "sidecars", "class_colour_table", "cf_flags", "write_labels"]
+
+#: Products whose values are percent (0-100, nodata 255).
+PERCENT_PRODUCTS = ("confidence", "probability")
+
+
+def aux_path(cog: str | Path) -> Path:
+    """GDAL's PAM sidecar of ``cog``: ``<cog>.aux.xml``."""
+    return Path(f"{cog}.aux.xml")
+
+
+def qml_path(cog: str | Path) -> Path:
+    """The QGIS style QGIS loads for ``cog``: ``<cog without .tif>.qml``."""
+    return Path(cog).with_suffix(".qml")
+
+
+def sidecars(cog: str | Path) -> list[Path]:
+    """The label sidecars written for ``cog`` that exist (to copy or upload with it)."""
+    return [p for p in (aux_path(cog), qml_path(cog)) if p.exists()]
+
+
+def class_colour_table(n_classes: int, colormap: Mapping[int, Sequence[int]] | None) -> dict[int, tuple[int, int, int, int]]:
+    """All 256 entries: classes ``0..n_classes-1`` opaque in their colour (grey when the map has
+    none), every other entry (unused values and nodata 255) transparent black ``(0, 0, 0, 0)``."""
+    colormap = colormap or {}
+    table = {i: (0, 0, 0, 0) for i in range(256)}
+    for i in range(n_classes):
+        r, g, b = tuple(colormap.get(i, (128, 128, 128)))[:3]
+        table[i] = (int(r), int(g), int(b), 255)
+    return table
+
+
+def _meaning(name: str) -> str:
+    """A CF flag meaning: blanks and punctuation become underscores (CF: blank-separated words)."""
+    return re.sub(r"[^0-9A-Za-z_.+-]+", "_", name).strip("_") or "class"
+
+
+def cf_flags(names: Sequence[str]) -> dict[str, str]:
+    """CF ``flag_values`` (``"0 1 2"``) and ``flag_meanings`` (``"bare_ground canola cereals"``)."""
+    return {"flag_values": " ".join(str(i) for i in range(len(names))),
+            "flag_meanings": " ".join(_meaning(n) for n in names)}
+
+
+def _metadata(items: Mapping[str, str]) -> list[str]:
+    return (["    <Metadata>"] + [f"      <MDI key={quoteattr(k)}>{escape(str(v))}</MDI>" for k, v in items.items()]
+            + ["    </Metadata>"])
+
+
+def _class_band(names: Sequence[str], table: Mapping[int, tuple[int, int, int, int]]) -> list[str]:
+    lines = ['  <PAMRasterBand band="1">', "    <CategoryNames>"]
+    lines += [f"      <Category>{escape(n)}</Category>" for n in names]
+    lines += ["    </CategoryNames>", "    <ColorTable>"]
+    lines += [f'      <Entry c1="{c[0]}" c2="{c[1]}" c3="{c[2]}" c4="{c[3]}"/>' for c in (table[i] for i in range(256))]
+    lines += ["    </ColorTable>", '    <GDALRasterAttributeTable tableType="thematic">']
+    # GFT_Integer 0 / GFT_String 2; GFU_MinMax 5, GFU_Name 2, GFU_Red..Alpha 6..9
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9)]
+    lines += [f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+              for i, (n, t, u) in enumerate(fields)]
+    for i, name in enumerate(names):
+        r, g, b, a = table[i]
+        lines.append(f'      <Row index="{i}"><F>{i}</F><F>{escape(name)}</F><F>{r}</F><F>{g}</F><F>{b}</F><F>{a}</F></Row>')
+    lines.append("    </GDALRasterAttributeTable>")
+    lines += _metadata({**cf_flags(names), "long_name": "crop class"})
+    lines.append("  </PAMRasterBand>")
+    return lines
+
+
+def _write(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_labels(cog: str | Path, *, product: str, names: Sequence[str], colormap: Mapping | None = None,
+                 count: int = 1) -> list[Path]:
+    """Write the label sidecars of one product COG (see the module docstring); returns their paths.
+
+    ``names``: the class names in value order (``class_names`` tag); ``colormap``: value -> RGB(A) of
+    the classes; ``count``: the COG's band count (one per class for ``probability``).
+    Products other than class/confidence/probability get none.
+    """
+    cog = Path(cog)
+    head = ["<PAMDataset>"]
+    if product == "class":
+        table = class_colour_table(len(names), colormap)
+        body = _class_band(names, table)
+        written = [_write(aux_path(cog), "\n".join(head + body + ["</PAMDataset>"]) + "\n")]
+        written.append(_write(qml_path(cog), _qml(names, table)))
+        return written
+    if product not in PERCENT_PRODUCTS:
+        return []
+    body = []
+    for b in range(1, count + 1):
+        what = "confidence (winning class probability)" if product == "confidence" else f"probability of {names[b - 1]}"
+        body += [f'  <PAMRasterBand band="{b}">', "    <UnitType>percent</UnitType>"]
+        body += _metadata({"units": "percent", "valid_range": "0 100", "nodata": str(NODATA), "long_name": what})
+        body.append("  </PAMRasterBand>")
+    return [_write(aux_path(cog), "\n".join(head + body + ["</PAMDataset>"]) + "\n")]
+
+
+def _qml(names: Sequence[str], table: Mapping[int, tuple[int, int, int, int]]) -> str:
+    """A QGIS 3 paletted-renderer style: one entry per class, nodata not drawn."""
+    entries = "\n".join(
+        f'        <paletteEntry value="{i}" color="#{table[i][0]:02x}{table[i][1]:02x}{table[i][2]:02x}" '
+        f'alpha="255" label={quoteattr(n)}/>' for i, n in enumerate(names))
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28.0" styleCategories="AllStyleCategories">
+  <pipe>
+    <provider>
+      <resampling enabled="false" maxOversampling="2" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour"/>
+    </provider>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <minMaxOrigin>
+        <limits>None</limits>
+        <extent>WholeRaster</extent>
+        <statAccuracy>Estimated</statAccuracy>
+        <cumulativeCutLower>0.02</cumulativeCutLower>
+        <cumulativeCutUpper>0.98</cumulativeCutUpper>
+        <stdDevFactor>2</stdDevFactor>
+      </minMaxOrigin>
+      <colorPalette>
+{entries}
+      </colorPalette>
+      <colorramp type="randomcolors" name="[source]"/>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation colorizeOn="0" saturation="0" grayscaleMode="0" invertColors="0"/>
+    <rasterresampler maxOversampling="2"/>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
