@@ -6,6 +6,7 @@ Many tiles run on a local Dask cluster through the same per-tile job functions t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import typer
