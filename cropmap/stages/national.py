@@ -194,8 +194,10 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
     if "class" not in products:
         raise MosaicError(f"{name}: the zones share no class COG to make a national map from")
     out_dir = storage.as_location(out_dir)
-    # GDAL's block cache would otherwise grow with the area read, up to 5 % of the machine's memory
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), \
+    # GDAL's block cache would otherwise grow with the area read, up to 5 % of the machine's memory.
+    # The zone COGs' .aux.xml label sidecars are for GIS users, not inputs: read without them, a zone COG
+    # gives the same national COG beside its sidecar (a disk) as from a downloaded copy (a bucket)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_PAM_ENABLED="NO"), \
             tempfile.TemporaryDirectory(prefix="cropmap-national-") as scratch:
         local_out = out_dir if isinstance(out_dir, Path) else Path(scratch)
         cogs: dict[str, Path] = {}
