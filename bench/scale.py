@@ -136,8 +136,7 @@ def alone(model: str, out: Path) -> dict:
 
 def http_counts(model: str, out: Path, n_tiles: int) -> dict:
     """STAC requests and COG HTTP reads per tile with the catalog and the COGs served over HTTP."""
-    import pystac
-    from http_servers import counting_proxy, range_file_server
+    from http_servers import counting_proxy, stac_api_server
 
     from cropmap.io.config import CatalogConfig
     from cropmap.jobs.executors import InlineExecutor
@@ -146,38 +145,17 @@ def http_counts(model: str, out: Path, n_tiles: int) -> dict:
     from cropmap.scenarios import resolve_run
 
     run = resolve_run("SYN", out_dir=str(out / "http"))
-    root = Path(run.config.catalog.path).parent
     api = out / "api"
     api.mkdir(exist_ok=True)
-    with range_file_server(root) as (cog_url, cog_log):
-        catalog = pystac.Catalog.from_file(str(run.config.catalog.path))
-        (collection,) = list(catalog.get_children())
-        lines = []
-        for item in collection.get_items():
-            item.make_asset_hrefs_absolute()
-            for asset in item.assets.values():
-                asset.href = cog_url + "/" + str(Path(asset.href).resolve().relative_to(root.resolve()))
-            lines.append(json.dumps(item.to_dict(include_self_link=False)))
-        (api / "items.ndjson").write_text("\n".join(lines) + "\n")
-        coll = collection.to_dict(include_self_link=False)
-        coll["links"] = []
-        (api / "collection.json").write_text(json.dumps(coll))
-        port = free_port()
-        rustac = subprocess.Popen([str(Path(sys.executable).with_name("rustac")), "serve", "--addr",
-                                   f"127.0.0.1:{port}", str(api / "collection.json"), str(api / "items.ndjson")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_http(f"http://127.0.0.1:{port}/collections", 60)
-            with counting_proxy(f"http://127.0.0.1:{port}") as (url, stac_log):
-                cat = CatalogConfig(url=url, collection="sentinel-2-l2a", max_cloud_cover=100, margin_days=30)
-                run = run.model_copy(update={"config": run.config.model_copy(update={"catalog": cat})})
-                tiles = run.tiles()[:n_tiles]
-                t0 = time.perf_counter()
-                summary = run_tiles(InlineExecutor(), run, tiles, model=model)
-                wall = time.perf_counter() - t0
-        finally:
-            rustac.terminate()
-            rustac.wait(10)
+    catalog = Path(run.config.catalog.path)
+    with stac_api_server(catalog, catalog.parent, api) as (upstream, cog_log), \
+            counting_proxy(upstream) as (url, stac_log):
+        cat = CatalogConfig(url=url, collection="sentinel-2-l2a", max_cloud_cover=100, margin_days=30)
+        run = run.model_copy(update={"config": run.config.model_copy(update={"catalog": cat})})
+        tiles = run.tiles()[:n_tiles]
+        t0 = time.perf_counter()
+        summary = run_tiles(InlineExecutor(), run, tiles, model=model)
+        wall = time.perf_counter() - t0
         reads = cog_log()
     ranges = Counter((p, a) for p, a, _ in reads)
     return {"http_tiles": len(tiles), "blocks": len(search_blocks(tiles)), "stac_requests": len(stac_log),

@@ -170,6 +170,47 @@ def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tup
         server.server_close()
 
 
+@contextlib.contextmanager
+def stac_api_server(catalog: Path, cog_root: Path, folder: Path) -> Iterator[tuple[str, Callable[[], list]]]:
+    """The one collection of the static ``catalog`` served by ``rustac serve`` on 127.0.0.1, its asset
+    files by :func:`range_file_server` over ``cog_root`` (as a public catalog serves both); the item
+    files go to ``folder``. Yields ``(API URL, COG log)``."""
+    import json
+    import time
+    import urllib.request
+
+    import pystac
+
+    (collection,) = list(pystac.Catalog.from_file(str(catalog)).get_children())
+    with range_file_server(cog_root) as (cog_url, cog_log):
+        lines = []
+        for item in collection.get_items():
+            item.make_asset_hrefs_absolute()
+            for asset in item.assets.values():
+                asset.href = cog_url + "/" + str(Path(asset.href).resolve().relative_to(cog_root.resolve()))
+            lines.append(json.dumps(item.to_dict(include_self_link=False)))
+        (folder / "items.ndjson").write_text("\n".join(lines) + "\n")
+        coll = collection.to_dict(include_self_link=False)
+        coll["links"] = []
+        (folder / "collection.json").write_text(json.dumps(coll))
+        port = free_port()
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("rustac")), "serve", "--addr", f"127.0.0.1:{port}",
+                                 str(folder / "collection.json"), str(folder / "items.ndjson")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(400):
+                try:
+                    urllib.request.urlopen(f"{url}/collections", timeout=1).read()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield url, cog_log
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def free_port() -> int:
     import socket
 
@@ -178,7 +219,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-__all__ = ["range_file_server", "counting_proxy", "free_port"]
+__all__ = ["range_file_server", "counting_proxy", "stac_api_server", "free_port"]
 
 
 if __name__ == "__main__" and sys.argv[1] == "ranges":

@@ -5,17 +5,12 @@ per tile and stage (read from Dask's task stream)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import pystac
 import pytest
-from http_servers import counting_proxy, free_port, range_file_server
+from http_servers import counting_proxy, range_file_server, stac_api_server
 
 from cropmap.io.config import CatalogConfig
 from cropmap.io.stac import search_items, season_search_window
@@ -29,39 +24,9 @@ from cropmap.stages.cube import CubeOptions, build_tile_cube, open_tile_cube
 def stac_api(demo_paths, tmp_path_factory):
     """The DEMO's items served by ``rustac serve`` behind a counting proxy, their COGs by a local
     range-request HTTP server (as a public catalog serves both)."""
-    folder = tmp_path_factory.mktemp("api")
-    catalog = pystac.Catalog.from_file(str(demo_paths.catalog))
-    (collection,) = list(catalog.get_children())
-    cogs = range_file_server(demo_paths.root)
-    cog_url, _ = cogs.__enter__()
-    lines = []
-    for item in collection.get_items():
-        item.make_asset_hrefs_absolute()
-        for asset in item.assets.values():
-            asset.href = cog_url + "/" + str(Path(asset.href).resolve().relative_to(demo_paths.root.resolve()))
-        lines.append(json.dumps(item.to_dict(include_self_link=False)))
-    (folder / "items.ndjson").write_text("\n".join(lines) + "\n")
-    coll = collection.to_dict(include_self_link=False)
-    coll["links"] = []
-    (folder / "collection.json").write_text(json.dumps(coll))
-    port = free_port()
-    exe = Path(sys.executable).with_name("rustac")
-    proc = subprocess.Popen([str(exe), "serve", "--addr", f"127.0.0.1:{port}", str(folder / "collection.json"),
-                             str(folder / "items.ndjson")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    upstream = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"{upstream}/collections", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.05)
-        with counting_proxy(upstream) as (url, log):
-            yield url, log, upstream
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        cogs.__exit__(None, None, None)
+    with stac_api_server(demo_paths.catalog, demo_paths.root, tmp_path_factory.mktemp("api")) as (upstream, _), \
+            counting_proxy(upstream) as (url, log):
+        yield url, log, upstream
 
 
 def test_one_stac_search_per_block_of_tiles_not_per_tile(demo_run, stac_api, tmp_path):
