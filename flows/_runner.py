@@ -7,13 +7,13 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import dask
-import distributed
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import Task
 from prefect_dask import DaskTaskRunner
 
 from cropmap.jobs.cluster import dask_target
+from cropmap.jobs.executors import first_completed
 
 __all__ = ["task_runner", "PrefectExecutor"]
 
@@ -55,10 +55,7 @@ class PrefectExecutor:
     def wait_any(self, handles: Collection[PrefectFuture]) -> list[PrefectFuture]:
         wrapped = {getattr(h, "wrapped_future", None): h for h in handles}
         if None not in wrapped:  # Dask futures underneath: ask the scheduler, not the Prefect API
-            futures = list(wrapped)
-            with futures[0].client.as_current():  # the runner's client is not the process default
-                done, _ = distributed.wait(futures, return_when="FIRST_COMPLETED")
-            return [wrapped[f] for f in done]
+            return [wrapped[f] for f in first_completed(list(wrapped))]
         return [next(as_completed(list(handles)))]
 
     def result(self, handle: PrefectFuture) -> Any:

@@ -54,3 +54,27 @@ def test_run_all_holds_at_most_its_window_in_flight(dask_executor, window):
     run_all(dask_executor, _slow, [((i,), {}) for i in range(8)], window=window)
     assert _STATE["most"] == window  # two worker threads: a window of 2 does run two at once
     assert dask_executor.capacity == 2
+
+
+def _scheduler_seen_while_waited_on() -> str | None:
+    time.sleep(0.5)  # the caller is inside first_completed by now
+    import dask
+
+    return dask.config.get("scheduler", None)
+
+
+def test_waiting_uses_the_futures_client_and_leaves_the_global_dask_config_alone():
+    """A flow's Dask client is not the process default (prefect-dask sets ``set_as_default=False``);
+    waiting on its futures must work without one and must not set ``scheduler`` in the global Dask
+    config, which a task computing a Dask array in a worker thread would then obey."""
+    import dask
+
+    from cropmap.jobs.executors import first_completed
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client, dask.config.set(scheduler="threads"):
+        slow = client.submit(_scheduler_seen_while_waited_on, pure=False)
+        later = client.submit(time.sleep, 5, pure=False)
+        done = first_completed([slow, later])
+        assert done == [slow] and slow.result() == "threads"  # as set above, whatever an earlier client set
+        later.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +298,35 @@ def test_concurrent_predictions_never_change_the_shared_model(tiny_checkpoint, t
         assert p.is_contiguous(memory_format=torch.contiguous_format), name  # never converted in place
         assert torch.equal(p, weights[name]) and p.device.type == "cpu", name
         assert p.data_ptr() == storage[name], name  # the very same tensors: nothing moved or re-laid out
+
+
+def test_prediction_reads_its_cube_whatever_another_thread_sets_in_the_global_dask_config(tiny_checkpoint, tmp_path):
+    """``distributed.Client.as_current`` (a flow waiting on its tasks) sets ``scheduler="dask.distributed"``
+    in the process-global Dask config while it waits. A prediction in a worker thread meanwhile must
+    still read its cube in its own thread, not fail with "no Client active" (CI, map-country rerun)."""
+    import threading
+
+    import dask
+
+    from cropmap.stages.predict import load_model
+
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
+    ckpt = load_model(tiny_checkpoint)
+    options = PredictOptions(precision="fp32", block_pixels=20)  # one row per block: 20 reads
+    alone = predict_cube(ckpt, open_cube(cube), options=options)["label"].values
+    stop = threading.Event()
+
+    def waiting_flow() -> None:
+        while not stop.is_set():
+            with dask.config.set(scheduler="dask.distributed"):
+                time.sleep(0.002)
+            time.sleep(0.0002)
+
+    flow = threading.Thread(target=waiting_flow)
+    flow.start()
+    try:
+        for _ in range(3):
+            np.testing.assert_array_equal(predict_cube(ckpt, open_cube(cube), options=options)["label"].values, alone)
+    finally:
+        stop.set()
+        flow.join()

@@ -25,7 +25,7 @@ import distributed
 
 from cropmap.jobs.cluster import dask_target
 
-__all__ = ["Executor", "InlineExecutor", "DaskExecutor", "local_executor", "Outcome", "run_all"]
+__all__ = ["Executor", "InlineExecutor", "DaskExecutor", "first_completed", "local_executor", "Outcome", "run_all"]
 
 
 class Executor(Protocol):
@@ -87,11 +87,23 @@ class DaskExecutor:
         return self.client.submit(fn, *args, key=key, pure=False, **self.annotations.get(fn, {}), **kwargs)
 
     def wait_any(self, handles: Collection[distributed.Future]) -> list[distributed.Future]:
-        done, _ = distributed.wait(list(handles), return_when="FIRST_COMPLETED")
-        return list(done)
+        return first_completed(handles)
 
     def result(self, handle: distributed.Future) -> Any:
         return handle.result()
+
+
+def first_completed(futures: Collection[distributed.Future]) -> list[distributed.Future]:
+    """Block until one of ``futures`` is done; return every one done by then.
+
+    Waits on the futures' own client, never the process default, and touches no global Dask
+    config: ``distributed.wait`` needs a default client, and ``Client.as_current`` sets
+    ``scheduler="dask.distributed"`` in the *global* config for as long as it waits, so a task
+    computing a Dask array in a worker thread meanwhile fails with "no Client active".
+    """
+    futures = list(futures)
+    first = next(iter(distributed.as_completed(futures, loop=futures[0].client.loop)))
+    return [first] + [f for f in futures if f is not first and f.done()]
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import dask
 import numpy as np
 import pandas as pd
 import rasterio
@@ -365,8 +364,9 @@ def samples_from_cubes(
             continue
         taken[idx] = True
         picked = cube.isel(y=xr.DataArray(row[idx], dims="sample"), x=xr.DataArray(col[idx], dims="sample"))
-        with dask.config.set(scheduler="threads"):  # only the points' chunks, read in this call
-            series.append(np.asarray(picked.transpose("sample", "time", "band").values, dtype=np.float32))
+        # only the points' chunks, read in this call (the scheduler given here: dask.config is global)
+        series.append(np.asarray(picked.transpose("sample", "time", "band").compute(scheduler="threads").values,
+                                 dtype=np.float32))
         order.append(idx)
     if not order:
         raise IncompatibleInputError(f"none of the {len(points)} points lies in the given cubes; "

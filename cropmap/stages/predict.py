@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import dask
 import matplotlib
 import numpy as np
 import rasterio
@@ -201,13 +200,13 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     # blocks of whole rows: a 1024 px tile's cube is 3 GB (73 bins x 10 bands float32), a block ~200 MB
     step = max(1, options.block_pixels // nx)
     # the cube is read here, in this call, whatever cluster runs it: a tile is one task (torch uses the
-    # cores for the forward pass)
-    with dask.config.set(scheduler="synchronous"):
-        filled = cube["filled_fraction"].values.reshape(-1)
-        # oneDNN's bf16 convolutions are fastest on channels_last weights: 3.5x eager fp32 against 2.3x
-        # for bf16 alone (bench/predict.py, docs/performance.md); the fp32 path keeps the model as it is
-        _predict_blocks(checkpoint, cube, proba, filled, step=step, options=options, device=device, bf16=bf16,
-                        channels_last=bf16 and device == "cpu", ood=ood)
+    # cores for the forward pass). The scheduler is passed to each load, never set in dask.config: that
+    # config is global, and another thread's set/restore (Client.as_current) would leak into this one
+    filled = _load(cube["filled_fraction"]).values.reshape(-1)
+    # oneDNN's bf16 convolutions are fastest on channels_last weights: 3.5x eager fp32 against 2.3x
+    # for bf16 alone (bench/predict.py, docs/performance.md); the fp32 path keeps the model as it is
+    _predict_blocks(checkpoint, cube, proba, filled, step=step, options=options, device=device, bf16=bf16,
+                    channels_last=bf16 and device == "cpu", ood=ood)
 
     ok = ~np.isnan(proba).any(axis=1)
     cls = np.where(ok, np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1), NODATA).astype(np.uint8)
@@ -231,6 +230,11 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     return out
 
 
+def _load(array: xr.DataArray) -> xr.DataArray:
+    """``array`` in memory, read in the calling thread (Dask's synchronous scheduler, given per call)."""
+    return array.load(scheduler="synchronous") if array.chunks else array
+
+
 def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: np.ndarray, *, step: int,
                     options: PredictOptions, device: str, bf16: bool, channels_last: bool,
                     ood: np.ndarray | None = None) -> None:
@@ -240,7 +244,7 @@ def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: n
     batch_size = options.batch_size or checkpoint.batch_size_for(options.memory_budget_mb * 2**20)
     for y0 in range(0, cube.sizes["y"], step):
         block = cube.isel(y=slice(y0, y0 + step))
-        x = _model_input(checkpoint, block.load() if block.chunks else block)
+        x = _model_input(checkpoint, _load(block))
         first = y0 * nx
         usable = (filled[first:first + len(x)] <= options.max_filled_fraction) & ~np.isnan(x).any(axis=(1, 2))
         rows = np.flatnonzero(usable)
