@@ -236,3 +236,23 @@ def test_cli_mosaic_of_tiles_in_two_zones_gives_zone_and_national_cogs(mosaic_ru
     with rasterio.open(national) as n, rasterio.open(folder / "T0_0.class.tif") as moved:
         assert n.crs.to_epsg() == 3577
         assert (n.read(1) != NODATA).sum() >= 0.9 * (len(list(folder.glob("*.class.tif"))) * moved.width * moved.height)
+
+
+def test_a_strip_longer_than_a_block_gets_overviews_and_validates(demo_paths, tmp_path):
+    """A country wider than one block but narrower than one in the other direction (a 768 x 64 px strip
+    of the DEMO reference map): rio-cogeo's default overview count follows the shorter side (none here)
+    and strict validation refused the file; the COG now has overviews down to one block."""
+    from cropmap.stages.mosaic import write_cog
+
+    with rasterio.open(demo_paths.reference) as ref:
+        data, profile = ref.read(1), ref.profile
+    strip = np.concatenate([data[0:64], data[64:128], data[128:192]], axis=1)  # (64, 768)
+    source = tmp_path / "strip.tif"
+    profile.update(driver="GTiff", width=strip.shape[1], height=strip.shape[0], tiled=False)
+    profile.pop("blockxsize", None), profile.pop("blockysize", None)
+    with rasterio.open(source, "w", **profile) as dst:
+        dst.write(strip, 1)
+    cog = write_cog(source, tmp_path / "strip_cog.tif", resampling="mode", blocksize=512)
+    assert cog_validate(cog, strict=True)[0]
+    with rasterio.open(cog) as src:
+        assert src.overviews(1) == [2] and np.array_equal(src.read(1), strip)

@@ -192,9 +192,15 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
         raise MosaicError(f"blocksize must be a multiple of 16, got {blocksize}")
     profile = {**cog_profiles.get("deflate"), "blockxsize": blocksize, "blockysize": blocksize}
     path = Path(path)
+    with rasterio.open(source) as src:
+        longest = max(src.width, src.height)
+    # overviews until the LONGER side fits one block: rio-cogeo's default stops at the shorter side, so a
+    # strip (a country 530 x 260 px at 10 m) got none and failed validation
+    levels = max(0, int(np.ceil(np.log2(longest / blocksize)))) if longest > blocksize else 0
     with atomic_path(path) as tmp:
         # in_memory=False: the intermediate raster goes to disk, never the whole country in RAM
         cog_translate(source, tmp, profile, nodata=NODATA, overview_resampling=resampling, in_memory=False,
+                      overview_level=levels,
                       quiet=True, forward_band_tags=True, colormap=colormap, additional_cog_metadata=tags,
                       config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize),
                               "GDAL_CACHEMAX": 128})
