@@ -52,6 +52,20 @@ def test_ece_and_temperature_match_plain_numpy():
     assert t == pytest.approx(grid[int(np.argmin(nll))], rel=5e-3) and t > 1  # overconfident: T > 1
 
 
+def test_a_validation_set_without_errors_keeps_the_temperature_at_one():
+    """All right: the NLL falls towards T -> 0 (a plain NumPy check below), so the bounded search would
+    sharpen to its bound, 0.05; nothing on the validation set supports that, so T stays 1."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(300, 4))
+    labels = logits.argmax(1)
+    z = lambda t: logits / t - (logits / t).max(1, keepdims=True)  # noqa: E731
+    nll = [float((np.log(np.exp(z(t)).sum(1)) - z(t)[np.arange(300), labels]).mean()) for t in (1.0, 0.5, 0.1)]
+    assert nll[0] > nll[1] > nll[2]  # what the search would follow
+    assert fit_temperature(logits, labels) == 1.0
+    labels[0] = (labels[0] + 1) % 4  # one error: the fit is identifiable again
+    assert fit_temperature(logits, labels) != 1.0
+
+
 def test_temperature_in_checkpoint_lowers_test_ece(shared_data, tmp_path):
     x, y = _matrix("train")
     x_test, y_test = _matrix("test")

@@ -32,11 +32,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[flo
     """The temperature minimising the mean NLL of ``softmax(logits / T)`` for ``labels`` ``(N,)``.
 
     ``logits``: ``(N, C)`` raw network outputs. Searched on log T within ``bounds`` (bounded Brent).
+    When every sample is already classified right, the NLL keeps falling as T -> 0 and the search would
+    return the lower bound: a sharpening the validation set cannot justify. T = 1 is returned then.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
         raise InvalidInputError(f"fit_temperature: logits (N, C) and labels (N,), got {logits.shape}, {labels.shape}")
+    if (logits.argmax(axis=1) == labels).all():
+        return 1.0
 
     def nll(log_t: float) -> float:
         return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean())
