@@ -38,7 +38,7 @@ from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from flows import tasks
 from flows._runner import task_runner
 
-__all__ = ["map_country"]
+__all__ = ["map_country", "print_map_result"]
 
 
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
@@ -91,16 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("")
+    print_map_result(result)
+    return 0
+
+
+def print_map_result(result: dict) -> None:
+    """Where the products of a map-country ``result`` are, and its score if the run was scored."""
     print(f"national class COG: {result['cogs']['class']}")
     print(f"confidence COG:     {result['cogs'].get('confidence')}")
     print(f"STAC item:          {result['item']}")
     print(f"quicklook:          {result['quicklook']}")
     print(f"model:              {result['model']}")
+    if result.get("season_offsets"):
+        print("season offset:      " + ", ".join(f"{h}: {m} months" for h, m in result["season_offsets"].items()))
     if result["accuracy"] is not None:
         acc = result["accuracy"]
         print(f"accuracy report:    {result['accuracy_path']}")
         print(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
-    return 0
+        print("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
 
 
 if __name__ == "__main__":

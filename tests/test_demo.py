@@ -260,3 +260,29 @@ def test_cli_demo_build(demo_paths, tmp_path, monkeypatch):
     (tmp_path / "taken" / "notes.txt").write_text("x")
     result = CliRunner().invoke(app, ["demo", "build", "--out", str(tmp_path / "taken")])
     assert result.exit_code == 2 and "not a cropmap demo folder" in result.output
+
+
+def test_a_northern_spec_moves_the_dates_and_fills_both_halves_from_one_split(tmp_path, victoria):
+    """``hemisphere: north`` with ``date_shift_days: -184``: every scene is a Victoria date moved 184 days
+    earlier, inside the northern May-Nov window (plus margin), and carries that date's real spectra;
+    ``halves: [train, train]`` puts train-split series in both halves."""
+    spec = DemoSpec(epsg=32614, origin=(606720.0, 4100480.0), tile_px=64, tiles_y=1, hemisphere="north",
+                    date_shift_days=-184, halves=("train", "train"))
+    root = build_demo(tmp_path / "north", spec=spec).root
+    layout = read_layout(root)
+    assert {f["split"] for f in layout["fields"]} == {"train"}
+    dates = np.array(layout["dates"], dtype="datetime64[D]")
+    assert dates.min() >= np.datetime64("2017-04-01") and dates.max() <= np.datetime64("2017-12-30")
+    assert np.datetime64("2017-05-04") in dates  # 2017-11-04, the first Victoria date of the south window, - 184 d
+    items = {it["properties"]["datetime"][:10]: it for it in _item_dicts(root)}
+    assert len(items) == len(dates) and all(it["properties"]["proj:epsg"] == 32614 for it in items.values())
+    day = next(d for d in layout["dates"] if d not in layout["cloudy_dates"] and d != layout["nodata_strip_date"])
+    t = int((np.datetime64(day) + np.timedelta64(184, "D") - VICTORIA_START) / np.timedelta64(5, "D"))
+    red = _read(root, items[day], "red").astype(float)
+    f = max(layout["fields"], key=lambda f: (f["rows"][1] - f["rows"][0]) * (f["cols"][1] - f["cols"][0]))
+    rows, cols = _field_core(f)
+    assert abs(np.median(red[rows, cols]) - victoria["train"][f["series"], t, 2]) < 30  # noise sigma 50 DN
+    with pytest.raises(ConfigError, match="halves"):
+        DemoSpec(halves=("train", "valid"))
+    with pytest.raises(ConfigError, match="hemisphere"):
+        DemoSpec(hemisphere="east")

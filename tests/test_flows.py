@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 from conftest import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,13 +27,65 @@ PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.slow
 
 
+def _outline(epsg: int, left: float, bottom: float, right: float, top: float, inset: float = 80.0) -> list[float]:
+    """A lon/lat box ``inset`` metres inside an area of ``epsg``: it touches exactly the area's tiles."""
+    from pyproj import Transformer
+
+    to_ll = Transformer.from_crs(epsg, 4326, always_xy=True)
+    xs, ys = (left + inset, right - inset), (bottom + inset, top - inset)
+    return [max(to_ll.transform(xs[0], y)[0] for y in ys), max(to_ll.transform(x, ys[0])[1] for x in xs),
+            min(to_ll.transform(xs[1], y)[0] for y in ys), min(to_ll.transform(x, ys[1])[1] for x in xs)]
+
+
+def _twin(code: str, hemisphere: str, epsg: int, origin: tuple[float, float], shift: int, parts: str,
+          year: int = 2017) -> str:
+    """A 2 x 1 tile (64 px) demo country of Victoria TRAIN series only (the same fields and the same
+    series for every twin: one seed), dated ``shift`` days from the Victoria dates, season ``year``."""
+    left, top = origin
+    bbox = _outline(epsg, left, top - 640, left + 1280, top)
+    season = "{start: '05-01', end: '11-30', hemisphere: north}" if hemisphere == "north" else \
+        "{start: '11-01', end: '05-31', hemisphere: south}"
+    return (f"name: {code} transfer twin\noutline: {{bbox: {bbox}}}\nhemisphere: {hemisphere}\nseason: {season}\n"
+            f"year: {year}\ncatalog: {{path: demo/catalog.json, max_cloud_cover: 100, margin_days: 30}}\n"
+            f"output_crs: EPSG:{epsg}\ntile_size: 64\n"
+            f"scenario: {{name: demo, options: {{epsg: {epsg}, origin: [{left}, {top}], tile_px: 64, tiles_y: 1, "
+            f"season_year: {year}, "
+            f"hemisphere: {hemisphere}, date_shift_days: {shift}, halves: [train, train], {parts}}}}}\n")
+
+
+#: The same series in the north (May-Nov) and six months later in the south (Nov-May). The Victoria
+#: dates fall on day 3 of each 5-day bin; moved by +1 day they fall on day 4, so the last bin, 4 days in
+#: the north (27-30 Nov) and 2 in the south (29-31 May), holds no date in either: every bin then sees
+#: the same observations in both windows.
+TWINS = {
+    "TWNN": _twin("TWNN", "north", 32614, (606720.0, 4100480.0), 1 - 184, "train_part: all, score_part: none"),
+    "TWNS": _twin("TWNS", "south", 32754, (606720.0, 5936000.0), 1, "train_part: none, score_part: all"),
+    # the same once more, a year later (2018-11-01 is 365 days after 2017-11-01)
+    "TWNY": _twin("TWNY", "south", 32754, (606720.0, 5936000.0), 1 + 365, "train_part: none, score_part: all",
+                  year=2018),
+}
+
+
 @pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory, demo_paths, prefect_server):
+def configs(tmp_path_factory) -> Path:
+    """The shipped country configs plus the transfer twins (for ``CROPMAP_CONFIGS_DIR``)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("configs")
+    for path in (REPO / "configs" / "countries").glob("*.yaml"):
+        shutil.copy(path, folder)
+    for code, text in TWINS.items():
+        (folder / f"{code}.yaml").write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory, demo_paths, prefect_server, configs):
     """The CLI's environment: the session's Prefect server and DEMO folder, outputs in a temporary folder."""
     api_url, _ = prefect_server
     home = tmp_path_factory.mktemp("prefect_cli")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": api_url, "PWD": str(REPO),
+           "PREFECT_API_URL": api_url, "PWD": str(REPO), "CROPMAP_CONFIGS_DIR": str(configs),
            "CROPMAP_DEMO_DIR": str(demo_paths.root), "CROPMAP_OUTPUT_DIR": str(home / "runs"),
            "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
     env.pop("CROPMAP_DASK_ADDRESS", None)
@@ -98,3 +152,48 @@ def test_bad_country_fails_fast_with_the_known_ones(prefect_env, worker):
     assert "Failed" in run.stdout or run.returncode != 0, run.stdout
     assert "unknown country '../etc'" in logs and "DEMO" in logs, logs[-3000:]
     assert time.time() - started < 240
+
+
+def test_a_northern_model_maps_the_south_six_months_later_through_a_deployment(prefect_env, worker, monkeypatch):
+    """Train on the northern twin (in-process, 2 epochs: equality is the point, not skill) and map it in
+    its own May-Nov season; then ``prefect deployment run map-country/map-country`` maps the southern
+    twin, the same series dated six months later, with that checkpoint, and its twin a year later with
+    ``--param year=2018``. Each southern class COG equals the northern one pixel for pixel (the
+    alignment moved the window, not the features), the tiles and the STAC item record the six-month
+    offset and both years, and each run is scored against its twin's reference."""
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import map_country, train_country
+    from cropmap.scenarios import resolve_run
+
+    env, home = prefect_env
+    for name in ("CROPMAP_CONFIGS_DIR", "CROPMAP_DEMO_DIR", "CROPMAP_OUTPUT_DIR"):
+        monkeypatch.setenv(name, env[name])
+    north = resolve_run("TWNN")
+    settings = north.scenario.training.model_copy(update={"epochs": 2})
+    model = train_country(north, InlineExecutor(), settings=settings).checkpoint.path
+    source = map_country(north, InlineExecutor(), model=model)
+    assert source.accuracy is None and source.season_offsets == {"north": 0}
+
+    with rasterio.open(source.zones[32614].cogs["class"]) as src:
+        north_classes = src.read(1)
+    assert north_classes.shape == (64, 128) and (north_classes != 255).mean() > 0.9
+
+    # the southern twin in the model's year, then a year later (cross-year: ``--param year=``)
+    for code, year in (("TWNS", 2017), ("TWNY", 2018)):
+        run = _prefect(env, "deployment", "run", "map-country/map-country", "--param", f"country={code}",
+                       "--param", f"model={model}", "--param", f"year={year}",
+                       "--watch", "--watch-interval", "2", timeout=900)
+        logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + logs[-4000:]
+        south_cog = next((home / "runs" / code).glob(f"*/maps/*/{code}_32754_class.tif"))
+        with rasterio.open(south_cog) as src:
+            np.testing.assert_array_equal(src.read(1), north_classes, err_msg=code)
+        for tile in sorted((south_cog.parents[2] / "tiles" / south_cog.parent.name).glob("*.class.tif")):
+            with rasterio.open(tile) as src:
+                tags = src.tags()
+            assert tags["season_offset_months"] == "6" and json.loads(tags["model_season"])["hemisphere"] == "north"
+            assert json.loads(tags["season"])["start"] == "11-01" and tags["season_year"] == str(year)
+            assert tags["model_season_year"] == "2017"
+        item = json.loads(next(south_cog.parent.glob(f"{code}.json")).read_text())
+        assert item["properties"]["cropmap:season_offset_months"] == 6
+        assert json.loads((south_cog.parent / "accuracy.json").read_text())["n"] == 64 * 128

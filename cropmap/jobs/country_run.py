@@ -49,6 +49,7 @@ class Scenario(BaseModel):
     reference: str  # reference labels: a categorical raster (or vector parcels, see cropmap.samples)
     legend: str | None = None  # configs/legends YAML mapping the reference's classes
     train_bounds: Bounds | None = None  # the part of the reference used for training
+    trains: bool = True  # False: the reference is held back for scoring only (a transfer target)
     score_bounds: Bounds | None = None  # the part held back, to score the map against
     bounds_crs: str | None = None  # the CRS of both bounds (default: the reference map's)
     training: TrainingSettings = Field(default_factory=TrainingSettings)

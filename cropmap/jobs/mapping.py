@@ -97,9 +97,10 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     """
     scenario = run.scenario
     if reference is None:
-        if scenario is None:
-            raise ConfigError(f"training a model for {run.code} needs reference labels (a categorical crop map "
-                              "or vector parcels/points)")
+        if scenario is None or not scenario.trains:
+            held_back = "" if scenario is None else " (its scenario's reference is held back for scoring)"
+            raise ConfigError(f"training a model for {run.code} needs reference labels{held_back} (a categorical "
+                              "crop map or vector parcels/points)")
         reference, legend = scenario.reference, legend or scenario.legend
         bounds = bounds if bounds is not None else scenario.train_bounds
     if settings is None:
@@ -164,7 +165,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     """
     training = None
     if model is None:
-        if run.scenario is None:
+        if run.scenario is None or not run.scenario.trains:
             raise ConfigError(f"mapping {run.code} needs model=<checkpoint path or URL> (a model trained "
                               "elsewhere: `cropmap train` or the train-model flow)")
         training = train_country(run, executor, progress=progress)

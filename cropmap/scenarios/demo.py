@@ -50,7 +50,7 @@ from cropmap.scenarios.demo_scenes import (
 from cropmap.settings import get_settings
 
 __all__ = ["COUNTRY", "DemoSpec", "DemoPaths", "EARTH_SEARCH_KEYS", "DEMO_TRAINING", "build_demo", "default_demo_dir",
-           "demo_country", "part_bounds", "read_layout", "prepare"]
+           "demo_country", "PARTS", "part_bounds", "read_layout", "prepare"]
 
 #: CPU-sized training settings of the DEMO: a few hundred samples (one per 0.0005 degree cell and class,
 #: 60 m eroded), 30 epochs, all three phenology augmentations (the west half holds only ~68 distinct
@@ -104,12 +104,17 @@ def read_layout(root: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+#: The parts of a demo area a scenario can train on or score on.
+PARTS = ("west", "east", "all")
+
+
 def part_bounds(layout: dict, part: str) -> tuple[float, float, float, float]:
-    """(left, bottom, right, top) in metres of the ``"west"`` (training) or ``"east"`` (scoring) half."""
-    if part not in ("west", "east"):
-        raise ConfigError(f"part must be 'west' or 'east', got {part!r}")
+    """(left, bottom, right, top) in metres of the ``"west"`` half (by default the training one), the
+    ``"east"`` half (scoring) or ``"all"`` of the area."""
+    if part not in PARTS:
+        raise ConfigError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
     left, bottom, _, top = layout["bounds"]
-    c0, c1 = layout[f"{part}_cols"]
+    c0, c1 = (0, layout["width"]) if part == "all" else layout[f"{part}_cols"]
     res = layout["transform"][0]
     return left + c0 * res, bottom, left + c1 * res, top
 
@@ -158,24 +163,36 @@ def prepare(config: CountryConfig, options: dict | None = None) -> tuple[Country
     for scoring, :data:`DEMO_TRAINING`.
 
     ``options`` are :class:`DemoSpec` fields (another place, e.g. astride a UTM zone border or the
-    equator); the default spec is built in :func:`default_demo_dir`, another one beside it, named by
-    its hash."""
-    spec = _spec(options or {})
+    equator, another hemisphere, moved dates), plus ``train_part`` and ``score_part`` (one of
+    :data:`PARTS`; default west and east; ``none``: no training from this reference (a transfer target,
+    mapped with a model trained elsewhere), or no scoring) and ``description``. The
+    default spec is built in :func:`default_demo_dir`, another one beside it, named by its hash."""
+    options = dict(options or {})
+    train_part, score_part = options.pop("train_part", "west"), options.pop("score_part", "east")
+    spec = _spec(options)
+    description = options.pop("description", None) or (
+        f"{config.code}: trained on the {train_part} part (Victoria {_split_of(spec, train_part)}-split series), "
+        f"scored on the {score_part} part ({_split_of(spec, score_part)}-split series) against the reference map")
     root = default_demo_dir()
     if spec != DemoSpec():
         root = root.parent / f"{root.name}-{spec.token()}"
     paths = build_demo(root, spec=spec)
     layout = read_layout(paths.root)
-    scenario = Scenario(name="demo", reference=str(paths.reference), train_bounds=part_bounds(layout, "west"),
-                        score_bounds=part_bounds(layout, "east"), bounds_crs=f"EPSG:{spec.epsg}",
-                        training=DEMO_TRAINING,
-                        description="DEMO: trained on the west half (Victoria train-split series), scored on "
-                                    "the east half (test-split series) against the reference map")
+    scenario = Scenario(name="demo", reference=str(paths.reference),
+                        train_bounds=None if train_part == "none" else part_bounds(layout, train_part),
+                        trains=train_part != "none",
+                        score_bounds=None if score_part == "none" else part_bounds(layout, score_part),
+                        bounds_crs=f"EPSG:{spec.epsg}", training=DEMO_TRAINING, description=description)
     return _with_catalog(config, paths), scenario
 
 
+def _split_of(spec: DemoSpec, part: str) -> str:
+    west, east = spec.halves
+    return {"west": west, "east": east}.get(part, west if west == east else f"{west}+{east}")
+
+
 def _spec(options: dict) -> DemoSpec:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k != "description"}
     unknown = set(fields) - set(DemoSpec.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"unknown DEMO scenario option(s) {sorted(unknown)}; use DemoSpec's fields")

@@ -21,7 +21,7 @@ from rasterio.transform import Affine
 from scipy import ndimage
 
 from cropmap.core.bands import S2_BANDS
-from cropmap.core.season import SOUTH, Season
+from cropmap.core.season import NORTH, SOUTH, Season
 from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.samples.victoria import read_victoria
@@ -60,6 +60,12 @@ class DemoSpec:
     grid splits the area into exactly ``tiles_x * tiles_y`` tiles. ``field_px`` bounds the side of a field in pixels (14-30 px = 140-300 m,
     2-9 ha). ``noise`` is the standard deviation of the per-pixel noise in reflectance (0..1) units.
     ``margin_days`` extends the season window on both sides (room for interpolation and augmentation).
+
+    ``hemisphere`` picks the season window (:data:`~cropmap.core.season.NORTH` May-Nov or
+    :data:`~cropmap.core.season.SOUTH` Nov-May of ``season_year``). ``date_shift_days`` moves every
+    Victoria date (2017-08-01 + 5 k) by that many days: -184 puts the southern series into the northern
+    window (1 Nov -> 1 May, the paper's six-month offset), +15 delays the phenology by 15 days.
+    ``halves`` names the Victoria split whose series fill the west and the east half.
     """
 
     epsg: int = 32754
@@ -74,8 +80,16 @@ class DemoSpec:
     noise: float = 0.005
     cloudy_fraction: float = 0.35
     seed: int = 20170801
+    hemisphere: str = "south"
+    date_shift_days: int = 0
+    halves: tuple[str, str] = ("train", "test")
 
     def __post_init__(self) -> None:
+        if self.hemisphere not in ("north", "south"):
+            raise ConfigError(f"hemisphere must be 'north' or 'south', got {self.hemisphere!r}")
+        if len(self.halves) != 2 or not set(self.halves) <= {"train", "test"}:
+            raise ConfigError(f"halves must name the Victoria split of the west and the east half "
+                              f"('train' or 'test'), got {self.halves!r}")
         if self.tiles_x < 2 or self.tiles_x % 2:
             raise ConfigError(f"tiles_x must be even and >= 2 (west and east halves), got {self.tiles_x}")
         if self.tiles_y < 1 or self.tile_px < 2 * self.field_px[1]:
@@ -85,7 +99,7 @@ class DemoSpec:
 
     @property
     def season(self) -> Season:
-        return SOUTH
+        return NORTH if self.hemisphere == "north" else SOUTH
 
     @property
     def width(self) -> int:
@@ -141,10 +155,12 @@ def _fields(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[
     return field_id, fields
 
 
-def _assign_series(fields: list[dict], splits: dict[str, xr.Dataset], rng: np.random.Generator) -> None:
-    """Give each field a class (balanced within each half) and one real series of that class."""
+def _assign_series(fields: list[dict], splits: dict[str, xr.Dataset], halves: tuple[str, str],
+                   rng: np.random.Generator) -> None:
+    """Give each field a class (balanced within each half) and one real series of that class, from the
+    Victoria split ``halves`` names for its half."""
     n_class = splits["train"].sizes["class"]
-    for part, split in (("west", "train"), ("east", "test")):
+    for part, split in zip(("west", "east"), halves):
         mine = [f for f in fields if f["part"] == part]
         classes = rng.permutation(np.resize(np.arange(n_class), len(mine)))
         labels = splits[split]["label"].values
@@ -162,8 +178,8 @@ def _dates(spec: DemoSpec, victoria_times: np.ndarray) -> np.ndarray:
     days = victoria_times.astype("datetime64[D]")
     keep = (days >= np.datetime64(first) - margin) & (days <= np.datetime64(last) + margin)
     if not keep.any():
-        raise ConfigError(f"no Victoria date falls in the {spec.season_year} season window; "
-                          "the series cover 2017-08-01 .. 2018-07-27")
+        raise ConfigError(f"no Victoria date falls in the {spec.season_year} {spec.hemisphere} season window; "
+                          f"the series cover 2017-08-01 .. 2018-07-27, moved by {spec.date_shift_days} days")
     return np.flatnonzero(keep)
 
 
@@ -288,8 +304,8 @@ def write_demo(root: Path, spec: DemoSpec) -> None:
     splits = {s: read_victoria(s) for s in ("train", "test")}
     rng = np.random.default_rng(spec.seed)
     field_id, fields = _fields(spec, rng)
-    _assign_series(fields, splits, rng)
-    times = splits["train"]["time"].values
+    _assign_series(fields, splits, tuple(spec.halves), rng)
+    times = splits["train"]["time"].values + np.timedelta64(spec.date_shift_days, "D")
     date_idx = _dates(spec, times)
     clouds = _cloud_plan(len(date_idx), spec, rng)
     clear = [k for k in range(len(date_idx)) if k not in clouds]
@@ -353,7 +369,8 @@ def _layout(spec: DemoSpec, fields: list[dict], dates: list[str], clouds: dict[i
              for r in range(spec.tiles_y) for c in range(spec.tiles_x)]
     return {
         "description": "cropmap DEMO country: the field layout, noise and clouds are SYNTHETIC; each field "
-                       "carries one REAL Victoria Sentinel-2 series (west: train split, east: test split)",
+                       f"carries one REAL Victoria Sentinel-2 series (west: {spec.halves[0]} split, east: "
+                       f"{spec.halves[1]} split; dates moved by {spec.date_shift_days} days)",
         "token": spec.token(), "spec": dataclasses.asdict(spec),
         "epsg": spec.epsg, "transform": list(spec.transform)[:6], "width": spec.width, "height": spec.height,
         "bounds": list(spec.bounds), "bbox_lonlat": _geometry(spec)[1], "tile_px": spec.tile_px,
