@@ -22,6 +22,7 @@ __all__ = [
     "ScenarioError",
     "CubeBuildError",
     "ReflectanceRangeError",
+    "is_transient",
 ]
 
 
@@ -91,3 +92,13 @@ class CubeBuildError(CropmapError):
 class ReflectanceRangeError(InvalidInputError):
     """Scaled reflectance of an item's band is implausible (e.g. raw DNs): the catalog profile's scale or
     offset does not fit the catalog (the message names the item, the band and the profile to choose)."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` may pass on a retry: an I/O-shaped error (network, a remote read or write, a
+    timeout: ``OSError`` and its kin, :class:`CatalogError`, :class:`AssetReadError`,
+    :class:`StorageError`), never a config, data-shape or compatibility error, a missing input file
+    (:class:`DataNotFoundError`) or a build that already reported its failed reads."""
+    if isinstance(err, (ValueError, KeyError, TypeError, DataNotFoundError, MosaicError, CubeBuildError)):
+        return False
+    return isinstance(err, OSError)  # ConnectionError, TimeoutError and rasterio's RasterioIOError among them

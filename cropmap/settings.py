@@ -18,6 +18,8 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_STAC_REQUESTS_PER_SECOND`` | requests a second a process sends a STAC API (default 2: polite to Earth Search) |
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
 | ``CROPMAP_MAX_AREA_TILES`` | tiles a user's area (``cropmap cube --bbox/--geojson``) may plan before it is refused (default 1000; ``--max-tiles`` overrides) |
+| ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's STAC search task may run before it fails (default 900) |
+| ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run before it fails and is retried (default 10800) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
 | ``CROPMAP_CDSE_SECRET_ACCESS_KEY`` | CDSE S3 secret key (else ``AWS_SECRET_ACCESS_KEY``) |
@@ -53,6 +55,8 @@ class Settings(BaseSettings):
     tiles_in_flight: int = Field(2, ge=1, le=64)
     max_area_tiles: int = Field(1000, ge=1)  # tiles a user's --bbox/--geojson area may plan (tiles_for_area)
     stac_requests_per_second: float = Field(2.0, gt=0, le=1000)
+    search_timeout_s: float = Field(900.0, gt=0)
+    cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands
     cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
     cdse_access_key_id: str | None = None
     cdse_secret_access_key: str | None = None

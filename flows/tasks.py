@@ -1,5 +1,8 @@
 """cropmap's job functions as Prefect tasks: one task per function, typed, small arguments (a run, a tile
-id, paths). Only the tasks that read remote data retry (STAC searches and asset reads in ``cube-tile``).
+id, paths). Only the tasks that read remote data retry (STAC searches and asset reads in ``cube-tile``),
+and only on I/O-shaped errors (:func:`cropmap.errors.is_transient`): a ConfigError or a season that does
+not fit fails at once. Those two have a time limit too (``$CROPMAP_SEARCH_TIMEOUT_S``,
+``$CROPMAP_CUBE_TIMEOUT_S``; a hung read then fails the tile, which the next run retries).
 
 :func:`executor` gives the :class:`flows._runner.PrefectExecutor` that the job functions of
 :mod:`cropmap.jobs.mapping` submit to.
@@ -10,23 +13,32 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
+from cropmap.errors import is_transient
 from cropmap.jobs import mapping, searches, tiles, training
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.training import CheckpointResult, TrainingSetResult
+from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeResult
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import TileResult
 from flows._runner import PrefectExecutor
 
-__all__ = ["executor"]
+__all__ = ["executor", "retry_io_only"]
 
 
-@task(name="search-block", retries=2, retry_delay_seconds=10, cache_policy=NONE, task_run_name="search {block}")
+def retry_io_only(task, task_run, state) -> bool:
+    """Prefect's ``retry_condition_fn``: retry a failed run only when its error is transient."""
+    return is_transient(state.result(raise_on_failure=False))
+
+
+@task(name="search-block", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_io_only,
+      cache_policy=NONE, task_run_name="search {block}")
 def search_block(run: CountryRun, block: str, tile_ids: list[str]) -> searches.BlockSearch:
     return searches.search_block(run, block, tile_ids)
 
 
-@task(name="cube-tile", retries=2, retry_delay_seconds=5, cache_policy=NONE, task_run_name="cube {tile_id}")
+@task(name="cube-tile", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_io_only,
+      cache_policy=NONE, task_run_name="cube {tile_id}")
 def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite: bool = False) -> CubeResult:
     return tiles.cube_tile(run, tile_id, items=items, overwrite=overwrite)
 
@@ -63,9 +75,12 @@ def train_checkpoint(*args, **kwargs) -> CheckpointResult:
 
 def executor(*, gpu: bool = False) -> PrefectExecutor:
     """The executor of a flow run: each job function as its task above; predictions on GPU workers
-    when ``gpu``."""
+    when ``gpu``; the I/O tasks' time limits as the environment sets them now."""
+    settings = get_settings()
     return PrefectExecutor(
-        {searches.search_block: search_block, tiles.cube_tile: cube_tile, tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
+        {searches.search_block: search_block.with_options(timeout_seconds=settings.search_timeout_s),
+         tiles.cube_tile: cube_tile.with_options(timeout_seconds=settings.cube_timeout_s),
+         tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
          tiles.mosaic_country: mosaic_country,
          mapping.score_run: score_run, training.training_set: training_set,
          training.train_checkpoint: train_checkpoint},

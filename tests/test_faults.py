@@ -308,3 +308,36 @@ def test_a_cube_whose_tile_id_is_not_a_safe_name_is_refused_before_anything_is_w
     with pytest.raises(InvalidInputError, match="tile id"):
         check_cubes_fit(tmp_path / "no-model.pt", [cube])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cubes"]  # nothing written, inside or out
+
+
+def test_prefect_retries_io_errors_only_and_the_io_tasks_have_time_limits(prefect_server, monkeypatch):
+    """On the session's real Prefect server: a task with the flows' retry condition runs once on a
+    ConfigError or a season that does not fit, three times (2 retries) on an unreadable asset; the
+    flows' search and cube tasks use that condition, and their time limits come from the environment."""
+    from prefect import flow, task
+
+    from cropmap.errors import AssetReadError, CatalogError, ConfigError, IncompatibleInputError
+    from flows import tasks
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server[0])
+    errors = {"config": ConfigError("bad value"), "season": IncompatibleInputError("season differs"),
+              "asset": AssetReadError("truncated COG"), "catalog": CatalogError("503 from the STAC API")}
+    calls: list[str] = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=tasks.retry_io_only)
+    def failing(kind: str) -> None:
+        calls.append(kind)
+        raise errors[kind]
+
+    @flow
+    def attempts(kind: str) -> int:
+        failing(kind, return_state=True)
+        return calls.count(kind)
+
+    assert {kind: attempts(kind) for kind in errors} == {"config": 1, "season": 1, "asset": 3, "catalog": 3}
+    assert tasks.search_block.retry_condition_fn is tasks.cube_tile.retry_condition_fn is tasks.retry_io_only
+    assert tasks.predict_tile.retries == 0  # compute on local files: a failure is not transient
+    monkeypatch.setenv("CROPMAP_CUBE_TIMEOUT_S", "1234")
+    from cropmap.jobs import tiles
+
+    assert tasks.executor().tasks[tiles.cube_tile].timeout_seconds == 1234
