@@ -44,14 +44,17 @@ __all__ = ["map_country", "print_map_result"]
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
 def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
                 tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
-                parts: list[str] | None = None) -> dict:
+                parts: list[str] | None = None, overwrite: bool = False) -> dict:
     """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
     one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
-    GPU workers; ``parts``: the outline parts to map (default: the config's default parts)."""
+    GPU workers; ``parts``: the outline parts to map (default: the config's default parts);
+    ``overwrite``: rebuild the finished tiles' cubes and predictions too (e.g. after the catalog was
+    reprocessed; incomplete cubes are rebuilt without it)."""
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
     run = resolve_run(country, year=year, out_dir=out_dir, parts=parts)  # so do an unknown country and output
     print(plan_table(run))
-    result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit)
+    result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit,
+                                 overwrite=overwrite)
     summary, accuracy = result.tiles, result.accuracy
     create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
                           description=f"{run.code} {run.year}: {summary.describe()}")
@@ -83,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="output root: a folder or an fsspec URL")
     parser.add_argument("--tile-limit", type=int, default=None)
     parser.add_argument("--parts", nargs="+", default=None, help="outline parts to map (default: the config's)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild finished cubes and predictions too")
     args = parser.parse_args(argv)
     try:
         result = map_country(country=args.country, model=args.model, year=args.year, out_dir=args.out,
-                             tile_limit=args.tile_limit, parts=args.parts)
+                             tile_limit=args.tile_limit, parts=args.parts, overwrite=args.overwrite)
     except CropmapError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

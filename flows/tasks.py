@@ -44,8 +44,8 @@ def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite
 
 
 @task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
-def predict_tile(run: CountryRun, model: str, tile_id: str) -> TileResult:
-    return tiles.predict_tile(run, model, tile_id)
+def predict_tile(run: CountryRun, model: str, tile_id: str, force: bool = False) -> TileResult:
+    return tiles.predict_tile(run, model, tile_id, force=force)
 
 
 @task(name="mosaic-zone", cache_policy=NONE, task_run_name="mosaic EPSG:{epsg}")

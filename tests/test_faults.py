@@ -195,6 +195,14 @@ def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(
     assert not (Path(run.map_dir(result.key)) / "accuracy.json").exists()
     with pytest.raises(CubeBuildError, match=f"1 of 4 tile.*{bad}"):
         check_complete(result)
+    # the corrupt cube carries its completion marker, so a plain rerun skips it and fails again;
+    # ``overwrite`` (map-country's parameter, `cropmap map --overwrite`) rebuilds it and the rest
+    stamp = Path(run.tile_dir(result.key), f"{run.tiles()[0]}.class.tif").stat().st_mtime_ns
+    again = map_country(run, InlineExecutor(), model=demo_model, tile_limit=2, overwrite=True)
+    check_complete(again)
+    assert {t: (r["cube"], r["predict"]) for t, r in again.tiles.status.items()} == {
+        t: ("written", "done") for t in run.tiles()[:2]}
+    assert Path(run.tile_dir(result.key), f"{run.tiles()[0]}.class.tif").stat().st_mtime_ns != stamp
 
 
 _WRITE_UNDER_LIMIT = """

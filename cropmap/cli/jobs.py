@@ -34,7 +34,7 @@ def _print_map(result: MapResult, started: float) -> None:
 
 
 def _map(country: str, *, model: str | None, year: int | None, out: str | None, tile_limit: int | None,
-         threads: int, gpu_workers: bool | None, parts: list[str] | None = None) -> None:
+         threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False) -> None:
     started = time.perf_counter()
     gpu = gpu_workers_enabled(gpu_workers)
     run = resolve_run(country, year=year, out_dir=out, parts=parts)
@@ -42,7 +42,8 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
     typer.echo(plan_table(run))
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor, \
             tile_progress(n, ("cube", "predict")) as progress:
-        result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress)
+        result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress,
+                             overwrite=overwrite)
     _print_map(result, started)
 
 
@@ -60,11 +61,12 @@ def map_(
     gpu_workers: bool = typer.Option(None, "--gpu-workers/--no-gpu-workers",
                                      help="Inference only on workers with --resources GPU=1."),
     parts: list[str] = typer.Option(None, "--part", help="Outline part to map (repeatable; default: the config's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild finished cubes and predictions too."),
 ) -> None:
     """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
-         parts=parts or None)
+         parts=parts or None, overwrite=overwrite)
 
 
 @app.command("train")

@@ -152,8 +152,9 @@ def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: Mo
 
 
 def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
-                progress: Progress | None = None) -> MapResult:
+                progress: Progress | None = None, overwrite: bool = False) -> MapResult:
     """Map the run's country with the checkpoint ``model`` (a path or URL); see the module docstring.
+    ``overwrite``: rebuild the finished cubes and predictions too (a rerun otherwise skips them).
 
     Without ``model``, a run whose scenario supplies training labels trains one first
     (:func:`train_country`); any other run needs one. Before any tile is computed: the checkpoint is
@@ -176,7 +177,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     check_existing_tiles(run, key, tile_ids, model)
     write_run_file(model, run.tile_dir(key), options=run.predict,
                    cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])
-    tiles = run_tiles(executor, run, tile_ids, model=model, progress=progress)
+    tiles = run_tiles(executor, run, tile_ids, model=model, progress=progress, overwrite=overwrite)
     predicted = [t for t in tile_ids if tiles.status.get(t, {}).get("predict") in ("done", "skipped")]
     if not predicted:
         first = tiles.failures[0] if tiles.failures else None

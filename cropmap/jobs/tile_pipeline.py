@@ -84,7 +84,8 @@ class TileSummary:
 def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
               model: storage.Location | None = None, window: int | None = None,
               progress: Progress | None = None, overwrite: bool = False) -> TileSummary:
-    """Search, cube and (with a ``model``) predict every tile of ``tile_ids``; see the module docstring."""
+    """Search, cube and (with a ``model``) predict every tile of ``tile_ids``; see the module docstring.
+    ``overwrite``: rebuild the cubes and predictions that are already finished, too."""
     window = window or executor.capacity * get_settings().tiles_in_flight
     summary = TileSummary()
     blocks = search_blocks(list(tile_ids))
@@ -137,7 +138,7 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
             if progress is not None:
                 progress(stage, name, status)
             if stage == "cube" and status != "failed" and model is not None:
-                pending[executor.submit(predict_tile, run, model, name)] = (name, "predict")
+                pending[executor.submit(predict_tile, run, model, name, force=overwrite)] = (name, "predict")
             else:
                 in_flight["tiles"] -= 1
                 fill()
