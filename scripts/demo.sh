@@ -5,7 +5,7 @@
 # (two UTM zones, Victoria test spectra 15 days late, never trained on) with that checkpoint: cubes through
 # the STAC code, predictions in the model's window moved six months, zone and national COG mosaics, a STAC
 # item, a quicklook, and the target's OA, macro-F1 and per-class F1 against its held-back reference.
-# About 5 minutes on 2 cores (docs/results/transfer.md).
+# About 4 minutes on 2 cores (3 min 38 s measured from empty folders; docs/demo.md, docs/results/transfer.md).
 #   bash scripts/demo.sh [--augment none|all|...] [--out DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
