@@ -14,6 +14,9 @@ bash scripts/bootstrap.sh
 # its first database migration can take longer than Prefect's default 20 s wait
 export PREFECT_SERVER_ANALYTICS_ENABLED=${PREFECT_SERVER_ANALYTICS_ENABLED:-false}
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}
+# a machine without ../shared/data fetches the Victoria series the scenario is made of (pinned commit and
+# SHA-256, cropmap/io/data.py) into ~/.cache/cropmap; offline, the error names the file's public source
+export CROPMAP_DOWNLOAD=${CROPMAP_DOWNLOAD:-1}
 # Dask's scheduler/worker INFO lines would bury the flow's own log; warnings still show
 export DASK_LOGGING__DISTRIBUTED=${DASK_LOGGING__DISTRIBUTED:-warning}
 exec .venv/bin/python -m flows.transfer "$@"

@@ -107,3 +107,57 @@ def test_failed_download_leaves_nothing_behind(empty_env, server, monkeypatch, b
     assert SRC.repo in str(info.value)
     assert not (empty_env / REL).exists()  # never a half-written file under the final name
     assert not list(empty_env.rglob("*.part"))
+
+
+def test_the_pins_are_the_files_in_the_shared_folder(shared_data):
+    """Every pinned checksum is the SHA-256 of the file the data README lists (computed here)."""
+    import hashlib
+
+    for rel, source in SOURCES.items():
+        assert hashlib.sha256((shared_data / rel).read_bytes()).hexdigest() == source.sha256, rel
+
+
+def test_a_download_that_is_not_the_pinned_file_is_refused_and_nothing_kept(empty_env, server, monkeypatch):
+    monkeypatch.setenv("CROPMAP_DATA_URL_BASE", server)
+    served = next(p for p in (empty_env.parent / "www").rglob("class_map.txt"))
+    data = served.read_bytes()
+    served.write_bytes(data[:-2] + bytes([data[-2] ^ 1]) + data[-1:])  # one bit off: same size, other bytes
+    with pytest.raises(DataNotFoundError, match="not the pinned file.*sha256"):
+        data_file(REL, download=True)
+    assert not (empty_env / REL).exists() and not list(empty_env.rglob("*.part"))
+
+
+@pytest.fixture
+def mirror(tmp_path, shared_data):
+    """Every pinned source file on a local HTTP server laid out like raw.githubusercontent.com."""
+    root = tmp_path / "mirror"
+    for rel, source in SOURCES.items():
+        target = root / source.repo / source.commit / source.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / rel, target)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_main_jobs_countries_are_built_from_fetched_data_on_a_bare_machine(empty_env, mirror, monkeypatch,
+                                                                               tmp_path, capfd):
+    """No data folder, an empty cache, downloads on (scripts/demo.sh sets CROPMAP_DOWNLOAD=1 unless told
+    otherwise): the TRANSFER source and target are built from files fetched from the mirror, each
+    fetch said on stderr and checked against its pin; Natural Earth comes with its sidecars."""
+    from cropmap.io.outlines import outline_parts
+    from cropmap.scenarios import resolve_run
+
+    monkeypatch.setenv("CROPMAP_DATA_URL_BASE", mirror)
+    monkeypatch.setenv("CROPMAP_DOWNLOAD", "1")
+    monkeypatch.setenv("CROPMAP_DEMO_DIR", str(tmp_path / "demo"))
+    for code in ("TSRC", "TTGT"):
+        assert resolve_run(code, out_dir=str(tmp_path / "runs")).tiles()
+    assert (empty_env / "victoria_s2/train_dataset.csv").exists() and (empty_env / "victoria_s2/test_dataset.csv").exists()
+    assert "cropmap: fetching " in capfd.readouterr().err
+    from cropmap.io.config import load_country
+
+    assert outline_parts(load_country("FRA").outline)  # Natural Earth: .shp fetched with .shx, .dbf, .prj, .cpg
+    assert (empty_env / "naturalearth_lowres/naturalearth_lowres.dbf").exists()

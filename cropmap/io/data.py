@@ -8,7 +8,9 @@ A missing file raises :class:`~cropmap.errors.DataNotFoundError` naming its publ
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +24,13 @@ __all__ = ["PublicSource", "SOURCES", "data_dir", "data_file"]
 
 @dataclass(frozen=True)
 class PublicSource:
-    """A file in a public GitHub repository, pinned to a commit."""
+    """A file in a public GitHub repository, pinned to a commit and to its SHA-256 (a download that
+    differs is refused: a moved branch or a tampered mirror cannot slip in other data)."""
 
     repo: str
     commit: str
     path: str
+    sha256: str
 
     @property
     def url(self) -> str:
@@ -37,19 +41,40 @@ class PublicSource:
 _WC = "WorldCereal/worldcereal-classification"
 _WC_RES = "tests/worldcerealtests/testresources"
 _GFMAP = "Open-EO/openeo-gfmap"
+_VIC = ("charlotte-pel/igarss2019-dl4sits", "836d7fb")
+_NE = ("geopandas/pyogrio", "main")  # no tagged commit holds the fixture; its checksum pins it
+_NE_PATH = "pyogrio/tests/fixtures/naturalearth_lowres/naturalearth_lowres"
 #: Relative path under the data folder -> public source (see the data README).
 SOURCES: dict[str, PublicSource] = {
-    "victoria_s2/train_dataset.csv": PublicSource("charlotte-pel/igarss2019-dl4sits", "836d7fb", "train_dataset.csv"),
-    "victoria_s2/test_dataset.csv": PublicSource("charlotte-pel/igarss2019-dl4sits", "836d7fb", "test_dataset.csv"),
-    "victoria_s2/class_map.txt": PublicSource("charlotte-pel/igarss2019-dl4sits", "836d7fb", "map/class_map.txt"),
-    "worldcereal/test_public_extractions.parquet": PublicSource(_WC, "6c57442", f"{_WC_RES}/test_public_extractions.parquet"),
+    "victoria_s2/train_dataset.csv": PublicSource(*_VIC, "train_dataset.csv",
+                                                  "294fceb4dea2123b3804073aefa3b9fb7016f27face607958f3523e8859e4403"),
+    "victoria_s2/test_dataset.csv": PublicSource(*_VIC, "test_dataset.csv",
+                                                 "5d8640cdbbc044e194e450ee298dec00aee27aec57c1eb39b3f9f455e69d3f34"),
+    "victoria_s2/class_map.txt": PublicSource(*_VIC, "map/class_map.txt",
+                                              "78179aa4c1211dffd29aa56ed5f8f08da70e16e841acd8545d36fbdeadd22412"),
+    "worldcereal/test_public_extractions.parquet": PublicSource(
+        _WC, "6c57442", f"{_WC_RES}/test_public_extractions.parquet",
+        "feb01e318802e3bb09953565c1573c2b38623dc7002c475cb572723f3801d3c6"),
     "worldcereal/private_extractions_dummy_BEL.parquet": PublicSource(
-        _WC, "6c57442", f"{_WC_RES}/worldcereal_private_extractions_dummy.parquet"),
-    "worldcereal/worldcereal_preprocessed_inputs.nc": PublicSource(_WC, "6c57442", f"{_WC_RES}/worldcereal_preprocessed_inputs.nc"),
-    "openeo_gfmap/cdse_sentinel2_l2a.nc": PublicSource(_GFMAP, "d6c21cc", "tests/tests_unit/resources/cdse_sentinel2_l2a.nc"),
-    "naturalearth_lowres/naturalearth_lowres.shp": PublicSource(
-        "geopandas/pyogrio", "main", "pyogrio/tests/fixtures/naturalearth_lowres/naturalearth_lowres.shp"),
+        _WC, "6c57442", f"{_WC_RES}/worldcereal_private_extractions_dummy.parquet",
+        "611f490a215fad3df8be3f15367a9d9a8d928c6f5a5e7fc4b800ef8de6d4f354"),
+    "worldcereal/worldcereal_preprocessed_inputs.nc": PublicSource(
+        _WC, "6c57442", f"{_WC_RES}/worldcereal_preprocessed_inputs.nc",
+        "7b9361a2697fe77e79266eb7436eea2e898b101c52d40b85ef9c2b8cde51e909"),
+    "openeo_gfmap/cdse_sentinel2_l2a.nc": PublicSource(
+        _GFMAP, "d6c21cc", "tests/tests_unit/resources/cdse_sentinel2_l2a.nc",
+        "9e8798bdeba1b40ffd3b24ac2babc4bca9bfcf26121e32be5d4353a460f1dc8d"),
+    # a shapefile is read with its sidecars: data_file fetches them with the .shp
+    **{f"naturalearth_lowres/naturalearth_lowres.{ext}": PublicSource(*_NE, f"{_NE_PATH}.{ext}", digest)
+       for ext, digest in {"shp": "08e341606e8391e458c3f08deb312de664b56bfae376064c5aa0aee6681a5f55",
+                           "shx": "8b0be2ad97dd484aee5c2ebc98697d5372e832b8ae58a35a661aeef6b985668d",
+                           "dbf": "d2ae1c99adcf8e4586a5b12c639672035fa2f3f469e7255947de00401c3ed7e1",
+                           "prj": "98aaf3d1c0ecadf1a424a4536de261c3daf4e373697cb86c40c43b989daf52eb",
+                           "cpg": "09fc313075748ce8ead962229ed89c919d5a9ff71974ee725a0b48bb87d975a2"}.items()},
 }
+#: Files read together with another (a shapefile's sidecars): fetched with it.
+_SIDECARS = {"naturalearth_lowres/naturalearth_lowres.shp": [
+    f"naturalearth_lowres/naturalearth_lowres.{ext}" for ext in ("shx", "dbf", "prj", "cpg")]}
 
 
 def data_dir() -> Path:
@@ -88,16 +113,23 @@ def data_file(relpath: str, *, download: bool | None = None) -> Path:
             f"{source.commit}, path {source.path}. Set CROPMAP_DATA_DIR to a folder that holds it, or "
             "set CROPMAP_DOWNLOAD=1 to fetch it."
         )
+    for sidecar in _SIDECARS.get(relpath, []):
+        if not (local.parent / Path(sidecar).name).exists() and not (_cache_dir() / sidecar).exists():
+            _download(SOURCES[sidecar], _cache_dir() / sidecar)
     return _download(source, cached)
 
 
 def _download(source: PublicSource, target: Path) -> Path:
-    with atomic_path(target) as tmp:  # renamed onto the target only when the body arrived whole
+    print(f"cropmap: fetching {source.url} (pinned, sha256 {source.sha256[:12]}...) into {target}",
+          file=sys.stderr, flush=True)
+    with atomic_path(target) as tmp:  # renamed onto the target only when the body arrived whole and right
+        digest = hashlib.sha256()
         try:
             with urllib.request.urlopen(source.url, timeout=60) as response, open(tmp, "wb") as out:
                 expected = response.headers.get("Content-Length")
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
+                    digest.update(chunk)
                 written = out.tell()
             # read(n) returns short on a dropped connection instead of raising: check the length
             if expected is not None and written != int(expected):
@@ -106,4 +138,8 @@ def _download(source: PublicSource, target: Path) -> Path:
             raise DataNotFoundError(
                 f"could not fetch {source.url} ({source.repo} at {source.commit}, {source.path}): {err}"
             ) from err
+        if digest.hexdigest() != source.sha256:
+            raise DataNotFoundError(f"{source.url} is not the pinned file ({source.repo} at {source.commit}, "
+                                    f"{source.path}): sha256 {digest.hexdigest()}, expected {source.sha256}; "
+                                    "nothing was kept")
     return target
