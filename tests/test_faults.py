@@ -349,3 +349,25 @@ def test_prefect_retries_io_errors_only_and_the_io_tasks_have_time_limits(prefec
     from cropmap.jobs import tiles
 
     assert tasks.executor().tasks[tiles.cube_tile].timeout_seconds == 1234
+
+
+def test_training_refuses_tiles_whose_cubes_are_incomplete(demo_paths, demo_run, tmp_path):
+    """A training tile's cube built with an unreadable asset (a truncated red COG in a copy of the DEMO
+    catalog) is incomplete: train_country stops before any sample is drawn, naming the tile, instead
+    of training on a sample set with a hole (which would be a different model, silently)."""
+    from cropmap.errors import CubeBuildError
+    from cropmap.jobs.executors import InlineExecutor
+    from cropmap.jobs.mapping import train_country
+
+    copy = tmp_path / "demo"
+    shutil.copytree(demo_paths.root, copy)
+    catalog = demo_run.config.catalog.model_copy(update={"path": copy / "catalog.json"})
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run"),
+                                      "config": demo_run.config.model_copy(update={"catalog": catalog})})
+    first_day = demo_run.season.window(demo_run.year)[0].strftime("%Y%m%d")
+    item = min(p for p in (copy / "sentinel-2-l2a").iterdir() if p.is_dir() and p.name.split("_")[2] >= first_day)
+    _truncate(item / "red.tif")
+    with pytest.warns(AssetUnavailableWarning, match="'red'"), \
+            pytest.raises(CubeBuildError, match=r"training tile\(s\) are incomplete.*rerun to rebuild"):
+        train_country(run, InlineExecutor(), settings=run.scenario.training.model_copy(update={"epochs": 1}))
+    assert not list(Path(run.training_dir).glob("samples-*.nc"))  # no sample set was written
