@@ -22,6 +22,7 @@ __all__ = [
     "ScenarioError",
     "CubeBuildError",
     "ReflectanceRangeError",
+    "ForbiddenHrefError",
     "is_transient",
 ]
 
@@ -92,6 +93,11 @@ class CubeBuildError(CropmapError):
 class ReflectanceRangeError(InvalidInputError):
     """Scaled reflectance of an item's band is implausible (e.g. raw DNs): the catalog profile's scale or
     offset does not fit the catalog (the message names the item, the band and the profile to choose)."""
+
+
+class ForbiddenHrefError(InvalidInputError):
+    """An item's asset points where this installation does not read from (a scheme, a host or a local
+    file outside the catalog's folder): see ``CROPMAP_ASSET_HREF_SCHEMES``."""
 
 
 def is_transient(err: BaseException) -> bool:

@@ -18,6 +18,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_STAC_REQUESTS_PER_SECOND`` | requests a second a process sends a STAC API (default 2: polite to Earth Search) |
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
 | ``CROPMAP_MAX_AREA_TILES`` | tiles a user's area (``cropmap cube --bbox/--geojson``) may plan before it is refused (default 1000; ``--max-tiles`` overrides) |
+| ``CROPMAP_ASSET_HREF_SCHEMES`` | URL schemes an item's band assets may use (default ``https,s3``); besides them, only the catalog API's own host and, for a static catalog, files under its folder |
 | ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's STAC search task may run before it fails (default 900) |
 | ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run before it fails and is retried (default 10800) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     tiles_in_flight: int = Field(2, ge=1, le=64)
     max_area_tiles: int = Field(1000, ge=1)  # tiles a user's --bbox/--geojson area may plan (tiles_for_area)
     stac_requests_per_second: float = Field(2.0, gt=0, le=1000)
+    asset_href_schemes: str = "https,s3"
     search_timeout_s: float = Field(900.0, gt=0)
     cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands
     cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()
+
+    @property
+    def allowed_href_schemes(self) -> frozenset[str]:
+        """:attr:`asset_href_schemes` as lower-case scheme names."""
+        return frozenset(s.strip().lower() for s in self.asset_href_schemes.split(",") if s.strip())
 
     @property
     def cache_root(self) -> Path:

@@ -27,7 +27,7 @@ import shapely
 
 from cropmap.core.grid import Grid
 from cropmap.core.season import Season
-from cropmap.errors import CatalogError, ConfigError
+from cropmap.errors import CatalogError, ConfigError, ForbiddenHrefError
 from cropmap.io.config import CatalogConfig, load_country
 from cropmap.io.stac import asset_scale_offset, band_assets, search_items
 from cropmap.stages.cube import AssetUnavailableWarning, CubeOptions, build_tile_cube, load_observations, open_tile_cube
@@ -297,13 +297,19 @@ def pc_api(shared_data, tmp_path_factory):
         yield url, items, es_items
 
 
-def test_pc_api_cube_equals_the_earth_search_cube(pc_api, tmp_path):
+def test_pc_api_cube_equals_the_earth_search_cube(pc_api, tmp_path, monkeypatch):
     url, _, es_items = pc_api
     catalog = CatalogConfig(url=url, profile="planetary-computer")
     pc_items = search_items(catalog, bbox=TILE.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
     assert len(pc_items) == 5 and all(it.properties["cropmap:catalog"] == "planetary-computer" for it in pc_items)
     assert all(asset_scale_offset(it, "B04") == (0.0001, -0.1) for it in pc_items)
     opts = CubeOptions(bands=BANDS, chunk=128)
+    # a STAC API's items pointing at local files are refused by default, before anything is written
+    with pytest.raises(ForbiddenHrefError, match=r"href file://\S+ is not allowed.*CROPMAP_ASSET_HREF_SCHEMES.*"
+                                                 r"host 127.0.0.1"):
+        build_tile_cube(TILE, pc_items, AUG, 2023, tmp_path / "refused", options=opts)
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+    monkeypatch.setenv("CROPMAP_ASSET_HREF_SCHEMES", "https,s3,file")  # this test API serves local files
     with warnings.catch_warnings():
         warnings.simplefilter("error", AssetUnavailableWarning)
         pc = build_tile_cube(TILE, pc_items, AUG, 2023, tmp_path / "pc", options=opts)
@@ -413,3 +419,35 @@ def test_planetary_computer_signing_names_the_extra(monkeypatch):
     with pytest.raises(CatalogError, match=r"SAS token.*pip install 'cropmap\[pc\]'"):
         pc.sign(blob)
     assert get_profile("earth-search").sign(blob) == blob
+
+
+def test_asset_hrefs_are_restricted_to_the_allowed_schemes_the_api_host_and_the_catalog_folder(shared_data,
+                                                                                              tmp_path, monkeypatch):
+    """The real Earth Search static catalog: its local assets pass, and so do https and s3 ones; a file
+    outside its folder (directly or through ``..``), a GDAL virtual path, another scheme or an http
+    host are refused naming item, asset and setting. From a STAC API only its own host passes."""
+    from cropmap.io.catalogs import ROOT_PROPERTY, asset_href, check_asset_href
+    from cropmap.io.stac import search_items
+
+    catalog = CatalogConfig(path=shared_data / "s2_l2a_stac" / "catalog.json")
+    (item, *_) = search_items(catalog, bbox=TILE.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
+    root = Path(item.properties[ROOT_PROPERTY])
+    assert root == (shared_data / "s2_l2a_stac").resolve()
+    assert Path(asset_href(item, "red")).is_file()  # a local asset under the catalog's folder
+    for ok in ("https://sentinel-cogs.s3.us-west-2.amazonaws.com/x/B04.tif", "s3://sentinel-s2-l2a/x/B04.jp2",
+               str(root / "sentinel-2-l2a" / "x.tif"), (root / "x.tif").as_uri()):
+        check_asset_href(ok, item, "red")
+    for bad in ("/etc/passwd", "file:///etc/passwd", str(root / ".." / ".." / "etc" / "passwd"),
+                "/vsicurl/http://169.254.169.254/latest/meta-data", "ftp://example.org/B04.tif",
+                "http://10.0.0.5/B04.tif"):
+        with pytest.raises(ForbiddenHrefError, match=f"item {item.id} asset 'red'.*not allowed.*files under"):
+            check_asset_href(bad, item, "red")
+    api = item.clone()
+    api.properties[ROOT_PROPERTY] = "http://127.0.0.1:8080/api"
+    check_asset_href("http://127.0.0.1:9000/cogs/B04.tif", api, "red")  # the API's own host
+    with pytest.raises(ForbiddenHrefError, match="catalog's host 127.0.0.1"):
+        check_asset_href("http://192.168.1.2/B04.tif", api, "red")
+    with pytest.raises(ForbiddenHrefError):
+        check_asset_href(str(root / "x.tif"), api, "red")  # an API item has no local folder
+    monkeypatch.setenv("CROPMAP_ASSET_HREF_SCHEMES", "https,s3,http")
+    check_asset_href("http://10.0.0.5/B04.tif", item, "red")

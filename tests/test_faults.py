@@ -141,6 +141,7 @@ def test_a_server_failing_twice_still_yields_the_clean_cube(demo_paths, demo_run
                                                            monkeypatch):
     """Every URL is answered HTTP 500 twice before it is served: GDAL's retries recover every read."""
     monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.05")  # the retries' schedule, not their number
+    monkeypatch.setenv("CROPMAP_ASSET_HREF_SCHEMES", "https,s3,http")  # the searched items now point at it
     tile, items = tile_items
     copies = [it.clone() for it in items[:2]]  # two dates: each URL costs its two failures
     reference = open_tile_cube(_build(demo_run, tile, items[:2], tmp_path / "local").path).values

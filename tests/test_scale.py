@@ -69,12 +69,13 @@ def test_a_throttled_search_waits_as_told_and_succeeds(demo_run, stac_api):
     assert [p for _, p in log if p.startswith("/search")].__len__() == 3 and waited >= 2.0, (log, waited)
 
 
-def test_every_cog_byte_is_fetched_once_per_tile_and_band(demo_paths, demo_run, tmp_path):
+def test_every_cog_byte_is_fetched_once_per_tile_and_band(demo_paths, demo_run, tmp_path, monkeypatch):
     """The DEMO's COGs served over HTTP with byte ranges; a tile read in strips of 32 rows (4 strips per
     COG block): no file is asked for any byte twice."""
     start, end = season_search_window(demo_run.season, demo_run.year, 30)
     tile = demo_run.tile(demo_run.tiles()[0])
     items = search_items(demo_run.config.catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
+    monkeypatch.setenv("CROPMAP_ASSET_HREF_SCHEMES", "https,s3,http")  # the searched items now point at it
     with range_file_server(demo_paths.root) as (url, log):
         for item in items:
             for asset in item.assets.values():

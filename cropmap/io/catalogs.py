@@ -33,13 +33,13 @@ import pystac
 import rasterio
 
 from cropmap.core.bands import SCL, canonical_band
-from cropmap.errors import CatalogError, ConfigError, ReflectanceRangeError
+from cropmap.errors import CatalogError, ConfigError, ForbiddenHrefError, ReflectanceRangeError
 from cropmap.settings import get_settings
 
 __all__ = ["CatalogProfile", "PROFILES", "GENERIC", "REFLECTANCE_RANGE", "get_profile", "profile_for_url",
            "item_profile", "processing_baseline", "boa_offset_applied", "raster_scale_offset",
            "reflectance_scale_offset", "asset_band", "asset_scale_offset", "asset_href", "reflectance_problem", "implausible_band",
-           "rio_settings", "rasterio_env"]
+           "rio_settings", "rasterio_env", "ROOT_PROPERTY", "check_asset_href"]
 
 #: ESA's QUANTIFICATION_VALUE of L2A products: reflectance = DN / 10000 (plus the BOA offset).
 QUANTIFICATION_VALUE = 10_000
@@ -273,10 +273,50 @@ def asset_scale_offset(item: pystac.Item, key: str) -> tuple[float, float]:
                                     esa_dn=item_profile(item).esa_dn, where=f"item {item.id} asset {key!r}")
 
 
+#: Item property where :func:`cropmap.io.stac.search_items` records the catalog an item came from (a
+#: static catalog's folder, or the STAC API's URL): what :func:`check_asset_href` allows besides the schemes.
+ROOT_PROPERTY = "cropmap:catalog_root"
+
+
 def asset_href(item: pystac.Item, key: str) -> str:
-    """The absolute href of the asset ``key``, signed where the item's catalog needs it."""
+    """The absolute href of the asset ``key``, checked (:func:`check_asset_href`), then signed where the
+    item's catalog needs it."""
     asset = item.assets[key]
-    return item_profile(item).sign(asset.get_absolute_href() or asset.href)
+    href = asset.get_absolute_href() or asset.href
+    check_asset_href(href, item, key)
+    return item_profile(item).sign(href)
+
+
+def check_asset_href(href: str, item: pystac.Item, key: str) -> None:
+    """Raise :class:`ForbiddenHrefError` unless ``href`` uses an allowed scheme
+    (``$CROPMAP_ASSET_HREF_SCHEMES``, default https and s3), is on the host of the STAC API the item
+    was searched on, or is a local file under the folder of the static catalog it came from (a
+    catalog's items must not make cropmap read ``/etc`` or a host inside the cluster's network).
+    An item that was not searched (no :data:`ROOT_PROPERTY`) may point at any local file, and so may
+    every item when ``file`` is among the allowed schemes (a STAC API serving local files)."""
+    root = item.properties.get(ROOT_PROPERTY)
+    parts = urlparse(href)
+    scheme = parts.scheme.lower()
+    local = scheme in ("", "file") or (len(scheme) == 1 and re.match(r"^[a-zA-Z]:[\\/]", href) is not None)
+    if not local and scheme in get_settings().allowed_href_schemes:
+        return
+    root_parts = urlparse(str(root)) if root else None
+    if not local and root_parts is not None and root_parts.scheme in ("http", "https") \
+            and parts.hostname == root_parts.hostname:
+        return
+    if local and not href.startswith("/vsi"):
+        path = os.path.realpath(parts.path if scheme == "file" else href)
+        if root is None or "file" in get_settings().allowed_href_schemes:
+            return
+        if root_parts.scheme in ("", "file"):
+            folder = os.path.realpath(root_parts.path if root_parts.scheme == "file" else str(root))
+            if os.path.commonpath([path, folder]) == folder:
+                return
+    where = (f"files under {root}" if root and root_parts.scheme in ("", "file")
+             else f"its catalog's host {root_parts.hostname}" if root else "local files")
+    raise ForbiddenHrefError(
+        f"item {item.id} asset {key!r}: href {href} is not allowed; assets may be "
+        f"{', '.join(sorted(get_settings().allowed_href_schemes))} URLs (CROPMAP_ASSET_HREF_SCHEMES) or {where}")
 
 
 _AWS_KEYS = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key"}

@@ -30,7 +30,7 @@ from cropmap.core.bands import canonical_band
 from cropmap.core.season import Season
 from cropmap.errors import CatalogError
 from cropmap.settings import get_settings
-from cropmap.io.catalogs import PROFILE_PROPERTY, asset_scale_offset, item_profile
+from cropmap.io.catalogs import PROFILE_PROPERTY, ROOT_PROPERTY, asset_scale_offset, item_profile
 from cropmap.io.config import CatalogConfig
 
 __all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset"]
@@ -88,6 +88,9 @@ def search_items(
             it.make_asset_hrefs_absolute()
         if catalog.profile is not None:  # read with the catalog's rule, wherever the item goes next
             it.properties[PROFILE_PROPERTY] = catalog.profile
+        # where its assets may point (cropmap.io.catalogs.check_asset_href), wherever the item goes next
+        it.properties[ROOT_PROPERTY] = (str(Path(catalog.path).expanduser().resolve().parent)
+                                        if catalog.path is not None else str(catalog.url))
     return sorted(keep, key=lambda it: (_item_time(it), it.id))
 
 
