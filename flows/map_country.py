@@ -44,17 +44,21 @@ __all__ = ["map_country", "print_map_result"]
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
 def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
                 tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
-                parts: list[str] | None = None, overwrite: bool = False) -> dict:
+                parts: list[str] | None = None, overwrite: bool = False, area_samples: str | None = None,
+                admin_units: str | None = None, admin_field: str | None = None) -> dict:
     """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
     one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
     GPU workers; ``parts``: the outline parts to map (default: the config's default parts);
     ``overwrite``: rebuild the finished tiles' cubes and predictions too (e.g. after the catalog was
-    reprocessed; incomplete cubes are rebuilt without it)."""
+    reprocessed; incomplete cubes are rebuilt without it); ``area_samples``: labelled points drawn on this
+    map (`cropmap area sample`) for area estimates with 95 % CIs; ``admin_units`` (a polygon file) and
+    ``admin_field`` (its name column): mapped hectares per class per unit. Both land in ``maps/<key>/area/``."""
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
     run = resolve_run(country, year=year, out_dir=out_dir, parts=parts)  # so do an unknown country and output
     print(plan_table(run))
     result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
+                                 admin_field=admin_field)
     summary, accuracy = result.tiles, result.accuracy
     create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
                           description=f"{run.code} {run.year}: {summary.describe()}")
@@ -73,7 +77,7 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
             "quicklook": str(result.mosaic.quicklook),
             "zones": {e: {k: str(v) for k, v in z.cogs.items()} for e, z in result.zones.items()},
             "accuracy": accuracy, "accuracy_path": result.accuracy_path, "tiles": summary.rows(),
-            "model": result.model, "key": result.key, "season_offsets": result.season_offsets}
+            "model": result.model, "key": result.key, "season_offsets": result.season_offsets, "area": result.area}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,12 @@ def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) 
     return tiles.mosaic_country(run, key, zones)
 
 
+@task(name="area", cache_policy=NONE)
+def area_products(run: CountryRun, key: str, class_map: str, samples: str | None = None, units: str | None = None,
+                  field: str | None = None) -> dict[str, str]:
+    return tiles.area_products(run, key, class_map, samples=samples, units=units, field=field)
+
+
 @task(name="score", cache_policy=NONE)
 def score_run(run: CountryRun, key: str, class_maps: list[str]) -> tuple[dict, str]:
     return mapping.score_run(run, key, class_maps)
@@ -81,7 +87,7 @@ def executor(*, gpu: bool = False) -> PrefectExecutor:
         {searches.search_block: search_block.with_options(timeout_seconds=settings.search_timeout_s),
          tiles.cube_tile: cube_tile.with_options(timeout_seconds=settings.cube_timeout_s),
          tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
-         tiles.mosaic_country: mosaic_country,
+         tiles.mosaic_country: mosaic_country, tiles.area_products: area_products,
          mapping.score_run: score_run, training.training_set: training_set,
          training.train_checkpoint: train_checkpoint},
         annotations=tiles.tile_annotations(gpu))

@@ -171,3 +171,101 @@ def test_demo_map_area_cis_cover_the_reference_areas(demo_run, demo_model, demo_
     assert notes["n_unlabelled"] < 0.01 * len(sample)
     for k, name in enumerate(strata.names):
         assert abs(est.area[k] - ref_ha.get(name, 0.0)) <= Z95 * est.area_se[k], lines[k]
+
+    # the same inside map-country: the labelled sample and admin units as parameters of a rerun (its
+    # tiles are skipped), the products beside the maps, equal to the stage functions' on the same inputs
+    import pandas as pd
+
+    from cropmap.stages.area import area_table, zonal_areas
+
+    write_sample(sample, tmp_path / "labelled.gpkg")
+    _units(tmp_path / "units.gpkg", class_map)
+    again = map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "labelled.gpkg"),
+                        admin_units=str(tmp_path / "units.gpkg"), admin_field="NAME")
+    assert all(r["predict"] == "skipped" for r in again.tiles.rows())
+    assert set(again.area) == {"estimates", "error_matrix", "markdown", "by_unit", "by_unit_markdown"}
+    got = pd.read_csv(again.area["estimates"])
+    pd.testing.assert_frame_equal(got, area_table(strata, est), check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(again.area["by_unit"], dtype={"NAME": str}),
+                                  zonal_areas(class_map, tmp_path / "units.gpkg", field="NAME"), check_dtype=False)
+    # a sample whose strata are not this map's is refused, naming why
+    other = draw_sample(map_strata(class_map), allocate(strata.pixels, 400, minimum=20), seed=1)
+    other["map_class"] = (other["map_class"] + 1) % len(strata.names)
+    write_sample(label_from_reference(other, strata, demo_paths.reference), tmp_path / "other.gpkg")
+    with pytest.raises(InvalidInputError, match="drawn on another map"):
+        map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "other.gpkg"))
+    with pytest.raises(Exception, match="not found"):
+        map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "none.gpkg"))
+
+
+def _units(path, class_map, *, crs="EPSG:4326"):
+    """Two units over the map (its west third and the rest, as lon/lat polygons: reprojected back
+    onto the map's grid they are not rectangles any more) and one far away."""
+    import pyogrio.raw
+    import shapely
+    from pyproj import Transformer
+    from shapely.geometry import box
+
+    with rasterio.open(class_map) as src:
+        left, bottom, right, top = src.bounds
+        map_crs = src.crs
+    to_ll = Transformer.from_crs(map_crs, crs, always_xy=True)
+    cut = left + (right - left) / 3
+
+    lons, lats = to_ll.transform([left - 500, right + 500, left - 500, right + 500],
+                                 [bottom - 500, bottom - 500, top + 500, top + 500])
+    cut_lon = to_ll.transform(cut, (bottom + top) / 2)[0]  # one meridian between the two: they tile the map
+    geometry = [box(min(lons), min(lats), cut_lon, max(lats)), box(cut_lon, min(lats), max(lons), max(lats)),
+                box(0, 0, 0.01, 0.01)]
+    names = np.array(["west", "east", "elsewhere"], dtype=object)
+    pyogrio.raw.write(str(path), geometry=np.asarray(shapely.to_wkb(geometry), dtype=object), field_data=[names],
+                      fields=["NAME"], crs=crs, geometry_type="Polygon", driver="GPKG")
+    return {"NAME": list(names), "geometry": geometry}
+
+
+def test_zonal_areas_equal_a_point_in_polygon_count(demo_class_map, tmp_path):
+    """Mapped hectares per class per unit against NumPy/shapely: each pixel centre, moved to lon/lat,
+    counted in the polygon that contains it."""
+    import shapely
+    from pyproj import Transformer
+
+    from cropmap.stages.area import write_zonal_report, zonal_areas
+
+    class_map, _ = demo_class_map
+    units = _units(tmp_path / "units.gpkg", class_map)
+    table = zonal_areas(class_map, tmp_path / "units.gpkg", field="NAME")
+    with rasterio.open(class_map) as src:
+        data, t, crs = src.read(1), src.transform, src.crs
+        names = json.loads(src.tags()["class_names"])
+    cols, rows = np.meshgrid(np.arange(data.shape[1]) + 0.5, np.arange(data.shape[0]) + 0.5)
+    lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(*(t * (cols, rows)))
+    pixel_ha = abs(t.a * t.e) / 1e4
+    for i, geom in enumerate(units["geometry"]):
+        inside = shapely.contains_xy(geom, lon, lat)
+        row = table.iloc[i]
+        assert row["NAME"] == units["NAME"][i]
+        for k, name in enumerate(names):
+            assert row[f"{name}_ha"] == pytest.approx(((data == k) & inside).sum() * pixel_ha, abs=1e-3), (i, name)
+        assert row["nodata_ha"] == pytest.approx(((data == 255) & inside).sum() * pixel_ha, abs=1e-3)
+    assert table["mapped_ha"].iloc[:2].sum() == pytest.approx((data != 255).sum() * pixel_ha)  # two cover it
+    assert table["mapped_ha"].iloc[2] == 0
+    paths = write_zonal_report(table, tmp_path / "report", name="demo")
+    assert paths["by_unit"].read_text().startswith("NAME,")
+    with pytest.raises(InvalidInputError, match="column 'PROVINCE'.*columns: NAME"):
+        zonal_areas(class_map, tmp_path / "units.gpkg", field="PROVINCE")
+
+
+def test_cli_area_zonal(demo_class_map, tmp_path):
+    from typer.testing import CliRunner
+
+    from cropmap.cli import app
+
+    class_map, _ = demo_class_map
+    _units(tmp_path / "units.gpkg", class_map)
+    run = CliRunner().invoke(app, ["area", "zonal", str(class_map), str(tmp_path / "units.gpkg"), "--field", "NAME",
+                                   "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0 and "3 unit(s)" in run.output, run.output
+    assert (tmp_path / "out" / "area_by_unit.csv").exists()
+    missing = CliRunner().invoke(app, ["area", "zonal", str(class_map), str(tmp_path / "no.gpkg"), "--field", "NAME",
+                                       "--out", str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "not found" in missing.output

@@ -17,6 +17,8 @@ from cropmap.stages.area import (
     read_sample,
     write_area_report,
     write_sample,
+    write_zonal_report,
+    zonal_areas,
 )
 
 area_app = typer.Typer(help="Area estimates with confidence intervals from a stratified sample of a class map.",
@@ -69,3 +71,18 @@ def estimate(
     for cls, area, se in zip(strata.names, est.area, est.area_se):
         typer.echo(f"{cls:>20}: {area:12.1f} ha +- {Z95 * se:.1f}")
     typer.echo(f"overall accuracy {est.overall:.4f} +- {Z95 * est.overall_se:.4f}; report: {paths['markdown']}")
+
+
+@area_app.command("zonal")
+@command
+def zonal(
+    class_map: Path = typer.Argument(..., help="A class COG in a projected CRS (the national map)."),
+    units: Path = typer.Argument(..., help="Polygons (provinces, districts): any vector file, any CRS."),
+    field: str = typer.Option(..., "--field", help="The column that names each unit."),
+    out: Path = typer.Option(..., "--out", help="Folder for <name>_by_unit.csv and <name>_by_unit.md."),
+    name: str = typer.Option("area", "--name", help="Prefix of the report files."),
+) -> None:
+    """Mapped hectares of each class in each unit (pixel counts, not area-adjusted)."""
+    table = zonal_areas(class_map, units, field=field)
+    paths = write_zonal_report(table, out, name=name)
+    typer.echo(f"{len(table)} unit(s), {table['mapped_ha'].sum():.1f} ha mapped -> {paths['by_unit']}")

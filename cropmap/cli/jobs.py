@@ -34,7 +34,8 @@ def _print_map(result: MapResult, started: float) -> None:
 
 
 def _map(country: str, *, model: str | None, year: int | None, out: str | None, tile_limit: int | None,
-         threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False) -> None:
+         threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
+         area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None) -> None:
     started = time.perf_counter()
     gpu = gpu_workers_enabled(gpu_workers)
     run = resolve_run(country, year=year, out_dir=out, parts=parts)
@@ -43,7 +44,8 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor, \
             tile_progress(n, ("cube", "predict")) as progress:
         result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress,
-                             overwrite=overwrite)
+                             overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
+                             admin_field=admin_field)
     _print_map(result, started)
 
 
@@ -62,11 +64,17 @@ def map_(
                                      help="Inference only on workers with --resources GPU=1."),
     parts: list[str] = typer.Option(None, "--part", help="Outline part to map (repeatable; default: the config's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild finished cubes and predictions too."),
+    area_samples: str = typer.Option(None, "--area-samples", help="Labelled points drawn on this map (`cropmap "
+                                     "area sample`): area estimates with 95 % CIs in maps/<key>/area/."),
+    admin_units: str = typer.Option(None, "--admin-units", help="Polygons (provinces): mapped hectares per class "
+                                    "per unit in maps/<key>/area/."),
+    admin_field: str = typer.Option(None, "--admin-field", help="The column of --admin-units naming each unit."),
 ) -> None:
     """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
-         parts=parts or None, overwrite=overwrite)
+         parts=parts or None, overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
+         admin_field=admin_field)
 
 
 @app.command("train")

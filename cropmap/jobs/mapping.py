@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cropmap.errors import ConfigError, CubeBuildError, MosaicError
+from cropmap.errors import ConfigError, CubeBuildError, DataNotFoundError, MosaicError
 from cropmap.io import storage
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
-from cropmap.jobs.tiles import (check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone, prediction_key,
-                                zones_of)
+from cropmap.jobs.tiles import (area_products, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
+                                prediction_key, zones_of)
 from cropmap.jobs.training import (
     CheckpointResult,
     TrainingSetResult,
@@ -63,6 +63,7 @@ class MapResult:
     accuracy: dict | None = None
     accuracy_path: str | None = None
     training: TrainResult | None = None
+    area: dict[str, str] = field(default_factory=dict)  # area product -> location (cropmap.jobs.tiles.area_products)
 
 
 def _run(executor: Executor, fn, *args, **kwargs):
@@ -152,9 +153,13 @@ def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: Mo
 
 
 def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
-                progress: Progress | None = None, overwrite: bool = False) -> MapResult:
+                progress: Progress | None = None, overwrite: bool = False, area_samples: str | None = None,
+                admin_units: str | None = None, admin_field: str | None = None) -> MapResult:
     """Map the run's country with the checkpoint ``model`` (a path or URL); see the module docstring.
     ``overwrite``: rebuild the finished cubes and predictions too (a rerun otherwise skips them).
+    ``area_samples`` (labelled points drawn on this map) and ``admin_units`` (polygons named by their
+    ``admin_field``): the area products of the national map (:func:`~cropmap.jobs.tiles.area_products`),
+    made only when no tile or zone failed.
 
     Without ``model``, a run whose scenario supplies training labels trains one first
     (:func:`train_country`); any other run needs one. Before any tile is computed: the checkpoint is
@@ -164,6 +169,11 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     :attr:`MapResult.zone_failures` and its tiles are missing from the national map. A failed tile or
     zone leaves the maps of the others written but unscored; :func:`check_complete` raises then.
     """
+    for what, location in (("area samples", area_samples), ("admin units", admin_units)):
+        if location is not None and not storage.exists(location):  # before any tile, not after the mosaics
+            raise DataNotFoundError(f"{what} {location} not found")
+    if admin_units is not None and not admin_field:
+        raise ConfigError("admin_units needs admin_field, the column that names each unit")
     training = None
     if model is None:
         if run.scenario is None or not run.scenario.trains:
@@ -202,7 +212,12 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
             and not tiles.failures and not failures):
         accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national))
-    return MapResult(str(model), key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training)
+    area = {}
+    if (area_samples or admin_units) and national is not None and not tiles.failures and not failures:
+        area = _run(executor, area_products, run, key, str(national.cogs["class"]), samples=area_samples,
+                    units=admin_units, field=admin_field)
+    return MapResult(str(model), key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training,
+                     area)
 
 
 def check_complete(result: MapResult) -> None:

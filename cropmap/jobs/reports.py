@@ -61,5 +61,7 @@ def map_lines(result: MapResult) -> list[str]:
         acc = result.accuracy
         lines.append(f"accuracy:            {result.accuracy_path}: OA {acc['oa']:.3f}, macro-F1 {acc['macro_f1']:.3f} "
                      f"({acc['n']} pixels of the scored area)")
+    for product, location in result.area.items():
+        lines.append(f"area ({product}):{' ' * max(1, 12 - len(product))}{location}")
     lines.append(f"tiles:               {result.tiles.describe()}")
     return lines

@@ -8,7 +8,9 @@
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
   (every cube checked first, then one call per cube through an executor: the CLI's ``predict``);
 - :func:`mosaic_zone`: one UTM zone's tiles -> its COGs; :func:`mosaic_country`: the zones' COGs -> the
-  national COGs in the country's output CRS, STAC item, quicklook.
+  national COGs in the country's output CRS, STAC item, quicklook;
+- :func:`area_products`: the national class map -> area estimates from a labelled sample and/or mapped
+  hectares per admin unit (:mod:`cropmap.stages.area`).
 
 :func:`check_model_fits` and :func:`check_cubes_fit` refuse a checkpoint whose bands, season or bins do
 not match, before any tile is computed.
@@ -19,10 +21,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from cropmap.core.grid import tile_from_id
-from cropmap.errors import IncompatibleInputError
+from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.io import storage
 from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.cluster import inference_annotations
@@ -44,7 +47,7 @@ from cropmap.stages.predict import (
 from cropmap.stages.predict import predict_tile as predict_tile_cube
 
 __all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
-           "mosaic_country", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
+           "mosaic_country", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
 def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwrite: bool = False) -> CubeResult:
@@ -111,6 +114,48 @@ def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) 
     """The zones' COGs -> ``<code>_{class,confidence}.tif`` in the country's output CRS, STAC item and
     quicklook (:func:`cropmap.stages.national.national_mosaic`)."""
     return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs)
+
+
+def area_products(run: CountryRun, key: str, class_map: storage.Location, *, samples: storage.Location | None = None,
+                  units: storage.Location | None = None, field: str | None = None) -> dict[str, str]:
+    """The area products of the run's national ``class_map``, in ``<maps>/<key>/area/``:
+
+    - with ``samples`` (points drawn on THIS map by `cropmap area sample`, ``reference_class`` filled by
+      the labellers): the Olofsson et al. (2014) estimates with 95 % CIs, ``<code>_estimates.csv``,
+      ``<code>_error_matrix.csv``, ``<code>.md``; a sample drawn on another map is refused;
+    - with ``units`` (a polygon layer) and its name ``field``: mapped hectares per class per unit,
+      ``<code>_by_unit.csv`` / ``.md``.
+
+    Returns product name -> location.
+    """
+    import tempfile
+
+    from cropmap.stages.area import (
+        check_sample_on_map,
+        estimate_areas,
+        map_strata,
+        read_sample,
+        write_area_report,
+        write_zonal_report,
+        zonal_areas,
+    )
+
+    if units is not None and not field:
+        raise ConfigError("admin units need the name of their column that names each unit (admin_field)")
+    local_map = storage.local_copy(class_map)
+    out = storage.join(run.map_dir(key), "area")
+    written: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if samples is not None:
+            strata = map_strata(local_map)
+            sample = read_sample(storage.local_copy(samples))
+            check_sample_on_map(strata, sample)
+            est, notes = estimate_areas(strata, sample)
+            written |= write_area_report(strata, est, tmp, name=run.code, notes=notes)
+        if units is not None:
+            written |= write_zonal_report(zonal_areas(local_map, storage.local_copy(units), field=field), tmp,
+                                          name=run.code)
+        return {k: str(storage.publish(p, storage.join(out, p.name))) for k, p in written.items()}
 
 
 def check_existing_tiles(run: CountryRun, key: str, tile_ids: Sequence[str], model: storage.Location) -> int:

@@ -6,8 +6,9 @@ as CSV and markdown.
 Strata are the mapped classes; nodata pixels (255) are outside the population. The map is read
 block by block (memory: one block), twice for a sample: once to count the pixels of each class,
 once to find the pixels drawn (uniformly without replacement among the pixels of each stratum,
-from ``numpy.random.default_rng(seed)``). Areas are per country (the map's whole extent): no
-province outlines are used here.
+from ``numpy.random.default_rng(seed)``). Areas are per country (the map's whole extent);
+:func:`zonal_areas` gives the mapped (pixel-count) hectares per class in each polygon of any layer of
+admin units (provinces), read block by block as well.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from cropmap.io.storage import atomic_path
 from cropmap.stages.predict import NODATA
 
 __all__ = ["MapStrata", "map_strata", "draw_sample", "label_from_reference", "write_sample", "read_sample",
-           "estimate_areas", "area_table", "write_area_report", "default_allocation"]
+           "estimate_areas", "area_table", "write_area_report", "default_allocation", "check_sample_on_map",
+           "zonal_areas", "write_zonal_report"]
 
 SAMPLE_COLUMNS = ["id", "stratum", "map_class", "row", "col", "x", "y", "lon", "lat", "reference_class"]
 
@@ -242,6 +244,83 @@ def write_area_report(strata: MapStrata, est: AreaEstimate, out_dir: str | Path,
               "| map \\ reference | " + " | ".join(strata.names) + " |", "|" + "---|" * (len(strata.names) + 1)]
     lines += [f"| {n} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for n, row in zip(strata.names, est.proportions)]
     with atomic_path(paths["markdown"]) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def check_sample_on_map(strata: MapStrata, sample: pd.DataFrame) -> None:
+    """Raise :class:`InvalidInputError` unless every sample unit's ``map_class`` is the map's class at its
+    ``row``/``col``: a sample drawn on another map (another model, another run) would give estimates
+    for a map it does not describe."""
+    if not {"row", "col"} <= set(sample.columns) or sample.empty:
+        raise InvalidInputError("the sample has no row/col columns; draw it with `cropmap area sample` on this map")
+    from rasterio.windows import Window
+
+    with rasterio.open(strata.path) as src:
+        rows, cols = sample["row"].astype(int).to_numpy(), sample["col"].astype(int).to_numpy()
+        inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
+        values = np.array([src.read(1, window=Window(c, r, 1, 1))[0, 0] if ok else NODATA
+                           for r, c, ok in zip(rows, cols, inside)])
+    wrong = int((values != sample["map_class"].astype(int).to_numpy()).sum())
+    if wrong:
+        raise InvalidInputError(f"{wrong} of {len(sample)} sample units do not lie on their stratum in "
+                                f"{strata.path.name}: the sample was drawn on another map; draw a new one "
+                                "with `cropmap area sample`")
+
+
+def zonal_areas(class_map: str | Path, units: str | Path, *, field: str) -> pd.DataFrame:
+    """Pixel-count areas (hectares) of each class of ``class_map`` in each polygon of ``units`` (any
+    vector file geopandas reads, any CRS: reprojected to the map's), one row per polygon named by its
+    ``field``, with ``nodata_ha`` (unmapped pixels inside it). A pixel belongs to the polygon holding
+    its centre (rasterio's rasterize rule); where polygons overlap, the later one. Read block by block.
+    """
+    import shapely
+    from pyproj import Transformer
+    from rasterio.features import rasterize
+
+    from cropmap.samples.reference_labels import read_label_vectors
+
+    path = Path(class_map)
+    if not path.exists():
+        raise DataNotFoundError(f"class map {path} not found; run `cropmap mosaic` first")
+    if not Path(units).exists():
+        raise DataNotFoundError(f"admin units {units} not found")
+    layer = read_label_vectors(units, field)  # any vector file; names a missing column or CRS
+    with rasterio.open(path) as src:
+        names = _names(src)
+        if not src.crs or not src.crs.is_projected:
+            raise InvalidInputError(f"{path.name}: areas need a projected CRS in metres, got {src.crs}")
+        to_map = Transformer.from_crs(layer.crs, src.crs.to_wkt(), always_xy=True)
+        geometry = shapely.transform(layer.geometry, lambda xy: np.column_stack(to_map.transform(xy[:, 0], xy[:, 1])))
+        shapes = [(geom, i + 1) for i, geom in enumerate(geometry) if geom is not None and not geom.is_empty]
+        k, n = len(names), len(geometry)
+        counts = np.zeros((n, k + 1), dtype=np.int64)  # the last column: nodata
+        for window, block in _windows(src):
+            ids = rasterize(shapes, out_shape=block.shape, transform=src.window_transform(window), fill=0,
+                            dtype="int32") if shapes else np.zeros(block.shape, np.int32)
+            inside = ids > 0
+            cls = np.where(block[inside] < k, block[inside], k)
+            counts += np.bincount((ids[inside] - 1) * (k + 1) + cls, minlength=n * (k + 1)).reshape(n, k + 1)
+        pixel_ha = abs(src.transform.a * src.transform.e) / 1e4
+    table = pd.DataFrame(np.round(counts[:, :k] * pixel_ha, 4), columns=[f"{c}_ha" for c in names])
+    table.insert(0, field, np.asarray(layer.values).astype(str))
+    table["mapped_ha"] = np.round(counts[:, :k].sum(axis=1) * pixel_ha, 4)
+    table["nodata_ha"] = np.round(counts[:, k] * pixel_ha, 4)
+    return table
+
+
+def write_zonal_report(table: pd.DataFrame, out_dir: str | Path, *, name: str = "area") -> dict[str, Path]:
+    """``<name>_by_unit.csv`` and ``<name>_by_unit.md`` (the table) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    paths = {"by_unit": out_dir / f"{name}_by_unit.csv", "by_unit_markdown": out_dir / f"{name}_by_unit.md"}
+    with atomic_path(paths["by_unit"]) as tmp:
+        table.to_csv(tmp, index=False)
+    lines = ["# Mapped area per unit (hectares, pixel counts of the class map)", "",
+             "Pixel counts, not area-adjusted: the map's errors are in them (see the area estimates for "
+             "adjusted areas with confidence intervals).", "",
+             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    with atomic_path(paths["by_unit_markdown"]) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return paths
 
