@@ -4,7 +4,8 @@ Wiring only: the country is resolved once (:func:`cropmap.scenarios.resolve_run`
 task receives, and :func:`cropmap.jobs.mapping.map_country` does the job with this flow's tasks
 (:mod:`flows.tasks`). Outputs under ``<out>/<country>/<run key>/``: ``cubes/`` (Zarr per tile),
 ``tiles/`` (per-tile GeoTIFFs), ``maps/`` (``<country>_class.tif``, ``<country>_confidence.tif``,
-``<country>.json``, ``<country>_quicklook.png``, ``accuracy.json``). ``<out>`` is a folder or an fsspec
+``<country>.json``, ``<country>_quicklook.png``, ``accuracy.json`` and ``model_card.md``: the checkpoint's card
+with this score among its transfer scores). ``<out>`` is a folder or an fsspec
 URL (``s3://bucket/runs``): the ``out_dir`` parameter, else ``$CROPMAP_OUTPUT_URL``, else
 ``$CROPMAP_OUTPUT_DIR`` (:func:`cropmap.jobs.country_run.output_root`), so Kubernetes workers need no
 shared volume. Finished tiles are skipped, so a run killed midway and started again computes only the

@@ -65,8 +65,8 @@ def area_products(run: CountryRun, key: str, class_map: str, samples: str | None
 
 
 @task(name="score", cache_policy=NONE)
-def score_run(run: CountryRun, key: str, class_maps: list[str]) -> tuple[dict, str]:
-    return mapping.score_run(run, key, class_maps)
+def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | None = None) -> tuple[dict, str]:
+    return mapping.score_run(run, key, class_maps, model=model)
 
 
 @task(name="training-set", cache_policy=NONE)

@@ -134,6 +134,8 @@ def test_map_country_demo_deployment(prefect_env, worker, demo_model):
     # tile_limit=2: the two northern tiles, one west (trained on) and one east (scored); the east
     # half's southern tile is not mapped
     assert accuracy["n"] == 128 * 128 and accuracy["n_unmapped"] == 128 * 128 and accuracy["oa"] > 0.5
+    card = (cog.parent / "model_card.md").read_text()  # the checkpoint's card with this run's score in it
+    assert f"- DEMO 2017 (" in card and f"oa {round(accuracy['oa'], 4)}" in card and "Intended use" in card
     tiles = sorted((cog.parents[2] / "tiles" / cog.parent.name).glob("*.class.tif"))
     assert len(tiles) == 2
     stamp = tiles[0].stat().st_mtime_ns

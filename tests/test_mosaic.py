@@ -57,7 +57,7 @@ def test_cogs_validate_strictly_with_colour_table_and_class_names(mosaic_run, ti
         valid, errors, warnings = cog_validate(cog, strict=True, quiet=True)
         assert valid and not errors and not warnings, (cog, errors, warnings)
     with rasterio.open(result.cogs["class"]) as src:
-        assert src.overviews(1) == [2]  # 20 x 40 pixels in 16-pixel blocks: one overview level
+        assert src.overviews(1) == [2, 4]  # 20 x 40 pixels in 16-pixel blocks: the 40 px side fits one at /4
         cmap = src.colormap(1)
         for i, colour in enumerate(ckpt.class_colours):
             assert cmap[i] == (int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16), 255)

@@ -129,16 +129,27 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     return TrainResult(checkpoint, samples, tiles)
 
 
-def score_run(run: CountryRun, key: str, class_maps: list[str]) -> tuple[dict, str]:
+def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | None = None) -> tuple[dict, str]:
     """Score the first class map of ``class_maps`` on the reference's grid (a zone COG in the reference's
     CRS needs no warping, so list it first) on the scenario's held-back area; writes ``accuracy.json``
-    beside the maps."""
+    beside the maps and, given the checkpoint ``model``, ``model_card.md``: its card with this score
+    among the transfer scores (a reference the model was not trained on)."""
     scenario = run.scenario
     assert scenario is not None and scenario.score_bounds is not None
     result = score_class_map(class_maps[0], scenario.reference, bounds=scenario.score_bounds,
                              legend_path=scenario.legend, warp=True)
     path = storage.join(run.map_dir(key), "accuracy.json")
     storage.write_text(path, json.dumps(result, indent=1))
+    if model is not None:
+        from cropmap.ml.checkpoint import card_markdown
+        from cropmap.stages.predict import load_model
+
+        score = {k: round(float(result[k]), 4) for k in ("oa", "macro_f1", "kappa") if k in result}
+        score.update(pixels=int(result["n"]), map=storage.basename(class_maps[0]))
+        target = f"{run.code} {run.year} ({scenario.description or 'held-out reference'})"
+        storage.write_text(storage.join(run.map_dir(key), "model_card.md"),
+                           card_markdown(load_model(model), name=storage.basename(model),
+                                         transfer_scores={target: score}))
     return result, str(path)
 
 
@@ -211,7 +222,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     # a map with holes is not scored: its accuracy would read as the run's
     if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
             and not tiles.failures and not failures):
-        accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national))
+        accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national),
+                                       model=str(model))
     area = {}
     if (area_samples or admin_units) and national is not None and not tiles.failures and not failures:
         area = _run(executor, area_products, run, key, str(national.cogs["class"]), samples=area_samples,

@@ -298,9 +298,12 @@ def model_card(*, class_names: Sequence[str], season: Season, scores: dict, clas
     }
 
 
-def card_markdown(ckpt: Checkpoint, name: str = "model") -> str:
-    """The checkpoint's model card as markdown."""
+def card_markdown(ckpt: Checkpoint, name: str = "model", *, transfer_scores: dict | None = None) -> str:
+    """The checkpoint's model card as markdown; ``transfer_scores`` (target -> scores, e.g. a map scored
+    against a reference the model never saw) are added to those the card holds."""
     card = ckpt.card or model_card(class_names=ckpt.class_names, season=ckpt.season, scores=ckpt.scores)
+    if transfer_scores:
+        card = {**card, "transfer_scores": {**card.get("transfer_scores", {}), **_plain(transfer_scores)}}
     data = card.get("training_data", {})
     lines = [f"# Model card: {name}", "", f"cropmap {ckpt.version}, model `{ckpt.model_name}` "
              f"({ckpt.feature_kind} features, bands {', '.join(ckpt.bands)}, {ckpt.n_bins} bins).", "",
