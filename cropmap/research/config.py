@@ -55,6 +55,9 @@ class Axes(BaseModel):
     bin_days: list[int] | None = None
     classes: dict[str, list[str] | None] | None = None
     minority: dict[str, Minority | None] | None = None
+    # the target's season year: only its samples of that year (cross-year: train on Y-1, score on Y);
+    # needs a target set of several seasons with per-sample start dates (sits)
+    target_year: list[int] | None = None
 
 
 class ExperimentConfig(BaseModel):

@@ -51,7 +51,7 @@ from cropmap.research.variants import (
     variants,
     window_start,
 )
-from cropmap.samples.sources import read_sample_set
+from cropmap.samples.sources import in_season_year, read_sample_set
 from cropmap.samples.splits import holdout_split
 
 __all__ = ["run_experiment"]
@@ -100,6 +100,8 @@ def _select_classes(source: xr.Dataset, target: xr.Dataset, classes: tuple[str, 
 
 
 def _prepare(cfg: ExperimentConfig, variant: Variant, source: xr.Dataset, target: xr.Dataset) -> _Prepared:
+    if variant.target_year is not None:
+        target = in_season_year(target, variant.target_year, where=f"{cfg.name} target {cfg.target.describe()}")
     if variant.classes is not None:
         source, target = _select_classes(source, target, variant.classes)
     class_names = [str(c) for c in source["class_name"].values]
@@ -135,8 +137,11 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
     log(f"{cfg.name}: {note}")
     if cfg.bands != bands:
         cfg = cfg.model_copy(update={"bands": bands})
-    source = read_sample_set(cfg.source, bands=cfg.bands)
-    target = read_sample_set(cfg.target, bands=cfg.bands)
+    # with a split, the whole file is split first (every season's samples), then only the source's season
+    # year trains, and a target_year axis scores each year's held-out samples: in-year and the next year
+    source = read_sample_set(cfg.source.model_copy(update={"season_year": None}) if cfg.split is not None
+                             else cfg.source, bands=cfg.bands)
+    target = source if cfg.split is not None else read_sample_set(cfg.target, bands=cfg.bands)
     if cfg.legend:
         legend = load_legend(cfg.legend)
         source, target = harmonise(source, legend), harmonise(target, legend)
@@ -144,6 +149,9 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
     if cfg.split is not None:  # one file: train on one part, score on the held-out groups
         train_idx, test_idx = holdout_split(source, cfg.split)
         source, target = source.isel(sample=train_idx), source.isel(sample=test_idx)
+        if cfg.source.season_year is not None:
+            source = in_season_year(source, cfg.source.season_year, where=f"{cfg.name} source")
+            train_idx = np.arange(source.sizes["sample"])
         split = cfg.split.describe()
         log(f"{cfg.name}: split {split}: {len(train_idx)} training, {len(test_idx)} held-out samples")
     prepared = [_prepare(cfg, v, source, target) for v in variants(cfg)]

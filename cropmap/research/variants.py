@@ -26,6 +26,7 @@ class Variant:
     target_season: Season  # the target's: the source's, or six months later across hemispheres
     classes: tuple[str, ...] | None = None
     minority: Minority | None = None
+    target_year: int | None = None  # keep only the target's samples of this season year
 
     @property
     def label(self) -> str:
@@ -69,6 +70,8 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
         options.append(("classes", list(axes.classes.items())))
     if axes.minority:
         options.append(("minority", list(axes.minority.items())))
+    if axes.target_year:
+        options.append(("target_year", [(str(y), y) for y in axes.target_year]))
     north = (base.start, base.end) if base.hemisphere == "north" else (
         shift_months(base.start, 6), shift_months(base.end, 6))
     out = []
@@ -103,7 +106,7 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
         out.append(Variant(values=tuple((axis, name) for (axis, _), (name, _) in zip(options, combo)),
                            season=season, context=context, target_season=target_season,
                            classes=None if classes is None else tuple(classes),
-                           minority=chosen.get("minority")))
+                           minority=chosen.get("minority"), target_year=chosen.get("target_year")))
     return out
 
 

@@ -21,7 +21,7 @@ from cropmap.samples.sits import read_sits
 from cropmap.samples.victoria import read_victoria
 from cropmap.samples.worldcereal import read_worldcereal, worldcereal_bands
 
-__all__ = ["SampleSource", "read_sample_set", "read_sample_file", "reader_for", "source_bands", "resolve_path"]
+__all__ = ["in_season_year", "SampleSource", "read_sample_set", "read_sample_file", "reader_for", "source_bands", "resolve_path"]
 
 Reader = Literal["victoria", "cropglobe", "worldcereal", "sits"]
 _BY_SUFFIX: dict[str, Reader] = {".parquet": "worldcereal", ".npz": "cropglobe", ".rda": "sits", ".csv": "victoria"}
@@ -42,6 +42,9 @@ class SampleSource(BaseModel):
     region: list[str] | None = None  # keep only samples of these regions (e.g. [UGA])
     year: int  # the season year the samples are composited for
     hemisphere: Literal["north", "south"] | None = None  # default: the config season's
+    # keep only the samples observed in this season year (sets of several seasons re-dated onto one time
+    # axis, such as sits tibbles: their ``start_date`` gives each sample's own year)
+    season_year: int | None = None
 
     @field_validator("region", mode="before")
     @classmethod
@@ -60,7 +63,8 @@ class SampleSource(BaseModel):
     def describe(self) -> str:
         """A short name for messages: ``worldcereal test_public_extractions.parquet [UGA]``."""
         what = Path(self.path).name if self.path else (self.split or "train")
-        return f"{self.kind} {what}" + (f" [{', '.join(self.region)}]" if self.region else "")
+        return (f"{self.kind} {what}" + (f" [{', '.join(self.region)}]" if self.region else "")
+                + (f" (season {self.season_year})" if self.season_year is not None else ""))
 
 
 def reader_for(path: str | Path) -> Reader:
@@ -118,10 +122,26 @@ def source_bands(spec: SampleSource) -> list[str]:
 
 
 def read_sample_set(spec: SampleSource, *, bands: list[str]) -> xr.Dataset:
-    """The sample set named by ``spec``, restricted to ``bands``."""
+    """The sample set named by ``spec``, restricted to ``bands`` (and to its regions and season year)."""
     ds = _read_all(spec)
     if spec.region is not None:
         ds = ds.isel(sample=np.flatnonzero(np.isin(ds["region"].values, spec.region)))
         if ds.sizes["sample"] == 0:
             raise ConfigError(f"{spec.describe()}: no sample of region(s) {', '.join(spec.region)}")
+    if spec.season_year is not None:
+        ds = in_season_year(ds, spec.season_year, where=spec.describe())
     return select_bands(ds, bands, where=spec.describe())
+
+
+def in_season_year(ds: xr.Dataset, year: int, *, where: str) -> xr.Dataset:
+    """The samples of ``ds`` whose own series starts in ``year`` (coord ``start_date``, one per sample).
+
+    A set without per-sample dates holds one season only: asking for a year of it is an error, as is a
+    year no sample has (the message lists the years there are)."""
+    if "start_date" not in ds.coords or ds["start_date"].dims != ("sample",):
+        raise ConfigError(f"{where}: season_year needs per-sample start dates (a sits set); this set holds one season")
+    years = ds["start_date"].values.astype("datetime64[Y]").astype(int) + 1970
+    keep = np.flatnonzero(years == year)
+    if keep.size == 0:
+        raise ConfigError(f"{where}: no sample of season {year}; the set has {sorted(set(years.tolist()))}")
+    return ds.isel(sample=keep)
