@@ -202,3 +202,5 @@ def test_a_northern_model_maps_the_south_six_months_later_through_a_deployment(p
         assert item["properties"]["cropmap:season_offset_months"] == 6
         assert item["properties"]["cropmap:season_year"] == year
         assert json.loads((south_cog.parent / "accuracy.json").read_text())["n"] == 64 * 128
+        card = (south_cog.parent / "model_card.md").read_text()  # model's season, map's season, offset
+        assert "season_offset_months 6" in card and "11-01..05-31 (south" in card and '"hemisphere": "north"' in card

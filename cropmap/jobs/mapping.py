@@ -144,12 +144,13 @@ def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | Non
         from cropmap.ml.checkpoint import card_markdown
         from cropmap.stages.predict import load_model
 
+        checkpoint = load_model(model)
         score = {k: round(float(result[k]), 4) for k in ("oa", "macro_f1", "kappa") if k in result}
-        score.update(pixels=int(result["n"]), map=storage.basename(class_maps[0]))
+        score.update(pixels=int(result["n"]), map=storage.basename(class_maps[0]), season=run.season.describe(),
+                     season_offset_months=checkpoint.season.require_aligned(run.season, what=run.code))
         target = f"{run.code} {run.year} ({scenario.description or 'held-out reference'})"
         storage.write_text(storage.join(run.map_dir(key), "model_card.md"),
-                           card_markdown(load_model(model), name=storage.basename(model),
-                                         transfer_scores={target: score}))
+                           card_markdown(checkpoint, name=storage.basename(model), transfer_scores={target: score}))
     return result, str(path)
 
 
