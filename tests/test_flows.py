@@ -159,8 +159,8 @@ def test_bad_country_fails_fast_with_the_known_ones(prefect_env, worker):
 def test_a_northern_model_maps_the_south_six_months_later_through_a_deployment(prefect_env, worker, monkeypatch):
     """Train on the northern twin (in-process, 2 epochs: equality is the point, not skill) and map it in
     its own May-Nov season; then ``prefect deployment run map-country/map-country`` maps the southern
-    twin, the same series dated six months later, with that checkpoint; the job maps its twin a year
-    later with ``year=2018``. Each southern class COG equals the northern one pixel for pixel (the
+    twin, the same series dated six months later, with that checkpoint, and its twin a year later with
+    ``--param year=2018``. Each southern class COG equals the northern one pixel for pixel (the
     alignment moved the window, not the features), the tiles and the STAC item record the six-month
     offset and both years, and each run is scored against its twin's reference."""
     from cropmap.jobs.executors import InlineExecutor
@@ -180,16 +180,15 @@ def test_a_northern_model_maps_the_south_six_months_later_through_a_deployment(p
         north_classes = src.read(1)
     assert north_classes.shape == (64, 128) and (north_classes != 255).mean() > 0.9
 
-    # the southern twin through the deployment; a year later (cross-year, ``year=``) through the same job
-    # in-process (the deployment path is the one above)
-    run = _prefect(env, "deployment", "run", "map-country/map-country", "--param", "country=TWNS",
-                   "--param", f"model={model}", "--watch", "--watch-interval", "2", timeout=900)
-    logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
-    assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + logs[-4000:]
-    later = map_country(resolve_run("TWNY", year=2018), InlineExecutor(), model=model)
-    cogs = {"TWNS": next((home / "runs" / "TWNS").glob("*/maps/*/TWNS_32754_class.tif")),
-            "TWNY": Path(later.zones[32754].cogs["class"])}
-    for (code, south_cog), year in zip(cogs.items(), (2017, 2018)):
+    # the southern twin, then its twin a year later (cross-year: ``--param year=2018``), both deployments
+    for code, year in (("TWNS", 2017), ("TWNY", 2018)):
+        run = _prefect(env, "deployment", "run", "map-country/map-country", "--param", f"country={code}",
+                       "--param", f"model={model}", "--param", f"year={year}",
+                       "--watch", "--watch-interval", "2", timeout=900)
+        logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + logs[-4000:]
+    for code, year in (("TWNS", 2017), ("TWNY", 2018)):
+        south_cog = next((home / "runs" / code).glob(f"*/maps/*/{code}_32754_class.tif"))
         with rasterio.open(south_cog) as src:
             np.testing.assert_array_equal(src.read(1), north_classes, err_msg=code)
         for tile in sorted((south_cog.parents[2] / "tiles" / south_cog.parent.name).glob("*.class.tif")):
