@@ -72,9 +72,14 @@ SOURCES: dict[str, PublicSource] = {
                            "prj": "98aaf3d1c0ecadf1a424a4536de261c3daf4e373697cb86c40c43b989daf52eb",
                            "cpg": "09fc313075748ce8ead962229ed89c919d5a9ff71974ee725a0b48bb87d975a2"}.items()},
 }
-#: Files read together with another (a shapefile's sidecars): fetched with it.
-_SIDECARS = {"naturalearth_lowres/naturalearth_lowres.shp": [
-    f"naturalearth_lowres/naturalearth_lowres.{ext}" for ext in ("shx", "dbf", "prj", "cpg")]}
+
+
+def _sidecars(relpath: str) -> list[str]:
+    """The pinned files a shapefile is read with: those of SOURCES beside it with its stem."""
+    if not relpath.endswith(".shp"):
+        return []
+    stem = relpath[:-len(".shp")]
+    return [k for k in SOURCES if k != relpath and k.rsplit(".", 1)[0] == stem]
 
 
 def data_dir() -> Path:
@@ -113,7 +118,7 @@ def data_file(relpath: str, *, download: bool | None = None) -> Path:
             f"{source.commit}, path {source.path}. Set CROPMAP_DATA_DIR to a folder that holds it, or "
             "set CROPMAP_DOWNLOAD=1 to fetch it."
         )
-    for sidecar in _SIDECARS.get(relpath, []):
+    for sidecar in _sidecars(relpath):
         if not (local.parent / Path(sidecar).name).exists() and not (_cache_dir() / sidecar).exists():
             _download(SOURCES[sidecar], _cache_dir() / sidecar)
     return _download(source, cached)
