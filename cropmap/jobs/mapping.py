@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cropmap.errors import ConfigError, CubeBuildError, DataNotFoundError, MosaicError
+from cropmap.errors import ConfigError, CubeBuildError, MosaicError
 from cropmap.io import storage
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
-from cropmap.jobs.tiles import (area_products, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
+from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
                                 prediction_key, zones_of)
 from cropmap.jobs.training import (
     CheckpointResult,
@@ -129,11 +129,13 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     return TrainResult(checkpoint, samples, tiles)
 
 
-def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | None = None) -> tuple[dict, str]:
+def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | None = None,
+              season_offsets: dict[str, int] | None = None) -> tuple[dict, str]:
     """Score the first class map of ``class_maps`` on the reference's grid (a zone COG in the reference's
     CRS needs no warping, so list it first) on the scenario's held-back area; writes ``accuracy.json``
     beside the maps and, given the checkpoint ``model``, ``model_card.md``: its card with this score
-    among the transfer scores (a reference the model was not trained on)."""
+    among the transfer scores (a reference the model was not trained on), with ``season_offsets``
+    (hemisphere -> months from the model's window, as :func:`map_country` checked them)."""
     scenario = run.scenario
     assert scenario is not None and scenario.score_bounds is not None
     result = score_class_map(class_maps[0], scenario.reference, bounds=scenario.score_bounds,
@@ -146,8 +148,12 @@ def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | Non
 
         checkpoint = load_model(model)
         score = {k: round(float(result[k]), 4) for k in ("oa", "macro_f1", "kappa") if k in result}
-        score.update(pixels=int(result["n"]), map=storage.basename(class_maps[0]), season=run.season.describe(),
-                     season_offset_months=checkpoint.season.require_aligned(run.season, what=run.code))
+        score.update(pixels=int(result["n"]), map=storage.basename(class_maps[0]), season=run.season.describe())
+        offsets = season_offsets or {}
+        if len(offsets) == 1:
+            score["season_offset_months"] = next(iter(offsets.values()))
+        else:  # a country on both sides of the equator: one offset per hemisphere
+            score.update({f"season_offset_months_{h}": m for h, m in offsets.items()})
         target = f"{run.code} {run.year} ({scenario.description or 'held-out reference'})"
         storage.write_text(storage.join(run.map_dir(key), "model_card.md"),
                            card_markdown(checkpoint, name=storage.basename(model), transfer_scores={target: score}))
@@ -181,11 +187,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     :attr:`MapResult.zone_failures` and its tiles are missing from the national map. A failed tile or
     zone leaves the maps of the others written but unscored; :func:`check_complete` raises then.
     """
-    for what, location in (("area samples", area_samples), ("admin units", admin_units)):
-        if location is not None and not storage.exists(location):  # before any tile, not after the mosaics
-            raise DataNotFoundError(f"{what} {location} not found")
-    if admin_units is not None and not admin_field:
-        raise ConfigError("admin_units needs admin_field, the column that names each unit")
+    check_area_inputs(area_samples, admin_units, admin_field)  # before any tile, not after the mosaics
     training = None
     if model is None:
         if run.scenario is None or not run.scenario.trains:
@@ -224,7 +226,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
             and not tiles.failures and not failures):
         accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national),
-                                       model=str(model))
+                                       model=str(model), season_offsets=offsets)
     area = {}
     if (area_samples or admin_units) and national is not None and not tiles.failures and not failures:
         area = _run(executor, area_products, run, key, str(national.cogs["class"]), samples=area_samples,

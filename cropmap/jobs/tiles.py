@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cropmap.core.grid import tile_from_id
-from cropmap.errors import ConfigError, IncompatibleInputError
+from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.io import storage
 from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.cluster import inference_annotations
@@ -47,7 +47,7 @@ from cropmap.stages.predict import (
 from cropmap.stages.predict import predict_tile as predict_tile_cube
 
 __all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
-           "mosaic_country", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
+           "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
 def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwrite: bool = False) -> CubeResult:
@@ -116,6 +116,15 @@ def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) 
     return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs)
 
 
+def check_area_inputs(samples: storage.Location | None, units: storage.Location | None, field: str | None) -> None:
+    """Refuse area inputs that are missing, or admin units without the column naming each unit."""
+    for what, location in (("area samples", samples), ("admin units", units)):
+        if location is not None and not storage.exists(location):
+            raise DataNotFoundError(f"{what} {location} not found")
+    if units is not None and not field:
+        raise ConfigError("admin_units needs admin_field, the column that names each unit")
+
+
 def area_products(run: CountryRun, key: str, class_map: storage.Location, *, samples: storage.Location | None = None,
                   units: storage.Location | None = None, field: str | None = None) -> dict[str, str]:
     """The area products of the run's national ``class_map``, in ``<maps>/<key>/area/``:
@@ -140,8 +149,7 @@ def area_products(run: CountryRun, key: str, class_map: storage.Location, *, sam
         zonal_areas,
     )
 
-    if units is not None and not field:
-        raise ConfigError("admin units need the name of their column that names each unit (admin_field)")
+    check_area_inputs(samples, units, field)
     local_map = storage.local_copy(class_map)
     out = storage.join(run.map_dir(key), "area")
     written: dict[str, Path] = {}
