@@ -86,10 +86,12 @@ def demo_class_map(demo_paths, tmp_path_factory):
     with rasterio.open(demo_paths.reference) as src:
         profile, data = src.profile, src.read()
         tags = src.tags(1) | src.tags()
+        colormap = src.colormap(1)
     names = [tags[f"class_{i}"] for i in range(int(data[data != 255].max()) + 1)]
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(data)
         dst.update_tags(class_names=json.dumps(names))
+        dst.write_colormap(1, colormap)
     return out, demo_paths.reference
 
 
@@ -116,6 +118,22 @@ def test_stratified_sample_on_the_demo_map(demo_class_map, tmp_path):
     assert est.overall == 1.0 and notes["n_unlabelled"] == 0
     paths = write_area_report(strata, est, tmp_path / "report", notes=notes)
     assert "Overall accuracy: 1.0000" in paths["markdown"].read_text()
+    _assert_picture(paths["estimates_png"], colours_of=class_map)
+    _assert_picture(paths["error_matrix_png"])
+
+
+def _assert_picture(png, *, colours_of=None):
+    """A drawn PNG (not blank); with ``colours_of``, the class map's largest class is drawn in its own colour."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(png)
+    assert img.ndim == 3 and img.shape[0] > 150 and img.shape[1] > 300, img.shape
+    rgb = (img[..., :3] * 255).round().astype(int)
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 20  # text, bars and axes, not an empty canvas
+    if colours_of is not None:
+        with rasterio.open(colours_of) as src:
+            colour = np.array(src.colormap(1)[int(np.argmax(map_strata(colours_of).pixels))][:3])
+        assert (rgb == colour).all(-1).sum() > 100, f"{png.name}: no bar in the class colour {colour}"
 
 
 def test_cli_area_sample_and_estimate(demo_class_map, tmp_path):
@@ -131,6 +149,7 @@ def test_cli_area_sample_and_estimate(demo_class_map, tmp_path):
     run = CliRunner().invoke(app, ["area", "estimate", str(class_map), str(tmp_path / "s.gpkg"), "--out", str(tmp_path)])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "area_estimates.csv").exists() and "overall accuracy 1.0000" in run.output
+    assert (tmp_path / "area_estimates.png").exists() and (tmp_path / "area_error_matrix.png").exists()
     missing = CliRunner().invoke(app, ["area", "estimate", str(class_map), str(tmp_path / "none.csv"), "--out", "x"])
     assert missing.exit_code == 2 and "not found" in missing.output
 
@@ -183,7 +202,8 @@ def test_demo_map_area_cis_cover_the_reference_areas(demo_run, demo_model, demo_
     again = map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "labelled.gpkg"),
                         admin_units=str(tmp_path / "units.gpkg"), admin_field="NAME")
     assert all(r["predict"] == "skipped" for r in again.tiles.rows())
-    assert set(again.area) == {"estimates", "error_matrix", "markdown", "by_unit", "by_unit_markdown"}
+    assert set(again.area) == {"estimates", "error_matrix", "markdown", "by_unit", "by_unit_markdown",
+                               "estimates_png", "error_matrix_png", "by_unit_png"}
     got = pd.read_csv(again.area["estimates"])
     pd.testing.assert_frame_equal(got, area_table(strata, est), check_dtype=False)
     pd.testing.assert_frame_equal(pd.read_csv(again.area["by_unit"], dtype={"NAME": str}),
@@ -249,8 +269,9 @@ def test_zonal_areas_equal_a_point_in_polygon_count(demo_class_map, tmp_path):
         assert row["nodata_ha"] == pytest.approx(((data == 255) & inside).sum() * pixel_ha, abs=1e-3)
     assert table["mapped_ha"].iloc[:2].sum() == pytest.approx((data != 255).sum() * pixel_ha)  # two cover it
     assert table["mapped_ha"].iloc[2] == 0
-    paths = write_zonal_report(table, tmp_path / "report", name="demo")
+    paths = write_zonal_report(table, tmp_path / "report", class_map=class_map, name="demo")
     assert paths["by_unit"].read_text().startswith("NAME,")
+    _assert_picture(paths["by_unit_png"], colours_of=class_map)
     with pytest.raises(InvalidInputError, match="column 'PROVINCE'.*columns: NAME"):
         zonal_areas(class_map, tmp_path / "units.gpkg", field="PROVINCE")
 
@@ -265,7 +286,7 @@ def test_cli_area_zonal(demo_class_map, tmp_path):
     run = CliRunner().invoke(app, ["area", "zonal", str(class_map), str(tmp_path / "units.gpkg"), "--field", "NAME",
                                    "--out", str(tmp_path / "out")])
     assert run.exit_code == 0 and "3 unit(s)" in run.output, run.output
-    assert (tmp_path / "out" / "area_by_unit.csv").exists()
+    assert (tmp_path / "out" / "area_by_unit.csv").exists() and (tmp_path / "out" / "area_by_unit.png").exists()
     missing = CliRunner().invoke(app, ["area", "zonal", str(class_map), str(tmp_path / "no.gpkg"), "--field", "NAME",
                                        "--out", str(tmp_path / "out")])
     assert missing.exit_code == 2 and "not found" in missing.output

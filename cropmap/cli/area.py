@@ -84,5 +84,5 @@ def zonal(
 ) -> None:
     """Mapped hectares of each class in each unit (pixel counts, not area-adjusted)."""
     table = zonal_areas(class_map, units, field=field)
-    paths = write_zonal_report(table, out, name=name)
+    paths = write_zonal_report(table, out, class_map=class_map, name=name)
     typer.echo(f"{len(table)} unit(s), {table['mapped_ha'].sum():.1f} ha mapped -> {paths['by_unit']}")

@@ -162,7 +162,7 @@ def area_products(run: CountryRun, key: str, class_map: storage.Location, *, sam
             written |= write_area_report(strata, est, tmp, name=run.code, notes=notes)
         if units is not None:
             written |= write_zonal_report(zonal_areas(local_map, storage.local_copy(units), field=field), tmp,
-                                          name=run.code)
+                                          class_map=local_map, name=run.code)
         return {k: str(storage.publish(p, storage.join(out, p.name))) for k, p in written.items()}
 
 

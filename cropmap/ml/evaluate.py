@@ -15,7 +15,7 @@ from sklearn import metrics
 
 from cropmap.io.storage import atomic_path
 
-__all__ = ["confusion_matrix", "macro_f1", "scores", "write_confusion"]
+__all__ = ["confusion_matrix", "macro_f1", "scores", "write_confusion", "write_matrix_png"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -62,10 +62,6 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, *, class_names: Sequence[str]
 
 def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, *, title: str = "") -> tuple[Path, Path]:
     """Write the confusion matrix as CSV (``path`` with ``.csv``) and PNG (``.png``); temp name then rename."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     cm = np.asarray(cm)
@@ -75,19 +71,37 @@ def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path
     frame = pd.DataFrame(cm, index=[f"true:{c}" for c in class_names], columns=[f"pred:{c}" for c in class_names])
     with atomic_path(csv) as tmp:
         frame.to_csv(tmp)
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.6 * len(class_names)))
-    rows = cm.sum(1, keepdims=True)
-    ax.imshow(np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0), cmap="Blues", vmin=0, vmax=1)
-    for (i, j), v in np.ndenumerate(cm):
-        if v:
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("reference")
+    write_matrix_png(cm, class_names, png, title=title, xlabel="predicted", ylabel="reference", fmt="{:d}")
+    return csv, png
+
+
+def write_matrix_png(matrix: np.ndarray, class_names: Sequence[str], png: str | Path, *, title: str = "",
+                     xlabel: str, ylabel: str, fmt: str) -> Path:
+    """A square class x class matrix (rows ``ylabel``, columns ``xlabel``) as a PNG heatmap: each cell
+    shaded by its share of its row (so rare classes read as well as common ones), every non-zero cell
+    written with ``fmt`` (``"{:d}"`` for counts, ``"{:.3f}"`` for area proportions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(1, keepdims=True)
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * k, 1.5 + 0.6 * k))
+    shade = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    ax.imshow(shade, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(matrix):
+        if v:  # white on the dark cells, so that every figure can be read
+            ax.text(j, i, fmt.format(v.item()), ha="center", va="center", fontsize=7,
+                    color="white" if shade[i, j] > 0.6 else "black")
+    ax.set_xticks(range(k), class_names, rotation=90)
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100)
+    with atomic_path(Path(png)) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    return csv, png
+    return Path(png)

@@ -26,7 +26,10 @@ from rasterio.warp import transform as transform_points
 from cropmap.core.area_estimation import Z95, AreaEstimate, allocate, stratified_estimate
 from cropmap.errors import DataNotFoundError, InvalidInputError
 from cropmap.io.storage import atomic_path
+from cropmap.ml.evaluate import write_matrix_png
+from cropmap.stages.area_figures import class_colours, plot_area_estimates, plot_zonal_areas
 from cropmap.stages.predict import NODATA
+from cropmap.stages.tile_files import colormap_of
 
 __all__ = ["MapStrata", "map_strata", "draw_sample", "label_from_reference", "write_sample", "read_sample",
            "estimate_areas", "area_table", "write_area_report", "default_allocation", "check_sample_on_map",
@@ -216,17 +219,24 @@ def area_table(strata: MapStrata, est: AreaEstimate) -> pd.DataFrame:
 def write_area_report(strata: MapStrata, est: AreaEstimate, out_dir: str | Path, *, name: str = "area",
                       notes: dict | None = None) -> dict[str, Path]:
     """``<name>_estimates.csv`` (:func:`area_table`), ``<name>_error_matrix.csv`` (area proportions, rows
-    map, columns reference) and ``<name>.md`` (both tables, OA with CI, the method) in ``out_dir``."""
+    map, columns reference), each with its picture (``.png``, :mod:`cropmap.stages.area_figures`), and
+    ``<name>.md`` (both tables, OA with CI, the method) in ``out_dir``."""
     out_dir = Path(out_dir)
     table = area_table(strata, est)
     matrix = pd.DataFrame(np.round(est.proportions, 6), index=list(strata.names), columns=list(strata.names))
     matrix.index.name = "map \\ reference"
     paths = {"estimates": out_dir / f"{name}_estimates.csv", "error_matrix": out_dir / f"{name}_error_matrix.csv",
-             "markdown": out_dir / f"{name}.md"}
+             "markdown": out_dir / f"{name}.md", "estimates_png": out_dir / f"{name}_estimates.png",
+             "error_matrix_png": out_dir / f"{name}_error_matrix.png"}
     with atomic_path(paths["estimates"]) as tmp:
         table.to_csv(tmp, index=False)
     with atomic_path(paths["error_matrix"]) as tmp:
         matrix.to_csv(tmp)
+    plot_area_estimates(table, paths["estimates_png"], colours=class_colours(strata.names, colormap_of(strata.path)),
+                        title=f"{strata.path.name}: area per class, {int(est.counts.sum())} sample units, "
+                              f"OA {est.overall:.3f} +- {Z95 * est.overall_se:.3f}")
+    write_matrix_png(est.proportions, strata.names, paths["error_matrix_png"], xlabel="reference", ylabel="map",
+                     fmt="{:.3f}", title=f"{strata.path.name}: error matrix in area proportions")
     lines = [f"# Area estimates: {strata.path.name}", "",
              "Stratified estimator of Olofsson et al. (2014), strata = mapped classes; 95 % confidence "
              "intervals (estimate +- 1.96 SE). Areas in hectares over the whole map (per country: no "
@@ -309,12 +319,20 @@ def zonal_areas(class_map: str | Path, units: str | Path, *, field: str) -> pd.D
     return table
 
 
-def write_zonal_report(table: pd.DataFrame, out_dir: str | Path, *, name: str = "area") -> dict[str, Path]:
-    """``<name>_by_unit.csv`` and ``<name>_by_unit.md`` (the table) in ``out_dir``."""
+def write_zonal_report(table: pd.DataFrame, out_dir: str | Path, *, class_map: str | Path,
+                       name: str = "area") -> dict[str, Path]:
+    """``<name>_by_unit.csv``, ``<name>_by_unit.md`` (the table of :func:`zonal_areas` on ``class_map``)
+    and ``<name>_by_unit.png`` (stacked bars in the map's colours) in ``out_dir``."""
     out_dir = Path(out_dir)
-    paths = {"by_unit": out_dir / f"{name}_by_unit.csv", "by_unit_markdown": out_dir / f"{name}_by_unit.md"}
+    paths = {"by_unit": out_dir / f"{name}_by_unit.csv", "by_unit_markdown": out_dir / f"{name}_by_unit.md",
+             "by_unit_png": out_dir / f"{name}_by_unit.png"}
     with atomic_path(paths["by_unit"]) as tmp:
         table.to_csv(tmp, index=False)
+    with rasterio.open(class_map) as src:
+        names = _names(src)
+    plot_zonal_areas(table, table.columns[0], paths["by_unit_png"], class_names=names,
+                     colours=class_colours(names, colormap_of(class_map)),
+                     title=f"{Path(class_map).name}: mapped area per unit")
     lines = ["# Mapped area per unit (hectares, pixel counts of the class map)", "",
              "Pixel counts, not area-adjusted: the map's errors are in them (see the area estimates for "
              "adjusted areas with confidence intervals).", "",
