@@ -153,7 +153,7 @@ def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s
     assert remote == _cog_bytes(local_run)
     run, key = result["cogs"]["class"].rsplit("/maps/", 1)[0], result["key"]
     for name in (f"maps/{key}/DEMO.json", f"maps/{key}/DEMO_quicklook.png", f"maps/{key}/accuracy.json",
-                 f"maps/{key}/DEMO_32754_class.tif", f"tiles/{key}/run.json"):
+                 f"maps/{key}/confusion.png", f"maps/{key}/DEMO_32754_class.tif", f"tiles/{key}/run.json"):
         assert storage.exists(f"{run}/{name}"), name
     cubes = storage.list_files(f"{run}/cubes", "*.zarr.complete")
     assert len(cubes) == TILE_LIMIT and len(class_tiles) == TILE_LIMIT

@@ -134,6 +134,13 @@ def test_map_country_demo_deployment(prefect_env, worker, demo_model):
     # tile_limit=2: the two northern tiles, one west (trained on) and one east (scored); the east
     # half's southern tile is not mapped
     assert accuracy["n"] == 128 * 128 and accuracy["n_unmapped"] == 128 * 128 and accuracy["oa"] > 0.5
+    import matplotlib.image
+    import pandas as pd
+
+    confusion = pd.read_csv(cog.parent / "confusion.csv", index_col=0)  # beside it, with its picture
+    assert confusion.to_numpy().tolist() == accuracy["confusion"] and confusion.to_numpy().sum() == accuracy["n"]
+    assert list(confusion.columns) == [f"pred:{c}" for c in accuracy["class_names"]]
+    assert matplotlib.image.imread(cog.parent / "confusion.png").shape[0] > 300
     card = (cog.parent / "model_card.md").read_text()  # the checkpoint's card with this run's score in it
     assert f"- DEMO 2017 (" in card and f"oa {round(accuracy['oa'], 4)}" in card and "Intended use" in card
     tiles = sorted((cog.parents[2] / "tiles" / cog.parent.name).glob("*.class.tif"))

@@ -14,7 +14,9 @@ tile: the tiles' outcomes are a :class:`~cropmap.jobs.tile_pipeline.TileSummary`
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
+from cropmap.ml.evaluate import write_confusion
 from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
                                 prediction_key, zones_of)
 from cropmap.jobs.training import (
@@ -133,7 +136,7 @@ def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | Non
               season_offsets: dict[str, int] | None = None) -> tuple[dict, str]:
     """Score the first class map of ``class_maps`` on the reference's grid (a zone COG in the reference's
     CRS needs no warping, so list it first) on the scenario's held-back area; writes ``accuracy.json``
-    beside the maps and, given the checkpoint ``model``, ``model_card.md``: its card with this score
+    and ``confusion.csv`` / ``confusion.png`` beside the maps and, given the checkpoint ``model``, ``model_card.md``: its card with this score
     among the transfer scores (a reference the model was not trained on), with ``season_offsets``
     (hemisphere -> months from the model's window, as :func:`map_country` checked them)."""
     scenario = run.scenario
@@ -142,6 +145,11 @@ def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | Non
                              legend_path=scenario.legend, warp=True)
     path = storage.join(run.map_dir(key), "accuracy.json")
     storage.write_text(path, json.dumps(result, indent=1))
+    with tempfile.TemporaryDirectory() as tmp:  # confusion.csv / .png beside it (the folder may be a bucket)
+        for local in write_confusion(np.asarray(result["confusion"]), result["class_names"], Path(tmp) / "confusion.csv",
+                                     title=f"{run.code} {run.year}: {storage.basename(class_maps[0])} against "
+                                           f"the reference, {result['n']:,} px, OA {result['oa']:.3f}"):
+            storage.publish(local, storage.join(run.map_dir(key), local.name))
     if model is not None:
         from cropmap.ml.checkpoint import card_markdown
         from cropmap.stages.predict import load_model

@@ -65,6 +65,7 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     n_classes = max(map_names) + 1
     out = scores(y_true[valid], pred[valid].astype(np.int64), class_names=[map_names.get(i, str(i))
                                                                         for i in range(n_classes)])
+    out["class_names"] = [map_names.get(i, str(i)) for i in range(n_classes)]  # rows/columns of "confusion"
     out["n_unmapped"] = int((has_truth & (pred == 255)).sum())
     out["bounds"] = [float(v) for v in box]
     return out
