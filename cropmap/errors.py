@@ -24,6 +24,7 @@ __all__ = [
     "ReflectanceRangeError",
     "ForbiddenHrefError",
     "is_transient",
+    "one_line",
 ]
 
 
@@ -108,3 +109,19 @@ def is_transient(err: BaseException) -> bool:
     if isinstance(err, (ValueError, KeyError, TypeError, DataNotFoundError, MosaicError, CubeBuildError)):
         return False
     return isinstance(err, OSError)  # ConnectionError, TimeoutError and rasterio's RasterioIOError among them
+
+
+def one_line(err: BaseException, *, limit: int = 3) -> str:
+    """``err`` as one short line for a message: a pydantic ``ValidationError`` as ``field: problem``
+    pairs (the first ``limit``, without pydantic's web links and input dumps), anything else as its
+    text with the line breaks folded."""
+    problems = getattr(err, "errors", None)
+    if callable(problems) and type(err).__name__ == "ValidationError":
+        items = problems()
+        parts = []
+        for e in items[:limit]:
+            where, msg = ".".join(str(p) for p in e.get("loc", ())), str(e.get("msg", "")).removeprefix("Value error, ")
+            parts.append(f"{where}: {msg}" if where else msg)
+        more = len(items) - limit
+        return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    return " ".join(str(err).split())

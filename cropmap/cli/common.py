@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from cropmap import __version__
-from cropmap.errors import CropmapError
+from cropmap.errors import CropmapError, one_line
 
 __all__ = ["app", "command", "fail", "tile_progress"]
 
@@ -54,10 +54,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except CropmapError as err:
             raise fail(str(err)) from err
-        except ValidationError as err:  # pydantic: the first problem, without the web link
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "value"
-            raise fail(f"{where}: {first.get('msg', err)}") from err
+        except ValidationError as err:  # pydantic: field and problem, without the web link
+            raise fail(one_line(err)) from err
         except (OSError, RasterioError, KeyError) as err:
             raise fail(f"{type(err).__name__}: {err}") from err
 

@@ -23,7 +23,7 @@ import xarray as xr
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from cropmap.errors import ConfigError
+from cropmap.errors import ConfigError, one_line
 
 __all__ = ["Legend", "load_legend", "harmonise"]
 
@@ -75,7 +75,7 @@ def load_legend(path: str | Path) -> Legend:
     try:
         return Legend(**(yaml.safe_load(path.read_text()) or {}))
     except (ValidationError, TypeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: invalid legend: {err}") from err
+        raise ConfigError(f"{path}: invalid legend: {one_line(err)}") from err
 
 
 def harmonise(samples: xr.Dataset, legend: Legend) -> xr.Dataset:

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from cropmap.core.season import Season
-from cropmap.errors import ConfigError, UnknownCountryError
+from cropmap.errors import ConfigError, UnknownCountryError, one_line
 from cropmap.io.catalogs import get_profile, profile_for_url
 from cropmap.settings import get_settings
 
@@ -239,4 +239,4 @@ def load_country(code: str, configs_dir: str | Path | None = None) -> CountryCon
     try:
         return CountryConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: {err}") from err
+        raise ConfigError(f"{path}: {one_line(err)}") from err

@@ -20,7 +20,7 @@ from shapely.geometry.base import BaseGeometry
 
 from cropmap.core.grid import Tile, tiles_for_geometry
 from cropmap.core.season import Season
-from cropmap.errors import ConfigError, EmptyAOIError
+from cropmap.errors import ConfigError, EmptyAOIError, one_line
 from cropmap.io.config import CountryConfig, OutlineConfig
 from cropmap.io.data import data_file
 
@@ -57,7 +57,7 @@ def load_aoi(aoi: CountryConfig | OutlineConfig | str | Path | tuple | BaseGeome
         try:
             geom = shapely.box(*OutlineConfig(bbox=tuple(aoi)).bbox)
         except ValueError as err:  # pydantic's ValidationError
-            raise ConfigError(f"bad AOI bbox {tuple(aoi)}: {err}") from err
+            raise ConfigError(f"bad AOI bbox {tuple(aoi)}: {one_line(err)}") from err
     else:
         raise ConfigError(f"unsupported AOI {aoi!r}: give a country config, GeoJSON path or lon/lat bbox")
     if geom.is_empty:

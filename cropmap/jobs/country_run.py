@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
 from cropmap.core.grid import Tile, tile_from_id
@@ -28,7 +29,7 @@ from cropmap.io.config import CountryConfig
 from cropmap.io.outlines import PartPlan, part_plans, tiles_for_aoi
 from cropmap.errors import InvalidInputError
 from cropmap.jobs.training import TrainingSettings
-from cropmap.samples.reference_labels import is_vector, label_extent
+from cropmap.samples.reference_labels import VECTOR_SUFFIXES, is_vector, label_extent
 from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeOptions
 from cropmap.stages.predict import PredictOptions
@@ -120,8 +121,14 @@ class CountryRun(BaseModel):
                 raise InvalidInputError(f"the labels {reference} (extent {tuple(round(b, 4) for b in box)}, "
                                         f"{crs.to_string()}) do not intersect {self.code}'s tiles")
         elif reference is not None:
-            with storage.open_raster(reference) as ds:
-                tiles = _within(tiles, tuple(ds.bounds), ds.crs)
+            try:
+                with storage.open_raster(reference) as ds:
+                    tiles = _within(tiles, tuple(ds.bounds), ds.crs)
+            except RasterioIOError as err:
+                if not storage.exists(reference):
+                    raise
+                raise InvalidInputError(f"labels {reference}: neither a raster GDAL reads nor a vector file "
+                                        f"({', '.join(VECTOR_SUFFIXES)})") from err
         if bounds is not None:
             tiles = _within(tiles, bounds, bounds_crs)
         return [t.id for t in tiles][:tile_limit]

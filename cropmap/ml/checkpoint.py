@@ -245,7 +245,7 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which
-        raise ConfigError(f"{path} is not a readable cropmap checkpoint: {err}") from err
+        raise ConfigError(f"{path} is not a readable cropmap checkpoint (torch.load: {type(err).__name__})") from err
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise ConfigError(f"{path} is not a cropmap checkpoint of format {_FORMAT}")
     model = build_model(blob["model_name"], **blob["model_config"])

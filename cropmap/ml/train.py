@@ -28,7 +28,7 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from torch import nn
 from tqdm.auto import tqdm
 
-from cropmap.errors import ConfigError, InvalidInputError
+from cropmap.errors import ConfigError, InvalidInputError, one_line
 from cropmap.ml.augment import AUGMENTATIONS, augmenter
 from cropmap.ml.calibration import expected_calibration_error, fit_temperature, softmax_t
 from cropmap.ml.evaluate import macro_f1
@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as err:  # one error type for every bad config
-            raise ConfigError(f"invalid training settings: {err}") from err
+            raise ConfigError(f"invalid training settings: {one_line(err)}") from err
 
     @field_validator("augment")
     @classmethod

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from cropmap.core.bands import S2_BANDS, S2_ORDER
 from cropmap.core.season import Season
-from cropmap.errors import ConfigError
+from cropmap.errors import ConfigError, one_line
 from cropmap.ml.augment import AUGMENTATIONS
 from cropmap.ml.models import MODELS
 from cropmap.ml.train import TrainConfig
@@ -156,4 +156,4 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         variants(cfg)  # seasons that cannot be built or sit off the context's bins fail now too
         return cfg
     except (ValidationError, TypeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: invalid experiment config: {err}") from err
+        raise ConfigError(f"{path}: invalid experiment config: {one_line(err)}") from err

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from cropmap.core.season import Season, shift_months
-from cropmap.errors import ConfigError
+from cropmap.errors import ConfigError, one_line
 from cropmap.research.config import Axes, ExperimentConfig, Minority
 
 __all__ = ["Variant", "variants", "window_start", "minority_subsample"]
@@ -87,7 +87,7 @@ def variants(cfg: ExperimentConfig) -> list[Variant]:
         try:
             season = Season(start=start, end=end, bin_days=bins, hemisphere=base.hemisphere)
         except ValidationError as err:
-            raise ConfigError(f"experiment {cfg.name}: bad season {start}..{end}: {err}") from err
+            raise ConfigError(f"experiment {cfg.name}: bad season {start}..{end}: {one_line(err)}") from err
         target_season = season
         target_hemisphere = cfg.target.hemisphere or base.hemisphere
         if target_hemisphere != base.hemisphere:

@@ -10,7 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from cropmap.core.bands import S2_BANDS, require_bands
-from cropmap.errors import ConfigError, InvalidInputError
+from cropmap.errors import ConfigError, DataNotFoundError, InvalidInputError
 from cropmap.io.data import data_file
 from cropmap.samples.sets import make_sample_set
 
@@ -52,10 +52,17 @@ def read_victoria(
         return Path(folder) / name if folder is not None else data_file(f"victoria_s2/{name}")
 
     table = pd.read_csv(path if path is not None else _path(f"{split}_dataset.csv"))
+    legend = _path("class_map.txt")
+    if path is not None and not legend.exists():
+        raise DataNotFoundError(f"{path} is read as a Victoria-format table (.csv), which needs its legend "
+                                f"class_map.txt (value,class,colour) beside it: {legend} not found")
     # "value,class,colour" where colour is "rgb(r, g, b)": split on the first two commas only
-    rows = [line.split(",", 2) for line in _path("class_map.txt").read_text().splitlines()[1:] if line.strip()]
+    rows = [line.split(",", 2) for line in legend.read_text().splitlines()[1:] if line.strip()]
     value_cols = [c for c in table.columns if re.fullmatch(r"b\d+", c)]
     n_band = len(S2_BANDS)
+    if not value_cols or "lc_id" not in table.columns:
+        raise InvalidInputError(f"{path or split}: a Victoria-format table needs an lc_id column and value columns "
+                                f"b0, b1, ... (band-major per step); it has {', '.join(map(str, table.columns[:8]))}")
     if len(value_cols) % n_band:
         raise InvalidInputError(f"Victoria table has {len(value_cols)} value columns, not a multiple of {n_band}")
     n_time = len(value_cols) // n_band

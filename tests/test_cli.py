@@ -1,0 +1,80 @@
+"""Every ``cropmap`` command turns a bad input into ONE line on stderr (``error: ...`` naming the
+problem) and exit code 2: no traceback, no pydantic dump with web links. The table below must hold a
+case for every registered command, so a new command without one fails here."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import pytest
+from typer.testing import CliRunner
+
+from cropmap.cli import app
+from cropmap.cli.common import command
+
+# command -> (arguments with {t} for the test's folder, a fragment the one line must hold)
+BAD_INPUTS: dict[str, tuple[list[str], str]] = {
+    "params": (["params", "--n-bands", "0"], "n_bands >= 1"),
+    "experiment": (["experiment", "{t}/bad.yaml"], "invalid experiment config: source: Field required"),
+    "map": (["map", "XYZ"], "unknown country 'XYZ'"),
+    "train": (["train", "DEMO", "--labels", "{t}/labels.csv"], "neither a raster GDAL reads nor a vector file"),
+    "cube": (["cube", "DEMO", "--out", "{t}/o", "--bbox", "5", "50", "4", "51"], "bbox must be west < east"),
+    "predict": (["predict", "{t}/bad.pt", "{t}/cube.zarr", "--out", "{t}/o"], "cube.zarr not found"),
+    "mosaic": (["mosaic", "{t}", "--out", "{t}/o"], "holds no class tiles"),
+    "export-onnx": (["export-onnx", "{t}/bad.pt", "--out", "{t}/m.onnx"], "bad.pt is not a readable cropmap checkpoint"),
+    "area sample": (["area", "sample", "{t}/bad.tif", "--out", "{t}/s.gpkg"], "bad.tif' not recognized"),
+    "area estimate": (["area", "estimate", "{t}/none.tif", "{t}/s.csv", "--out", "{t}/o"], "class map"),
+    "area zonal": (["area", "zonal", "{t}/bad.tif", "{t}/none.gpkg", "--field", "NAME", "--out", "{t}/o"],
+                   "admin units"),
+    "samples summary": (["samples", "summary", "{t}/labels.csv"], "needs its legend class_map.txt"),
+    "demo build": (["demo", "build", "--out", "{t}/bad.pt/demo"], "bad.pt"),
+    "demo run": (["demo", "run", "--out", "{t}/bad.pt/runs"], "cannot write outputs"),
+}
+
+
+def _commands(typer_app, prefix: str = "") -> dict[str, typing.Callable]:
+    found = {}
+    for info in typer_app.registered_commands:
+        found[prefix + (info.name or info.callback.__name__.replace("_", "-"))] = info.callback
+    for group in typer_app.registered_groups:
+        found |= _commands(group.typer_instance, prefix + group.name + " ")
+    return found
+
+
+def test_every_command_has_the_error_handler_and_a_bad_input_case():
+    commands = _commands(app)
+    wrapper = command(lambda: None).__code__
+    unwrapped = [n for n, fn in commands.items() if n != "version" and fn.__code__ is not wrapper]
+    assert unwrapped == [], f"commands without cropmap.cli.common.command: {unwrapped}"
+    assert set(commands) - {"version"} == set(BAD_INPUTS)
+
+
+def test_options_with_fixed_choices_are_literals():
+    """--device and --precision offer fixed values: Literal options, refused by Typer with the choices."""
+    predict = inspect.unwrap(_commands(app)["predict"])
+    hints = typing.get_type_hints(predict)
+    assert typing.get_args(hints["device"]) == ("cuda", "cpu")
+    assert typing.get_args(hints["precision"]) == ("auto", "fp32", "bf16")
+    run = CliRunner().invoke(app, ["predict", "m.pt", "c.zarr", "--out", "o", "--precision", "fp16"])
+    assert run.exit_code == 2 and "'fp16' is not one of" in run.output and "'bf16'" in run.output, run.output
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\n")                  # an experiment without its sections
+    (tmp_path / "bad.pt").write_text("not a checkpoint\n")           # a foreign file named like a checkpoint
+    (tmp_path / "bad.tif").write_text("not a raster\n")              # a corrupt raster
+    (tmp_path / "labels.csv").write_text("lc_id,b0\n1,0.1\n")        # a table where a raster or vector belongs
+    (tmp_path / "s.csv").write_text("id,reference_class\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_a_bad_input_is_one_line_and_exit_2(name, bad_files):
+    args, fragment = BAD_INPUTS[name]
+    run = CliRunner().invoke(app, [a.format(t=bad_files) for a in args])
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.exit_code == 2, (run.exit_code, run.output)
+    assert len(lines) == 1 and fragment in lines[0], run.stderr
+    assert "Traceback" not in run.output and "errors.pydantic.dev" not in run.output and "\n" not in lines[0]
