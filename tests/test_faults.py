@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pystac
 import pytest
+import rasterio
 
 from cropmap.errors import DataNotFoundError, MissingBandError
 from cropmap.io.stac import search_items, season_search_window
@@ -104,6 +105,50 @@ def test_a_damaged_asset_makes_the_tile_incomplete_and_the_rerun_rebuilds_it(dem
     assert again.status == "written" and not again.unavailable
     np.testing.assert_array_equal(open_tile_cube(again.path).values, clean)
     assert _build(demo_run, tile, copies, tmp_path / "cubes").status == "skipped"
+
+
+def _blank(path: Path) -> None:
+    """The asset rewritten as a valid GeoTIFF whose every pixel is its nodata value."""
+    with rasterio.open(path) as src:
+        profile, shape = src.profile, src.shape
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full(shape, profile["nodata"], dtype=profile["dtype"]), 1)
+
+
+def test_a_band_without_any_valid_value_is_degraded_refused_by_predict_and_rebuilt(demo_run, tile_items, clean,
+                                                                                   tmp_path):
+    """Every red file readable but all nodata: nothing fails to read, yet B04 would be guessed at every
+    pixel. The cube is "degraded" naming the band, predict refuses it, the repaired rerun rebuilds it."""
+    from cropmap.stages.predict import open_cube
+
+    tile, items = tile_items
+    copies = _copied(items, tmp_path / "items")
+    good = {Path(it.assets["red"].href): Path(it.assets["red"].href).read_bytes() for it in copies}
+    for path in good:
+        _blank(path)
+    res = _build(demo_run, tile, copies, tmp_path / "cubes")
+    assert res.status == "degraded" and "B04" in res.reason and not res.unavailable, res
+    assert open_tile_cube(res.path).attrs["status"] == "degraded"
+    with pytest.raises(DataNotFoundError, match="is degraded.*B04.*rebuild"):
+        open_cube(res.path)
+    for path, data in good.items():
+        path.write_bytes(data)
+    again = _build(demo_run, tile, copies, tmp_path / "cubes")  # not skipped: rebuilt, and whole now
+    assert again.status == "written"
+    np.testing.assert_array_equal(open_tile_cube(again.path).values, clean)
+    assert _build(demo_run, tile, copies, tmp_path / "cubes").status == "skipped"
+
+
+def test_a_tile_observed_below_the_threshold_is_degraded(demo_run, tile_items, clean_path, tmp_path):
+    """The share of observed values against ``min_observed_fraction``, both sides of the clean tile's own."""
+    tile, items = tile_items
+    observed = 1 - open_tile_cube(clean_path).attrs["filled_fraction"]
+    strict = CubeOptions(bands=BANDS, chunk=64, min_observed_fraction=observed + 0.01)
+    res = build_tile_cube(tile, items, demo_run.season, demo_run.year, tmp_path / "strict", options=strict)
+    assert res.status == "degraded" and f"only {observed:.1%}" in res.reason, res
+    lenient = CubeOptions(bands=BANDS, chunk=64, min_observed_fraction=observed - 0.01)
+    assert build_tile_cube(tile, items, demo_run.season, demo_run.year, tmp_path / "lenient",
+                           options=lenient).status == "written"
 
 
 def test_an_item_without_a_band_key_is_recorded_and_the_tile_incomplete(demo_run, tile_items, tmp_path):

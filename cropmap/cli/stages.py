@@ -49,6 +49,9 @@ def cube(
     fail_on_asset_error: bool = typer.Option(False, "--fail-on-asset-error",
                                              help="Stop at an unreadable asset instead of warning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild tiles that are already complete."),
+    min_observed: float = typer.Option(CubeOptions.min_observed_fraction, "--min-observed", min=0, max=1,
+                                       help="Below this share of observed values a tile is 'degraded' (rebuilt "
+                                            "next run, refused by predict); 0 accepts any tile with data."),
     configs_dir: str = typer.Option(None, "--configs-dir", help="Folder of country YAMLs (default configs/countries)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Tiles built at once (local Dask threads)."),
 ) -> None:
@@ -60,7 +63,7 @@ def cube(
             max_cloud_cover=cfg.catalog.max_cloud_cover,
             margin_days=cfg.catalog.margin_days)})
     opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
-                       on_asset_error="fail" if fail_on_asset_error else "warn")
+                       on_asset_error="fail" if fail_on_asset_error else "warn", min_observed_fraction=min_observed)
     area = bbox if bbox else geojson
     # an area is checked against the country and the tile cap (--max-tiles is the explicit override)
     planned = (tiles_for_area(cfg, area, limit=None if max_tiles is None else 10**9) if area
@@ -75,7 +78,7 @@ def cube(
     with local_executor(threads=threads) as executor:
         summary = run_tiles(executor, run, tiles, progress=show, overwrite=overwrite)
     counts = summary.counts["cube"]
-    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty", "incomplete")))
+    typer.echo(", ".join(f"{counts.get(s, 0)} {s}" for s in ("written", "skipped", "empty", "incomplete", "degraded")))
     for f in summary.failures:
         typer.echo(f"{f.tile_id}: failed: {f.reason}", err=True)
     if summary.failures:

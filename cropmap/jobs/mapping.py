@@ -115,10 +115,11 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
         first = tiles.failures[0]
         raise CubeBuildError(f"{len(tiles.failed_tiles)} of {len(tile_ids)} training tile(s) failed; the first, "
                              f"{first.tile_id} ({first.stage}): {first.reason}. Rerun to retry them")
-    incomplete = sorted(t for t, s in tiles.status.items() if s.get("cube") == "incomplete")
-    if incomplete:  # samples from cubes with holes: the same silent change of the training set
-        raise CubeBuildError(f"{len(incomplete)} of {len(tile_ids)} training tile(s) are incomplete (an asset could "
-                             f"not be read), the first {incomplete[0]}; rerun to rebuild them")
+    unfit = sorted(t for t, s in tiles.status.items() if s.get("cube") in ("incomplete", "degraded"))
+    if unfit:  # samples from cubes with holes: the same silent change of the training set
+        raise CubeBuildError(f"{len(unfit)} of {len(tile_ids)} training tile(s) are incomplete (an asset could not "
+                             f"be read) or degraded (too little observed), the first {unfit[0]} "
+                             f"({tiles.status[unfit[0]]['cube']}); rerun to rebuild them")
     cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in tile_ids if t not in tiles.failed_tiles]
     boxes = np.array([run.tile(t).lonlat_bbox() for t in tile_ids])
     area = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))  # lon/lat box of the tiles

@@ -2,7 +2,7 @@
 
 - :func:`cube_tile`: search the run's catalog over the tile and the season (plus margin), build its
   5-day median cube (:func:`cropmap.stages.cube.build_tile_cube`); a complete or empty cube is skipped,
-  an incomplete one rebuilt;
+  an incomplete or degraded one rebuilt;
 - :func:`predict_tile`: the tile's cube + a checkpoint -> its class and confidence GeoTIFFs
   (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped;
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
