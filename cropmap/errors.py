@@ -23,6 +23,7 @@ __all__ = [
     "CubeBuildError",
     "ReflectanceRangeError",
     "ForbiddenHrefError",
+    "RunInUseError",
     "is_transient",
     "one_line",
 ]
@@ -99,6 +100,10 @@ class ReflectanceRangeError(InvalidInputError):
 class ForbiddenHrefError(InvalidInputError):
     """An item's asset points where this installation does not read from (a scheme, a host or a local
     file outside the catalog's folder): see ``CROPMAP_ASSET_HREF_SCHEMES``."""
+
+
+class RunInUseError(CropmapError):
+    """Another live cropmap run holds the output folder (:func:`cropmap.io.locks.run_lock`)."""
 
 
 def is_transient(err: BaseException) -> bool:

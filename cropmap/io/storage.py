@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
            "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
            "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
-           "atomic_path", "is_temporary", "TEMP_MARK", "stable_hash", "check_raster", "safe_name"]
+           "atomic_path", "is_temporary", "remove_dead_temporaries", "TEMP_MARK", "stable_hash", "check_raster",
+           "safe_name"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
 TEMP_MARK = ".tmp-"
@@ -102,7 +103,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # the pid keeps two processes that race on the same tile from writing into one temporary file
     tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
     _remove(tmp)
-    _remove_dead_temporaries(path)
+    remove_dead_temporaries(path)
     try:
         yield tmp
     except BaseException:
@@ -115,7 +116,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
 
 
-def _remove_dead_temporaries(path: Path) -> None:
+def remove_dead_temporaries(path: Path) -> None:
     """Remove ``path``'s temporaries (``.<stem>.tmp-<pid><suffix>``) left by processes of this host that
     are gone (a SIGKILLed run); a live process's, or one with another name, is never touched."""
     for stale in path.parent.glob(f".{path.stem}{TEMP_MARK}*{path.suffix}"):

@@ -13,6 +13,8 @@ tile: the tiles' outcomes are a :class:`~cropmap.jobs.tile_pipeline.TileSummary`
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ import numpy as np
 
 from cropmap.errors import ConfigError, CubeBuildError, MosaicError
 from cropmap.io import storage
+from cropmap.io.locks import run_lock
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.scoring import score_class_map
@@ -88,6 +91,19 @@ def training_tiles(run: CountryRun, *, reference: str | None = None, bounds: Bou
     return run.tiles(reference=reference)
 
 
+def _one_run_per_folder(job):
+    """Run ``job(run, ...)`` holding the run folder's lock (and the shared cube folder's, when the run
+    has one): a second run on them fails at once, naming the first (:func:`cropmap.io.locks.run_lock`)."""
+
+    @functools.wraps(job)
+    def locked(run: CountryRun, *args, **kwargs):
+        with run_lock(run.root), (run_lock(run.cube_dir) if run.cube_root else contextlib.nullcontext()):
+            return job(run, *args, **kwargs)
+
+    return locked
+
+
+@_one_run_per_folder
 def train_country(run: CountryRun, executor: Executor, *, reference: str | None = None, legend: str | None = None,
                   settings: TrainingSettings | None = None, bounds: Bounds | None = None,
                   progress: Progress | None = None, label_column: str | None = None) -> TrainResult:
@@ -179,6 +195,7 @@ def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: Mo
     return [str(national.cogs["class"])] if national is not None else [str(z.cogs["class"]) for z in zones.values()]
 
 
+@_one_run_per_folder
 def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
                 progress: Progress | None = None, overwrite: bool = False, area_samples: str | None = None,
                 admin_units: str | None = None, admin_field: str | None = None) -> MapResult:

@@ -35,7 +35,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError
 from cropmap.io import storage
-from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary
+from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary, remove_dead_temporaries
 from cropmap.stages.labels import sidecars, write_labels
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
@@ -316,7 +316,8 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
                                      "model_season_year", "season_offset_months", "cropmap_run_key") if k in tags}
         cog = out_dir / f"{name}_{product}.tif"
         out_dir.mkdir(parents=True, exist_ok=True)
-        # the VRT is a step, not an output: a hidden name, removed whatever happens
+        # the VRT is a step, not an output: a hidden name, removed whatever happens (a killed run's by the next)
+        remove_dead_temporaries(out_dir / f"{name}_{product}.vrt")
         vrt = out_dir / f".{name}_{product}{TEMP_MARK}{os.getpid()}.vrt"
         try:
             write_vrt(grid, vrt, colormap=colormap, band_tags=band_tags, descriptions=descriptions)
