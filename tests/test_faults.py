@@ -239,6 +239,13 @@ def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(
     assert result.tiles.failed_tiles == {bad} and result.accuracy is None
     assert result.mosaic is not None and Path(result.mosaic.cogs["class"]).exists()  # what can be written is
     assert not (Path(run.map_dir(result.key)) / "accuracy.json").exists()
+    import json
+
+    # the maps' STAC items say what they lack: a partial map never reads as a whole one
+    for item in (result.mosaic.stac_item, *(z.stac_item for z in result.zones.values())):
+        props = json.loads(Path(item).read_text())["properties"]
+        assert props["cropmap:status"] == "partial", item
+        assert [m["part"] for m in props["cropmap:missing"]] == [bad] and "predict: " in props["cropmap:missing"][0]["reason"]
     with pytest.raises(CubeBuildError, match=f"1 of 4 tile.*{bad}"):
         check_complete(result)
     # the corrupt cube carries its completion marker, so a plain rerun skips it and fails again;
@@ -246,6 +253,8 @@ def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(
     stamp = Path(run.tile_dir(result.key), f"{run.tiles()[0]}.class.tif").stat().st_mtime_ns
     again = map_country(run, InlineExecutor(), model=demo_model, tile_limit=2, overwrite=True)
     check_complete(again)
+    props = json.loads(Path(again.mosaic.stac_item).read_text())["properties"]
+    assert props["cropmap:status"] == "complete" and "cropmap:missing" not in props
     assert {t: (r["cube"], r["predict"]) for t, r in again.tiles.status.items()} == {
         t: ("written", "done") for t in run.tiles()[:2]}
     assert Path(run.tile_dir(result.key), f"{run.tiles()[0]}.class.tif").stat().st_mtime_ns != stamp

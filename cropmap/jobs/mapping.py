@@ -234,7 +234,10 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
         raise CubeBuildError(f"no tile of {run.code} was predicted" + (
             f"; the first failure, {first.tile_id} ({first.stage}): {first.reason}" if first else ""))
     zones, failures = {}, {}
-    handles = {executor.submit(mosaic_zone, run, key, epsg, ids): epsg for epsg, ids in zones_of(predicted).items()}
+    missing = {f.tile_id: f"{f.stage}: {f.reason}" for f in tiles.failures}  # recorded in the STAC items
+    missing_by_zone = zones_of(sorted(missing))
+    handles = {executor.submit(mosaic_zone, run, key, epsg, ids, {t: missing[t] for t in missing_by_zone.get(epsg, [])}):
+               epsg for epsg, ids in zones_of(predicted).items()}
     while handles:  # the zones' mosaics run side by side
         for handle in executor.wait_any(list(handles)):
             epsg = handles.pop(handle)
@@ -246,7 +249,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     national = None
     if zones:
         national = _run(executor, mosaic_country, run, key,
-                        {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()})
+                        {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()},
+                        missing | {f"EPSG:{e}": f"zone mosaic: {r}" for e, r in failures.items()})
     accuracy = accuracy_path = None
     # a map with holes is not scored: its accuracy would read as the run's
     if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)

@@ -19,7 +19,7 @@ not match, before any tile is computed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -104,16 +104,19 @@ def zones_of(tile_ids: Sequence[str]) -> dict[int, list[str]]:
     return dict(sorted(zones.items()))
 
 
-def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: Sequence[str]) -> MosaicResult:
-    """One UTM zone's tiles -> ``<code>_<epsg>_{class,confidence}.tif`` + STAC item on the zone's grid."""
+def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: Sequence[str],
+                missing: Mapping[str, str] | None = None) -> MosaicResult:
+    """One UTM zone's tiles -> ``<code>_<epsg>_{class,confidence}.tif`` + STAC item on the zone's grid
+    (``missing``: the zone's failed tiles -> why, recorded in the item)."""
     return mosaic_tiles(run.tile_dir(key), run.map_dir(key), name=f"{run.code}_{epsg}", tile_ids=tile_ids,
-                        quicklook=False)
+                        quicklook=False, missing=missing)
 
 
-def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) -> MosaicResult:
+def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]],
+                   missing: Mapping[str, str] | None = None) -> MosaicResult:
     """The zones' COGs -> ``<code>_{class,confidence}.tif`` in the country's output CRS, STAC item and
-    quicklook (:func:`cropmap.stages.national.national_mosaic`)."""
-    return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs)
+    quicklook (:func:`cropmap.stages.national.national_mosaic`); ``missing``: failed tiles and zones."""
+    return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs, missing=missing)
 
 
 def check_area_inputs(samples: storage.Location | None, units: storage.Location | None, field: str | None) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -231,9 +231,11 @@ def mosaic_tiles(
     stac: bool = True,
     quicklook: bool = True,
     tile_ids: Sequence[str] | None = None,
+    missing: Mapping[str, str] | None = None,
 ) -> MosaicResult:
     """Mosaic the tile GeoTIFFs of :func:`cropmap.stages.predict.predict_tile` in ``tile_dir`` (only
-    those of ``tile_ids`` when given: one UTM zone's, or one run's plan).
+    those of ``tile_ids`` when given: one UTM zone's, or one run's plan); ``missing`` (tile id -> why)
+    are the plan's tiles that failed, recorded in the STAC item (:func:`~cropmap.stages.stac_item.write_stac_item`).
 
     Writes ``<out_dir>/<name>_<product>.tif`` (COG, uint8, nodata 255) for each product present
     (``class``, ``confidence``, ``probability``) or listed in ``products``, then ``<name>.json`` (STAC
@@ -245,7 +247,7 @@ def mosaic_tiles(
     tile_dir, out_dir = storage.as_location(tile_dir), storage.as_location(out_dir)
     if not (storage.is_remote(tile_dir) or storage.is_remote(out_dir)):
         return _mosaic_local(tile_dir, out_dir, name=name, products=products, blocksize=blocksize, stac=stac,
-                             quicklook=quicklook, tile_ids=tile_ids)
+                             quicklook=quicklook, tile_ids=tile_ids, missing=missing)
     with tempfile.TemporaryDirectory(prefix="cropmap-mosaic-") as scratch:
         local_tiles = tile_dir
         if storage.is_remote(tile_dir):
@@ -260,7 +262,7 @@ def mosaic_tiles(
             storage.fetch(sources + ([run] if storage.exists(run) else []), local_tiles)
         local_out = Path(scratch) / "maps" if storage.is_remote(out_dir) else out_dir
         result = _mosaic_local(local_tiles, local_out, name=name, products=products, blocksize=blocksize,
-                               stac=stac, quicklook=quicklook, tile_ids=tile_ids)
+                               stac=stac, quicklook=quicklook, tile_ids=tile_ids, missing=missing)
         if local_out == out_dir:
             return result
 
@@ -277,7 +279,8 @@ def mosaic_tiles(
 
 
 def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequence[str] | None, blocksize: int,
-                  stac: bool, quicklook: bool, tile_ids: Sequence[str] | None = None) -> MosaicResult:
+                  stac: bool, quicklook: bool, tile_ids: Sequence[str] | None = None,
+                  missing: Mapping[str, str] | None = None) -> MosaicResult:
     wanted = None if tile_ids is None else set(tile_ids)
 
     def tiles_of(product: str) -> list[Path]:
@@ -327,7 +330,7 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
             vrt.unlink(missing_ok=True)
         cogs[product] = cog
     png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
-    item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir,
+    item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir, missing=missing,
                            quicklook=png) if stac else None
     # one collection per map folder, named by the items' prefix (the country code of <code>_<epsg>)
     collection = write_stac_collection(out_dir, collection_id=name.split("_")[0]) if stac else None

@@ -186,10 +186,12 @@ def _footprint(src, crs: str):
 
 
 def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]], out_dir: storage.Location, *,
-                    name: str, crs: str, resolution: float = 10.0, window: int = 2048) -> MosaicResult:
+                    name: str, crs: str, resolution: float = 10.0, window: int = 2048,
+                    missing: Mapping[str, str] | None = None) -> MosaicResult:
     """The national COG of every product the zones share (``{epsg: {product: zone COG}}``), then its STAC
     item and quicklook, in ``out_dir`` (a folder or an fsspec URL: remote zone COGs are read from local
-    copies and the outputs built in a scratch folder, then uploaded whole, the item last)."""
+    copies and the outputs built in a scratch folder, then uploaded whole, the item last). ``missing``
+    (tile or zone -> why): what the run could not map, recorded in the item as a ``partial`` map."""
     products = [p for p in OVERVIEW_RESAMPLING if all(p in zp for zp in zone_products.values())]
     if "class" not in products:
         raise MosaicError(f"{name}: the zones share no class COG to make a national map from")
@@ -206,7 +208,7 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
             cogs[product] = write_national_cog(zones, local_out / f"{name}_{product}.tif", crs=crs, product=product,
                                                resolution=resolution, window=window)
         png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png")
-        item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png)
+        item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png, missing=missing)
         collection = write_stac_collection(local_out, collection_id=name.split("_")[0])
         if local_out == out_dir:
             return MosaicResult(cogs, item, png, (), collection)

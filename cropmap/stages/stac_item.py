@@ -11,6 +11,7 @@ their ids in ``cropmap:source_items``. Validated offline by :mod:`cropmap.io.sta
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 import json
 import re
 from pathlib import Path
@@ -61,12 +62,16 @@ def _slug(text: str) -> str:
 
 
 def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_dir: str | Path | None = None,
-                    quicklook: Path | None = None) -> Path:
+                    quicklook: Path | None = None, missing: Mapping[str, str] | None = None) -> Path:
     """A STAC Item (JSON) describing the mosaics: geometry (EPSG:4326), season as start/end
     datetimes, projection extension (code, shape, transform, bbox), raster extension (nodata, data
     type, resolution) and classification extension (values, names, colours) on the assets, and the
     provenance under ``cropmap:*`` (model card, run options, source items, tiles, software version).
-    Asset hrefs are relative to the item. No timestamps: a rerun writes the same bytes."""
+    Asset hrefs are relative to the item. No timestamps: a rerun writes the same bytes.
+
+    ``missing`` (tile id or zone -> why) are parts of the run that the map lacks (failed tiles or
+    zones): the item then says ``cropmap:status: "partial"`` and lists them under
+    ``cropmap:missing``, so a map with holes never reads as a whole one; else ``"complete"``."""
     path = Path(path)
     with rasterio.open(cogs["class"]) as src:
         crs, transform, shape, bounds, tags = src.crs, src.transform, (src.height, src.width), src.bounds, src.tags()
@@ -74,7 +79,10 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
             (bounds.left, bounds.top), (bounds.left, bounds.bottom)]
     geom = transform_geom(crs, "EPSG:4326", {"type": "Polygon", "coordinates": [ring]}, precision=7)
     lons, lats = zip(*geom["coordinates"][0])
-    props: dict = {"cropmap:software_version": __version__, "license": LICENSE}
+    props: dict = {"cropmap:software_version": __version__, "license": LICENSE,
+                   "cropmap:status": "partial" if missing else "complete"}
+    if missing:
+        props["cropmap:missing"] = [{"part": k, "reason": v} for k, v in sorted(missing.items())]
     for key in ("model_name", "season", "season_year", "model_season", "season_offset_months"):
         if key in tags:  # the season and model the map stands for, also without a run file
             props[f"cropmap:{key}"] = json.loads(tags[key]) if key in ("season", "model_season") else tags[key]
