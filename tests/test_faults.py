@@ -7,6 +7,7 @@ that silently holds a hole.
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -288,6 +289,78 @@ def test_a_write_that_runs_out_of_space_raises_and_publishes_nothing(tmp_path, l
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "t.confidence.tif" in proc.stderr.splitlines()[-1]
     assert list(tmp_path.iterdir()) == []  # neither the final name nor a temporary
+
+
+_FULL_DISK = """
+import json, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+what, limit, args = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+import pystac
+from cropmap.core.grid import tile_from_id
+from cropmap.core.season import Season
+from cropmap.stages.cube import CubeOptions, build_tile_cube
+from cropmap.stages.mosaic import mosaic_tiles
+from cropmap.stages.national import national_mosaic
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # after the imports: the disk is full from here
+if what == "cube":
+    build_tile_cube(tile_from_id(args["tile"]), [pystac.Item.from_dict(d) for d in args["items"]],
+                    Season(**args["season"]), args["year"], args["out"], options=CubeOptions(bands=("B04", "B08"), chunk=64))
+elif what == "zone mosaic":
+    mosaic_tiles(args["tiles"], args["out"], name="zone", tile_ids=args["ids"], quicklook=False)
+else:
+    national_mosaic({int(e): p for e, p in args["zones"].items()}, args["out"], name="national", crs=args["crs"])
+"""
+
+
+@pytest.mark.parametrize("limit", [4_000, 20_000])
+@pytest.mark.parametrize("stage", ["cube", "zone mosaic", "national mosaic"])
+def test_a_full_disk_in_any_stage_fails_and_leaves_only_whole_files(stage, limit, demo_run, tile_items, two_zone_run,
+                                                                     tmp_path):
+    """The cube's Zarr store, a zone's COG mosaic and the national warp, each under a file-size limit
+    (RLIMIT_FSIZE: EFBIG, the path of a full disk): the process fails, no temporary is left, and every
+    file under a final name is whole (valid COGs, parseable JSON); the STAC item, written last, is absent."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from rio_cogeo.cogeo import cog_validate
+
+    from cropmap.io.storage import TEMP_MARK
+
+    out = tmp_path / "out"
+    run, result = two_zone_run
+    if stage == "cube":
+        tile, items = tile_items
+        clones = [it.clone() for it in items]
+        for it in clones:
+            it.make_asset_hrefs_absolute()
+        args = {"tile": tile.id, "items": [it.to_dict() for it in clones], "season": demo_run.season.model_dump(mode="json"),
+                "year": demo_run.year, "out": str(out)}
+    elif stage == "zone mosaic":
+        epsg, zone = next(iter(result.zones.items()))
+        args = {"tiles": str(run.tile_dir(result.key)), "out": str(out), "ids": list(zone.tile_ids)}
+    else:
+        args = {"zones": {e: {p: str(c) for p, c in z.cogs.items()} for e, z in result.zones.items()}, "out": str(out),
+                "crs": run.config.output_crs}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, stage, str(limit), json.dumps(args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    # the failure is the full disk's (EFBIG / GDAL's write error), not some other error of the script
+    assert re.search(r"File too large|Errno 27|could not write|No space", proc.stderr.strip().splitlines()[-1]), \
+        proc.stderr[-2000:]
+    left = [p for p in out.rglob("*")] if out.exists() else []
+    assert [str(p) for p in left if TEMP_MARK in p.name] == [], proc.stderr[-2000:]
+    finals = [p for p in left if p.is_file()]
+    if stage == "cube":
+        assert finals == [] and [p for p in left if p.suffix == ".zarr"] == []
+    for path in finals:
+        if path.suffix == ".tif":
+            assert cog_validate(path, strict=True)[0], path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    assert not any(p.name in ("zone.json", "national.json") for p in finals)
 
 
 _KILLED_BUILD = """

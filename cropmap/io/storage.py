@@ -37,6 +37,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -107,7 +108,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
-        _remove(tmp)
+        _discard(tmp)
         raise
     if not tmp.exists():
         raise FileNotFoundError(f"{tmp}: the block wrote nothing, so {path} was not created")
@@ -130,6 +131,15 @@ def remove_dead_temporaries(path: Path) -> None:
                 _remove(stale)
         except PermissionError:  # another user's live process
             continue
+
+
+def _discard(path: Path) -> None:
+    """Remove a failed block's temporary, the error that failed it kept: a Zarr store's writer threads may
+    still be putting a chunk into it (rmtree: "Directory not empty"), so try again for a second."""
+    for _ in range(10):
+        with contextlib.suppress(OSError):
+            return _remove(path)
+        time.sleep(0.1)
 
 
 def _remove(path: Path) -> None:

@@ -29,11 +29,12 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 from affine import Affine
 from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
-from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError
+from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError, StorageError
 from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary, remove_dead_temporaries
 from cropmap.stages.labels import sidecars, write_labels
@@ -199,11 +200,17 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
     levels = max(0, int(np.ceil(np.log2(longest / blocksize)))) if longest > blocksize else 0
     with atomic_path(path) as tmp:
         # in_memory=False: the intermediate raster goes to disk, never the whole country in RAM
-        cog_translate(source, tmp, profile, nodata=NODATA, overview_resampling=resampling, in_memory=False,
-                      overview_level=levels,
-                      quiet=True, forward_band_tags=True, colormap=colormap, additional_cog_metadata=tags,
-                      config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize),
-                              "GDAL_CACHEMAX": 128})
+        try:
+            cog_translate(source, tmp, profile, nodata=NODATA, overview_resampling=resampling, in_memory=False,
+                          overview_level=levels,
+                          quiet=True, forward_band_tags=True, colormap=colormap, additional_cog_metadata=tags,
+                          config={"GDAL_NUM_THREADS": "1", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize),
+                                  "GDAL_CACHEMAX": 128})
+        except RasterioIOError as err:
+            if "write" not in str(err).lower():  # a source that cannot be read says so itself
+                raise
+            # GDAL's "Write failed": the disk (or the quota) is full
+            raise StorageError(f"could not write {path} (disk full or quota?): {str(err).splitlines()[0]}") from err
         valid, errors, warnings = cog_validate(tmp, strict=True, quiet=True)
         if not valid:
             raise MosaicError(f"{path.name} is not a valid COG: {'; '.join(errors + warnings)}")
