@@ -49,13 +49,15 @@ def predict_tile(run: CountryRun, model: str, tile_id: str, force: bool = False)
 
 
 @task(name="mosaic-zone", cache_policy=NONE, task_run_name="mosaic EPSG:{epsg}")
-def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: list[str]) -> MosaicResult:
-    return tiles.mosaic_zone(run, key, epsg, tile_ids)
+def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: list[str],
+                missing: dict[str, str] | None = None) -> MosaicResult:
+    return tiles.mosaic_zone(run, key, epsg, tile_ids, missing)
 
 
 @task(name="mosaic-country", cache_policy=NONE)
-def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]]) -> MosaicResult:
-    return tiles.mosaic_country(run, key, zones)
+def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]],
+                   missing: dict[str, str] | None = None) -> MosaicResult:
+    return tiles.mosaic_country(run, key, zones, missing)
 
 
 @task(name="area", cache_policy=NONE)

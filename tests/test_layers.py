@@ -48,3 +48,18 @@ def test_no_module_over_400_lines_but_the_ones_that_say_why():
     # module that turns a cube into a tile's products, the OOD band included (422 lines)
     allowed = {"cropmap/io/storage.py": 470, "cropmap/stages/predict.py": 430}
     assert {p: n for p, n in long.items() if n > allowed.get(p, 400)} == {}
+
+
+def test_every_prefect_task_takes_the_parameters_of_its_job_function():
+    """flows/tasks.py wraps each job function in a task with its own signature: a parameter added to
+    the job (and passed by the jobs) but not to the task fails every flow run, so they must agree."""
+    import inspect
+
+    from flows.tasks import executor
+
+    pairs = executor().tasks.items()
+    assert pairs
+    for job, task in pairs:
+        wanted = list(inspect.signature(job).parameters)
+        given = list(inspect.signature(task.fn).parameters)
+        assert given in (wanted, ["args", "kwargs"]), f"task {task.name}: {given} != {job.__name__}{wanted}"
