@@ -63,9 +63,9 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     has_truth = (y_true >= 0) if ref_nodata is None else (y_true >= 0) & (truth != ref_nodata)
     valid = has_truth & (pred != 255)
     n_classes = max(map_names) + 1
-    out = scores(y_true[valid], pred[valid].astype(np.int64), class_names=[map_names.get(i, str(i))
-                                                                        for i in range(n_classes)])
-    out["class_names"] = [map_names.get(i, str(i)) for i in range(n_classes)]  # rows/columns of "confusion"
+    names = [map_names.get(i, str(i)) for i in range(n_classes)]
+    out = scores(y_true[valid], pred[valid].astype(np.int64), class_names=names)
+    out["class_names"] = names  # the rows and columns of "confusion"
     out["n_unmapped"] = int((has_truth & (pred == 255)).sum())
     out["bounds"] = [float(v) for v in box]
     return out
