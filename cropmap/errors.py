@@ -5,6 +5,8 @@ Messages say what went wrong *and* what to do about it.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 __all__ = [
     "CropmapError",
     "ConfigError",
@@ -120,9 +122,8 @@ def one_line(err: BaseException, *, limit: int = 3) -> str:
     """``err`` as one short line for a message: a pydantic ``ValidationError`` as ``field: problem``
     pairs (the first ``limit``, without pydantic's web links and input dumps), anything else as its
     text with the line breaks folded."""
-    problems = getattr(err, "errors", None)
-    if callable(problems) and type(err).__name__ == "ValidationError":
-        items = problems()
+    if isinstance(err, ValidationError):
+        items = err.errors()
         parts = []
         for e in items[:limit]:
             where, msg = ".".join(str(p) for p in e.get("loc", ())), str(e.get("msg", "")).removeprefix("Value error, ")
