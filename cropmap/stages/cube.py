@@ -310,7 +310,7 @@ def _composite_bands(reader: TileReader, group, season: Season, year: int,
     valid = valid_from_scl(xr.DataArray(scl, dims=("time", "y", "x")), invalid=options.invalid_scl,
                            dilate_pixels=options.dilate_pixels)
     gaps = np.zeros((height, width), dtype=np.int64)
-    band_gaps: list[int] = []
+    blank: list[str] = []
     for b, band in enumerate(options.bands):
         out = np.empty((n_bins, height, width), dtype=np.float32)
         for rows, data in _strips(reader, band, options.chunk):
@@ -320,9 +320,9 @@ def _composite_bands(reader: TileReader, group, season: Season, year: int,
             # a band's filled fraction is its gap count / bins: counted back exactly to sum over bands
             gaps[rows] += np.rint(composite["filled_fraction"].values.astype(np.float64) * n_bins).astype(np.int64)
         group["reflectance"][:, b] = out
-        band_gaps.append(int(np.count_nonzero(~np.isfinite(out))))
-    return (gaps / (n_bins * len(options.bands))).astype(np.float32), [
-        b for b, n in zip(options.bands, band_gaps) if n == n_bins * height * width]
+        if not np.isfinite(out).any():
+            blank.append(band)
+    return (gaps / (n_bins * len(options.bands))).astype(np.float32), blank
 
 
 def _cube_template(tile: Tile, season: Season, year: int, options: CubeOptions) -> xr.Dataset:
