@@ -29,7 +29,6 @@ from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
-from cropmap.ml.evaluate import write_confusion
 from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
                                 prediction_key, zones_of)
 from cropmap.jobs.training import (
@@ -39,6 +38,7 @@ from cropmap.jobs.training import (
     train_checkpoint,
     training_set,
 )
+from cropmap.ml.evaluate import write_confusion
 from cropmap.stages.cube import cube_path
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import write_run_file
