@@ -85,3 +85,17 @@ def test_catalog_needs_a_source():
     with pytest.raises(ValueError):
         CountryConfig(code="BEL", name="x", outline=OutlineConfig(bbox=(4, 50, 5, 51)), hemisphere="north",
                       season=Season(), year=2022, unknown_field=1)
+
+
+def test_settings_follow_the_environment_and_are_parsed_once_per_state(monkeypatch):
+    from cropmap.settings import get_settings
+
+    monkeypatch.setenv("CROPMAP_TILES_IN_FLIGHT", "3")
+    first = get_settings()
+    assert first.tiles_in_flight == 3 and get_settings() is first  # a tile's reader asks per asset
+    monkeypatch.setenv("CROPMAP_TILES_IN_FLIGHT", "5")
+    assert get_settings().tiles_in_flight == 5
+    monkeypatch.delenv("CROPMAP_TILES_IN_FLIGHT")
+    assert get_settings().tiles_in_flight == 2
+    monkeypatch.setenv("CROPMAP_TILES_IN_FLIGHT", "3")
+    assert get_settings() is first
