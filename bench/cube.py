@@ -12,6 +12,10 @@ every 5 ms with psutil; "peak" = highest RSS during the measured call minus RSS 
 2. loader: cropmap's TileReader (cropmap.stages.cube.load_observations) against stackstac, loading one 512 px tile over 33TWM
    (4 bands + SCL, 5 dates), values checked equal: from the real static catalog as it is (whole-image
    JPEG2000 at 120 m) and from 10 m tiled COG crops of the same values (what Earth Search serves).
+   stackstac twice, both computed inside the call with the threaded scheduler local to it: chunked
+   (1 date, 1 band, CHUNK, CHUNK), and one chunk per tile band (all dates, 1 band, the whole tile);
+   each records its graph's task count. These are the two ways issue 15 named to compute a tile's cube
+   inside one task; the TileReader builds no graph.
 3. tiles: ``build_tile_cube`` over 1, 2, 4, 8 tiles of 512 px (real catalog, 4 bands) one after the
    other, as a country run builds them (cropmap.jobs.tile_pipeline): peak memory should not grow with the tile count.
 
@@ -175,6 +179,8 @@ def make_cog_items(folder: Path) -> None:
     from affine import Affine
     from rasterio.vrt import WarpedVRT
 
+    from cropmap.io.catalogs import ROOT_PROPERTY
+
     tile = _stac_tiles(1)[0]
     xmin, _, _, ymax = tile.bounds
     transform = Affine(10, 0, xmin - 2560, 0, -10, ymax + 2560)  # the tile plus 256 px all round
@@ -182,6 +188,7 @@ def make_cog_items(folder: Path) -> None:
     for item in _stac_items(tile):
         new = item.clone()
         new.assets = {}
+        new.properties.pop(ROOT_PROPERTY, None)  # the crops are not files of that catalog
         for key in ("blue", "green", "red", "nir", "scl"):
             asset = item.assets[key].clone()
             target = folder / f"{item.id}_{key}.tif"
@@ -207,16 +214,17 @@ def _cog_items(folder: Path):
     return [pystac.Item.from_dict(json.loads(line)) for line in (folder / "items.ndjson").read_text().splitlines()]
 
 
-def case_loader(which: str, chunk: int, threads: int, cog_dir: str | None = None, repeat: int = 3) -> dict:
+def case_loader(which: str, chunk: int, threads: int, cog_dir: str | None = None, repeat: int = 3,
+                per_band: bool = False) -> dict:
     """Best of ``repeat`` runs, each on a freshly built graph (no reader objects reused)."""
-    runs = [_load_once(which, chunk, threads, cog_dir) for _ in range(repeat)]
+    runs = [_load_once(which, chunk, threads, cog_dir, per_band) for _ in range(repeat)]
     best = min(runs, key=lambda r: r["seconds"])
     # time: the best run; memory: the first run (later runs reuse what the first one allocated)
     return {**best, "peak_mb": runs[0]["peak_mb"], "repeat": repeat,
             "all_seconds": [round(r["seconds"], 3) for r in runs]}
 
 
-def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None) -> dict:
+def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None, per_band: bool = False) -> dict:
     import dask
 
     tile = _stac_tiles(1)[0]
@@ -229,6 +237,7 @@ def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None) -> dic
             refl, scl, _ = load_observations(tile, items, bands=STAC_BANDS, chunk=chunk)
             out = (np.asarray(refl), np.asarray(scl))
             seconds = time.perf_counter() - t0
+        tasks, chunks = 0, [1, chunk, chunk]
     else:  # stackstac on the same grid (one item per day on this tile: no same-day fusing needed)
         import rasterio
         import stackstac
@@ -245,22 +254,25 @@ def _load_once(which: str, chunk: int, threads: int, cog_dir: str | None) -> dic
         keys = band_assets(items[0], [*STAC_BANDS, "SCL"])
         env = stackstac.DEFAULT_GDAL_ENV.updated(always=dict(GDAL_DISABLE_READDIR_ON_OPEN="NO"),
                                                  open=dict(GDAL_DISABLE_READDIR_ON_OPEN="NO"))
+        chunks = [len(dicts), 512, 512] if per_band else [1, chunk, chunk]
         arr = stackstac.stack(dicts, assets=list(keys.values()), epsg=32633, resolution=10, bounds=tile.bounds,
-                              chunksize=(1, 1, chunk, chunk), resampling=rasterio.enums.Resampling.nearest,
+                              chunksize=(chunks[0], 1, chunks[1], chunks[2]), resampling=rasterio.enums.Resampling.nearest,
                               dtype=np.dtype("uint16"), fill_value=np.uint16(0), rescale=False, gdal_env=env,
                               snap_bounds=False, sortby_date=False, properties=False, band_coords=False)
         with dask.config.set(scheduler="threads", num_workers=threads), PeakRSS() as mem:
             t0 = time.perf_counter()
             out = dask.compute(arr.data)
             seconds = time.perf_counter() - t0
+        tasks = len(arr.data.__dask_graph__())
     if which == "cropmap":  # back to DNs for the comparison: reflectance = DN * 1e-4 here
         dn = np.nan_to_num(np.rint(out[0] * 10000), nan=0).astype(np.int64)
         scl = out[1].astype(np.int64)
     else:
         dn, scl = out[0][:, :4].astype(np.int64), out[0][:, 4].astype(np.int64)
     fmt = "jp2-120m" if cog_dir is None else "cog-10m"
-    return {"case": f"loader-{which}-{fmt}", "seconds": seconds, "peak_mb": mem.delta / 2**20, "tile_px": 512,
-            "dates": len(items), "bands": [*STAC_BANDS, "SCL"], "chunks": [1, chunk, chunk],
+    name = f"{which}band" if per_band else which
+    return {"case": f"loader-{name}-{fmt}", "seconds": seconds, "peak_mb": mem.delta / 2**20, "tile_px": 512,
+            "dates": len(items), "bands": [*STAC_BANDS, "SCL"], "chunks": chunks, "graph_tasks": tasks,
             "checksum": int(dn.sum() * 7 + scl.sum())}
 
 
@@ -292,7 +304,7 @@ def _child(args) -> None:
     elif args.case.startswith("loader-"):
         which = "cropmap" if "cropmap" in args.case else "stackstac"
         res = case_loader(which, args.chunk, args.threads, args.cog_dir if args.case.endswith("cog") else None,
-                          repeat=args.repeat)
+                          repeat=args.repeat, per_band="stackstacband" in args.case)
     elif args.case.startswith("tiles-"):
         res = case_tiles(int(args.case.split("-")[1]), args.chunk, args.threads)
     else:
@@ -324,7 +336,8 @@ def main() -> None:
     if "loader" not in skip:
         make_cog_items(Path(cog_dir))
         # both orders, so that a warm cache favours neither loader
-        cases += ["loader-cropmap-jp2", "loader-stackstac-jp2", "loader-cropmap-cog", "loader-stackstac-cog",
+        cases += ["loader-cropmap-jp2", "loader-stackstac-jp2", "loader-stackstacband-jp2", "loader-cropmap-cog",
+                  "loader-stackstac-cog", "loader-stackstacband-cog", "loader-stackstacband-cog",
                   "loader-stackstac-cog", "loader-cropmap-cog"]
     if "tiles" not in skip:
         cases += [f"tiles-{n}" for n in args.tiles]
@@ -351,7 +364,12 @@ def main() -> None:
         if f"loader-cropmap-{fmt}" in results and f"loader-stackstac-{fmt}" in results:
             a, b = results[f"loader-cropmap-{fmt}"], results[f"loader-stackstac-{fmt}"]
             print(f"loader 512 px tile, {fmt}: cropmap {a['seconds']:.2f} s {a['peak_mb']:.0f} MB; stackstac "
-                  f"{b['seconds']:.2f} s {b['peak_mb']:.0f} MB; same values: {a['checksum'] == b['checksum']}")
+                  f"{b['seconds']:.2f} s {b['peak_mb']:.0f} MB {b['graph_tasks']} tasks; same values: "
+                  f"{a['checksum'] == b['checksum']}")
+            c = results.get(f"loader-stackstacband-{fmt}")
+            if c:
+                print(f"  stackstac one chunk per tile band: {c['seconds']:.2f} s {c['peak_mb']:.0f} MB "
+                      f"{c['graph_tasks']} tasks; same values: {a['checksum'] == c['checksum']}")
     tiles = [results[c] for c in results if c.startswith("tiles-")]
     if tiles:
         print("tiles: " + "; ".join(f"{r['tiles']} -> {r['peak_mb']:.0f} MB peak, {r['seconds_per_tile']:.2f} s/tile"
