@@ -63,6 +63,11 @@ def test_grid_writes_table_csv_confusions_and_reuses_checkpoints(tiny_config, tm
     assert "| harmonic | rf | none |" in md and "± " in md
     csv = pd.read_csv(tmp_path / "out" / "cropglobe-fra-bel.csv")
     assert len(csv) == 16 and "f1_corn" in csv.columns
+    nets, forests = csv[csv.model == "cropnet1d"], csv[csv.model == "rf"]
+    # error detection: networks have the OOD score and confidence, forests confidence only
+    assert nets.ood_auroc_errors.between(0, 1).all() and nets.ood_flagged.between(0, 1).all()
+    assert forests.ood_auroc_errors.isna().all() and csv.conf_auroc_errors.between(0, 1).all()
+    assert (csv.conf_oa_at_80 >= 0).all() and "AUROC errors: OOD" in md
     assert (tmp_path / "out" / "cropglobe-fra-bel" / "confusion_2d_cropnet1d_all.png").exists()
     ckpts = sorted((tmp_path / "cache").glob("*.pt"))
     assert len(ckpts) == 2  # one network per seed

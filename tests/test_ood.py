@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from cropmap.core.composite import median_composite
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.normalisation import apply_normalisation
-from cropmap.ml.ood import ood_distance
+from cropmap.ml.ood import error_detection, ood_distance
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.samples.victoria import read_victoria
 from cropmap.stages.predict import PredictOptions, _model_input, open_cube, predict_tile
@@ -89,3 +89,30 @@ def test_predict_writes_the_ood_cog(trained, tmp_path):
     expect = np.minimum(np.rint(ckpt.ood_score(_model_input(ckpt, cube.load())) * 100), 254).reshape(20, 20)
     np.testing.assert_array_equal(got, expect.astype(np.uint8))
     assert (got > 100).mean() < 0.2  # in-distribution pixels: few flagged
+
+
+def _pairwise_auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) + half the ties, over every pair (Mann-Whitney)."""
+    pos, neg = score[positive][:, None], score[~positive][None, :]
+    return float(((pos > neg).sum() + 0.5 * (pos == neg).sum()) / (pos.size * neg.size))
+
+
+def test_error_detection_against_pairwise_counts(trained):
+    """On the real Victoria test moved by +20 days: the AUROC of the OOD score for the misclassified pixels
+    equals the pairwise count, and the kept-share accuracies equal a plain sort and cut."""
+    path, _, _ = trained
+    ckpt = load_checkpoint(path)
+    test = read_victoria("test")
+    x = _matrix(test, 20)
+    correct = ckpt.predict_proba(x).argmax(1) == test["label"].values
+    score = ckpt.ood_score(x)
+    assert 0 < correct.sum() < len(correct)
+    got = error_detection(score, correct)
+    assert got["auroc_errors"] == pytest.approx(_pairwise_auroc(score.astype(np.float64), ~correct), abs=1e-9)
+    for c in (80, 95):
+        n = int(round(c / 100 * len(score)))
+        assert got[f"oa_at_{c}"] == pytest.approx(correct[np.argsort(score, kind="stable")[:n]].mean())
+    # a detector that knows the answer scores 1; one that points the wrong way scores 0
+    assert error_detection((~correct).astype(float), correct)["auroc_errors"] == 1.0
+    assert error_detection(correct.astype(float), correct)["auroc_errors"] == 0.0
+    assert np.isnan(error_detection(score, np.ones_like(correct))["auroc_errors"])

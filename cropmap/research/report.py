@@ -23,6 +23,29 @@ def _mean_std(v: pd.Series) -> str:
     return f"{v.mean():.3f} ± {v.std(ddof=1):.3f}" if len(v) > 1 else f"{v.mean():.3f}"
 
 
+def _trust_table(frame: pd.DataFrame, keys: list[str], shifts: list[int]) -> list[str]:
+    """Calibration and error detection per run and shift: ECE before -> after temperature scaling, the
+    AUROC of the OOD score and of 1 - top probability for "this target is misclassified", and the OA of
+    the 80 % / 95 % least doubtful targets by each (:func:`cropmap.ml.ood.error_detection`)."""
+    if "conf_auroc_errors" not in frame.columns:
+        return []
+    lines = ["", "Confidence and the out-of-distribution (OOD) score as detectors of the misclassified targets "
+             "(over seeds as above; \"kept 80 %\": OA of the 80 % of targets the detector trusts most; "
+             "forests have no OOD score):", "",
+             "| " + " | ".join(k.replace("_", " ") for k in keys) + " | shift d | ECE raw -> calibrated | AUROC errors: OOD | confidence "
+             "| OA kept 80 %: OOD | confidence | OA kept 95 %: OOD | confidence | OOD flagged |",
+             "|" + "---|" * (len(keys) + 9)]
+    for key, g in frame.groupby(keys, sort=False):
+        for sh in shifts:
+            r = g[g.shift_days == sh]
+            col = (lambda c: _mean_std(r[c].dropna()) if c in r and r[c].notna().any() else "—")
+            cells = [col(c) for c in ("ood_auroc_errors", "conf_auroc_errors", "ood_oa_at_80", "conf_oa_at_80",
+                                      "ood_oa_at_95", "conf_oa_at_95", "ood_flagged")]
+            lines.append("| " + " | ".join(str(k) for k in key) + f" | {sh:+d} | {col('ece_raw')} -> {col('ece')} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame, out_dir: Path,
                    command: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,6 +71,7 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells)
                      + f" | {_mean_std(z.macro_f1)} | {_mean_std(z.kappa)}"
                      + f" | {secs.mean():.0f} |")
+    lines += _trust_table(frame, keys, shifts)
     if axes:
         lines += ["", "Variants (season the samples are composited onto, and classes):", ""]
         lines += [f"- {v.label}: {v.season.describe()}"

@@ -42,6 +42,7 @@ from cropmap.ml.calibration import expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
+from cropmap.ml.ood import error_detection
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
 from cropmap.research.report import write_report
@@ -179,10 +180,12 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                     else:
                         proba_of, info = _run_network(cfg, prep, spec, aug, seed, keep, cache)
                     raw_of = info.pop("raw_proba", proba_of)  # networks: before temperature scaling
+                    ood_of = info.pop("ood", {})
                     for shift, proba in proba_of.items():
                         s = scores(prep.y_tgt, proba.argmax(1), class_names=prep.class_names)
                         ece = {"ece": expected_calibration_error(proba, prep.y_tgt),
-                               "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt)}
+                               "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt),
+                               **_error_detection(proba, prep.y_tgt, ood_of.get(shift))}
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
                                      "split": split, **({"recipe": spec.recipe} if spec.recipe else {}),
                                      "features": spec.features,
@@ -202,6 +205,19 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                     # after every run: a cut run still reports
                     write_report(cfg, [p.variant for p in prepared], frame, out_dir, command)
     return frame
+
+
+def _error_detection(proba: np.ndarray, y: np.ndarray, ood: np.ndarray | None) -> dict:
+    """Columns ``conf_*`` (1 - top probability) and, for networks, ``ood_*`` (:meth:`Checkpoint.ood_score`)
+    as detectors of the misclassified targets (:func:`cropmap.ml.ood.error_detection`), and ``ood_flagged``
+    (share of targets over the training threshold)."""
+    correct = proba.argmax(1) == y
+    out = {f"conf_{k}": v for k, v in error_detection(1 - proba.max(1), correct).items()}
+    if ood is not None:
+        ok = np.isfinite(ood)
+        out.update({f"ood_{k}": v for k, v in error_detection(ood[ok], correct[ok]).items()})
+        out["ood_flagged"] = float((ood[ok] > 1).mean())
+    return out
 
 
 def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str, seed: int, keep: np.ndarray,
@@ -279,7 +295,8 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
     ckpt = load_checkpoint(job["path"])
     proba = {d: ckpt.predict_proba(_matrix(c)) for d, c in prep.tgt.items()}
     raw = {d: ckpt.predict_proba(_matrix(c), calibrated=False) for d, c in prep.tgt.items()}
-    return proba, {"raw_proba": raw, "temperature": ckpt.temperature,
+    ood = {d: ckpt.ood_score(_matrix(c)) for d, c in prep.tgt.items()} if ckpt.ood is not None else {}
+    return proba, {"raw_proba": raw, "ood": ood, "temperature": ckpt.temperature,
                    "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
                    "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached}
 
