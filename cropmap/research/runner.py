@@ -183,15 +183,15 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                     ood_of = info.pop("ood", {})
                     for shift, proba in proba_of.items():
                         s = scores(prep.y_tgt, proba.argmax(1), class_names=prep.class_names)
-                        ece = {"ece": expected_calibration_error(proba, prep.y_tgt),
-                               "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt),
-                               **_error_detection(proba, prep.y_tgt, ood_of.get(shift))}
+                        trust = {"ece": expected_calibration_error(proba, prep.y_tgt),
+                                 "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt),
+                                 **_error_detection(proba, prep.y_tgt, ood_of.get(shift))}
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
                                      "split": split, **({"recipe": spec.recipe} if spec.recipe else {}),
                                      "features": spec.features,
                                      "model": spec.model, "augment": aug, "seed": seed, "shift_days": shift,
                                      "n_train": int(len(keep)), "oa": s["oa"], "macro_f1": s["macro_f1"],
-                                     "kappa": s["kappa"], **ece, **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
+                                     "kappa": s["kappa"], **trust, **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
                                      "seconds": time.perf_counter() - t0})
                         if seed == cfg.seeds[0] and shift == 0:
                             name = label.replace("/", "_") + (f"_{v.slug}" if v.values else "")
@@ -213,8 +213,8 @@ def _error_detection(proba: np.ndarray, y: np.ndarray, ood: np.ndarray | None) -
     (share of targets over the training threshold)."""
     correct = proba.argmax(1) == y
     out = {f"conf_{k}": v for k, v in error_detection(1 - proba.max(1), correct).items()}
-    if ood is not None:
-        ok = np.isfinite(ood)
+    ok = np.isfinite(ood) if ood is not None else np.zeros(len(y), dtype=bool)
+    if ok.any():
         out.update({f"ood_{k}": v for k, v in error_detection(ood[ok], correct[ok]).items()})
         out["ood_flagged"] = float((ood[ok] > 1).mean())
     return out
