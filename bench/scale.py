@@ -10,6 +10,7 @@ is its own, against one ``prefect server start`` and one ``dask scheduler`` + ``
 - wall time of the flow process and wall time per tile;
 - scheduler tasks per tile and stage (the Dask task stream);
 - the flow process's peak RSS (psutil, sampled every 0.1 s);
+- CPU seconds per tile of the Prefect server, the scheduler, the workers and the flow process;
 
 then, per tile, the compute of one tile run alone in this process (cube + predict), and the overhead
 per tile: ``wall x workers / N - compute``. A last step counts the STAC requests and the HTTP reads per
@@ -25,6 +26,7 @@ Prints one JSON line per measurement and a summary table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -99,6 +101,22 @@ def peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list[int]) -> N
         except psutil.Error:
             return
         time.sleep(0.1)
+
+
+def cpu_seconds(proc: subprocess.Popen | None) -> float:
+    """User + system CPU seconds of a process and all its live descendants (a Dask worker's nanny and workers)."""
+    if proc is None:
+        return 0.0
+    try:
+        root = psutil.Process(proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+    except psutil.Error:
+        return 0.0
 
 
 def train_model(out: Path, env: dict) -> str:
@@ -218,7 +236,10 @@ def main() -> None:
         client = Client(address, timeout=60)
         client.wait_for_workers(args.workers, timeout=120)
         client.get_task_stream()  # starts the scheduler's task-stream recording
+        server, scheduler, workers = procs
         for n in args.counts:
+            before = {name: cpu_seconds(p) for name, p in (("prefect_server", server), ("scheduler", scheduler),
+                                                           ("workers", workers))}
             start = time.time()
             cmd = [py, "-m", "flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
                    "--out", str(out / f"runs-{n}")]
@@ -227,8 +248,18 @@ def main() -> None:
             stop, peak = threading.Event(), [0]
             sampler = threading.Thread(target=peak_rss, args=(proc, stop, peak), daemon=True)
             sampler.start()
+            flow_cpu = [0.0]
+
+            def flow_cpu_until_exit(p=proc):
+                while p.poll() is None:
+                    flow_cpu[0] = max(flow_cpu[0], cpu_seconds(p))
+                    time.sleep(0.5)
+
+            cpu_sampler = threading.Thread(target=flow_cpu_until_exit, daemon=True)
+            cpu_sampler.start()
             rc = proc.wait()
             wall = time.time() - start
+            cpu_sampler.join()
             stop.set()
             sampler.join()
             stream = client.get_task_stream(start=start, stop=time.time())
@@ -236,7 +267,11 @@ def main() -> None:
                             for r in stream)
             row = {"tiles": n, "rc": rc, "wall_s": round(wall, 1), "wall_per_tile_s": round(wall / n, 3),
                    "flow_peak_rss_mib": round(peak[0] / 2**20), "scheduler_tasks": sum(kinds.values()),
-                   "tasks_per_tile": round(sum(kinds.values()) / n, 2), "tasks": dict(kinds)}
+                   "tasks_per_tile": round(sum(kinds.values()) / n, 2), "tasks": dict(kinds),
+                   # CPU seconds per tile of each process over the run: where the overhead goes
+                   "cpu_per_tile_s": {**{name: round((cpu_seconds(p) - before[name]) / n, 3) for name, p in
+                                         (("prefect_server", server), ("scheduler", scheduler), ("workers", workers))},
+                                      "flow": round(flow_cpu[0] / n, 3)}}
             rows.append(row)
             print(json.dumps(row), flush=True)
         client.close()
