@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 from cropmap.core.composite import median_composite
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.normalisation import apply_normalisation
-from cropmap.ml.ood import error_detection, ood_distance
+from cropmap.ml.evaluate import error_detection
+from cropmap.ml.ood import ood_distance
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.samples.victoria import read_victoria
 from cropmap.stages.predict import PredictOptions, _model_input, open_cube, predict_tile

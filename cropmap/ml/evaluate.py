@@ -1,4 +1,5 @@
-"""Accuracy figures of a classification (scikit-learn's): OA, macro-F1, per-class F1, Cohen's kappa, confusion.
+"""Accuracy figures of a classification (scikit-learn's): OA, macro-F1, per-class F1, Cohen's kappa, confusion,
+and how well a per-pixel score picks out the errors.
 
 Labels are integer indices into one class list. Macro-F1 averages over the TARGET's classes (those
 present in the reference labels, or an explicit ``classes`` list): a class the target does not have
@@ -13,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics
 
+from cropmap.errors import InvalidInputError
 from cropmap.io.storage import atomic_path
 
-__all__ = ["confusion_matrix", "macro_f1", "scores", "write_confusion", "write_matrix_png"]
+__all__ = ["confusion_matrix", "error_detection", "macro_f1", "scores", "write_confusion", "write_matrix_png"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -58,6 +60,26 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, *, class_names: Sequence[str]
         "confusion": cm.tolist(),
         "n": n,
     }
+
+
+def error_detection(score: np.ndarray, correct: np.ndarray, *, coverages: tuple[float, ...] = (0.8, 0.95)) -> dict:
+    """How well ``score`` ``(N,)`` (higher = less trusted) picks out the wrong pixels ``~correct`` ``(N,)``.
+
+    Returns ``{"auroc_errors": float, "oa_at_<c>": float, ...}``: the area under the ROC curve of the
+    score for "this pixel is misclassified" (0.5 = no better than chance; NaN when every pixel is right
+    or every one wrong), and for each coverage ``c`` the accuracy of the ``c`` share of pixels with the
+    lowest scores (what a map keeps if it masks the rest). Ties at the cut are broken by order.
+    """
+    score, correct = np.asarray(score, dtype=np.float64), np.asarray(correct, dtype=bool)
+    if score.shape != correct.shape or score.ndim != 1 or not len(score) or not np.isfinite(score).all():
+        raise InvalidInputError(f"error_detection: need equal 1-D finite arrays, got {score.shape} and {correct.shape}")
+    wrong = ~correct
+    out = {"auroc_errors": float(metrics.roc_auc_score(wrong, score)) if 0 < wrong.sum() < len(wrong) else float("nan")}
+    order = np.argsort(score, kind="stable")
+    for c in coverages:
+        kept = order[: max(1, int(round(c * len(score))))]
+        out[f"oa_at_{round(c * 100)}"] = float(correct[kept].mean())
+    return out
 
 
 def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, *, title: str = "") -> tuple[Path, Path]:

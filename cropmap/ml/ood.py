@@ -16,7 +16,7 @@ from sklearn.covariance import EmpiricalCovariance
 
 from cropmap.errors import InvalidInputError
 
-__all__ = ["error_detection", "fit_ood", "ood_distance", "ood_score"]
+__all__ = ["fit_ood", "ood_distance", "ood_score"]
 
 
 def fit_ood(z: np.ndarray, *, n_components: int = 16, quantile: float = 0.99) -> dict:
@@ -63,24 +63,3 @@ def ood_score(z: np.ndarray, stats: dict) -> np.ndarray:
     """Distance over the training threshold ``(N,)`` float32; > 1 = out of the training distribution."""
     return (ood_distance(z, stats) / stats["threshold"]).astype(np.float32)
 
-
-def error_detection(score: np.ndarray, correct: np.ndarray, *, coverages: tuple[float, ...] = (0.8, 0.95)) -> dict:
-    """How well ``score`` ``(N,)`` (higher = less trusted) picks out the wrong pixels ``~correct`` ``(N,)``.
-
-    Returns ``{"auroc_errors": float, "oa_at_<c>": float, ...}``: the area under the ROC curve of the
-    score for "this pixel is misclassified" (0.5 = no better than chance; NaN when every pixel is right
-    or every one wrong), and for each coverage ``c`` the accuracy of the ``c`` share of pixels with the
-    lowest scores (what a map keeps if it masks the rest). Ties at the cut are broken by order.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    score, correct = np.asarray(score, dtype=np.float64), np.asarray(correct, dtype=bool)
-    if score.shape != correct.shape or score.ndim != 1 or not len(score) or not np.isfinite(score).all():
-        raise InvalidInputError(f"error_detection: need equal 1-D finite arrays, got {score.shape} and {correct.shape}")
-    wrong = ~correct
-    out = {"auroc_errors": float(roc_auc_score(wrong, score)) if 0 < wrong.sum() < len(wrong) else float("nan")}
-    order = np.argsort(score, kind="stable")
-    for c in coverages:
-        kept = order[: max(1, int(round(c * len(score))))]
-        out[f"oa_at_{round(c * 100)}"] = float(correct[kept].mean())
-    return out

@@ -26,7 +26,7 @@ def _mean_std(v: pd.Series) -> str:
 def _trust_table(frame: pd.DataFrame, keys: list[str], shifts: list[int]) -> list[str]:
     """Calibration and error detection per run and shift: ECE before -> after temperature scaling, the
     AUROC of the OOD score and of 1 - top probability for "this target is misclassified", and the OA of
-    the 80 % / 95 % least doubtful targets by each (:func:`cropmap.ml.ood.error_detection`)."""
+    the 80 % / 95 % least doubtful targets by each (:func:`cropmap.ml.evaluate.error_detection`)."""
     if "conf_auroc_errors" not in frame.columns:
         return []
     lines = ["", "Confidence and the out-of-distribution (OOD) score as detectors of the misclassified targets "

@@ -40,9 +40,8 @@ from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
 from cropmap.ml.calibration import expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
-from cropmap.ml.evaluate import scores, write_confusion
+from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
-from cropmap.ml.ood import error_detection
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
 from cropmap.research.report import write_report
@@ -209,7 +208,7 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
 
 def _error_detection(proba: np.ndarray, y: np.ndarray, ood: np.ndarray | None) -> dict:
     """Columns ``conf_*`` (1 - top probability) and, for networks, ``ood_*`` (:meth:`Checkpoint.ood_score`)
-    as detectors of the misclassified targets (:func:`cropmap.ml.ood.error_detection`), and ``ood_flagged``
+    as detectors of the misclassified targets (:func:`cropmap.ml.evaluate.error_detection`), and ``ood_flagged``
     (share of targets over the training threshold)."""
     correct = proba.argmax(1) == y
     out = {f"conf_{k}": v for k, v in error_detection(1 - proba.max(1), correct).items()}
@@ -293,9 +292,10 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
     if not cached:
         _train_network(job)
     ckpt = load_checkpoint(job["path"])
-    proba = {d: ckpt.predict_proba(_matrix(c)) for d, c in prep.tgt.items()}
-    raw = {d: ckpt.predict_proba(_matrix(c), calibrated=False) for d, c in prep.tgt.items()}
-    ood = {d: ckpt.ood_score(_matrix(c)) for d, c in prep.tgt.items()} if ckpt.ood is not None else {}
+    matrices = {d: _matrix(c) for d, c in prep.tgt.items()}
+    proba = {d: ckpt.predict_proba(m) for d, m in matrices.items()}
+    raw = {d: ckpt.predict_proba(m, calibrated=False) for d, m in matrices.items()}
+    ood = {d: ckpt.ood_score(m) for d, m in matrices.items()} if ckpt.ood is not None else {}
     return proba, {"raw_proba": raw, "ood": ood, "temperature": ckpt.temperature,
                    "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
                    "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached}
