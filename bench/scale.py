@@ -93,20 +93,21 @@ def free_port() -> int:
     return port()
 
 
-def peak_rss(proc: subprocess.Popen, stop: threading.Event, out: list[int]) -> None:
+def sample_flow(proc: subprocess.Popen, stop: threading.Event, out: dict) -> None:
+    """Peak RSS (bytes) and the last CPU seconds seen (:func:`cpu_seconds`) of the flow process, every 0.1 s
+    until ``stop`` (its CPU times cannot be read once it has exited)."""
     p = psutil.Process(proc.pid)
     while not stop.is_set():
         try:
-            out[0] = max(out[0], p.memory_info().rss)
+            out["rss"] = max(out["rss"], p.memory_info().rss)
         except psutil.Error:
             return
+        out["cpu"] = max(out["cpu"], cpu_seconds(proc))
         time.sleep(0.1)
 
 
-def cpu_seconds(proc: subprocess.Popen | None) -> float:
+def cpu_seconds(proc: subprocess.Popen) -> float:
     """User + system CPU seconds of a process and all its live descendants (a Dask worker's nanny and workers)."""
-    if proc is None:
-        return 0.0
     try:
         root = psutil.Process(proc.pid)
         total = 0.0
@@ -236,42 +237,30 @@ def main() -> None:
         client = Client(address, timeout=60)
         client.wait_for_workers(args.workers, timeout=120)
         client.get_task_stream()  # starts the scheduler's task-stream recording
-        server, scheduler, workers = procs
+        services = dict(zip(("prefect_server", "scheduler", "workers"), procs))
         for n in args.counts:
-            before = {name: cpu_seconds(p) for name, p in (("prefect_server", server), ("scheduler", scheduler),
-                                                           ("workers", workers))}
+            before = {name: cpu_seconds(p) for name, p in services.items()}
             start = time.time()
             cmd = [py, "-m", "flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
                    "--out", str(out / f"runs-{n}")]
             log = open(out / f"flow-{n}.log", "w")
             proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-            stop, peak = threading.Event(), [0]
-            sampler = threading.Thread(target=peak_rss, args=(proc, stop, peak), daemon=True)
+            stop, flow = threading.Event(), {"rss": 0, "cpu": 0.0}
+            sampler = threading.Thread(target=sample_flow, args=(proc, stop, flow), daemon=True)
             sampler.start()
-            flow_cpu = [0.0]
-
-            def flow_cpu_until_exit(p=proc):
-                while p.poll() is None:
-                    flow_cpu[0] = max(flow_cpu[0], cpu_seconds(p))
-                    time.sleep(0.5)
-
-            cpu_sampler = threading.Thread(target=flow_cpu_until_exit, daemon=True)
-            cpu_sampler.start()
             rc = proc.wait()
             wall = time.time() - start
-            cpu_sampler.join()
             stop.set()
             sampler.join()
             stream = client.get_task_stream(start=start, stop=time.time())
             kinds = Counter(r["key"].rsplit("-", 5)[0] if isinstance(r["key"], str) else str(r["key"][0])
                             for r in stream)
             row = {"tiles": n, "rc": rc, "wall_s": round(wall, 1), "wall_per_tile_s": round(wall / n, 3),
-                   "flow_peak_rss_mib": round(peak[0] / 2**20), "scheduler_tasks": sum(kinds.values()),
+                   "flow_peak_rss_mib": round(flow["rss"] / 2**20), "scheduler_tasks": sum(kinds.values()),
                    "tasks_per_tile": round(sum(kinds.values()) / n, 2), "tasks": dict(kinds),
                    # CPU seconds per tile of each process over the run: where the overhead goes
-                   "cpu_per_tile_s": {**{name: round((cpu_seconds(p) - before[name]) / n, 3) for name, p in
-                                         (("prefect_server", server), ("scheduler", scheduler), ("workers", workers))},
-                                      "flow": round(flow_cpu[0] / n, 3)}}
+                   "cpu_per_tile_s": {**{name: round((cpu_seconds(p) - before[name]) / n, 3)
+                                         for name, p in services.items()}, "flow": round(flow["cpu"] / n, 3)}}
             rows.append(row)
             print(json.dumps(row), flush=True)
         client.close()
