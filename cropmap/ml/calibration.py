@@ -2,7 +2,11 @@
 
 A network's softmax is not a probability of being right. :func:`fit_temperature` finds the single
 temperature ``T > 0`` that minimises the negative log-likelihood of ``softmax(logits / T)`` on held-out
-(validation) samples (Guo et al. 2017); it changes confidences, never the winning class.
+(validation) samples (Guo et al. 2017); it changes confidences, never the winning class. The fitted T is
+kept only when the validation set supports it: on a small validation split that the network gets almost
+all right, the fit sharpens a softmax that is already calibrated and raises the ECE of new data
+(measured on Victoria, docs/results/splits-calibration-ood.md), so T = 1 unless the NLL gain survives a
+bootstrap of the validation samples.
 :func:`expected_calibration_error` and :func:`reliability_table` measure how far confidence is from
 accuracy (equal-width confidence bins); :func:`reliability_png` draws the diagram.
 """
@@ -28,25 +32,39 @@ def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return np.exp(log_softmax(z, axis=1)).astype(np.float32)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """The temperature minimising the mean NLL of ``softmax(logits / T)`` for ``labels`` ``(N,)``.
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0),
+                    confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> float:
+    """The temperature minimising the mean NLL of ``softmax(logits / T)`` for ``labels`` ``(N,)``, or 1.0
+    when the validation samples do not support moving away from the raw softmax.
 
     ``logits``: ``(N, C)`` raw network outputs. Searched on log T within ``bounds`` (bounded Brent).
-    When every sample is already classified right, the NLL keeps falling as T -> 0 and the search would
-    return the lower bound: a sharpening the validation set cannot justify. T = 1 is returned then.
+    Kept only if the mean per-sample NLL gain over T = 1 is positive in a share ``confidence`` of
+    ``n_boot`` bootstrap resamples of the samples (``seed``); ``confidence=0`` keeps any fit. When
+    every sample is already classified right, the NLL keeps falling as T -> 0 and the search would return
+    the lower bound: a sharpening the validation set cannot justify. T = 1 is returned then.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
         raise InvalidInputError(f"fit_temperature: logits (N, C) and labels (N,), got {logits.shape}, {labels.shape}")
+    if not 0.0 <= confidence < 1.0:
+        raise InvalidInputError(f"fit_temperature: confidence must be in [0, 1), got {confidence}")
     if (logits.argmax(axis=1) == labels).all():
         return 1.0
+    rows = np.arange(len(labels))
 
-    def nll(log_t: float) -> float:
-        return float(-log_softmax(logits / np.exp(log_t), axis=1)[np.arange(len(labels)), labels].mean())
+    def sample_nll(t: float) -> np.ndarray:
+        return -log_softmax(logits / t, axis=1)[rows, labels]
 
-    best = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(best.x))
+    best = minimize_scalar(lambda log_t: float(sample_nll(np.exp(log_t)).mean()), bounds=tuple(np.log(bounds)),
+                           method="bounded", options={"xatol": 1e-4})
+    t = float(np.exp(best.x))
+    if confidence > 0:
+        gain = sample_nll(1.0) - sample_nll(t)
+        draws = np.random.default_rng(seed).integers(0, len(gain), size=(n_boot, len(gain)))
+        if (gain[draws].mean(axis=1) > 0).mean() < confidence:
+            return 1.0
+    return t
 
 
 def reliability_table(proba: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> pd.DataFrame:

@@ -232,7 +232,8 @@ def train_model(
     kept = np.flatnonzero(keep)
     # temperature scaling on the validation split (the best epoch's logits): calibrated confidence
     val_logits = predict_logits(model, z_val)
-    temperature = fit_temperature(val_logits, labels[va])
+    temperature = fit_temperature(val_logits, labels[va])  # 1.0 unless the validation split supports the fit
+    fitted = fit_temperature(val_logits, labels[va], confidence=0.0)
     ece = {f"val_ece_{k}": expected_calibration_error(softmax_t(val_logits, t), labels[va])
            for k, t in (("raw", 1.0), ("calibrated", temperature))}
     # where the training distribution ends: a Mahalanobis score on the training split's inputs
@@ -240,7 +241,8 @@ def train_model(
     return TrainResult(
         model=model, model_config=model_cfg, normalisation=norm, temperature=temperature, ood=ood,
         val_scores={"val_macro_f1": best[0], "val_loss": best[1], "best_epoch": best_epoch,
-                    "n_train": int(len(tr)), "n_val": int(len(va)), "temperature": temperature, **ece},
+                    "n_train": int(len(tr)), "n_val": int(len(va)), "temperature": temperature,
+                    "temperature_fitted": fitted, **ece},
         best_epoch=best_epoch, history=history, train_index=kept[tr], val_index=kept[va],
         seconds=time.perf_counter() - t0,
     )
