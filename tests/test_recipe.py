@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from cropmap.errors import ConfigError
 from cropmap.ml.checkpoint import load_checkpoint
 from cropmap.research.config import load_experiment
 from cropmap.research.runner import run_experiment
@@ -35,3 +37,28 @@ def test_recipes_side_by_side(shared_data, tmp_path):
     assert set(ckpts) == {1e-4, 1e-3}
     assert ckpts[1e-4].config["train"]["batch_size"] == 256 and ckpts[1e-3].config["train"]["epochs"] == 1
     assert pd.read_csv(tmp_path / "out" / "victoria-recipe.csv")["ece"].between(0, 1).all()
+
+
+def test_onecycle_warms_up_then_anneals_over_exactly_the_training_steps(shared_data):
+    """OneCycleLR raises if stepped past its total: 41 training samples at batch 8 leave a last batch of one,
+    which is skipped, so the schedule must count 5 steps an epoch, not 6. The rate peaks at ``lr`` and ends
+    near zero; the constant schedule keeps ``lr``."""
+    from cropmap.ml.train import TrainConfig, train_model
+    from tests.test_calibration import SEASON, _matrix
+
+    x, y = _matrix("train")
+    rows = np.concatenate([np.flatnonzero(y == c)[:7] for c in range(8)])[:52]  # 52 -> 41 train + 11 val
+    base = dict(model="cropnet1d", model_options={"channels": [8] * 4}, epochs=6, lr=2e-3, batch_size=8,
+                val_fraction=0.2, progress=False, device="cpu")
+    lrs = {}
+    for schedule in ("onecycle", "constant"):
+        result = train_model(x[rows], y[rows], window_start=0, n_bins=SEASON.n_bins, n_classes=8,
+                             config=TrainConfig(**base, schedule=schedule))
+        assert result.val_scores["n_train"] == 41
+        lrs[schedule] = [h["lr"] for h in result.history]
+    one = lrs["onecycle"]
+    assert one[0] < one[1] and max(one) == pytest.approx(2e-3, rel=0.15) and one[-1] < 2e-5  # 36 steps counted for 30 would leave 2.7e-4
+    assert int(np.argmax(one)) in (1, 2) and all(a >= b for a, b in zip(one[2:], one[3:]))
+    assert lrs["constant"] == [2e-3] * 6
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="cosine-typo")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(256, ge=2)
     weight_decay: float = Field(0.0, ge=0)
+    #: learning-rate schedule: ``constant`` (``lr`` throughout, the seed's) or ``onecycle`` (warm-up to
+    #: ``lr`` over the first 30 % of the steps, then cosine annealing; torch's OneCycleLR, stepped per batch)
+    schedule: Literal["constant", "onecycle"] = "constant"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     augment: str = "none"
     augment_options: dict[str, Any] = Field(default_factory=dict)
@@ -196,6 +199,10 @@ def train_model(
     model_cfg = {"n_bands": int(x_full.shape[1]), "n_classes": int(n_classes), **config.model_options}
     model = build_model(config.model, **model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    batches = [len(r) for r in np.array_split(np.arange(len(tr)), range(config.batch_size, len(tr), config.batch_size))]
+    steps_per_epoch = sum(b >= 2 for b in batches)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
+             if config.schedule == "onecycle" else None)
     loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights(labels[tr], n_classes)).to(device))
 
     best = (-1.0, np.inf)
@@ -218,11 +225,14 @@ def train_model(
             loss = loss_fn(model(zb), yb)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += loss.item() * len(rows)
         logits = predict_logits(model, z_val, device=device)
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels[va])))
         f1 = macro_f1(labels[va], logits.argmax(1), classes=np.unique(labels[va]))
-        history.append({"epoch": epoch, "train_loss": total / len(tr), "val_loss": val_loss, "val_macro_f1": f1})
+        history.append({"epoch": epoch, "train_loss": total / len(tr), "val_loss": val_loss, "val_macro_f1": f1,
+                        "lr": opt.param_groups[0]["lr"]})
         bar.set_postfix(val_f1=f"{f1:.3f}", loss=f"{total / len(tr):.3f}")
         if (f1, -val_loss) > (best[0], -best[1]):  # best macro-F1, ties broken by the lower loss
             best = (f1, val_loss)
