@@ -67,9 +67,9 @@ def area_products(run: CountryRun, key: str, class_map: str, samples: str | None
 
 
 @task(name="score", cache_policy=NONE)
-def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | None = None,
+def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None = None,
               season_offsets: dict[str, int] | None = None) -> tuple[dict, str]:
-    return mapping.score_run(run, key, class_maps, model=model, season_offsets=season_offsets)
+    return mapping.score_run(run, key, maps, model=model, season_offsets=season_offsets)
 
 
 @task(name="training-set", cache_policy=NONE)

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             acc = result["accuracy"]
             rows.append({"augment": augment, "seed": seed, "oa": acc["oa"], "macro_f1": acc["macro_f1"],
                          **{f"f1_{k}": v for k, v in acc["f1"].items()}, "pixels": acc["n"],
+                         **{f"{layer}_{k}": v for layer, d in acc.get("error_detection", {}).items()
+                            for k, v in d.items()}, "ood_flagged": acc.get("ood_flagged"),
                          "season_offset": ",".join(f"{h}:{m}" for h, m in result["season_offsets"].items()),
                          "seconds": round(time.time() - started, 1), "model": result["model"]})
             print(rows[-1], flush=True)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _markdown(table: pd.DataFrame, argv: list[str]) -> str:
     scores = [c for c in table.columns if c == "oa" or c == "macro_f1" or c.startswith("f1_")]
-    mean, std = table.groupby("augment")[scores].mean(), table.groupby("augment")[scores].std()
+    numeric = scores + [c for c in table.columns if c.startswith(("confidence_", "ood_"))]
+    mean, std = table.groupby("augment")[numeric].mean(), table.groupby("augment")[numeric].std()
     cell = lambda a, c: f"{mean.loc[a, c]:.3f} ± {std.loc[a, c]:.3f}" if len(table[table.augment == a]) > 1 \
         else f"{mean.loc[a, c]:.3f}"  # noqa: E731
     head = ["augment", *[c.removeprefix("f1_") if c.startswith("f1_") else c for c in scores]]
@@ -61,6 +64,15 @@ def _markdown(table: pd.DataFrame, argv: list[str]) -> str:
     lines += ["| " + " | ".join([a, *[cell(a, c) for c in scores]]) + " |" for a in table["augment"].unique()]
     per_seed = ["| augment | seed | OA | macro-F1 | seconds |", "|---|---|---|---|---|"]
     per_seed += [f"| {r.augment} | {r.seed} | {r.oa:.3f} | {r.macro_f1:.3f} | {r.seconds} |" for r in table.itertuples()]
+    trust = [c for c in table.columns if c.startswith(("confidence_", "ood_"))]
+    trust_lines = []
+    if trust:  # how well each layer of the national map picks out its wrong pixels
+        head = ["augment", *trust]
+        trust_lines = ["How well the map's confidence (100 - confidence) and OOD COGs pick out its wrong pixels "
+                       "(AUROC for errors; OA of the 80 % / 95 % most trusted pixels; share flagged OOD):", "",
+                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        trust_lines += ["| " + " | ".join([a, *[cell(a, c) for c in trust]]) + " |" for a in table["augment"].unique()]
+        trust_lines.append("")
     return "\n".join([
         "# TRANSFER: trained in the north, mapped in the south (offline, real Victoria spectra)", "",
         f"Source {SOURCE} (`configs/countries/{SOURCE}.yaml`): labelled, northern hemisphere (UTM 14N), Victoria",
@@ -72,7 +84,7 @@ def _markdown(table: pd.DataFrame, argv: list[str]) -> str:
         "Model: the scenario's slim CPU CropNet (~0.1M parameters, 30 epochs, lr 1e-3, batch 64); one",
         "sample per 0.0005 degree cell and class, 60 m inward buffer, validation on whole held-out fields.", "",
         "Command:", "", "```bash", " ".join([".venv/bin/python scripts/transfer_results.py", *argv]), "```", "",
-        "Mean ± standard deviation over seeds (training seed and sample draw):", "", *lines, "",
+        "Mean ± standard deviation over seeds (training seed and sample draw):", "", *lines, "", *trust_lines,
         "Per run:", "", *per_seed, "",
     ])
 

@@ -87,6 +87,47 @@ def test_score_class_map_against_numpy(demo_paths, tmp_path):
     assert whole["n"] == (pred != 255).sum()
 
 
+def test_score_rates_the_confidence_and_ood_layers_as_error_detectors(demo_paths, tmp_path):
+    """Layers on the class map's grid: their AUROC for the wrong pixels and the OA of the most trusted
+    80 % / 95 %, computed here with scikit-learn and a sort; the OOD share over 100."""
+    from sklearn.metrics import roc_auc_score
+
+    with rasterio.open(demo_paths.reference) as ds:
+        truth, profile = ds.read(1), ds.profile
+        names = [ds.tags(1)[f"class_{i}"] for i in range(8)]
+    rng = np.random.default_rng(1)
+    pred = truth.copy()
+    wrong = rng.random(truth.shape) < 0.15
+    pred[wrong] = (pred[wrong] + 1) % 8
+    pred[:3, :] = 255
+    # confidence lower on wrong pixels (an informative layer); the OOD score pure noise (uninformative)
+    conf = np.clip(np.where(wrong, rng.normal(60, 15, truth.shape), rng.normal(85, 10, truth.shape)), 0, 100)
+    conf = np.where(pred == 255, 255, np.rint(conf)).astype(np.uint8)
+    ood = np.where(pred == 255, 255, rng.integers(0, 200, truth.shape)).astype(np.uint8)
+    _write_map(tmp_path / "map.tif", pred, profile, names)
+    for name, data in (("conf", conf), ("ood", ood)):
+        with rasterio.open(tmp_path / f"{name}.tif", "w", **{**profile, "driver": "GTiff", "nodata": 255}) as dst:
+            dst.write(data, 1)
+    result = score_class_map(tmp_path / "map.tif", demo_paths.reference,
+                             layers={"confidence": tmp_path / "conf.tif", "ood": tmp_path / "ood.tif"})
+    valid = pred != 255
+    right = (pred == truth)[valid]
+    for name, distrust in (("confidence", 100.0 - conf[valid]), ("ood", ood[valid].astype(float))):
+        got = result["error_detection"][name]
+        assert got["auroc_errors"] == pytest.approx(roc_auc_score(~right, distrust), abs=1e-9)
+        order = np.argsort(distrust, kind="stable")
+        for c in (80, 95):
+            assert got[f"oa_at_{c}"] == pytest.approx(right[order[:round(c / 100 * len(order))]].mean())
+    assert result["error_detection"]["confidence"]["auroc_errors"] > 0.8
+    assert abs(result["error_detection"]["ood"]["auroc_errors"] - 0.5) < 0.05
+    assert result["ood_flagged"] == pytest.approx((ood[valid] > 100).mean())
+    ood[10, 10] = 255  # a layer with a hole where the class map has a pixel is another map's
+    with rasterio.open(tmp_path / "ood.tif", "w", **{**profile, "driver": "GTiff", "nodata": 255}) as dst:
+        dst.write(ood, 1)
+    with pytest.raises(IncompatibleInputError, match="ood layer"):
+        score_class_map(tmp_path / "map.tif", demo_paths.reference, layers={"ood": tmp_path / "ood.tif"})
+
+
 def test_score_refuses_other_grids(demo_paths, tmp_path):
     with rasterio.open(demo_paths.reference) as ds:
         profile, data = ds.profile, ds.read(1)

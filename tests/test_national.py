@@ -92,6 +92,32 @@ def test_two_zone_country_national_cog_follows_the_tiles_and_the_zone_rule(two_z
 
 
 @pytest.mark.slow
+def test_the_national_map_has_an_ood_cog_with_its_flagged_share_in_the_item_and_the_summary(two_zone_run):
+    """The third product: the OOD score mosaicked like the confidence, its share over 100 (counted here)
+    in the STAC item and the run summary, and the scored map's layers rated as detectors of its errors."""
+    from cropmap.jobs.reports import map_lines
+
+    run, result = two_zone_run
+    assert set(result.mosaic.cogs) >= {"class", "confidence", "ood"}
+    assert all("ood" in z.cogs for z in result.zones.values())
+    with rasterio.open(result.mosaic.cogs["ood"]) as src, rasterio.open(result.mosaic.cogs["class"]) as cls:
+        ood, classes = src.read(1), cls.read(1)
+        assert src.transform == cls.transform and cog_validate(result.mosaic.cogs["ood"], strict=True)[0]
+    valid = ood != 255
+    assert ((ood != 255) == (classes != 255)).mean() > 0.99
+    share = float((ood[valid] > 100).mean())
+    item = json.loads(Path(result.mosaic.stac_item).read_text())
+    assert item["properties"]["cropmap:ood_flagged_share"] == pytest.approx(share, abs=1e-6)
+    assert item["assets"]["ood"]["href"] == f"./{Path(result.mosaic.cogs['ood']).name}"
+    assert any(line.startswith("national OOD score:") and f"({share:.1%} of the mapped pixels" in line
+               for line in map_lines(result))
+    assert (result.accuracy is None) == (run.scenario is None or run.scenario.score_bounds is None)
+    if result.accuracy is not None:  # scored: both layers rated against the map's errors
+        assert set(result.accuracy["error_detection"]) == {"confidence", "ood"}
+        assert 0 <= result.accuracy["ood_flagged"] <= 1
+
+
+@pytest.mark.slow
 def test_equator_country_gets_each_sides_season_and_one_national_map(zone_configs, demo_paths, demo_model, tmp_path,
                                                                       monkeypatch):
     monkeypatch.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))

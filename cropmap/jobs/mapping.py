@@ -149,22 +149,25 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     return TrainResult(checkpoint, samples, tiles)
 
 
-def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | None = None,
+def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None = None,
               season_offsets: dict[str, int] | None = None) -> tuple[dict, str]:
-    """Score the first class map of ``class_maps`` on the reference's grid (a zone COG in the reference's
-    CRS needs no warping, so list it first) on the scenario's held-back area; writes ``accuracy.json``
+    """Score the class map of ``maps`` (product -> COG of one map) on the reference's grid on the
+    scenario's held-back area, with its ``confidence`` and ``ood`` layers as detectors of its errors
+    (:func:`~cropmap.jobs.scoring.score_class_map`); writes ``accuracy.json``
     and ``confusion.csv`` / ``confusion.png`` beside the maps and, given the checkpoint ``model``, ``model_card.md``: its card with this score
     among the transfer scores (a reference the model was not trained on), with ``season_offsets``
     (hemisphere -> months from the model's window, as :func:`map_country` checked them)."""
     scenario = run.scenario
     assert scenario is not None and scenario.score_bounds is not None
-    result = score_class_map(class_maps[0], scenario.reference, bounds=scenario.score_bounds,
-                             legend_path=scenario.legend, warp=True)
+    class_map = maps["class"]
+    result = score_class_map(class_map, scenario.reference, bounds=scenario.score_bounds,
+                             legend_path=scenario.legend, warp=True,
+                             layers={p: maps[p] for p in ("confidence", "ood") if p in maps})
     path = storage.join(run.map_dir(key), "accuracy.json")
     storage.write_text(path, json.dumps(result, indent=1))
     with tempfile.TemporaryDirectory() as tmp:  # confusion.csv / .png beside it (the folder may be a bucket)
         for local in write_confusion(np.asarray(result["confusion"]), result["class_names"], Path(tmp) / "confusion.csv",
-                                     title=f"{run.code} {run.year}: {storage.basename(class_maps[0])} against "
+                                     title=f"{run.code} {run.year}: {storage.basename(class_map)} against "
                                            f"the reference, {result['n']:,} px, OA {result['oa']:.3f}"):
             storage.publish(local, storage.join(run.map_dir(key), local.name))
     if model is not None:
@@ -173,7 +176,7 @@ def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | Non
 
         checkpoint = load_model(model)
         score = {k: round(float(result[k]), 4) for k in ("oa", "macro_f1", "kappa") if k in result}
-        score.update(pixels=int(result["n"]), map=storage.basename(class_maps[0]), season=run.season.describe())
+        score.update(pixels=int(result["n"]), map=storage.basename(class_map), season=run.season.describe())
         offsets = season_offsets or {}
         if len(offsets) == 1:
             score["season_offset_months"] = next(iter(offsets.values()))
@@ -185,14 +188,16 @@ def score_run(run: CountryRun, key: str, class_maps: list[str], model: str | Non
     return result, str(path)
 
 
-def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: MosaicResult | None) -> list[str]:
-    """The map a scenario is scored on: the one zone's COG when the country is one zone on the reference's
-    grid (no resampling at all), else the national map (read onto the reference's grid)."""
+def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: MosaicResult | None) -> dict[str, str]:
+    """The map a scenario is scored on (product -> COG): the one zone's when the country is one zone on the
+    reference's grid (no resampling at all), else the national map (read onto the reference's grid)."""
     with storage.open_raster(run.scenario.reference) as ref:
         epsg = ref.crs.to_epsg()
     if len(zones) == 1 and next(iter(zones)) == epsg:
-        return [str(zones[epsg].cogs["class"])]
-    return [str(national.cogs["class"])] if national is not None else [str(z.cogs["class"]) for z in zones.values()]
+        chosen = zones[epsg]
+    else:
+        chosen = national if national is not None else next(iter(zones.values()))
+    return {p: str(c) for p, c in chosen.cogs.items()}
 
 
 @_one_run_per_folder

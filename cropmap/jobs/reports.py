@@ -4,6 +4,7 @@ work, and its products after. The flows print these lines; the CLI prints them t
 from __future__ import annotations
 
 import base64
+import json
 
 from cropmap.io import storage
 from cropmap.jobs.country_run import CountryRun
@@ -43,6 +44,11 @@ def plan_table(run: CountryRun) -> str:
     return "\n".join(lines)
 
 
+def _item_properties(item: storage.Location | None) -> dict:
+    """The ``properties`` of the STAC item at ``item`` ({} without one)."""
+    return {} if item is None else json.loads(storage.read_bytes(item)).get("properties", {})
+
+
 def map_lines(result: MapResult) -> list[str]:
     """Where the products are, zone by zone and national, with the season offsets and the score."""
     lines = []
@@ -52,8 +58,13 @@ def map_lines(result: MapResult) -> list[str]:
         lines.append(f"zone EPSG:{epsg}:  FAILED: {reason}")
     if result.mosaic is not None:
         lines += [f"national class:      {result.mosaic.cogs['class']}",
-                  f"national confidence: {result.mosaic.cogs.get('confidence')}",
-                  f"STAC item:           {result.mosaic.stac_item}",
+                  f"national confidence: {result.mosaic.cogs.get('confidence')}"]
+        if "ood" in result.mosaic.cogs:
+            share = _item_properties(result.mosaic.stac_item).get("cropmap:ood_flagged_share")
+            lines.append(f"national OOD score:  {result.mosaic.cogs['ood']}"
+                         + ("" if share is None else f" ({share:.1%} of the mapped pixels out of the training "
+                                                     "distribution)"))
+        lines += [f"STAC item:           {result.mosaic.stac_item}",
                   f"quicklook:           {result.mosaic.quicklook}"]
     offsets = ", ".join(f"{h} {m} months" for h, m in result.season_offsets.items())
     lines.append(f"model:               {result.model} (season offset: {offsets})")
@@ -61,6 +72,9 @@ def map_lines(result: MapResult) -> list[str]:
         acc = result.accuracy
         lines.append(f"accuracy:            {result.accuracy_path}: OA {acc['oa']:.3f}, macro-F1 {acc['macro_f1']:.3f} "
                      f"({acc['n']} pixels of the scored area)")
+        for layer, d in acc.get("error_detection", {}).items():
+            lines.append(f"errors by {layer}:{' ' * max(1, 10 - len(layer))}AUROC {d['auroc_errors']:.3f}; OA of the "
+                         f"80 % most trusted pixels {d['oa_at_80']:.3f}, of 95 % {d['oa_at_95']:.3f}")
     for product, location in result.area.items():
         lines.append(f"area ({product}):{' ' * max(1, 12 - len(product))}{location}")
     lines.append(f"tiles:               {result.tiles.describe()}")

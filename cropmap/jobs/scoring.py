@@ -1,9 +1,11 @@
-"""Scoring a class map against a reference map of the same grid: OA, macro-F1, kappa, per-class F1."""
+"""Scoring a class map against a reference map of the same grid: OA, macro-F1, kappa, per-class F1, and
+how well the map's confidence and out-of-distribution (OOD) layers pick out its wrong pixels."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from rasterio.windows import Window, from_bounds
 from cropmap.core.harmonise import load_legend
 from cropmap.errors import IncompatibleInputError
 from cropmap.io import storage
-from cropmap.ml.evaluate import scores
+from cropmap.ml.evaluate import error_detection, scores
 
 __all__ = ["score_class_map"]
 
@@ -28,7 +30,8 @@ def _class_names(ds) -> dict[int, str]:
 
 def score_class_map(class_map: storage.Location, reference: storage.Location, *,
                     bounds: tuple[float, float, float, float] | None = None,
-                    legend_path: str | Path | None = None, warp: bool = False) -> dict:
+                    legend_path: str | Path | None = None, warp: bool = False,
+                    layers: Mapping[str, storage.Location] | None = None) -> dict:
     """OA, macro-F1, kappa, per-class F1 and confusion of a class map against a reference map.
 
     Both rasters (files or URLs) must share CRS and pixel size, unless ``warp``: then the map is read
@@ -38,6 +41,11 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     ``class_<value>`` tags and mapped by the legend (default: same names); the map's by its
     ``class_names`` tag. Pixels that are nodata in either are left out (``n_unmapped`` counts reference
     pixels the map left as nodata).
+
+    ``layers``: the map's ``confidence`` and/or ``ood`` COGs (same grid as the class map), read like it;
+    ``error_detection`` then holds, per layer, :func:`~cropmap.ml.evaluate.error_detection` of its
+    distrust score (100 - confidence; the OOD score as is) against the scored pixels' errors, and
+    ``ood_flagged`` the share of scored pixels with an OOD score over 100.
     """
     legend = load_legend(legend_path) if legend_path is not None else None
     with storage.open_raster(reference) as ref, storage.open_raster(class_map) as src, \
@@ -53,6 +61,10 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
                                   cm.transform).round_offsets().round_lengths()
         pred = _read_padded(cm, pred_window)
         ref_names, map_names, ref_nodata = _class_names(ref), _class_names(src), ref.nodata
+        extra = {}
+        for name, location in (layers or {}).items():
+            with storage.open_raster(location) as layer_src, _on_grid_of(layer_src, ref, warp) as layer:
+                extra[name] = _read_padded(layer, pred_window)
     index = {n: i for i, n in map_names.items()}
     lookup = np.full(256, -1, dtype=np.int64)
     for value, name in ref_names.items():
@@ -68,6 +80,17 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     out["class_names"] = names  # the rows and columns of "confusion"
     out["n_unmapped"] = int((has_truth & (pred == 255)).sum())
     out["bounds"] = [float(v) for v in box]
+    if extra:
+        right = y_true[valid] == pred[valid]
+        detect = {}
+        for name, values in extra.items():
+            v = values[valid]
+            if (v == 255).any():
+                raise IncompatibleInputError(f"the {name} layer has no data where the class map has: not the same map")
+            detect[name] = error_detection(100.0 - v if name == "confidence" else v.astype(np.float64), right)
+        out["error_detection"] = detect
+        if "ood" in extra:
+            out["ood_flagged"] = float((extra["ood"][valid] > 100).mean())
     return out
 
 

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 #: Overview resampling per product: a class is never averaged.
-OVERVIEW_RESAMPLING = {"class": "mode", "confidence": "average", "probability": "average"}
+OVERVIEW_RESAMPLING = {"class": "mode", "confidence": "average", "probability": "average", "ood": "average"}
 
 
 @dataclass(frozen=True)

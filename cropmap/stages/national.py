@@ -51,7 +51,7 @@ __all__ = ["WARP_RESAMPLING", "national_grid", "owner_zone", "write_national_cog
 GDAL_CACHE_MB = 128
 #: Warping of each product: a class is never interpolated.
 WARP_RESAMPLING = {"class": Resampling.nearest, "confidence": Resampling.bilinear,
-                   "probability": Resampling.bilinear}
+                   "probability": Resampling.bilinear, "ood": Resampling.bilinear}
 
 
 def owner_zone(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

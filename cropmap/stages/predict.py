@@ -94,7 +94,12 @@ class PredictOptions(BaseModel):
     #: Also write the out-of-distribution score (``ood`` product, :meth:`Checkpoint.ood_score`): uint8,
     #: the pixel's distance from the training inputs in percent of the training threshold (the 99th
     #: percentile of the training pixels' distances); > 100 = out of distribution, 254 = 254 % or more.
-    ood: bool = False
+    #: None (the default): written when the checkpoint holds training-distribution statistics.
+    ood: bool | None = None
+
+    def for_checkpoint(self, checkpoint: Checkpoint) -> PredictOptions:
+        """These options with ``ood`` decided for ``checkpoint`` (None -> whether it holds statistics)."""
+        return self if self.ood is not None else self.model_copy(update={"ood": checkpoint.ood is not None})
 
     def output_key(self) -> dict:
         """The options that change the written pixels (the device and batch size do not)."""
@@ -186,7 +191,8 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     - ``confidence`` ``(y, x)`` uint8: the winning softmax probability in percent (0-100), 255 = nodata;
     - ``probability`` ``(class, y, x)`` uint8 percent, only with ``options.probabilities``;
     - ``ood`` ``(y, x)`` uint8: distance from the training inputs in percent of the training threshold
-      (> 100 = out of distribution, capped at 254), only with ``options.ood``.
+      (> 100 = out of distribution, capped at 254), with ``options.ood`` (by default whenever the
+      checkpoint holds training-distribution statistics).
 
     Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
     is NaN. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
@@ -196,6 +202,7 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     device = _device(options)
     bf16 = options.precision == "bf16" or (options.precision == "auto" and device == "cuda")
     proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
+    options = options.for_checkpoint(checkpoint)
     ood = np.full(ny * nx, np.nan, dtype=np.float32) if options.ood else None
     # blocks of whole rows: a 1024 px tile's cube is 3 GB (73 bins x 10 bands float32), a block ~200 MB
     step = max(1, options.block_pixels // nx)
@@ -266,7 +273,9 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def run_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
-    """Hash of the checkpoint's bytes and the output options: a tile written under another key is redone."""
+    """Hash of the checkpoint's bytes and the output options (``ood`` decided for the checkpoint): a tile
+    written under another key is redone."""
+    options = options.for_checkpoint(load_model(checkpoint_path))
     local = storage.local_copy(checkpoint_path).resolve()
     st = local.stat()
     return stable_hash({"checkpoint": _file_sha256(str(local), st.st_size, st.st_mtime_ns),
@@ -320,6 +329,7 @@ def predict_tile(
     out_dir = storage.as_location(out_dir)
     cube = open_cube(cube_path)
     tile_id = storage.safe_name(cube.attrs.get("tile_id", ""), "tile id")  # it names the outputs
+    options = options.for_checkpoint(load_model(checkpoint_path))
     key = run_key(checkpoint_path, options)
     paths = {p: tile_path(out_dir, tile_id, p) for p in _products(options)}
     if not force and _is_finished(out_dir, tile_id, options, key):

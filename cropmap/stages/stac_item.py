@@ -31,7 +31,7 @@ from cropmap.io.storage import atomic_path
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.tile_files import class_legend, list_tiles, tile_tags
 
-__all__ = ["write_stac_item", "write_stac_collection", "multihash_sha256", "CLASSIFICATION_SCHEMA",
+__all__ = ["write_stac_item", "ood_flagged_share", "write_stac_collection", "multihash_sha256", "CLASSIFICATION_SCHEMA",
            "COLLECTION_FILE"]
 
 #: The classification extension version written (its schema is in ../shared/data/stac_schemas).
@@ -61,6 +61,19 @@ def _slug(text: str) -> str:
 
 
 
+def ood_flagged_share(cog: str | Path) -> float | None:
+    """Share (0..1) of the valid pixels of an ``ood`` COG above 100 (beyond the training threshold), read
+    block by block; None if it holds no valid pixel."""
+    valid = flagged = 0
+    with rasterio.open(cog) as src:
+        for _, window in src.block_windows(1):
+            v = src.read(1, window=window)
+            ok = v != NODATA
+            valid += int(ok.sum())
+            flagged += int((ok & (v > 100)).sum())
+    return round(flagged / valid, 6) if valid else None
+
+
 def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_dir: str | Path | None = None,
                     quicklook: Path | None = None, missing: Mapping[str, str] | None = None) -> Path:
     """A STAC Item (JSON) describing the mosaics: geometry (EPSG:4326), season as start/end
@@ -81,6 +94,8 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
     lons, lats = zip(*geom["coordinates"][0])
     props: dict = {"cropmap:software_version": __version__, "license": LICENSE,
                    "cropmap:status": "partial" if missing else "complete"}
+    if "ood" in cogs:  # the share of mapped pixels beyond the training threshold: where not to trust the map
+        props["cropmap:ood_flagged_share"] = ood_flagged_share(cogs["ood"])
     if missing:
         props["cropmap:missing"] = [{"part": k, "reason": v} for k, v in sorted(missing.items())]
     for key in ("model_name", "season", "season_year", "model_season", "season_offset_months"):
@@ -131,7 +146,9 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
             count = src.count
         asset = pystac.Asset(href=f"./{cog.name}", media_type=pystac.MediaType.COG, roles=["data"],
                              title={"class": "crop class", "confidence": "confidence (percent)",
-                                    "probability": "class probabilities (percent)"}.get(product, product))
+                                    "probability": "class probabilities (percent)",
+                                    "ood": "distance from the training inputs (percent of the training "
+                                           "threshold; > 100: out of distribution)"}.get(product, product))
         item.add_asset(product, asset)
         _add_file_info(asset, cog)
         RasterExtension.ext(asset, add_if_missing=True).bands = [
