@@ -23,7 +23,12 @@ from scipy.special import log_softmax
 from cropmap.errors import InvalidInputError
 from cropmap.io.storage import atomic_path
 
-__all__ = ["fit_temperature", "softmax_t", "expected_calibration_error", "reliability_table", "reliability_png"]
+__all__ = ["CALIBRATION_RULE", "fit_temperature", "softmax_t", "expected_calibration_error", "reliability_table", "reliability_png"]
+
+
+#: How :func:`fit_temperature` decides, by default: part of a cached checkpoint's identity (a checkpoint
+#: calibrated under another rule holds another temperature).
+CALIBRATION_RULE = {"fit": "nll", "keep_if_bootstrap_gain": 0.95}
 
 
 def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -33,7 +38,8 @@ def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0),
-                    confidence: float = 0.95, n_boot: int = 1000, seed: int = 0) -> float:
+                    confidence: float = CALIBRATION_RULE["keep_if_bootstrap_gain"], n_boot: int = 1000,
+                    seed: int = 0) -> float:
     """The temperature minimising the mean NLL of ``softmax(logits / T)`` for ``labels`` ``(N,)``, or 1.0
     when the validation samples do not support moving away from the raw softmax.
 

@@ -38,7 +38,7 @@ from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
-from cropmap.ml.calibration import expected_calibration_error
+from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
@@ -228,7 +228,7 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
                                "model_options": options})
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.model_dump(exclude={"progress", "device"}), __version__,
-             v.minority.model_dump() if v.minority else None]
+             v.minority.model_dump() if v.minority else None, CALIBRATION_RULE]
     if cfg.split is not None:  # trained on the split's training part only
         parts.append(cfg.split.model_dump())
     path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"
