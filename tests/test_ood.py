@@ -117,3 +117,21 @@ def test_error_detection_against_pairwise_counts(trained):
     assert error_detection((~correct).astype(float), correct)["auroc_errors"] == 1.0
     assert error_detection(correct.astype(float), correct)["auroc_errors"] == 0.0
     assert np.isnan(error_detection(score, np.ones_like(correct))["auroc_errors"])
+
+
+def test_ood_product_follows_the_checkpoint_and_a_demand_it_cannot_meet_is_refused_up_front(
+        demo_run, tiny_checkpoint, trained):
+    """``ood`` unset: written when the checkpoint holds the statistics, not otherwise; ``ood: true`` with a
+    checkpoint saved without them fails when the run is checked, before any cube is built."""
+    from cropmap.errors import ConfigError
+    from cropmap.jobs.tiles import check_model_fits
+    from cropmap.stages.predict import load_model
+
+    without, with_stats = load_model(tiny_checkpoint), load_model(trained[0])
+    assert without.ood is None and with_stats.ood is not None
+    assert PredictOptions().for_checkpoint(without).ood is False
+    assert PredictOptions().for_checkpoint(with_stats).ood is True
+    assert PredictOptions(ood=False).for_checkpoint(with_stats).ood is False
+    asks = demo_run.model_copy(update={"predict": PredictOptions(ood=True)})
+    with pytest.raises(ConfigError, match="predict.ood is true but the checkpoint"):
+        check_model_fits(asks, tiny_checkpoint, demo_run.tiles()[:1])

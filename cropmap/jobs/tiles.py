@@ -196,8 +196,12 @@ def check_model_fits(run: CountryRun, model: storage.Location, tile_ids: Sequenc
     """Raise :class:`IncompatibleInputError` unless the checkpoint takes the cubes this run builds for
     ``tile_ids`` (bands, and the season of each hemisphere they lie in: the model's, or its six-month
     offset), from the plan alone: nothing is computed or read but the checkpoint. Returns the offset in
-    months per hemisphere."""
+    months per hemisphere. A run asking for the OOD product (``predict: {ood: true}``) of a checkpoint
+    saved without training-distribution statistics is refused here too (:class:`ConfigError`)."""
     checkpoint = load_model(model)
+    if run.predict.ood and checkpoint.ood is None:
+        raise ConfigError(f"{run.code}: predict.ood is true but the checkpoint {storage.basename(model)} holds no "
+                          "training-distribution statistics; retrain it, or leave ood unset (written when available)")
     return {h: checkpoint.check_compatible(bands=list(run.cube.bands), season=season, n_bins=season.n_bins,
                                            what=f"{run.code} {run.year}, {h}ern tiles")
             for h, season in run.seasons(tile_ids).items()}
