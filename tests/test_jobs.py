@@ -61,16 +61,23 @@ def _write_map(path, data, profile, names):
         ds.update_tags(1, **{f"class_{i}": n for i, n in enumerate(names)})
 
 
-def test_score_class_map_against_numpy(demo_paths, tmp_path):
-    """A map equal to the reference except known pixels: OA and the confusion computed here."""
-    with rasterio.open(demo_paths.reference) as ds:
+def _map_with_errors(reference, *, seed: int, share: float, unmapped_rows: int):
+    """The reference's classes with a ``share`` of pixels moved to the next class and the first rows
+    unmapped: ``(truth, pred, wrong, rng, profile, names)``."""
+    with rasterio.open(reference) as ds:
         truth, profile = ds.read(1), ds.profile
         names = [ds.tags(1)[f"class_{i}"] for i in range(8)]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     pred = truth.copy()
-    wrong = rng.random(truth.shape) < 0.1
+    wrong = rng.random(truth.shape) < share
     pred[wrong] = (pred[wrong] + 1) % 8
-    pred[:5, :] = 255  # unmapped rows
+    pred[:unmapped_rows, :] = 255
+    return truth, pred, wrong, rng, profile, names
+
+
+def test_score_class_map_against_numpy(demo_paths, tmp_path):
+    """A map equal to the reference except known pixels: OA and the confusion computed here."""
+    truth, pred, _, _, profile, names = _map_with_errors(demo_paths.reference, seed=0, share=0.1, unmapped_rows=5)
     _write_map(tmp_path / "map.tif", pred, profile, names)
     layout = read_layout(demo_paths.root)
     east = part_bounds(layout, "east")
@@ -92,14 +99,8 @@ def test_score_rates_the_confidence_and_ood_layers_as_error_detectors(demo_paths
     80 % / 95 %, computed here with scikit-learn and a sort; the OOD share over 100."""
     from sklearn.metrics import roc_auc_score
 
-    with rasterio.open(demo_paths.reference) as ds:
-        truth, profile = ds.read(1), ds.profile
-        names = [ds.tags(1)[f"class_{i}"] for i in range(8)]
-    rng = np.random.default_rng(1)
-    pred = truth.copy()
-    wrong = rng.random(truth.shape) < 0.15
-    pred[wrong] = (pred[wrong] + 1) % 8
-    pred[:3, :] = 255
+    truth, pred, wrong, rng, profile, names = _map_with_errors(demo_paths.reference, seed=1, share=0.15,
+                                                              unmapped_rows=3)
     # confidence lower on wrong pixels (an informative layer); the OOD score pure noise (uninformative)
     conf = np.clip(np.where(wrong, rng.normal(60, 15, truth.shape), rng.normal(85, 10, truth.shape)), 0, 100)
     conf = np.where(pred == 255, 255, np.rint(conf)).astype(np.uint8)
