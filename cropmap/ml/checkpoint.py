@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputErro
 from cropmap.io import storage
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import apply_normalisation
+from cropmap.ml.calibration import softmax_t
+from cropmap.ml.ood import KIND as OOD_KIND
 from cropmap.ml.ood import ood_score
 
 __all__ = [
@@ -82,7 +85,7 @@ class Checkpoint:
     version: str
     year: int | None = None  # the year of the season the model was trained on (None: not recorded)
     temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training
-    ood: dict | None = field(default=None, repr=False)  # cropmap.ml.ood statistics of the training inputs
+    ood: dict | None = field(default=None, repr=False)  # cropmap.ml.ood statistics of the training features
     card: dict = field(default_factory=dict)
     # copies of ``model`` prepared per (device, memory format), made once and never changed afterwards:
     # prediction threads share them, and ``model`` itself is never moved or converted
@@ -148,39 +151,42 @@ class Checkpoint:
         budget left for the convolution workspace and the allocator (between 1 and 65,536)."""
         return int(min(65536, max(1, budget_bytes // (2 * self.activation_bytes_per_pixel()))))
 
-    def ood_score(self, x: np.ndarray) -> np.ndarray:
-        """``(N,)`` float32 distance of ``x`` ``(N, band, time)`` (reflectance 0..1) from the training
-        inputs over the training threshold (:func:`cropmap.ml.ood.ood_score`; > 1 = out of distribution);
-        NaN rows give NaN. Raises :class:`ConfigError` for a checkpoint saved without statistics."""
-        if self.ood is None:
-            raise ConfigError("this checkpoint holds no training-distribution statistics (retrain it)")
-        z = self.normalise(x)
-        out = np.full(len(z), np.nan, dtype=np.float32)
-        ok = ~np.isnan(z).any(axis=(1, 2))
-        if ok.any():
-            out[ok] = ood_score(z[ok], self.ood)
-        return out
+    def infer(self, x: np.ndarray, *, ood: bool = False, batch_size: int = 4096, device: str | None = None,
+              channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass over ``x`` ``(N, band, time)`` reflectance 0..1: the logits ``(N, n_classes)``
+        float32 and, with ``ood``, the out-of-distribution score ``(N,)`` float32 of the same pass's
+        penultimate features (:func:`cropmap.ml.ood.ood_score`: > 1 = out of the training distribution),
+        else None. Rows holding any NaN (no valid observation) come back NaN.
 
-    @torch.no_grad()
-    def predict_proba(self, x: np.ndarray, *, batch_size: int = 4096, device: str | None = None,
-                      channels_last: bool = False, calibrated: bool = True) -> np.ndarray:
-        """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1:
-        ``softmax(logits / temperature)`` with the checkpoint's temperature (``calibrated=False``: T = 1).
-
-        Rows holding any NaN (no valid observation) come back as NaN rows. ``device`` defaults to
-        CUDA when available; the forward pass uses :meth:`inference_model`.
-        """
+        ``device`` defaults to CUDA when available; the forward pass uses :meth:`inference_model`. Raises
+        :class:`ConfigError` for ``ood`` with a checkpoint saved without usable statistics."""
+        if ood and self.ood is None:
+            raise ConfigError("this checkpoint holds no training-distribution statistics of kind "
+                              f"{OOD_KIND!r} (retrain it with this cropmap version)")
         z = self.normalise(x)
-        out = np.full((len(z), len(self.class_names)), np.nan, dtype=np.float32)
+        logits = np.full((len(z), len(self.class_names)), np.nan, dtype=np.float32)
+        score = np.full(len(z), np.nan, dtype=np.float32) if ood else None
         ok = np.flatnonzero(~np.isnan(z).any(axis=(1, 2)))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = self.inference_model(dev, channels_last=channels_last)
-        for i in range(0, len(ok), batch_size):
-            rows = ok[i:i + batch_size]
-            logits = model(torch.from_numpy(z[rows]).to(dev))
-            t = self.temperature if calibrated else 1.0
-            out[rows] = torch.softmax(logits.float() / t, dim=1).cpu().numpy()
-        return out
+        with torch.no_grad():
+            for i in range(0, len(ok), batch_size):
+                rows = ok[i:i + batch_size]
+                features = model.embed(torch.from_numpy(z[rows]).to(dev))
+                logits[rows] = model.head(model.drop(features)).float().cpu().numpy()
+                if score is not None:
+                    score[rows] = ood_score(features.float().cpu().numpy(), self.ood)
+        return logits, score
+
+    def ood_score(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
+        """``(N,)`` float32 out-of-distribution score of ``x`` ``(N, band, time)``: :meth:`infer` ``(ood=True)``."""
+        return self.infer(x, ood=True, **kwargs)[1]
+
+    def predict_proba(self, x: np.ndarray, *, calibrated: bool = True, **kwargs: Any) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1:
+        ``softmax(logits / temperature)`` with the checkpoint's temperature (``calibrated=False``: T = 1);
+        ``kwargs`` go to :meth:`infer`. NaN rows stay NaN."""
+        return softmax_t(self.infer(x, **kwargs)[0], self.temperature if calibrated else 1.0)
 
 
 def save_checkpoint(
@@ -267,9 +273,20 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
         version=blob["version"],
         year=blob.get("season_year"),
         temperature=float(blob.get("temperature", 1.0)),  # older checkpoints: uncalibrated
-        ood=blob.get("ood"),
+        ood=_usable_ood(blob.get("ood"), path),
         card=blob.get("card", {}),
     )
+
+
+def _usable_ood(stats: dict | None, path) -> dict | None:
+    """The checkpoint's OOD statistics if they are of the kind this version scores; older kinds (the
+    input-space score of earlier checkpoints) are dropped with a warning: no ``ood`` product."""
+    if stats is None or stats.get("kind") == OOD_KIND:
+        return stats
+    warnings.warn(f"{path}: out-of-distribution statistics of kind {stats.get('kind', 'input-mahalanobis')!r} "
+                  f"are not scored by this version (it scores {OOD_KIND!r}); retrain for the ood product",
+                  stacklevel=3)
+    return None
 
 
 def model_card(*, class_names: Sequence[str], season: Season, scores: dict, class_counts: dict | None = None,

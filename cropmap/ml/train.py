@@ -37,7 +37,7 @@ from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
 
 __all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "predict_logits",
-           "class_weights"]
+           "penultimate_features", "class_weights"]
 
 
 class TrainConfig(BaseModel):
@@ -152,6 +152,16 @@ def predict_logits(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024, d
     return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
 
 
+@torch.no_grad()
+def penultimate_features(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """Penultimate features ``(N, F)`` float32 (``model.embed``, what the linear head reads) of normalised
+    inputs ``z`` ``(N, band, time)``, on the model's device."""
+    model.eval()
+    device = next(model.parameters()).device
+    return np.concatenate([model.embed(torch.from_numpy(z[i:i + batch_size]).to(device)).float().cpu().numpy()
+                           for i in range(0, len(z), batch_size)])
+
+
 def train_model(
     x_full: np.ndarray,
     labels: np.ndarray,
@@ -246,8 +256,9 @@ def train_model(
     fitted = fit_temperature(val_logits, labels[va], confidence=0.0)
     ece = {f"val_ece_{k}": expected_calibration_error(softmax_t(val_logits, t), labels[va])
            for k, t in (("raw", 1.0), ("calibrated", temperature))}
-    # where the training distribution ends: a Mahalanobis score on the training split's inputs
-    ood = fit_ood(apply_normalisation(x_full[tr][:, :, window], norm))
+    # where the training distribution ends: class-conditional Mahalanobis on the training split's
+    # penultimate features (unaugmented: the distribution the model was fitted to reproduce)
+    ood = fit_ood(penultimate_features(model, apply_normalisation(x_full[tr][:, :, window], norm)), labels[tr])
     return TrainResult(
         model=model, model_config=model_cfg, normalisation=norm, temperature=temperature, ood=ood,
         val_scores={"val_macro_f1": best[0], "val_loss": best[1], "best_epoch": best_epoch,

@@ -38,10 +38,11 @@ from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
-from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error
+from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error, softmax_t
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
+from cropmap.ml.ood import KIND as OOD_KIND
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
 from cropmap.research.report import write_report
@@ -228,7 +229,7 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
                                "model_options": options})
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.model_dump(exclude={"progress", "device"}), __version__,
-             v.minority.model_dump() if v.minority else None, CALIBRATION_RULE]
+             v.minority.model_dump() if v.minority else None, CALIBRATION_RULE, OOD_KIND]
     if cfg.split is not None:  # trained on the split's training part only
         parts.append(cfg.split.model_dump())
     path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"
@@ -293,9 +294,11 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
         _train_network(job)
     ckpt = load_checkpoint(job["path"])
     matrices = {d: _matrix(c) for d, c in prep.tgt.items()}
-    proba = {d: ckpt.predict_proba(m) for d, m in matrices.items()}
-    raw = {d: ckpt.predict_proba(m, calibrated=False) for d, m in matrices.items()}
-    ood = {d: ckpt.ood_score(m) for d, m in matrices.items()} if ckpt.ood is not None else {}
+    # one forward pass per shift gives the logits (raw and calibrated probabilities) and the OOD score
+    outputs = {d: ckpt.infer(m, ood=ckpt.ood is not None) for d, m in matrices.items()}
+    proba = {d: softmax_t(logits, ckpt.temperature) for d, (logits, _) in outputs.items()}
+    raw = {d: softmax_t(logits) for d, (logits, _) in outputs.items()}
+    ood = {d: score for d, (_, score) in outputs.items() if score is not None}
     return proba, {"raw_proba": raw, "ood": ood, "temperature": ckpt.temperature,
                    "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
                    "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached}

@@ -37,6 +37,7 @@ from cropmap.core.season import Season
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, StorageError
 from cropmap.io import storage
 from cropmap.io.storage import stable_hash
+from cropmap.ml.calibration import softmax_t
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
 from cropmap.stages.cube import FINISHED, check_chunks, cube_status, open_tile_cube
 
@@ -92,7 +93,8 @@ class PredictOptions(BaseModel):
     #: docs/performance.md) but may flip near-tie pixels.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: Also write the out-of-distribution score (``ood`` product, :meth:`Checkpoint.ood_score`): uint8,
-    #: the pixel's distance from the training inputs in percent of the training threshold (the 99th
+    #: the Mahalanobis distance of the pixel's penultimate features (:mod:`cropmap.ml.ood`) to the nearest
+    #: training class, in percent of the training threshold (the 99th
     #: percentile of the training pixels' distances); > 100 = out of distribution, 254 = 254 % or more.
     #: None (the default): written when the checkpoint holds training-distribution statistics.
     ood: bool | None = None
@@ -190,9 +192,9 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
     - ``label`` ``(y, x)`` uint8 (the ``class`` product): index into ``checkpoint.class_names``, 255 = nodata;
     - ``confidence`` ``(y, x)`` uint8: the winning softmax probability in percent (0-100), 255 = nodata;
     - ``probability`` ``(class, y, x)`` uint8 percent, only with ``options.probabilities``;
-    - ``ood`` ``(y, x)`` uint8: distance from the training inputs in percent of the training threshold
-      (> 100 = out of distribution, capped at 254), with ``options.ood`` (by default whenever the
-      checkpoint holds training-distribution statistics).
+    - ``ood`` ``(y, x)`` uint8: distance of the penultimate features from the training classes in percent
+      of the training threshold (> 100 = out of distribution, capped at 254), from the same forward pass,
+      with ``options.ood`` (by default whenever the checkpoint holds training-distribution statistics).
 
     Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
     is NaN. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
@@ -257,10 +259,11 @@ def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: n
         rows = np.flatnonzero(usable)
         if rows.size:
             with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                proba[first + rows] = checkpoint.predict_proba(x[rows], batch_size=batch_size, device=device,
-                                                              channels_last=channels_last)
+                logits, score = checkpoint.infer(x[rows], ood=ood is not None, batch_size=batch_size,
+                                                 device=device, channels_last=channels_last)
+            proba[first + rows] = softmax_t(logits, checkpoint.temperature)
             if ood is not None:
-                ood[first + rows] = checkpoint.ood_score(x[rows])
+                ood[first + rows] = score
 
 
 @functools.lru_cache(maxsize=8)
@@ -397,7 +400,7 @@ def _write_geotiff(path: storage.Location, data: np.ndarray, *, crs, transform, 
             elif product == "confidence":
                 dst.set_band_description(1, "confidence (max calibrated softmax, percent)")
             elif product == "ood":
-                dst.set_band_description(1, "distance from the training inputs (percent of the training threshold)")
+                dst.set_band_description(1, "distance from the training features (percent of the training threshold)")
             else:
                 for i, name in enumerate(checkpoint.class_names, start=1):
                     dst.set_band_description(i, f"probability of {name} (percent)")

@@ -147,7 +147,7 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
         asset = pystac.Asset(href=f"./{cog.name}", media_type=pystac.MediaType.COG, roles=["data"],
                              title={"class": "crop class", "confidence": "confidence (percent)",
                                     "probability": "class probabilities (percent)",
-                                    "ood": "distance from the training inputs (percent of the training "
+                                    "ood": "distance from the training features (percent of the training "
                                            "threshold; > 100: out of distribution)"}.get(product, product))
         item.add_asset(product, asset)
         _add_file_info(asset, cog)

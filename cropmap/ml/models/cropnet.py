@@ -62,7 +62,9 @@ def as_matrix_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class MatrixClassifier(nn.Module):
     """Base of the networks over the ``(N, 1, band, time)`` matrix: checks the sizes, keeps
     ``n_bands``/``n_classes`` (the input contract :func:`as_matrix_input` checks), and classifies as
-    ``head(drop(global average pool(features(x))))``; subclasses build ``features``, ``drop`` and ``head``."""
+    ``head(drop(embed(x)))`` with ``embed(x)`` = global average pool of ``features(x)``: the penultimate
+    features ``(N, F)`` (what :mod:`cropmap.ml.ood` measures); subclasses build ``features``, ``drop``
+    and ``head``."""
 
     def __init__(self, *, n_bands: int, n_classes: int) -> None:
         super().__init__()
@@ -70,8 +72,12 @@ class MatrixClassifier(nn.Module):
             raise ConfigError(f"{type(self).__name__} needs n_bands >= 1 and n_classes >= 2, got {n_bands}, {n_classes}")
         self.n_bands, self.n_classes = n_bands, n_classes
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features ``(N, F)``: ``features(x)`` averaged over (band,) time."""
+        return self.features(as_matrix_input(self, x)).mean((2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.features(as_matrix_input(self, x)).mean((2, 3))))
+        return self.head(self.drop(self.embed(x)))
 
 
 class _Net(MatrixClassifier):
@@ -108,6 +114,7 @@ class _Net(MatrixClassifier):
                 layers.append(pool(2, ceil_mode=True))
             c_in = c_out
         self.features = nn.Sequential(*layers)
+        self.drop = nn.Identity()  # dropout lives in the blocks; Identity keeps the state dict as it was
         self.head = nn.Linear(c_in, n_classes)
 
     def _check(self, x: torch.Tensor, expected_dims: int, layout: str) -> None:
@@ -116,9 +123,8 @@ class _Net(MatrixClassifier):
         if x.shape[-1] < MIN_TIME:
             raise IncompatibleInputError(f"{type(self).__name__} needs >= {MIN_TIME} time bins, got {x.shape[-1]}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.features(x)
-        return self.head(z.flatten(2).mean(-1))  # global average pooling over (band,) time
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(2).mean(-1)  # global average pooling over (band,) time
 
 
 class CropNet(_Net):
@@ -127,8 +133,8 @@ class CropNet(_Net):
 
     dims = 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(as_matrix_input(self, x))
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return super().embed(as_matrix_input(self, x))
 
 
 class CropNet1D(_Net):
@@ -137,8 +143,8 @@ class CropNet1D(_Net):
 
     dims = 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x, 3, "(N, band, time)")
         if x.shape[1] != self.n_bands:
             raise IncompatibleInputError(f"CropNet1D built for {self.n_bands} bands got input {tuple(x.shape)}")
-        return super().forward(x)
+        return super().embed(x)
