@@ -452,16 +452,21 @@ def _endpoint_hint(location: str) -> str:
             f"or the pod's role) allow writing, and the {where} is reachable")
 
 
-def check_raster(path: str | Path, expected=None, *, what: str | None = None) -> None:
+def check_raster(path: str | Path, expected=None, *, what: str | None = None, last_block_only: bool = False) -> None:
     """Read the raster at ``path`` back whole (every band; equal to ``expected`` ``(band, y, x)`` when
     given) before it is published: GDAL reports some write errors (a full disk, a file-size limit while
-    it flushes at close) only as log lines, leaving a truncated file. Raises :class:`StorageError`
-    naming ``what`` (default ``path``)."""
+    it flushes at close, a short file left by a warp) only as log lines, leaving a truncated file.
+    ``last_block_only``: read only the block holding the last pixel of band 1 (a national raster, not
+    read whole). Raises :class:`StorageError` naming ``what`` (default ``path``)."""
     import numpy as np
     import rasterio
+    from rasterio.windows import Window
 
     try:
         with rasterio.open(path) as src:
+            if last_block_only:
+                src.read(1, window=Window(src.width - 1, src.height - 1, 1, 1))
+                return
             data = src.read()
     except Exception as err:  # noqa: BLE001 - any failure to read back means the write did not finish
         raise StorageError(f"could not write {what or path} (disk full or quota?): reading it back failed: "

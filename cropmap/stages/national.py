@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyproj
 import rasterio
-import rasterio.errors
 import shapely
 from affine import Affine
 from rasterio.enums import Resampling
@@ -35,7 +34,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from cropmap.errors import IncompatibleInputError, MosaicError, StorageError
+from cropmap.errors import IncompatibleInputError, MosaicError
 from cropmap.io import storage
 from cropmap.io.storage import TEMP_MARK, atomic_path
 from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
@@ -147,7 +146,8 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
                     dst.set_band_description(b, descriptions[b - 1])
             if colormap:
                 dst.write_colormap(1, colormap)
-        _check_written(tmp, (height, width), what=f"the national {product} raster for {path.name}")
+        # GDAL reports a full disk while warping only as log lines, leaving a short file
+        storage.check_raster(tmp, what=f"the national {product} raster for {path.name}", last_block_only=True)
         keep = {k: v for k, v in tags.items() if k not in ("tiles", "product")}
         write_cog(tmp, path, resampling=OVERVIEW_RESAMPLING.get(product, "average"), blocksize=blocksize,
                   colormap=colormap, tags={**keep, "product": product, "zones": ",".join(f"EPSG:{e}" for e in epsgs),
@@ -185,17 +185,6 @@ def _footprint(src, crs: str):
     ring = shapely.segmentize(shapely.box(left, bottom, right, top), max(right - left, top - bottom) / 64)
     to_dst = pyproj.Transformer.from_crs(src.crs, crs, always_xy=True)
     return shapely.transform(ring, lambda xy: np.column_stack(to_dst.transform(xy[:, 0], xy[:, 1])))
-
-
-def _check_written(path: Path, shape: tuple[int, int], *, what: str) -> None:
-    """Raise :class:`StorageError` unless ``path`` opens and its last block reads: GDAL reports a full
-    disk while warping only as log lines, leaving a short file. Reads one block, not the country."""
-    try:
-        with rasterio.open(path) as back:
-            back.read(1, window=Window(shape[1] - 1, shape[0] - 1, 1, 1))
-    except rasterio.errors.RasterioError as err:
-        raise StorageError(f"could not write {what} (disk full or quota?): reading it back failed: "
-                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
 
 
 def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]], out_dir: storage.Location, *,
