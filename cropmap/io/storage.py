@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
            "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
            "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
-           "atomic_path", "is_temporary", "remove_dead_temporaries", "TEMP_MARK", "stable_hash", "check_raster",
+           "atomic_path", "scratch_path", "is_temporary", "remove_dead_temporaries", "TEMP_MARK", "stable_hash", "check_raster",
            "safe_name"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
@@ -100,11 +100,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ('done', ['a.txt'])
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the pid keeps two processes that race on the same tile from writing into one temporary file
-    tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
-    _remove(tmp)
-    remove_dead_temporaries(path)
+    tmp = _fresh_temporary(path)
     try:
         yield tmp
     except BaseException:
@@ -115,6 +111,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     if tmp.is_dir() and path.is_dir():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def scratch_path(path: str | Path) -> Iterator[Path]:
+    """Yield the temporary name :func:`atomic_path` would use for ``path``, for an intermediate step that
+    is not an output (a VRT a COG is translated from): removed when the block ends, whatever happens,
+    and never renamed onto ``path``."""
+    tmp = _fresh_temporary(Path(path))
+    try:
+        yield tmp
+    finally:
+        _discard(tmp)
+
+
+def _fresh_temporary(path: Path) -> Path:
+    """``.<stem>.tmp-<pid><suffix>`` beside ``path``, empty, with dead processes' temporaries removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # the pid keeps two processes that race on the same tile from writing into one temporary file
+    tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
+    _remove(tmp)
+    remove_dead_temporaries(path)
+    return tmp
 
 
 def remove_dead_temporaries(path: Path) -> None:

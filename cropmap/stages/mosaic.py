@@ -20,7 +20,6 @@ way and uploads each output whole (:mod:`cropmap.io.storage`): the COGs are the 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from rio_cogeo.profiles import cog_profiles
 
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError, StorageError
 from cropmap.io import storage
-from cropmap.io.storage import TEMP_MARK, atomic_path, is_temporary, remove_dead_temporaries
+from cropmap.io.storage import atomic_path, is_temporary, scratch_path
 from cropmap.stages.labels import sidecars, write_labels
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
@@ -325,16 +324,11 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
         keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "model_season",
                                      "model_season_year", "season_offset_months", "cropmap_run_key") if k in tags}
         cog = out_dir / f"{name}_{product}.tif"
-        out_dir.mkdir(parents=True, exist_ok=True)
         # the VRT is a step, not an output: a hidden name, removed whatever happens (a killed run's by the next)
-        remove_dead_temporaries(out_dir / f"{name}_{product}.vrt")
-        vrt = out_dir / f".{name}_{product}{TEMP_MARK}{os.getpid()}.vrt"
-        try:
+        with scratch_path(out_dir / f"{name}_{product}.vrt") as vrt:
             write_vrt(grid, vrt, colormap=colormap, band_tags=band_tags, descriptions=descriptions)
             write_cog(vrt, cog, resampling=OVERVIEW_RESAMPLING[product], blocksize=blocksize, colormap=colormap,
                       tags={**keep, "product": product, "tiles": str(len(paths))})
-        finally:
-            vrt.unlink(missing_ok=True)
         cogs[product] = cog
     png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
     item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir, missing=missing,
