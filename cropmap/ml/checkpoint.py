@@ -281,8 +281,11 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
 def _usable_ood(stats: dict | None, path) -> dict | None:
     """The checkpoint's OOD statistics if they are of the kind this version scores; older kinds (the
     input-space score of earlier checkpoints) are dropped with a warning: no ``ood`` product."""
-    if stats is None or stats.get("kind") == OOD_KIND:
-        return stats
+    if stats is None:
+        return None
+    if stats.get("kind") == OOD_KIND:  # arrays once here, not a list conversion per predicted batch
+        return {k: np.asarray(v, dtype=np.float64) if k in ("whitening", "class_means") else v
+                for k, v in stats.items()}
     warnings.warn(f"{path}: out-of-distribution statistics of kind {stats.get('kind', 'input-mahalanobis')!r} "
                   f"are not scored by this version (it scores {OOD_KIND!r}); retrain for the ood product",
                   stacklevel=3)
