@@ -6,8 +6,10 @@ Fitted at training on the penultimate features ``(N, F)`` of the training split 
 activations the linear head reads, :meth:`cropmap.ml.models.cropnet.MatrixClassifier.embed`): one mean per
 class and one covariance shared by the classes, shrunk by Ledoit-Wolf (a few hundred samples for 512
 features make the plain estimate singular). The distance of a pixel is its Mahalanobis distance to the
-nearest class mean; the score is that distance over the ``quantile`` of the training distances (the
-threshold): ``score > 1`` = farther than all but ``1 - quantile`` of the training pixels ("out of
+nearest class mean; the score is that distance over the ``quantile`` of the distances of held-out pixels
+of the training distribution (the validation split: the network was fitted to its training pixels, whose
+features sit closer to the class means than any new pixel's; a threshold on them flagged ~24 % of the
+Victoria test split): ``score > 1`` = farther than all but ``1 - quantile`` of such pixels ("out of
 distribution").
 
 Chosen by measurement (docs/results/splits-calibration-ood.md, ``scripts/ood_variants.py``): on Victoria
@@ -27,14 +29,19 @@ from sklearn.covariance import LedoitWolf
 
 from cropmap.errors import InvalidInputError
 
-__all__ = ["KIND", "fit_ood", "ood_distance", "ood_score"]
+__all__ = ["KIND", "FIT_RULE", "fit_ood", "ood_distance", "ood_score"]
 
 #: The ``kind`` of the statistics :func:`fit_ood` writes; a checkpoint holding another kind has none usable.
 KIND = "penultimate-mahalanobis"
+#: How training fits them (part of the experiments' checkpoint cache key).
+FIT_RULE = {"kind": KIND, "covariance": "ledoit-wolf, shared", "threshold": "validation split, quantile 0.99"}
 
 
-def fit_ood(features: np.ndarray, labels: np.ndarray, *, quantile: float = 0.99) -> dict:
-    """Statistics of the training split's penultimate ``features`` ``(N, F)`` with their class ``labels`` ``(N,)``.
+def fit_ood(features: np.ndarray, labels: np.ndarray, *, held_out: np.ndarray | None = None,
+            quantile: float = 0.99) -> dict:
+    """Statistics of the training split's penultimate ``features`` ``(N, F)`` with their class ``labels`` ``(N,)``;
+    the threshold is the ``quantile`` of the distances of ``held_out`` ``(M, F)`` (the validation split's
+    features; default ``features`` themselves).
 
     Returns ``{"kind": KIND, "whitening": (F, F), "class_means": (C, F) whitened, "classes": (C,),
     "threshold": float, "quantile": float, "shrinkage": float}`` as lists; ``C`` = the classes present.
@@ -51,7 +58,7 @@ def fit_ood(features: np.ndarray, labels: np.ndarray, *, quantile: float = 0.99)
     stats = {"kind": KIND, "whitening": whitening.tolist(), "class_means": (means @ whitening).tolist(),
              "classes": classes.tolist(), "quantile": float(quantile), "shrinkage": float(cov.shrinkage_),
              "threshold": 1.0}
-    stats["threshold"] = float(np.quantile(ood_distance(f, stats), quantile))
+    stats["threshold"] = float(np.quantile(ood_distance(f if held_out is None else held_out, stats), quantile))
     return stats
 
 

@@ -257,8 +257,9 @@ def train_model(
     ece = {f"val_ece_{k}": expected_calibration_error(softmax_t(val_logits, t), labels[va])
            for k, t in (("raw", 1.0), ("calibrated", temperature))}
     # where the training distribution ends: class-conditional Mahalanobis on the training split's
-    # penultimate features (unaugmented: the distribution the model was fitted to reproduce)
-    ood = fit_ood(penultimate_features(model, apply_normalisation(x_full[tr][:, :, window], norm)), labels[tr])
+    # penultimate features (unaugmented), the threshold set on the validation split's
+    ood = fit_ood(penultimate_features(model, apply_normalisation(x_full[tr][:, :, window], norm)), labels[tr],
+                  held_out=penultimate_features(model, z_val))
     return TrainResult(
         model=model, model_config=model_cfg, normalisation=norm, temperature=temperature, ood=ood,
         val_scores={"val_macro_f1": best[0], "val_loss": best[1], "best_epoch": best_epoch,

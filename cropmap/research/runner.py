@@ -42,7 +42,7 @@ from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error,
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
-from cropmap.ml.ood import KIND as OOD_KIND
+from cropmap.ml.ood import FIT_RULE as OOD_FIT_RULE
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
 from cropmap.research.report import write_report
@@ -229,7 +229,7 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
                                "model_options": options})
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.model_dump(exclude={"progress", "device"}), __version__,
-             v.minority.model_dump() if v.minority else None, CALIBRATION_RULE, OOD_KIND]
+             v.minority.model_dump() if v.minority else None, CALIBRATION_RULE, OOD_FIT_RULE]
     if cfg.split is not None:  # trained on the split's training part only
         parts.append(cfg.split.model_dump())
     path = cache / f"{spec.model}-{aug}-s{seed}-{stable_hash(parts)}.pt"

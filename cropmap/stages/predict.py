@@ -94,8 +94,8 @@ class PredictOptions(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     #: Also write the out-of-distribution score (``ood`` product, :meth:`Checkpoint.ood_score`): uint8,
     #: the Mahalanobis distance of the pixel's penultimate features (:mod:`cropmap.ml.ood`) to the nearest
-    #: training class, in percent of the training threshold (the 99th
-    #: percentile of the training pixels' distances); > 100 = out of distribution, 254 = 254 % or more.
+    #: training class, in percent of the training threshold (the 99th percentile of the validation
+    #: split's distances); > 100 = out of distribution, 254 = 254 % or more.
     #: None (the default): written when the checkpoint holds training-distribution statistics.
     ood: bool | None = None
 
