@@ -44,9 +44,9 @@ def test_no_module_over_400_lines_but_the_ones_that_say_why():
     long = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
             for p in [*ROOT.glob("cropmap/**/*.py"), *ROOT.glob("flows/*.py")]}
     # io/storage.py keeps the local and the object-store paths of each helper side by side, with the
-    # read-back checks and safe names of every published file (459 lines); stages/predict.py is the one
-    # module that turns a cube into a tile's products, the OOD band included (422 lines)
-    allowed = {"cropmap/io/storage.py": 470, "cropmap/stages/predict.py": 430}
+    # read-back checks, temporaries and safe names of every published file (493 lines); stages/predict.py
+    # is the one module that turns a cube into a tile's products, the OOD band included (439 lines)
+    allowed = {"cropmap/io/storage.py": 495, "cropmap/stages/predict.py": 440}
     assert {p: n for p, n in long.items() if n > allowed.get(p, 400)} == {}
 
 
