@@ -182,11 +182,15 @@ class Checkpoint:
         """``(N,)`` float32 out-of-distribution score of ``x`` ``(N, band, time)``: :meth:`infer` ``(ood=True)``."""
         return self.infer(x, ood=True, **kwargs)[1]
 
+    def probabilities(self, logits: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        """``softmax(logits / temperature)`` ``(N, n_classes)`` float32 of :meth:`infer`'s logits, with the
+        checkpoint's temperature (``calibrated=False``: T = 1). NaN rows stay NaN."""
+        return softmax_t(logits, self.temperature if calibrated else 1.0)
+
     def predict_proba(self, x: np.ndarray, *, calibrated: bool = True, **kwargs: Any) -> np.ndarray:
         """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1:
-        ``softmax(logits / temperature)`` with the checkpoint's temperature (``calibrated=False``: T = 1);
-        ``kwargs`` go to :meth:`infer`. NaN rows stay NaN."""
-        return softmax_t(self.infer(x, **kwargs)[0], self.temperature if calibrated else 1.0)
+        :meth:`probabilities` of :meth:`infer` (``kwargs`` go there)."""
+        return self.probabilities(self.infer(x, **kwargs)[0], calibrated=calibrated)
 
 
 def save_checkpoint(

@@ -34,11 +34,11 @@ __all__ = ["KIND", "FIT_RULE", "fit_ood", "ood_distance", "ood_score"]
 #: The ``kind`` of the statistics :func:`fit_ood` writes; a checkpoint holding another kind has none usable.
 KIND = "penultimate-mahalanobis"
 #: How training fits them (part of the experiments' checkpoint cache key).
-FIT_RULE = {"kind": KIND, "covariance": "ledoit-wolf, shared", "threshold": "validation split, quantile 0.99"}
+FIT_RULE = {"kind": KIND, "covariance": "ledoit-wolf, shared", "threshold": "validation split", "quantile": 0.99}
 
 
 def fit_ood(features: np.ndarray, labels: np.ndarray, *, held_out: np.ndarray | None = None,
-            quantile: float = 0.99) -> dict:
+            quantile: float = FIT_RULE["quantile"]) -> dict:
     """Statistics of the training split's penultimate ``features`` ``(N, F)`` with their class ``labels`` ``(N,)``;
     the threshold is the ``quantile`` of the distances of ``held_out`` ``(M, F)`` (the validation split's
     features; default ``features`` themselves).

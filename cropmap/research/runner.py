@@ -38,7 +38,7 @@ from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
-from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error, softmax_t
+from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
@@ -296,8 +296,8 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
     matrices = {d: _matrix(c) for d, c in prep.tgt.items()}
     # one forward pass per shift gives the logits (raw and calibrated probabilities) and the OOD score
     outputs = {d: ckpt.infer(m, ood=ckpt.ood is not None) for d, m in matrices.items()}
-    proba = {d: softmax_t(logits, ckpt.temperature) for d, (logits, _) in outputs.items()}
-    raw = {d: softmax_t(logits) for d, (logits, _) in outputs.items()}
+    proba = {d: ckpt.probabilities(logits) for d, (logits, _) in outputs.items()}
+    raw = {d: ckpt.probabilities(logits, calibrated=False) for d, (logits, _) in outputs.items()}
     ood = {d: score for d, (_, score) in outputs.items() if score is not None}
     return proba, {"raw_proba": raw, "ood": ood, "temperature": ckpt.temperature,
                    "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],

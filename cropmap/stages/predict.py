@@ -37,7 +37,6 @@ from cropmap.core.season import Season
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, StorageError
 from cropmap.io import storage
 from cropmap.io.storage import stable_hash
-from cropmap.ml.calibration import softmax_t
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
 from cropmap.stages.cube import FINISHED, check_chunks, cube_status, open_tile_cube
 
@@ -261,7 +260,7 @@ def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: n
             with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 logits, score = checkpoint.infer(x[rows], ood=ood is not None, batch_size=batch_size,
                                                  device=device, channels_last=channels_last)
-            proba[first + rows] = softmax_t(logits, checkpoint.temperature)
+            proba[first + rows] = checkpoint.probabilities(logits)
             if ood is not None:
                 ood[first + rows] = score
 
