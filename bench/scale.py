@@ -13,16 +13,12 @@ is its own, against one ``prefect server start`` and one ``dask scheduler`` + ``
 - CPU seconds per tile of the Prefect server, the scheduler, the workers and the flow process;
 
 then, per tile, the compute of one tile run alone in this process (cube + predict), and the overhead
-per tile: ``wall x workers / N - compute``. Each count runs in the product's layout for CPU workers (a
-tile's cube and prediction in one ``map-tile`` task); ``--split-counts`` runs the same flow with
-``$CROPMAP_GPU_WORKERS=1`` (the workers advertise ``GPU=1`` but predict on their CPU), which keeps the
-two stages two tasks per tile, as on a cluster with GPU workers: the before/after of one run. A last step counts the STAC requests and the HTTP reads per
+per tile: ``wall x workers / N - compute``. A last step counts the STAC requests and the HTTP reads per
 tile with the catalog behind a local STAC API (rustac) and the COGs behind a local range-request HTTP
 server (tests/http_servers.py), on ``--http-tiles`` tiles.
 
     .venv/bin/python bench/scale.py [--out DIR] [--tiles-x 40 --tiles-y 25 --tile-px 16]
-                                    [--counts 100 300 1000] [--split-counts 1000] [--workers 2]
-                                    [--model CKPT]
+                                    [--counts 100 300 1000] [--workers 2] [--model CKPT]
 
 Prints one JSON line per measurement and a summary table.
 """
@@ -196,7 +192,6 @@ def main() -> None:
     parser.add_argument("--tiles-y", type=int, default=25)
     parser.add_argument("--tile-px", type=int, default=16)
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--split-counts", type=int, nargs="*", default=[1000])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=None)
     parser.add_argument("--http-tiles", type=int, default=40)
@@ -235,7 +230,7 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{api_port}/api/health")
         procs.append(subprocess.Popen([str(Path(py).with_name("dask")), "worker", address, "--nworkers",
                                        str(args.workers), "--nthreads", "1", "--no-dashboard",
-                                       "--memory-limit", "0", "--resources", "GPU=1"], env=env, stdout=subprocess.DEVNULL,
+                                       "--memory-limit", "0"], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
         from distributed import Client
 
@@ -243,15 +238,13 @@ def main() -> None:
         client.wait_for_workers(args.workers, timeout=120)
         client.get_task_stream()  # starts the scheduler's task-stream recording
         services = dict(zip(("prefect_server", "scheduler", "workers"), procs))
-        for layout, n in [("one task", n) for n in args.counts] + [("split", n) for n in args.split_counts]:
+        for n in args.counts:
             before = {name: cpu_seconds(p) for name, p in services.items()}
             start = time.time()
-            name = f"{n}" if layout == "one task" else f"{n}-split"
             cmd = [py, "-m", "flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
-                   "--out", str(out / f"runs-{name}")]
-            log = open(out / f"flow-{name}.log", "w")
-            proc = subprocess.Popen(cmd, env={**env, "CROPMAP_GPU_WORKERS": "1" if layout == "split" else "0"},
-                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                   "--out", str(out / f"runs-{n}")]
+            log = open(out / f"flow-{n}.log", "w")
+            proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             stop, flow = threading.Event(), {"rss": 0, "cpu": 0.0}
             sampler = threading.Thread(target=sample_flow, args=(proc, stop, flow), daemon=True)
             sampler.start()
@@ -262,7 +255,7 @@ def main() -> None:
             stream = client.get_task_stream(start=start, stop=time.time())
             kinds = Counter(r["key"].rsplit("-", 5)[0] if isinstance(r["key"], str) else str(r["key"][0])
                             for r in stream)
-            row = {"layout": layout, "tiles": n, "rc": rc, "wall_s": round(wall, 1), "wall_per_tile_s": round(wall / n, 3),
+            row = {"tiles": n, "rc": rc, "wall_s": round(wall, 1), "wall_per_tile_s": round(wall / n, 3),
                    "flow_peak_rss_mib": round(flow["rss"] / 2**20), "scheduler_tasks": sum(kinds.values()),
                    "tasks_per_tile": round(sum(kinds.values()) / n, 2), "tasks": dict(kinds),
                    # CPU seconds per tile of each process over the run: where the overhead goes
@@ -285,17 +278,16 @@ def main() -> None:
         row["overhead_per_tile_s"] = round(row["wall_s"] * args.workers / row["tiles"] - compute["compute_s"], 3)
     http = http_counts(model, out, args.http_tiles)
     print(json.dumps({"http": http}), flush=True)
-    fused = [r for r in rows if r["layout"] == "one task"]
-    if len(fused) > 1:  # the fixed cost (server start, searches, mosaic, scoring) drops out of the slope
-        a, b = fused[0], fused[-1]
+    if len(rows) > 1:  # the fixed cost (server start, searches, mosaic, scoring) drops out of the slope
+        a, b = rows[0], rows[-1]
         slope = (b["wall_s"] - a["wall_s"]) / (b["tiles"] - a["tiles"])
         print(json.dumps({"marginal_wall_per_tile_s": round(slope, 3),
                           "marginal_overhead_per_tile_s": round(slope * args.workers - compute["compute_s"], 3),
                           "flow_rss_growth_mib": b["flow_peak_rss_mib"] - a["flow_peak_rss_mib"]}))
-    print("\n| stages | tiles | wall s | wall/tile s | overhead/tile s | tasks/tile | flow peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| tiles | wall s | wall/tile s | overhead/tile s | tasks/tile | flow peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['layout']} | {r['tiles']} | {r['wall_s']} | {r['wall_per_tile_s']} | {r['overhead_per_tile_s']} | "
+        print(f"| {r['tiles']} | {r['wall_s']} | {r['wall_per_tile_s']} | {r['overhead_per_tile_s']} | "
               f"{r['tasks_per_tile']} | {r['flow_peak_rss_mib']} |")
 
 

@@ -20,7 +20,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_MAX_AREA_TILES`` | tiles a user's area (``cropmap cube --bbox/--geojson``) may plan before it is refused (default 1000; ``--max-tiles`` overrides) |
 | ``CROPMAP_ASSET_HREF_SCHEMES`` | URL schemes an item's band assets may use (default ``https,s3``); besides them, only the catalog API's own host and, for a static catalog, files under its folder |
 | ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's STAC search task may run before it fails (default 900) |
-| ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile or map-tile task may run before it fails and is retried (default 10800) |
+| ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run before it fails and is retried (default 10800) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
 | ``CROPMAP_CDSE_SECRET_ACCESS_KEY`` | CDSE S3 secret key (else ``AWS_SECRET_ACCESS_KEY``) |

@@ -1,9 +1,8 @@
 """cropmap's job functions as Prefect tasks: one task per function, typed, small arguments (a run, a tile
-id, paths). Only the tasks that read remote data retry (STAC searches, and asset reads in ``cube-tile``
-and ``map-tile``: a tile's cube and prediction in one task), and only on I/O-shaped errors
-(:func:`cropmap.errors.is_transient`): a ConfigError or a season that does not fit fails at once. Those
-have a time limit too (``$CROPMAP_SEARCH_TIMEOUT_S``, ``$CROPMAP_CUBE_TIMEOUT_S``; a hung read then
-fails the tile, which the next run retries).
+id, paths). Only the tasks that read remote data retry (STAC searches and asset reads in ``cube-tile``),
+and only on I/O-shaped errors (:func:`cropmap.errors.is_transient`): a ConfigError or a season that does
+not fit fails at once. Those two have a time limit too (``$CROPMAP_SEARCH_TIMEOUT_S``,
+``$CROPMAP_CUBE_TIMEOUT_S``; a hung read then fails the tile, which the next run retries).
 
 :func:`executor` gives the :class:`flows._runner.PrefectExecutor` that the job functions of
 :mod:`cropmap.jobs.mapping` submit to.
@@ -42,13 +41,6 @@ def search_block(run: CountryRun, block: str, tile_ids: list[str]) -> searches.B
       cache_policy=NONE, task_run_name="cube {tile_id}")
 def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite: bool = False) -> CubeResult:
     return tiles.cube_tile(run, tile_id, items=items, overwrite=overwrite)
-
-
-@task(name="map-tile", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_io_only,
-      cache_policy=NONE, task_run_name="tile {tile_id}")
-def map_tile(run: CountryRun, model: str, tile_id: str, items: str | None = None,
-             overwrite: bool = False) -> tuple[CubeResult, TileResult]:
-    return tiles.map_tile(run, model, tile_id, items=items, overwrite=overwrite)
 
 
 @task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
@@ -97,7 +89,6 @@ def executor(*, gpu: bool = False) -> PrefectExecutor:
     return PrefectExecutor(
         {searches.search_block: search_block.with_options(timeout_seconds=settings.search_timeout_s),
          tiles.cube_tile: cube_tile.with_options(timeout_seconds=settings.cube_timeout_s),
-         tiles.map_tile: map_tile.with_options(timeout_seconds=settings.cube_timeout_s),
          tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
          tiles.mosaic_country: mosaic_country, tiles.area_products: area_products,
          mapping.score_run: score_run, training.training_set: training_set,

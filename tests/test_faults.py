@@ -7,7 +7,6 @@ that silently holds a hole.
 
 from __future__ import annotations
 
-import pickle
 import re
 import shutil
 import warnings
@@ -239,8 +238,6 @@ def test_a_tile_that_fails_to_predict_fails_the_run_after_the_others_are_mapped(
     chunk.write_bytes(b"\x00garbage" * 64)
     result = map_country(run, InlineExecutor(), model=demo_model)
     assert result.tiles.failed_tiles == {bad} and result.accuracy is None
-    # one task for the tile's two stages (map_tile), its failure still charged to the prediction
-    assert result.tiles.status[bad] == {"cube": "skipped", "predict": "failed"}, result.tiles.status[bad]
     assert result.mosaic is not None and Path(result.mosaic.cogs["class"]).exists()  # what can be written is
     assert not (Path(run.map_dir(result.key)) / "accuracy.json").exists()
     import json
@@ -456,13 +453,11 @@ def test_prefect_retries_io_errors_only_and_the_io_tasks_have_time_limits(prefec
     from prefect import flow, task
 
     from cropmap.errors import AssetReadError, CatalogError, ConfigError, IncompatibleInputError
-    from cropmap.jobs.tiles import PredictionFailed
     from flows import tasks
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_server[0])
     errors = {"config": ConfigError("bad value"), "season": IncompatibleInputError("season differs"),
-              "asset": AssetReadError("truncated COG"), "catalog": CatalogError("503 from the STAC API"),
-              "predict": PredictionFailed("written", "checkpoint unreadable")}
+              "asset": AssetReadError("truncated COG"), "catalog": CatalogError("503 from the STAC API")}
     calls: list[str] = []
 
     @task(retries=2, retry_delay_seconds=0, retry_condition_fn=tasks.retry_io_only)
@@ -475,19 +470,13 @@ def test_prefect_retries_io_errors_only_and_the_io_tasks_have_time_limits(prefec
         failing(kind, return_state=True)
         return calls.count(kind)
 
-    assert {kind: attempts(kind) for kind in errors} == {"config": 1, "season": 1, "asset": 3, "catalog": 3,
-                                                           "predict": 1}
-    assert (tasks.search_block.retry_condition_fn is tasks.cube_tile.retry_condition_fn
-            is tasks.map_tile.retry_condition_fn is tasks.retry_io_only)
+    assert {kind: attempts(kind) for kind in errors} == {"config": 1, "season": 1, "asset": 3, "catalog": 3}
+    assert tasks.search_block.retry_condition_fn is tasks.cube_tile.retry_condition_fn is tasks.retry_io_only
     assert tasks.predict_tile.retries == 0  # compute on local files: a failure is not transient
     monkeypatch.setenv("CROPMAP_CUBE_TIMEOUT_S", "1234")
     from cropmap.jobs import tiles
 
     assert tasks.executor().tasks[tiles.cube_tile].timeout_seconds == 1234
-    assert tasks.executor().tasks[tiles.map_tile].timeout_seconds == 1234
-    # a fused tile's failed prediction crosses processes (Dask, Prefect results) with its cube's status
-    again = pickle.loads(pickle.dumps(errors["predict"]))
-    assert (type(again), again.cube_status, str(again)) == (PredictionFailed, "written", "checkpoint unreadable")
 
 
 def test_training_refuses_tiles_whose_cubes_are_incomplete(demo_paths, demo_run, tmp_path):

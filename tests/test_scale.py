@@ -1,7 +1,7 @@
 """Country scale on the DEMO's real spectra: one STAC search per block of tiles (counted at a real STAC
 API on 127.0.0.1), every COG byte fetched once per tile and band (counted at a local range-request
-HTTP server), and one scheduler task per tile (cube and prediction together) or, with GPU workers, per
-tile and stage, with predictions that start while cubes are still being built (Dask's task stream)."""
+HTTP server), and predictions that start while cubes are still being built, with one scheduler task
+per tile and stage (read from Dask's task stream)."""
 
 from __future__ import annotations
 
@@ -93,43 +93,26 @@ def test_every_cog_byte_is_fetched_once_per_tile_and_band(demo_paths, demo_run, 
             assert b0 > a1, f"{path}: bytes {b0}..{min(a1, b1)} fetched twice ({ranges})"
 
 
-def _map_on_local_cluster(run, model, *, gpu: bool):
-    """map_country on a one-thread LocalCluster (its one worker advertises a GPU when ``gpu``, and the
-    executor then sends predictions there); the result and the task stream of the run."""
+@pytest.mark.slow
+def test_predictions_start_before_the_last_cube_and_each_stage_is_one_task_per_tile(demo_run, demo_model, tmp_path):
     from distributed import Client, LocalCluster, get_task_stream
 
-    from cropmap.jobs.executors import DaskExecutor
     from cropmap.jobs.mapping import map_country
     from cropmap.jobs.tiles import tile_annotations
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
-                      resources={"GPU": 1} if gpu else None) as cluster, Client(cluster) as client:
-        executor = DaskExecutor(client, annotations=tile_annotations(gpu))
+    run = demo_run.model_copy(update={"root": str(tmp_path / "run")})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        executor = DaskExecutor(client, annotations=tile_annotations(False))
         with get_task_stream(client) as stream:
-            result = map_country(run, executor, model=model)
-    return result, stream.data
-
-
-@pytest.mark.slow
-def test_a_tile_is_one_task_and_with_gpu_workers_its_prediction_starts_before_the_last_cube(
-        demo_run, demo_model, tmp_path):
-    """Predictions on the cube workers: one ``map_tile`` task per tile (cube, then prediction). On GPU
-    workers: one ``cube_tile`` and one ``predict_tile`` task per tile, and the first prediction starts
-    before the last cube is done (the task stream's timestamps). Both give byte-identical COGs."""
-    runs = {}
-    for gpu in (False, True):
-        run = demo_run.model_copy(update={"root": str(tmp_path / ("gpu" if gpu else "cpu"))})
-        result, stream = _map_on_local_cluster(run, demo_model, gpu=gpu)
-        assert result.tiles.counts["predict"]["done"] == 4 and result.tiles.counts["cube"]["written"] == 4
-        runs[gpu] = result, stream
-    for gpu, stages in ((False, {"map_tile": 4}), (True, {"cube_tile": 4, "predict_tile": 4})):
-        kinds = Counter(r["key"].rsplit("-", 5)[0] for r in runs[gpu][1])
-        # per tile one task per stage (or one for both); per block one search; per zone and country one mosaic
-        assert kinds == {"search_block": 1, **stages, "mosaic_zone": 1, "mosaic_country": 1, "score_run": 1}, kinds
-    spans = {k: [(s["start"], s["stop"]) for r in runs[True][1] if r["key"].startswith(k) for s in r["startstops"]
+            result = map_country(run, executor, model=demo_model)
+    assert result.tiles.counts["predict"]["done"] == 4
+    kinds = Counter(r["key"].rsplit("-", 5)[0] for r in stream.data)
+    # per tile: one cube task, one predict task; per block one search; per zone and country one mosaic
+    assert kinds == {"search_block": 1, "cube_tile": 4, "predict_tile": 4, "mosaic_zone": 1, "mosaic_country": 1,
+                     "score_run": 1}, kinds
+    spans = {k: [(s["start"], s["stop"]) for r in stream.data if r["key"].startswith(k) for s in r["startstops"]
                  if s["action"] == "compute"] for k in ("cube_tile", "predict_tile")}
     first_predict = min(start for start, _ in spans["predict_tile"])
     last_cube = max(stop for _, stop in spans["cube_tile"])
     assert first_predict < last_cube, (spans, "predictions waited for every cube")
-    cogs = {gpu: {k: Path(v).read_bytes() for k, v in runs[gpu][0].mosaic.cogs.items()} for gpu in runs}
-    assert cogs[False] == cogs[True]

@@ -5,15 +5,10 @@ prediction as soon as the cube is done.
 as soon as its block's items are there), keeps at most ``window`` tiles in flight (by default the
 executor's capacity times ``$CROPMAP_TILES_IN_FLIGHT``), starts a tile's prediction the moment its cube
 is ready, and starts the next tile whenever one finishes, so the stages overlap in bounded waves and the
-calling process holds only a :class:`TileSummary`: per tile, two short status words, and the reason of
-each failure (tens of bytes a tile, not the task objects). A tile that fails in one stage is recorded
-with its reason; the others go on.
-
-A tile's cube and prediction are one task (:func:`cropmap.jobs.tiles.map_tile`) unless the executor
-sends predictions to workers of their own (a Dask ``resources`` annotation of ``predict_tile``: GPU
-workers); then they are two, and the prediction is submitted when the cube is done. One task per tile
-halves what a tile pays for orchestration (a Prefect task run costs ~0.1 CPU-s on its worker, plus its
-share of the API server), and the summary is the same either way.
+calling process holds
+only a :class:`TileSummary`: per tile, two short status words, and the reason of each failure (tens of
+bytes a tile, not the task objects). A tile that fails in one stage is recorded with its reason; the
+others go on.
 """
 
 from __future__ import annotations
@@ -27,10 +22,10 @@ from cropmap.io import storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.searches import search_block, search_blocks
-from cropmap.jobs.tiles import PredictionFailed, cube_tile, map_tile, predict_tile
+from cropmap.jobs.tiles import cube_tile, predict_tile
 from cropmap.settings import get_settings
 
-__all__ = ["TileFailure", "TileSummary", "predictions_elsewhere", "run_tiles"]
+__all__ = ["TileFailure", "TileSummary", "run_tiles"]
 
 #: ``progress(stage, tile_id, status)`` after each tile and stage ("cube" / "predict").
 Progress = Callable[[str, str, str], None]
@@ -92,32 +87,19 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
     """Search, cube and (with a ``model``) predict every tile of ``tile_ids``; see the module docstring.
     ``overwrite``: rebuild the cubes and predictions that are already finished, too."""
     window = window or executor.capacity * get_settings().tiles_in_flight
-    together = model is not None and not predictions_elsewhere(executor)
     summary = TileSummary()
     blocks = search_blocks(list(tile_ids))
     searches = iter(blocks.items())
     ready: deque[tuple[str, str]] = deque()  # (tile id, its block's items) waiting for a slot
-    pending: dict[Any, tuple[str, str]] = {}  # handle -> (tile id or block, "search" / "cube" / "predict" / "tile")
+    pending: dict[Any, tuple[str, str]] = {}  # handle -> (tile id or block, stage)
     in_flight = {"search": 0, "tiles": 0}
-
-    def record(tile_id: str, stage: str, status: str, error: BaseException | None = None) -> None:
-        if error is not None:
-            summary.fail(tile_id, stage, error)
-        else:
-            summary.record(tile_id, stage, status)
-        if progress is not None:
-            progress(stage, tile_id, status)
 
     def fill() -> None:
         while in_flight["tiles"] < window and ready:
             tile_id, items = ready.popleft()
             summary.total += 1
             in_flight["tiles"] += 1
-            if together:
-                handle, stage = executor.submit(map_tile, run, model, tile_id, items=items, overwrite=overwrite), "tile"
-            else:
-                handle, stage = executor.submit(cube_tile, run, tile_id, items=items, overwrite=overwrite), "cube"
-            pending[handle] = (tile_id, stage)
+            pending[executor.submit(cube_tile, run, tile_id, items=items, overwrite=overwrite)] = (tile_id, "cube")
         # the next searches while tiles wait for items: at most two at once (the catalog is shared)
         while in_flight["search"] < 2 and len(ready) < window:
             nxt = next(searches, None)
@@ -137,36 +119,27 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
                     in_flight["search"] -= 1
                     for tile_id in blocks[name]:
                         summary.total += 1
-                        record(tile_id, "cube", "failed", err)
-                elif stage == "tile" and isinstance(err, PredictionFailed):
-                    record(name, "cube", err.cube_status)
-                    record(name, "predict", "failed", err)
-                    in_flight["tiles"] -= 1
-                else:
-                    record(name, "cube" if stage == "tile" else stage, "failed", err)
-                    in_flight["tiles"] -= 1
-                fill()
-                continue
-            if stage == "search":
-                in_flight["search"] -= 1
-                summary.searches[result.status] += 1
-                ready.extend((t, result.path) for t in blocks[name])
-            elif stage == "tile":
-                cube, prediction = result
-                record(name, "cube", cube.status)
-                record(name, "predict", prediction.status)
-                in_flight["tiles"] -= 1
-            else:
-                record(name, stage, result.status)
-                if stage == "cube" and model is not None:
-                    pending[executor.submit(predict_tile, run, model, name, force=overwrite)] = (name, "predict")
+                        summary.fail(tile_id, "cube", err)
+                        if progress is not None:
+                            progress("cube", tile_id, "failed")
+                    fill()
                     continue
+                summary.fail(name, stage, err)
+                status = "failed"
+            else:
+                if stage == "search":
+                    in_flight["search"] -= 1
+                    summary.searches[result.status] += 1
+                    ready.extend((t, result.path) for t in blocks[name])
+                    fill()
+                    continue
+                status = result.status
+                summary.record(name, stage, status)
+            if progress is not None:
+                progress(stage, name, status)
+            if stage == "cube" and status != "failed" and model is not None:
+                pending[executor.submit(predict_tile, run, model, name, force=overwrite)] = (name, "predict")
+            else:
                 in_flight["tiles"] -= 1
-            fill()
+                fill()
     return summary
-
-
-def predictions_elsewhere(executor: Executor) -> bool:
-    """Whether ``executor`` sends predictions to workers of their own (``predict_tile`` annotated with
-    Dask ``resources``, e.g. ``{"GPU": 1}``), so that a tile's cube and prediction must be two tasks."""
-    return bool(getattr(executor, "annotations", {}).get(predict_tile, {}).get("resources"))

@@ -5,8 +5,6 @@
   an incomplete or degraded one rebuilt;
 - :func:`predict_tile`: the tile's cube + a checkpoint -> its class and confidence GeoTIFFs
   (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped;
-- :func:`map_tile`: both, in one call (one task per tile where predictions run on the workers that
-  build cubes; a failed prediction raises :class:`PredictionFailed`, which says how the cube ended);
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
   (every cube checked first, then one call per cube through an executor: the CLI's ``predict``);
 - :func:`mosaic_zone`: one UTM zone's tiles -> its COGs; :func:`mosaic_country`: the zones' COGs -> the
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cropmap.core.grid import tile_from_id
-from cropmap.errors import ConfigError, CropmapError, DataNotFoundError, IncompatibleInputError
+from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.io import storage
 from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.cluster import inference_annotations
@@ -48,7 +46,7 @@ from cropmap.stages.predict import (
 )
 from cropmap.stages.predict import predict_tile as predict_tile_cube
 
-__all__ = ["cube_tile", "prediction_key", "predict_tile", "map_tile", "PredictionFailed", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
+__all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
            "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
@@ -78,32 +76,6 @@ def predict_tile(run: CountryRun, model: storage.Location, tile_id: str, *, forc
     """Predict one tile of the run from its cube into ``run.tile_dir(key)``."""
     out = run.tile_dir(prediction_key(run, model))
     return predict_tile_cube(model, cube_path(run.cube_dir, run.tile(tile_id)), out, options=run.predict, force=force)
-
-
-class PredictionFailed(CropmapError):
-    """:func:`map_tile`'s prediction failed after its cube ended as ``cube_status``; the text is the
-    prediction's own error, so a run's summary reads as if the two stages had been two tasks. Never
-    transient (:func:`cropmap.errors.is_transient`): a retry would not build the cube again anyway."""
-
-    def __init__(self, cube_status: str, reason: str):
-        super().__init__(reason)
-        self.cube_status = cube_status
-
-    def __reduce__(self):  # through Dask and Prefect results: rebuilt from both fields, not from args
-        return type(self), (self.cube_status, str(self))
-
-
-def map_tile(run: CountryRun, model: storage.Location, tile_id: str, *, items: str | None = None,
-             overwrite: bool = False) -> tuple[CubeResult, TileResult]:
-    """:func:`cube_tile` then :func:`predict_tile` (``force=overwrite``) in one call: a tile's unit of
-    work when its prediction runs on the same workers as its cube, so that the tile pays for one task
-    (scheduling, and a Prefect task run on the flows) instead of two. A cube that fails raises its own
-    error; a prediction that fails raises :class:`PredictionFailed` from it."""
-    cube = cube_tile(run, tile_id, items=items, overwrite=overwrite)
-    try:
-        return cube, predict_tile(run, model, tile_id, force=overwrite)
-    except Exception as err:
-        raise PredictionFailed(cube.status, str(err).strip() or type(err).__name__) from err
 
 
 def predict_cube(model: storage.Location, cube: storage.Location, out_dir: storage.Location, *,
