@@ -36,8 +36,8 @@ from cropmap.ml.ood import fit_ood
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
 
-__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "predict_logits",
-           "penultimate_features", "class_weights"]
+__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "forward_pass",
+           "predict_logits", "penultimate_features", "class_weights"]
 
 
 class TrainConfig(BaseModel):
@@ -143,23 +143,34 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024, device: torch.device | str = "cpu"
-                   ) -> np.ndarray:
-    """Logits ``(N, n_classes)`` float32 of normalised inputs ``z`` ``(N, band, time)``."""
+def forward_pass(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024,
+                 device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One batched pass over normalised inputs ``z`` ``(N, band, time)`` in eval mode: the logits
+    ``(N, n_classes)`` and the penultimate features ``(N, F)`` (``model.embed``, what the linear head
+    reads), both float32; on ``device``, else the model's."""
     model.eval()
-    out = [model(torch.from_numpy(z[i:i + batch_size]).to(device)).float().cpu().numpy()
-           for i in range(0, len(z), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
+    device = device or next(model.parameters()).device
+    logits, features = [], []
+    for i in range(0, len(z), batch_size):
+        f = model.embed(torch.from_numpy(z[i:i + batch_size]).to(device))
+        features.append(f.float().cpu().numpy())
+        logits.append(model.head(model.drop(f)).float().cpu().numpy())
+    if not logits:
+        return np.zeros((0, model.n_classes), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(features)
 
 
-@torch.no_grad()
+def predict_logits(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024,
+                   device: torch.device | str | None = None) -> np.ndarray:
+    """Logits ``(N, n_classes)`` float32 of normalised inputs ``z`` ``(N, band, time)``
+    (:func:`forward_pass`)."""
+    return forward_pass(model, z, batch_size=batch_size, device=device)[0]
+
+
 def penultimate_features(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """Penultimate features ``(N, F)`` float32 (``model.embed``, what the linear head reads) of normalised
-    inputs ``z`` ``(N, band, time)``, on the model's device."""
-    model.eval()
-    device = next(model.parameters()).device
-    return np.concatenate([model.embed(torch.from_numpy(z[i:i + batch_size]).to(device)).float().cpu().numpy()
-                           for i in range(0, len(z), batch_size)])
+    """Penultimate features ``(N, F)`` float32 of normalised inputs ``z`` ``(N, band, time)``
+    (:func:`forward_pass`), on the model's device."""
+    return forward_pass(model, z, batch_size=batch_size)[1]
 
 
 def train_model(
@@ -251,7 +262,7 @@ def train_model(
     model = model.cpu().eval()
     kept = np.flatnonzero(keep)
     # temperature scaling on the validation split (the best epoch's logits): calibrated confidence
-    val_logits = predict_logits(model, z_val)
+    val_logits, val_features = forward_pass(model, z_val)
     temperature = fit_temperature(val_logits, labels[va])  # 1.0 unless the validation split supports the fit
     fitted = fit_temperature(val_logits, labels[va], confidence=0.0)
     ece = {f"val_ece_{k}": expected_calibration_error(softmax_t(val_logits, t), labels[va])
@@ -259,7 +270,7 @@ def train_model(
     # where the training distribution ends: class-conditional Mahalanobis on the training split's
     # penultimate features (unaugmented), the threshold set on the validation split's
     ood = fit_ood(penultimate_features(model, apply_normalisation(x_full[tr][:, :, window], norm)), labels[tr],
-                  held_out=penultimate_features(model, z_val))
+                  held_out=val_features)
     return TrainResult(
         model=model, model_config=model_cfg, normalisation=norm, temperature=temperature, ood=ood,
         val_scores={"val_macro_f1": best[0], "val_loss": best[1], "best_epoch": best_epoch,
