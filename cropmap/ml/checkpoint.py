@@ -27,7 +27,7 @@ from cropmap import __version__
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.io import storage
-from cropmap.ml.models import build_model
+from cropmap.ml.models import build_model, forward_pass
 from cropmap.ml.normalisation import apply_normalisation
 from cropmap.ml.calibration import softmax_t
 from cropmap.ml.ood import KIND as OOD_KIND
@@ -169,13 +169,11 @@ class Checkpoint:
         ok = np.flatnonzero(~np.isnan(z).any(axis=(1, 2)))
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = self.inference_model(dev, channels_last=channels_last)
-        with torch.no_grad():
-            for i in range(0, len(ok), batch_size):
-                rows = ok[i:i + batch_size]
-                features = model.embed(torch.from_numpy(z[rows]).to(dev))
-                logits[rows] = model.head(model.drop(features)).float().cpu().numpy()
-                if score is not None:
-                    score[rows] = ood_score(features.float().cpu().numpy(), self.ood)
+        for i in range(0, len(ok), batch_size):  # batch by batch: a tile's features never sit whole in memory
+            rows = ok[i:i + batch_size]
+            logits[rows], features = forward_pass(model, z[rows], batch_size=len(rows), device=dev)
+            if score is not None:
+                score[rows] = ood_score(features, self.ood)
         return logits, score
 
     def ood_score(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:

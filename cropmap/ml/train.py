@@ -33,11 +33,11 @@ from cropmap.ml.augment import AUGMENTATIONS, augmenter
 from cropmap.ml.calibration import expected_calibration_error, fit_temperature, softmax_t
 from cropmap.ml.evaluate import macro_f1
 from cropmap.ml.ood import fit_ood
-from cropmap.ml.models import build_model
+from cropmap.ml.models import build_model, forward_pass
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
 
-__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "forward_pass",
-           "predict_logits", "penultimate_features", "class_weights"]
+__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "predict_logits",
+           "penultimate_features", "class_weights"]
 
 
 class TrainConfig(BaseModel):
@@ -140,24 +140,6 @@ def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
     w = np.zeros(n_classes)
     w[present] = counts.sum() / (present.sum() * counts[present])
     return w.astype(np.float32)
-
-
-@torch.no_grad()
-def forward_pass(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024,
-                 device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One batched pass over normalised inputs ``z`` ``(N, band, time)`` in eval mode: the logits
-    ``(N, n_classes)`` and the penultimate features ``(N, F)`` (``model.embed``, what the linear head
-    reads), both float32; on ``device``, else the model's."""
-    model.eval()
-    device = device or next(model.parameters()).device
-    logits, features = [], []
-    for i in range(0, len(z), batch_size):
-        f = model.embed(torch.from_numpy(z[i:i + batch_size]).to(device))
-        features.append(f.float().cpu().numpy())
-        logits.append(model.head(model.drop(f)).float().cpu().numpy())
-    if not logits:
-        return np.zeros((0, model.n_classes), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(logits), np.concatenate(features)
 
 
 def predict_logits(model: nn.Module, z: np.ndarray, *, batch_size: int = 1024,
