@@ -195,6 +195,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=None)
     parser.add_argument("--http-tiles", type=int, default=40)
+    parser.add_argument("--baseline-counts", type=int, nargs="*", default=[],
+                        help="counts run first with CROPMAP_PREFECT_REUSE=0 (every Prefect task run rebuilds its "
+                             "settings and TLS contexts, Prefect's own behaviour), on their own fresh workers")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -228,23 +231,41 @@ def main() -> None:
     rows = []
     try:
         wait_http(f"http://127.0.0.1:{api_port}/api/health")
-        procs.append(subprocess.Popen([str(Path(py).with_name("dask")), "worker", address, "--nworkers",
-                                       str(args.workers), "--nthreads", "1", "--no-dashboard",
-                                       "--memory-limit", "0"], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
         from distributed import Client
 
         client = Client(address, timeout=60)
-        client.wait_for_workers(args.workers, timeout=120)
         client.get_task_stream()  # starts the scheduler's task-stream recording
-        services = dict(zip(("prefect_server", "scheduler", "workers"), procs))
-        for n in args.counts:
+
+        def start_workers(worker_env: dict[str, str]) -> subprocess.Popen:
+            workers = subprocess.Popen([str(Path(py).with_name("dask")), "worker", address, "--nworkers",
+                                        str(args.workers), "--nthreads", "1", "--no-dashboard",
+                                        "--memory-limit", "0"], env=worker_env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+            client.wait_for_workers(args.workers, timeout=120)
+            return workers
+
+        def stop_workers(workers: subprocess.Popen) -> None:
+            workers.terminate()
+            workers.wait(60)
+            while client.scheduler_info()["workers"]:
+                time.sleep(0.2)
+
+        plan = [(n, "baseline") for n in args.baseline_counts] + [(n, "reuse") for n in args.counts]
+        variant = None
+        for n, label in plan:
+            run_env = {**env, "CROPMAP_PREFECT_REUSE": "0" if label == "baseline" else "1"}
+            if label != variant:  # fresh workers for each variant: the setting is read at import
+                if variant is not None:
+                    stop_workers(procs.pop())
+                procs.append(start_workers(run_env))
+                variant = label
+            services = dict(zip(("prefect_server", "scheduler", "workers"), procs))
             before = {name: cpu_seconds(p) for name, p in services.items()}
             start = time.time()
             cmd = [py, "-m", "flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
-                   "--out", str(out / f"runs-{n}")]
-            log = open(out / f"flow-{n}.log", "w")
-            proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                   "--out", str(out / f"runs-{label}-{n}")]
+            log = open(out / f"flow-{label}-{n}.log", "w")
+            proc = subprocess.Popen(cmd, env=run_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             stop, flow = threading.Event(), {"rss": 0, "cpu": 0.0}
             sampler = threading.Thread(target=sample_flow, args=(proc, stop, flow), daemon=True)
             sampler.start()
@@ -255,7 +276,8 @@ def main() -> None:
             stream = client.get_task_stream(start=start, stop=time.time())
             kinds = Counter(r["key"].rsplit("-", 5)[0] if isinstance(r["key"], str) else str(r["key"][0])
                             for r in stream)
-            row = {"tiles": n, "rc": rc, "wall_s": round(wall, 1), "wall_per_tile_s": round(wall / n, 3),
+            row = {"tiles": n, "variant": label, "rc": rc, "wall_s": round(wall, 1),
+                   "wall_per_tile_s": round(wall / n, 3),
                    "flow_peak_rss_mib": round(flow["rss"] / 2**20), "scheduler_tasks": sum(kinds.values()),
                    "tasks_per_tile": round(sum(kinds.values()) / n, 2), "tasks": dict(kinds),
                    # CPU seconds per tile of each process over the run: where the overhead goes
@@ -278,16 +300,17 @@ def main() -> None:
         row["overhead_per_tile_s"] = round(row["wall_s"] * args.workers / row["tiles"] - compute["compute_s"], 3)
     http = http_counts(model, out, args.http_tiles)
     print(json.dumps({"http": http}), flush=True)
-    if len(rows) > 1:  # the fixed cost (server start, searches, mosaic, scoring) drops out of the slope
-        a, b = rows[0], rows[-1]
+    main_rows = [r for r in rows if r["variant"] == "reuse"]
+    if len(main_rows) > 1:  # the fixed cost (server start, searches, mosaic, scoring) drops out of the slope
+        a, b = main_rows[0], main_rows[-1]
         slope = (b["wall_s"] - a["wall_s"]) / (b["tiles"] - a["tiles"])
         print(json.dumps({"marginal_wall_per_tile_s": round(slope, 3),
                           "marginal_overhead_per_tile_s": round(slope * args.workers - compute["compute_s"], 3),
                           "flow_rss_growth_mib": b["flow_peak_rss_mib"] - a["flow_peak_rss_mib"]}))
-    print("\n| tiles | wall s | wall/tile s | overhead/tile s | tasks/tile | flow peak RSS MiB |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("\n| variant | tiles | wall s | wall/tile s | overhead/tile s | tasks/tile | flow peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['tiles']} | {r['wall_s']} | {r['wall_per_tile_s']} | {r['overhead_per_tile_s']} | "
+        print(f"| {r['variant']} | {r['tiles']} | {r['wall_s']} | {r['wall_per_tile_s']} | {r['overhead_per_tile_s']} | "
               f"{r['tasks_per_tile']} | {r['flow_peak_rss_mib']} |")
 
 

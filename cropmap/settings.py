@@ -21,6 +21,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_ASSET_HREF_SCHEMES`` | URL schemes an item's band assets may use (default ``https,s3``); besides them, only the catalog API's own host and, for a static catalog, files under its folder |
 | ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's STAC search task may run before it fails (default 900) |
 | ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run before it fails and is retried (default 10800) |
+| ``CROPMAP_PREFECT_REUSE`` | ``0``: let every Prefect task run rebuild its settings and TLS contexts, as Prefect does (default: once per worker process; ``flows/_prefect_engine.py``) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
 | ``CROPMAP_CDSE_SECRET_ACCESS_KEY`` | CDSE S3 secret key (else ``AWS_SECRET_ACCESS_KEY``) |
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
     asset_href_schemes: str = "https,s3"
     search_timeout_s: float = Field(900.0, gt=0)
     cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands
+    prefect_reuse: str = "1"
     cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
     cdse_access_key_id: str | None = None
     cdse_secret_access_key: str | None = None
@@ -94,6 +96,10 @@ class Settings(BaseSettings):
     @property
     def download_enabled(self) -> bool:
         return self.download.strip().lower() not in ("", "0", "false", "no", "off")
+
+    @property
+    def prefect_reuse_enabled(self) -> bool:
+        return self.prefect_reuse.strip().lower() not in ("0", "false", "no", "off")
 
 
 def get_settings() -> Settings:

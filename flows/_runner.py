@@ -14,8 +14,14 @@ from prefect_dask import DaskTaskRunner
 
 from cropmap.jobs.cluster import dask_target
 from cropmap.jobs.executors import first_completed
+from cropmap.settings import get_settings
+from flows import _prefect_engine
 
 __all__ = ["task_runner", "PrefectExecutor"]
+
+# Every process that runs cropmap's tasks imports this module (a Dask worker does, to unpickle them).
+if get_settings().prefect_reuse_enabled:
+    _prefect_engine.install()
 
 
 def task_runner(address: str | None = None, *, threads: int = 2) -> DaskTaskRunner:
