@@ -63,7 +63,7 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
     summary, accuracy = result.tiles, result.accuracy
     create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
                           description=f"{run.code} {run.year}: {summary.describe()}")
-    if accuracy is not None:
+    if accuracy is not None and accuracy["n"]:  # n 0: the mapped tiles miss the scored area
         create_table_artifact(key=f"accuracy-{run.code.lower()}", description=(
             f"{run.scenario.description}: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
             table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
@@ -116,8 +116,11 @@ def print_map_result(result: dict) -> None:
     if result["accuracy"] is not None:
         acc = result["accuracy"]
         print(f"accuracy report:    {result['accuracy_path']}")
-        print(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
-        print("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
+        if acc["n"]:
+            print(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+            print("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
+        else:
+            print("not scored:         the mapped tiles hold no pixel of the scored area")
 
 
 if __name__ == "__main__":

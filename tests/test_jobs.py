@@ -129,6 +129,22 @@ def test_score_rates_the_confidence_and_ood_layers_as_error_detectors(demo_paths
         score_class_map(tmp_path / "map.tif", demo_paths.reference, layers={"ood": tmp_path / "ood.tif"})
 
 
+def test_a_map_that_misses_the_scored_area_scores_no_pixel_and_rates_no_layer(demo_paths, tmp_path):
+    """A partial map (``--tile-limit``) need not reach the held-back area: n = 0 and no error detection,
+    not a failed run (the layers' error detection of nothing raised InvalidInputError)."""
+    truth, pred, _, _, profile, names = _map_with_errors(demo_paths.reference, seed=2, share=0.1, unmapped_rows=0)
+    pred[:, 128:] = 255  # nothing mapped in the east half, the part scored below
+    conf = np.where(pred == 255, 255, 90).astype(np.uint8)
+    _write_map(tmp_path / "map.tif", pred, profile, names)
+    with rasterio.open(tmp_path / "conf.tif", "w", **{**profile, "driver": "GTiff", "nodata": 255}) as dst:
+        dst.write(conf, 1)
+    east = part_bounds(read_layout(demo_paths.root), "east")
+    result = score_class_map(tmp_path / "map.tif", demo_paths.reference, bounds=east,
+                             layers={"confidence": tmp_path / "conf.tif"})
+    assert result["n"] == 0 and result["n_unmapped"] == (truth[:, 128:] != 255).sum() > 0
+    assert "error_detection" not in result
+
+
 def test_score_refuses_other_grids(demo_paths, tmp_path):
     with rasterio.open(demo_paths.reference) as ds:
         profile, data = ds.profile, ds.read(1)

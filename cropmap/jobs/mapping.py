@@ -183,8 +183,8 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
         else:  # a country on both sides of the equator: one offset per hemisphere
             score.update({f"season_offset_months_{h}": m for h, m in offsets.items()})
         target = f"{run.code} {run.year} ({scenario.description or 'held-out reference'})"
-        storage.write_text(storage.join(run.map_dir(key), "model_card.md"),
-                           card_markdown(checkpoint, name=storage.basename(model), transfer_scores={target: score}))
+        storage.write_text(storage.join(run.map_dir(key), "model_card.md"), card_markdown(
+            checkpoint, name=storage.basename(model), transfer_scores={target: score} if result["n"] else None))
     return result, str(path)
 
 

@@ -80,7 +80,7 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     out["class_names"] = names  # the rows and columns of "confusion"
     out["n_unmapped"] = int((has_truth & (pred == 255)).sum())
     out["bounds"] = [float(v) for v in box]
-    if extra:
+    if extra and valid.any():  # a map that misses the scored area has no errors to detect
         right = y_true[valid] == pred[valid]
         detect = {}
         for name, values in extra.items():
