@@ -139,18 +139,66 @@ def alone(model: str, out: Path) -> dict:
 
     run = resolve_run("SYN", out_dir=str(out / "alone"))
     tiles = run.tiles()
-    (block, ids), = list(search_blocks(tiles[:3]).items())[:1]
+    (block, ids), = list(search_blocks(tiles[:5]).items())[:1]
     items = search_block(run, block, ids).path
+    import torch
+
+    torch.set_num_threads(1)  # as on the workers (OMP_NUM_THREADS=1, one thread each)
     times = []
-    for tile_id in tiles[:3]:  # the first warms GDAL and torch up
-        t0 = time.perf_counter()
+    for tile_id in tiles[:5]:  # the first warms GDAL and torch up
+        t0, c0 = time.perf_counter(), time.process_time()
         cube_tile(run, tile_id, items=items)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         predict_tile(run, model, tile_id)
-        times.append((t1 - t0, time.perf_counter() - t1))
-    cube_s = sum(c for c, _ in times[1:]) / 2
-    predict_s = sum(p for _, p in times[1:]) / 2
-    return {"cube_s": round(cube_s, 3), "predict_s": round(predict_s, 3), "compute_s": round(cube_s + predict_s, 3)}
+        times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
+    cube_s, predict_s, cpu_s = (sum(t[i] for t in times[1:]) / len(times[1:]) for i in range(3))
+    return {"cube_s": round(cube_s, 3), "predict_s": round(predict_s, 3), "compute_s": round(cube_s + predict_s, 3),
+            "cpu_s": round(cpu_s, 3)}
+
+
+#: The job functions a Prefect task wraps: the samples of a task's thread under them are the tile's work,
+#: the rest is the task-run machinery around it (Prefect's engine, Dask's execute).
+JOB_FRAMES = {("jobs/tiles.py", "cube_tile"): "cube", ("jobs/tiles.py", "predict_tile"): "predict"}
+
+
+def profile_split(tree: dict) -> dict:
+    """Shares of a Dask worker profile (``Client.profile``: sampled stacks of the task threads) spent inside
+    each job function of :data:`JOB_FRAMES`, and the top packages of the rest by own samples."""
+    inside = Counter()
+    rest = Counter()
+
+    def walk(node: dict) -> None:
+        d = node.get("description", {})
+        for (suffix, name), stage in JOB_FRAMES.items():
+            if d.get("name") == name and d.get("filename", "").endswith(suffix):
+                inside[stage] += node["count"]
+                return
+        children = node.get("children", {}).values()
+        own = node["count"] - sum(c["count"] for c in children)
+        if own > 0:
+            f = d.get("filename", "?")
+            pkg = f.split("site-packages/")[-1].split("/")[0] if "site-packages/" in f else Path(f).name
+            rest[pkg] += own
+        for c in children:
+            walk(c)
+
+    total = tree.get("count", 0)
+    walk(tree)
+    if not total:
+        return {}
+    return {"samples": total, **{f"in_{k}": round(v / total, 3) for k, v in inside.items()},
+            "outside_jobs": round(1 - sum(inside.values()) / total, 3),
+            "outside_top": {k: round(v / total, 3) for k, v in rest.most_common(6)}}
+
+
+def task_seconds(stream: list[dict]) -> dict:
+    """Mean compute seconds of each kind of task in a Dask task stream (the worker's own start/stop)."""
+    spent, count = Counter(), Counter()
+    for r in stream:
+        kind = r["key"].rsplit("-", 5)[0] if isinstance(r["key"], str) else str(r["key"][0])
+        spent[kind] += sum(s["stop"] - s["start"] for s in r["startstops"] if s["action"] == "compute")
+        count[kind] += 1
+    return {k: round(spent[k] / count[k], 3) for k in spent}
 
 
 def http_counts(model: str, out: Path, n_tiles: int) -> dict:
@@ -280,6 +328,8 @@ def main() -> None:
                    "wall_per_tile_s": round(wall / n, 3),
                    "flow_peak_rss_mib": round(flow["rss"] / 2**20), "scheduler_tasks": sum(kinds.values()),
                    "tasks_per_tile": round(sum(kinds.values()) / n, 2), "tasks": dict(kinds),
+                   "task_compute_s": task_seconds(stream),
+                   "worker_profile": profile_split(client.profile(start=start, stop=time.time())),
                    # CPU seconds per tile of each process over the run: where the overhead goes
                    "cpu_per_tile_s": {**{name: round((cpu_seconds(p) - before[name]) / n, 3)
                                          for name, p in services.items()}, "flow": round(flow["cpu"] / n, 3)}}
