@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/lint-imports --no-cache
 export PREFECT_HOME="${PREFECT_HOME:-$PWD/.cache/prefect}" PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Prefect creates its home without parents (a fresh clone has no .cache/): an ephemeral server there
+# would fail with "unable to open database file"
+mkdir -p "$PREFECT_HOME"
 exec .venv/bin/python -m pytest "$@"

@@ -203,6 +203,20 @@ def s3_server() -> dict[str, str]:
         server.stop()
 
 
+def use_prefect_env(mp: pytest.MonkeyPatch, values: dict[str, str]) -> None:
+    """Set Prefect's variables (``PREFECT_API_URL``, ``PREFECT_HOME``, ...) in this process with ``mp``
+    and make Prefect see them. Prefect reads its settings ONCE, when ``prefect.context`` is first
+    imported (``GLOBAL_SETTINGS_CONTEXT``); a test module that imports prefect at collection froze them
+    with no API URL, so a flow run in this process started an ephemeral server under the test command's
+    ``PREFECT_HOME`` instead of reporting to the session's server. The fresh settings context is undone
+    with ``mp``."""
+    import prefect.context
+
+    for key, value in values.items():
+        mp.setenv(key, value)
+    mp.setattr(prefect.context, "GLOBAL_SETTINGS_CONTEXT", prefect.context.root_settings_context())
+
+
 def use_s3_env(mp: pytest.MonkeyPatch, values: dict[str, str]) -> None:
     """Set ``values`` in this process's environment with ``mp`` and forget cached S3 filesystems:
     fsspec caches one instance per set of arguments, and the endpoint comes from the environment."""

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import use_s3_env
+from conftest import use_prefect_env, use_s3_env
 from dask_processes import (  # tests/ is on sys.path (no package)
     dask_cluster_processes,
     wait_for,
@@ -55,8 +55,7 @@ def env(tmp_path_factory, demo_paths, prefect_server, s3_server):
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in values.items():
-            mp.setenv(k, v)
+        use_prefect_env(mp, values)
         use_s3_env(mp, s3_server)
         for name in ("CROPMAP_DASK_ADDRESS", "CROPMAP_OUTPUT_URL", "CROPMAP_OUTPUT_DIR", GPU_WORKERS_ENV):
             mp.delenv(name, raising=False)  # task_runner(None) must mean "local"; out_dir decides the rest

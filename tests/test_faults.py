@@ -21,6 +21,7 @@ from cropmap.errors import DataNotFoundError, MissingBandError
 from cropmap.io.stac import search_items, season_search_window
 from cropmap.stages.cube import CubeOptions, build_tile_cube, open_tile_cube
 from cropmap.stages.reading import AssetUnavailableWarning, solar_day
+from conftest import use_prefect_env
 from http_servers import range_file_server
 
 BANDS = ("B04", "B08")
@@ -455,7 +456,7 @@ def test_prefect_retries_io_errors_only_and_the_io_tasks_have_time_limits(prefec
     from cropmap.errors import AssetReadError, CatalogError, ConfigError, IncompatibleInputError
     from flows import tasks
 
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server[0])
+    use_prefect_env(monkeypatch, {"PREFECT_API_URL": prefect_server[0]})
     errors = {"config": ConfigError("bad value"), "season": IncompatibleInputError("season differs"),
               "asset": AssetReadError("truncated COG"), "catalog": CatalogError("503 from the STAC API")}
     calls: list[str] = []

@@ -9,6 +9,7 @@ import pytest
 from cropmap.ml.checkpoint import load_checkpoint
 from cropmap.ml.models import CROPNET_V1, build_model, count_parameters
 from cropmap.scenarios.demo import part_bounds, read_layout
+from conftest import use_prefect_env
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_real_country_trains_cropnet_v1_with_the_papers_settings(demo_paths, pre
         "season: {start: '11-01', end: '05-31', hemisphere: south}\nyear: 2017\n"
         f"catalog: {{path: {demo_paths.catalog}, max_cloud_cover: 100, margin_days: 30}}\ntile_size: 128\n")
     monkeypatch.setenv("CROPMAP_CONFIGS_DIR", str(configs))
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server[0])
+    use_prefect_env(monkeypatch, {"PREFECT_API_URL": prefect_server[0]})
     # only what a user must change on a 2 km area: one epoch, sampling cells that fit it
     path = train_model(country="TST", reference=str(demo_paths.reference), out_dir=str(tmp_path / "runs"),
                        training={"epochs": 1, "cell_deg": 0.0005})
