@@ -113,3 +113,21 @@ def test_temperature_in_checkpoint_lowers_test_ece(shared_data, tmp_path):
     png = reliability_png({"softmax": reliability_table(raw, y_test), "calibrated": reliability_table(calibrated, y_test)},
                           tmp_path / "rel.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ece_noise_floor_is_the_binomial_expectation():
+    """Every sample at confidence c: a calibrated model's ECE is E|X/n - c|, X ~ Binomial(n, c), computed
+    exactly here (scipy's pmf), and it shrinks as 1 / sqrt(n)."""
+    from scipy.stats import binom
+
+    from cropmap.ml.calibration import ece_noise_floor
+
+    c = 0.93
+    for n in (50, 400):
+        proba = np.zeros((n, 3))
+        proba[:, 0], proba[:, 1:] = c, (1 - c) / 2
+        x = np.arange(n + 1)
+        exact = float((binom.pmf(x, n, c) * np.abs(x / n - c)).sum())
+        assert ece_noise_floor(proba, n_draws=20000) == pytest.approx(exact, rel=0.03)
+    big = np.tile(proba[:1], (1600, 1))
+    assert ece_noise_floor(big) == pytest.approx(ece_noise_floor(proba) / 2, rel=0.1)

@@ -26,17 +26,25 @@ def test_recipes_side_by_side(shared_data, tmp_path):
                runs=[{"features": "2d", "model": "cropnet1d", "augment": ["none"], "recipe": "paper",
                       "train": {"lr": 1e-4, "batch_size": 256, "epochs": 2}},
                      {"features": "2d", "model": "cropnet1d", "augment": ["none"], "recipe": "current",
-                      "train": {"lr": 1e-3, "batch_size": 32, "epochs": 1}}])
+                      "train": {"lr": 1e-3, "batch_size": 32, "epochs": 1}},
+                     {"features": "2d", "model": "cropnet1d", "augment": ["none"], "recipe": "last",
+                      "train": {"lr": 1e-3, "batch_size": 32, "epochs": 1, "epoch_choice": "last"}}])
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(raw))
     frame = run_experiment(load_experiment(path), log=lambda *_: None)
-    assert list(frame["recipe"]) == ["paper", "current"]
+    assert list(frame["recipe"]) == ["paper", "current", "last"]
     md = (tmp_path / "out" / "victoria-recipe.md").read_text()
     assert "| recipe |" in md.replace("| split (test) ", "") and "recipe paper: {'batch_size': 256" in md
-    ckpts = {load_checkpoint(p).config["train"]["lr"]: load_checkpoint(p) for p in (tmp_path / "cache").glob("*.pt")}
+    # the epoch choice is part of a checkpoint's identity: "last" is not served "current"'s cached net
+    trained = [load_checkpoint(p).config["train"] for p in (tmp_path / "cache").glob("*.pt")]
+    assert sorted(t["epoch_choice"] for t in trained) == ["best", "best", "last"]
+    ckpts = {load_checkpoint(p).config["train"]["lr"]: load_checkpoint(p) for p in (tmp_path / "cache").glob("*.pt")
+             if load_checkpoint(p).config["train"]["epoch_choice"] == "best"}
     assert set(ckpts) == {1e-4, 1e-3}
     assert ckpts[1e-4].config["train"]["batch_size"] == 256 and ckpts[1e-3].config["train"]["epochs"] == 1
-    assert pd.read_csv(tmp_path / "out" / "victoria-recipe.csv")["ece"].between(0, 1).all()
+    table = pd.read_csv(tmp_path / "out" / "victoria-recipe.csv")
+    assert table["ece"].between(0, 1).all() and table["ece_floor"].between(0, 1).all()
+    assert "ECE raw -> calibrated (noise floor)" in md
 
 
 def test_onecycle_warms_up_then_anneals_over_exactly_the_training_steps(shared_data):

@@ -16,7 +16,7 @@ from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.ml.checkpoint import card_path, load_checkpoint, save_checkpoint
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
-from cropmap.ml.train import TrainConfig, class_weights, stratified_split, train_model
+from cropmap.ml.train import TrainConfig, class_weights, predict_logits, stratified_split, train_model
 from cropmap.samples.victoria import read_victoria
 
 VIC_SEASON = Season(start="08-01", end="07-31", hemisphere="south")
@@ -90,6 +90,21 @@ def test_training_is_reproducible_keeps_the_best_epoch_and_never_sees_validation
     c = _train(x, y, seed=1, augment="none", epochs=2)  # same split, no augmentation: other weights
     assert np.array_equal(c.val_index, a.val_index)
     assert any(not torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), c.model.state_dict().values()))
+
+
+def test_epoch_choice_last_keeps_the_final_weights(victoria):
+    """Same training either way; ``last`` keeps the final epoch's weights even where an earlier epoch
+    validated better (here epoch 1 of 0..2: validation macro-F1 0.121 then 0.114)."""
+    x, y, _ = victoria
+    x, y = x[::2], y[::2]
+    best = _train(x, y, seed=1, epochs=3, lr=3e-2)
+    last = _train(x, y, seed=1, epochs=3, lr=3e-2, epoch_choice="last")
+    assert best.history == last.history
+    assert best.best_epoch == 1 and last.best_epoch == 2
+    logits = predict_logits(last.model, apply_normalisation(x[last.val_index], last.normalisation))
+    loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y[last.val_index]))
+    assert float(loss) == pytest.approx(last.history[-1]["val_loss"], rel=1e-5)
+    assert last.val_scores["val_macro_f1"] == last.history[-1]["val_macro_f1"]
 
 
 def test_training_learns_the_real_classes(victoria):

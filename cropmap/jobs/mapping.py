@@ -139,7 +139,7 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     cubes = [str(cube_path(run.cube_dir, run.tile(t))) for t in tile_ids if t not in tiles.failed_tiles]
     boxes = np.array([run.tile(t).lonlat_bbox() for t in tile_ids])
     area = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))  # lon/lat box of the tiles
-    key = storage.stable_hash([run.key, reference, legend, bounds, label_column, settings.model_dump(mode="json")])
+    key = storage.stable_hash([run.key, reference, legend, bounds, label_column, settings.key_fields(mode="json")])
     samples = _run(executor, training_set, reference, cubes, str(storage.join(run.training_dir, f"samples-{key}.nc")),
                    region=run.code, legend_path=legend, settings=settings, bounds=bounds, label_column=label_column,
                    area=tuple(float(v) for v in area))

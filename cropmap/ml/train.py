@@ -8,7 +8,8 @@ observations into the season window), the index of the season window in it, and 
 - fits the normalisation (log1p + per-band standardisation) on the training split's season window,
 - trains with Adam and class-balanced cross-entropy, augmenting each batch online
   (:mod:`cropmap.ml.augment`), and
-- keeps the weights of the epoch with the best validation macro-F1.
+- keeps the weights of the epoch with the best validation macro-F1 (or of the last epoch:
+  ``TrainConfig.epoch_choice``).
 
 Defaults are the seed's (Adam lr 1e-4, batch 256, 50 epochs), made for ~300,000 samples; a few hundred
 samples need more steps (e.g. lr 1e-3, batch 64, 40 epochs): experiment configs choose.
@@ -55,6 +56,10 @@ class TrainConfig(BaseModel):
     #: ``lr`` over the first 30 % of the steps, then cosine annealing; torch's OneCycleLR, stepped per batch)
     schedule: Literal["constant", "onecycle"] = "constant"
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    #: which epoch's weights are kept: ``best`` (the best validation macro-F1, ties broken by the lower
+    #: loss) or ``last`` (the end of the schedule, as runs without a validation split do; the validation
+    #: split then only calibrates and sets the OOD threshold)
+    epoch_choice: Literal["best", "last"] = "best"
     augment: str = "none"
     augment_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
@@ -66,6 +71,12 @@ class TrainConfig(BaseModel):
             super().__init__(**data)
         except ValidationError as err:  # one error type for every bad config
             raise ConfigError(f"invalid training settings: {one_line(err)}") from err
+
+    def key_fields(self, *, exclude: set[str] = frozenset(), **dump: Any) -> dict:
+        """``model_dump`` for cache keys: ``epoch_choice`` is left out at its default, so keys made before
+        the option existed still name the same trained networks."""
+        return self.model_dump(exclude=set(exclude) | ({"epoch_choice"} if self.epoch_choice == "best" else set()),
+                               **dump)
 
     @field_validator("augment")
     @classmethod
@@ -237,7 +248,8 @@ def train_model(
         history.append({"epoch": epoch, "train_loss": total / len(tr), "val_loss": val_loss, "val_macro_f1": f1,
                         "lr": opt.param_groups[0]["lr"]})
         bar.set_postfix(val_f1=f"{f1:.3f}", loss=f"{total / len(tr):.3f}")
-        if (f1, -val_loss) > (best[0], -best[1]):  # best macro-F1, ties broken by the lower loss
+        last = epoch == config.epochs - 1
+        if ((f1, -val_loss) > (best[0], -best[1]) if config.epoch_choice == "best" else last):
             best = (f1, val_loss)
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
     model.load_state_dict(best_state)

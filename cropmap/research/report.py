@@ -24,7 +24,8 @@ def _mean_std(v: pd.Series) -> str:
 
 
 def _trust_table(frame: pd.DataFrame, keys: list[str], shifts: list[int]) -> list[str]:
-    """Calibration and error detection per run and shift: ECE before -> after temperature scaling, the
+    """Calibration and error detection per run and shift: ECE before -> after temperature scaling (and the
+    ECE a perfectly calibrated model would show on as many targets, :func:`~cropmap.ml.calibration.ece_noise_floor`), the
     AUROC of the OOD score and of 1 - top probability for "this target is misclassified", and the OA of
     the 80 % / 95 % least doubtful targets by each (:func:`cropmap.ml.evaluate.error_detection`)."""
     if "conf_auroc_errors" not in frame.columns:
@@ -32,7 +33,7 @@ def _trust_table(frame: pd.DataFrame, keys: list[str], shifts: list[int]) -> lis
     lines = ["", "Confidence and the out-of-distribution (OOD) score as detectors of the misclassified targets "
              "(over seeds as above; \"kept 80 %\": OA of the 80 % of targets the detector trusts most; "
              "forests have no OOD score):", "",
-             "| " + " | ".join(k.replace("_", " ") for k in keys) + " | shift d | ECE raw -> calibrated | AUROC errors: OOD | confidence "
+             "| " + " | ".join(k.replace("_", " ") for k in keys) + " | shift d | ECE raw -> calibrated (noise floor) | AUROC errors: OOD | confidence "
              "| OA kept 80 %: OOD | confidence | OA kept 95 %: OOD | confidence | OOD flagged |",
              "|" + "---|" * (len(keys) + 9)]
     for key, g in frame.groupby(keys, sort=False):
@@ -41,7 +42,7 @@ def _trust_table(frame: pd.DataFrame, keys: list[str], shifts: list[int]) -> lis
             col = (lambda c: _mean_std(r[c].dropna()) if c in r and r[c].notna().any() else "—")
             cells = [col(c) for c in ("ood_auroc_errors", "conf_auroc_errors", "ood_oa_at_80", "conf_oa_at_80",
                                       "ood_oa_at_95", "conf_oa_at_95", "ood_flagged")]
-            lines.append("| " + " | ".join(str(k) for k in key) + f" | {sh:+d} | {col('ece_raw')} -> {col('ece')} | "
+            lines.append("| " + " | ".join(str(k) for k in key) + f" | {sh:+d} | {col('ece_raw')} -> {col('ece')} ({col('ece_floor')}) | "
                          + " | ".join(cells) + " |")
     return lines
 

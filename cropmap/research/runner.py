@@ -38,7 +38,7 @@ from cropmap.errors import ConfigError
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
-from cropmap.ml.calibration import CALIBRATION_RULE, expected_calibration_error
+from cropmap.ml.calibration import CALIBRATION_RULE, ece_noise_floor, expected_calibration_error
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
@@ -185,6 +185,7 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                         s = scores(prep.y_tgt, proba.argmax(1), class_names=prep.class_names)
                         trust = {"ece": expected_calibration_error(proba, prep.y_tgt),
                                  "ece_raw": expected_calibration_error(raw_of[shift], prep.y_tgt),
+                                 "ece_floor": ece_noise_floor(proba),
                                  **_error_detection(proba, prep.y_tgt, ood_of.get(shift))}
                         rows.append({**({"variant": v.label, **dict(v.values)} if v.values else {}),
                                      "split": split, **({"recipe": spec.recipe} if spec.recipe else {}),
@@ -228,7 +229,7 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
     train_cfg = TrainConfig(**{**cfg.train, **spec.train, "model": spec.model, "augment": aug, "seed": seed,
                                "model_options": options})
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
-             train_cfg.model_dump(exclude={"progress", "device"}), __version__,
+             train_cfg.key_fields(exclude={"progress", "device"}), __version__,
              v.minority.model_dump() if v.minority else None, CALIBRATION_RULE, OOD_FIT_RULE]
     if cfg.split is not None:  # trained on the split's training part only
         parts.append(cfg.split.model_dump())
