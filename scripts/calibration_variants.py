@@ -97,7 +97,7 @@ def main() -> None:
              f"`{CONFIG}` (best-validation epoch); what each fit is: the script's docstring. Mean over the "
              "networks (recipes, augmentations, seeds: CSV); the noise floor is the ECE a perfectly "
              "calibrated model with the same confidences shows on the 400 test targets.", "",
-             "| temperature fit | T (mean, range) | " + " | ".join(f"ECE {d:+d} d" for d in shifts)
+             "| temperature fit | T (mean, range) | " + " | ".join(f"ECE {d:+d} d" if d else "ECE 0 d" for d in shifts)
              + " | networks with ECE below raw (0 d) |", "|---|---|" + "---|" * len(shifts) + "---|"]
     raw = frame[frame.temperature_fit == "raw"].set_index(["recipe", "augment", "seed", "shift_days"])["ece"]
     for name, g in frame.groupby("temperature_fit", sort=False):
