@@ -107,6 +107,24 @@ def test_epoch_choice_last_keeps_the_final_weights(victoria):
     assert last.val_scores["val_macro_f1"] == last.history[-1]["val_macro_f1"]
 
 
+@pytest.mark.parametrize("batching, sizes", [("fixed", [96, 96, 96, 32]), ("even", [80, 80, 80, 80])])
+def test_batching_cuts_an_epoch_as_asked(victoria, monkeypatch, batching, sizes):
+    """320 training series at batch 96: ``fixed`` leaves a remainder of 32, ``even`` four batches of 80."""
+    import cropmap.ml.train as train_module
+
+    seen, build = [], train_module.build_model
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: seen.append(len(inputs[0])) if m.training else None)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", recording)
+    x, y, _ = victoria
+    _train(x, y, seed=0, epochs=1, batch_size=96, batching=batching)
+    assert seen == sizes
+
+
 def test_training_learns_the_real_classes(victoria):
     x, y, _ = victoria
     r = _train(x, y, seed=0, epochs=8)

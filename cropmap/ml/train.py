@@ -41,6 +41,11 @@ __all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "gro
            "penultimate_features", "class_weights"]
 
 
+#: TrainConfig options added after checkpoints were first cached, with the default that reproduces the
+#: training before them
+_LATER_OPTIONS = {"epoch_choice": "best", "batching": "fixed"}
+
+
 class TrainConfig(BaseModel):
     """Training settings (validated from YAML). Defaults are the seed's."""
 
@@ -60,6 +65,9 @@ class TrainConfig(BaseModel):
     #: loss) or ``last`` (the end of the schedule, as runs without a validation split do; the validation
     #: split then only calibrates and sets the OOD threshold)
     epoch_choice: Literal["best", "last"] = "best"
+    #: how an epoch is cut into batches: ``fixed`` (``batch_size`` each, the remainder last, however small)
+    #: or ``even`` (as many batches, of nearly equal size: 392 series at 64 give 7 of 56, not 6 of 64 and 8)
+    batching: Literal["fixed", "even"] = "fixed"
     augment: str = "none"
     augment_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
@@ -73,10 +81,10 @@ class TrainConfig(BaseModel):
             raise ConfigError(f"invalid training settings: {one_line(err)}") from err
 
     def key_fields(self, *, exclude: set[str] = frozenset(), **dump: Any) -> dict:
-        """``model_dump`` for cache keys: ``epoch_choice`` is left out at its default, so keys made before
-        the option existed still name the same trained networks."""
-        return self.model_dump(exclude=set(exclude) | ({"epoch_choice"} if self.epoch_choice == "best" else set()),
-                               **dump)
+        """``model_dump`` for cache keys: the options added later (:data:`_LATER_OPTIONS`) are left out at
+        their defaults, so keys made before they existed still name the same trained networks."""
+        at_default = {k for k, v in _LATER_OPTIONS.items() if getattr(self, k) == v}
+        return self.model_dump(exclude=set(exclude) | at_default, **dump)
 
     @field_validator("augment")
     @classmethod
@@ -213,8 +221,10 @@ def train_model(
     model_cfg = {"n_bands": int(x_full.shape[1]), "n_classes": int(n_classes), **config.model_options}
     model = build_model(config.model, **model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    batches = [len(r) for r in np.array_split(np.arange(len(tr)), range(config.batch_size, len(tr), config.batch_size))]
-    steps_per_epoch = sum(b >= 2 for b in batches)
+    n_batches = -(-len(tr) // config.batch_size)
+    cuts = (np.linspace(0, len(tr), n_batches + 1).round().astype(int)[1:-1] if config.batching == "even"
+            else np.arange(config.batch_size, len(tr), config.batch_size))
+    steps_per_epoch = sum(len(b) >= 2 for b in np.split(np.arange(len(tr)), cuts))
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch)
              if config.schedule == "onecycle" else None)
     loss_fn = nn.CrossEntropyLoss(weight=torch.from_numpy(class_weights(labels[tr], n_classes)).to(device))
@@ -227,8 +237,7 @@ def train_model(
         model.train()
         order = rng.permutation(tr)
         total = 0.0
-        for i in range(0, len(order), config.batch_size):
-            rows = order[i:i + config.batch_size]
+        for rows in np.split(order, cuts):
             if len(rows) < 2:  # BatchNorm cannot train on one sample
                 continue
             xb = x_full[rows][:, :, window] if aug.is_identity else aug(x_full[rows], start=window_start,
