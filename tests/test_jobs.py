@@ -154,13 +154,13 @@ def test_score_refuses_other_grids(demo_paths, tmp_path):
         score_class_map(tmp_path / "other.tif", demo_paths.reference)
 
 
-def test_training_defaults_are_the_papers_and_the_demo_brings_its_own():
+def test_training_defaults_are_cropnet_v1_with_the_measured_recipe_and_the_demo_brings_its_own():
     from cropmap.jobs.training import TrainingSettings
     from cropmap.scenarios.demo import DEMO_TRAINING
 
-    paper = TrainingSettings().train_config()
-    assert (paper.model, paper.model_options, paper.lr, paper.batch_size, paper.epochs, paper.augment) == \
-        ("cropnet", {}, 1e-4, 256, 50, "all")
+    default = TrainingSettings().train_config()
+    assert (default.model, default.model_options, default.lr, default.batch_size, default.epochs, default.augment,
+            default.epoch_choice) == ("cropnet", {}, 1e-3, 64, 40, "all", "last")
     assert (TrainingSettings().erosion_m, TrainingSettings().cell_deg) == (60.0, 0.1)
     assert DEMO_TRAINING.model_options["channels"] == [32, 32, 64, 64] and DEMO_TRAINING.cell_deg == 0.0005
 

@@ -1,5 +1,5 @@
-"""The train-model flow for a REAL country (no scenario) trains the paper's CropNet v1 with the paper's
-recipe by default. Real Prefect (the session's server), real cubes from the DEMO catalog under a config
+"""The train-model flow for a REAL country (no scenario) trains the paper's CropNet v1 with the default
+recipe (docs/results/victoria-reference-recipe.md). Real Prefect (the session's server), real cubes from the DEMO catalog under a config
 that names no scenario, the DEMO reference map as the user's labels; one epoch."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from conftest import use_prefect_env
 pytestmark = pytest.mark.slow
 
 
-def test_real_country_trains_cropnet_v1_with_the_papers_settings(demo_paths, prefect_server, tmp_path, monkeypatch):
+def test_real_country_trains_cropnet_v1_with_the_default_recipe(demo_paths, prefect_server, tmp_path, monkeypatch):
     from flows.train_model import train_model
 
     west = part_bounds(read_layout(demo_paths.root), "west")
@@ -38,5 +38,6 @@ def test_real_country_trains_cropnet_v1_with_the_papers_settings(demo_paths, pre
     n = count_parameters(ckpt.model)
     assert n == count_parameters(build_model("cropnet", n_bands=10, n_classes=8, **CROPNET_V1)) == 4_692_168
     train = ckpt.config
-    assert (train["lr"], train["batch_size"], train["augment"], train["epochs"]) == (1e-4, 256, "all", 1)
+    assert (train["lr"], train["batch_size"], train["augment"], train["epochs"], train["epoch_choice"]) == \
+        (1e-3, 64, "all", 1, "last")
     assert train["model_options"] == {}  # the registry's CropNet v1, not a slimmed net
