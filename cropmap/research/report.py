@@ -102,8 +102,10 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         f"- target dates moved by {cfg.target_shifts_days} days (then composited like any input)",
         f"- networks: Adam lr {train.lr}, batch {train.batch_size}, {train.epochs} epochs, weight decay "
         f"{train.weight_decay}, class-balanced cross-entropy, stratified validation split {train.val_fraction} "
-        "of the source (never augmented), best-validation-macro-F1 epoch kept; log1p + per-band standardisation "
-        "from the training split",
+        "of the source (never augmented), "
+        + ("best-validation-macro-F1 epoch kept" if train.epoch_choice == "best" else "last epoch kept")
+        + (", even batches" if train.batching == "even" else "")
+        + "; log1p + per-band standardisation from the training split",
         *[f"- recipe {name}: {dict(train_items)} over the networks' settings" for name, train_items in recipes],
         f"- forest: {cfg.forest}, balanced class weights; augmented forests get augmented copies of the series",
         f"- cropmap {__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
