@@ -76,6 +76,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[flo
     return t
 
 
+def _confidence_bins(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """The equal-width bin ``[k/n, (k+1)/n)`` (the last closed) of each confidence, as ``k``."""
+    return np.minimum((conf * n_bins).astype(int), n_bins - 1)
+
+
 def reliability_table(proba: np.ndarray, labels: np.ndarray, *, n_bins: int = 10) -> pd.DataFrame:
     """Per confidence bin ``[k/n, (k+1)/n)`` (the last closed): ``lower``, ``upper``, ``count``,
     ``confidence`` (mean winning probability), ``accuracy`` (share right); NaN rows of ``proba`` skipped."""
@@ -83,7 +88,7 @@ def reliability_table(proba: np.ndarray, labels: np.ndarray, *, n_bins: int = 10
     ok = ~np.isnan(proba).any(axis=1)
     proba, labels = proba[ok], np.asarray(labels)[ok]
     conf, right = proba.max(1), proba.argmax(1) == labels
-    k = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    k = _confidence_bins(conf, n_bins)
     rows = []
     for b in range(n_bins):
         m = k == b
@@ -112,7 +117,7 @@ def ece_noise_floor(proba: np.ndarray, *, n_bins: int = 10, n_draws: int = 1000,
     conf = proba[~np.isnan(proba).any(axis=1)].max(axis=1)
     if len(conf) == 0:
         raise InvalidInputError("ece_noise_floor: no sample without NaN")
-    k = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    k = _confidence_bins(conf, n_bins)
     right = np.random.default_rng(seed).random((n_draws, len(conf))) < conf
     total = np.zeros(n_draws)
     for b in np.unique(k):
