@@ -53,6 +53,7 @@ def main() -> None:
     prep = R._prepare(cfg, variants(cfg)[0], src, tgt)
     window = slice(prep.start, prep.start + prep.variant.season.n_bins)
     targets = {d: R._matrix(c) for d, c in prep.tgt.items()}
+    copies = augmenter("all", bin_days=prep.variant.season.bin_days)
     rows = []
     for seed in cfg.seeds:
         for spec in cfg.runs:
@@ -67,7 +68,6 @@ def main() -> None:
                 _, va = stratified_split(prep.y_src, fraction=job["train"].val_fraction, seed=seed)
                 y_val, x_val = prep.y_src[va], prep.x_full[va]
                 val_logits = ckpt.infer(x_val[:, :, window])[0]
-                copies = augmenter("all", bin_days=prep.variant.season.bin_days)
                 rng = np.random.default_rng(seed)
                 aug_logits = np.concatenate([val_logits] + [
                     ckpt.infer(copies(x_val, start=prep.start, n_bins=prep.variant.season.n_bins, rng=rng))[0]
@@ -126,6 +126,7 @@ def _table(frame: pd.DataFrame) -> list[str]:
         f"Validation accuracy (what the fit sees) {nets.val_accuracy.mean():.3f} "
         f"({nets.val_accuracy.min():.3f}-{nets.val_accuracy.max():.3f}) against the test's "
         f"{frame[frame.shift_days == 0].drop_duplicates(['recipe', 'augment', 'seed']).test_accuracy.mean():.3f}."]
+
 
 if __name__ == "__main__":
     main()

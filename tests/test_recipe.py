@@ -36,10 +36,9 @@ def test_recipes_side_by_side(shared_data, tmp_path):
     md = (tmp_path / "out" / "victoria-recipe.md").read_text()
     assert "| recipe |" in md.replace("| split (test) ", "") and "recipe paper: {'batch_size': 256" in md
     # the epoch choice is part of a checkpoint's identity: "last" is not served "current"'s cached net
-    trained = [load_checkpoint(p).config["train"] for p in (tmp_path / "cache").glob("*.pt")]
-    assert sorted(t["epoch_choice"] for t in trained) == ["best", "best", "last"]
-    ckpts = {load_checkpoint(p).config["train"]["lr"]: load_checkpoint(p) for p in (tmp_path / "cache").glob("*.pt")
-             if load_checkpoint(p).config["train"]["epoch_choice"] == "best"}
+    trained = [load_checkpoint(p) for p in (tmp_path / "cache").glob("*.pt")]
+    assert sorted(c.config["train"]["epoch_choice"] for c in trained) == ["best", "best", "last"]
+    ckpts = {c.config["train"]["lr"]: c for c in trained if c.config["train"]["epoch_choice"] == "best"}
     assert set(ckpts) == {1e-4, 1e-3}
     assert ckpts[1e-4].config["train"]["batch_size"] == 256 and ckpts[1e-3].config["train"]["epochs"] == 1
     table = pd.read_csv(tmp_path / "out" / "victoria-recipe.csv")

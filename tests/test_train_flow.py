@@ -1,6 +1,7 @@
 """The train-model flow for a REAL country (no scenario) trains the paper's CropNet v1 with the default
-recipe (docs/results/victoria-reference-recipe.md). Real Prefect (the session's server), real cubes from the DEMO catalog under a config
-that names no scenario, the DEMO reference map as the user's labels; one epoch."""
+recipe (docs/results/victoria-reference-recipe.md). Real Prefect (the session's server), real cubes from
+the DEMO catalog under a config that names no scenario, the DEMO reference map as the user's labels; one
+epoch."""
 
 from __future__ import annotations
 
