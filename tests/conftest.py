@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from cropmap.io.data import data_dir
+# pytest-xdist (scripts/test.sh runs 2 workers): each worker gets its own Prefect home, so the ephemeral
+# servers of flows run in-process never share one SQLite database. Set before anything imports prefect,
+# which reads its settings once.
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME"):
+    os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]) / os.environ["PYTEST_XDIST_WORKER"])
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+
+from cropmap.io.data import data_dir  # noqa: E402
 
 DATA = data_dir()
 
