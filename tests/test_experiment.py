@@ -61,6 +61,7 @@ def test_grid_writes_table_csv_confusions_and_reuses_checkpoints(tiny_config, tm
     md = (tmp_path / "out" / "cropglobe-fra-bel.md").read_text()
     assert "cropmap experiment tiny.yaml" in md and "| 2d | cropnet1d | all |" in md and "OA +10 d" in md
     assert "| harmonic | rf | none |" in md and "± " in md
+    assert "- networks: Adam with a onecycle schedule peaking at lr 0.001, batch 16, 1 epochs" in md  # the default
     csv = pd.read_csv(tmp_path / "out" / "cropglobe-fra-bel.csv")
     assert len(csv) == 16 and "f1_corn" in csv.columns
     nets, forests = csv[csv.model == "cropnet1d"], csv[csv.model == "rf"]

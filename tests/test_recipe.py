@@ -35,6 +35,7 @@ def test_recipes_side_by_side(shared_data, tmp_path):
     assert list(frame["recipe"]) == ["paper", "current", "last"]
     md = (tmp_path / "out" / "victoria-recipe.md").read_text()
     assert "| recipe |" in md.replace("| split (test) ", "") and "recipe paper: {'batch_size': 256" in md
+    assert "- networks: Adam lr 0.003, batch" in md  # the config's constant rate, named as such
     # the epoch choice is part of a checkpoint's identity: "last" is not served "current"'s cached net
     trained = [load_checkpoint(p) for p in (tmp_path / "cache").glob("*.pt")]
     assert sorted(c.config["train"]["epoch_choice"] for c in trained) == ["best", "best", "last"]

@@ -100,7 +100,10 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         + "; context for augmentation: "
         f"{(cfg.context_season or cfg.season).describe()}; bands: {', '.join(cfg.bands or ['(defaults)'])}",
         f"- target dates moved by {cfg.target_shifts_days} days (then composited like any input)",
-        f"- networks: Adam lr {train.lr}, batch {train.batch_size}, {train.epochs} epochs, weight decay "
+        "- networks: Adam "
+        + (f"lr {train.lr}" if train.schedule == "constant"
+           else f"with a {train.schedule} schedule peaking at lr {train.lr}")
+        + f", batch {train.batch_size}, {train.epochs} epochs, weight decay "
         f"{train.weight_decay}, class-balanced cross-entropy, stratified validation split {train.val_fraction} "
         "of the source (never augmented), "
         + ("best-validation-macro-F1 epoch kept" if train.epoch_choice == "best" else "last epoch kept")
