@@ -39,6 +39,6 @@ def test_real_country_trains_cropnet_v1_with_the_default_recipe(demo_paths, pref
     n = count_parameters(ckpt.model)
     assert n == count_parameters(build_model("cropnet", n_bands=10, n_classes=8, **CROPNET_V1)) == 4_692_168
     train = ckpt.config
-    assert (train["lr"], train["batch_size"], train["augment"], train["epochs"], train["epoch_choice"]) == \
-        (1e-3, 64, "all", 1, "last")
+    assert (train["lr"], train["schedule"], train["batch_size"], train["augment"], train["epochs"],
+            train["epoch_choice"]) == (3e-3, "onecycle", 64, "all", 1, "last")
     assert train["model_options"] == {}  # the registry's CropNet v1, not a slimmed net

@@ -56,14 +56,14 @@ __all__ = ["COUNTRY", "DemoSpec", "DemoPaths", "EARTH_SEARCH_KEYS", "DEMO_TRAINI
 #: 60 m eroded), 30 epochs, all three phenology augmentations (the west half holds only ~68 distinct
 #: series: augmentation is what keeps the net from memorising them; see docs/demo.md) and a SLIM CropNet
 #: (32-64 channels, stride 2: ~0.1M parameters, not the paper's 4.7M) so that training takes well under a
-#: minute on 2 shared cores; 20 % held out and the best-validation epoch kept, the settings its documented
-#: figures were measured with. A real country trains CropNet v1 with the TrainingSettings defaults.
+#: minute on 2 shared cores; a constant rate, 20 % held out and the best-validation epoch kept, the settings
+#: its documented figures were measured with. A real country trains CropNet v1 with the TrainingSettings defaults.
 #: The country config of the DEMO scenario (``configs/countries/DEMO.yaml``).
 COUNTRY = "DEMO"
 
 DEMO_TRAINING = TrainingSettings(
-    cell_deg=0.0005, per_cell=1, epochs=30, lr=1e-3, batch_size=64, augment="all", val_fraction=0.2,
-    epoch_choice="best",
+    cell_deg=0.0005, per_cell=1, epochs=30, lr=1e-3, schedule="constant", batch_size=64, augment="all",
+    val_fraction=0.2, epoch_choice="best",
     model_options={"channels": [32, 32, 64, 64], "first_stride": 2, "pool_after": [], "dropout": 0.2})
 
 
