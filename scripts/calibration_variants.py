@@ -1,7 +1,7 @@
 """Can any temperature fitted on the validation split lower the test ECE of Victoria's CropNet? Measured on
 the networks that ``cropmap experiment configs/experiments/victoria-reference-recipe.yaml --cache-dir DIR``
 trained (CropNet 2D), on the Victoria test split at each of its date shifts: the best-validation-epoch
-networks of every recipe, and those of the default recipe.
+networks of every recipe, and those of the default recipe and of the one before it.
 
     .venv/bin/python scripts/calibration_variants.py [DIR] [--out docs/results/calibration-variants]
 
@@ -39,7 +39,8 @@ from cropmap.research.variants import variants
 from cropmap.samples.sources import read_sample_set
 
 CONFIG = "configs/experiments/victoria-reference-recipe.yaml"
-DEFAULT_RECIPE = "reference-val10-last"  # cropmap's default training recipe (TrainConfig)
+#: cropmap's default training recipe (TrainConfig) and the one before it (2026-12-06)
+DEFAULT_RECIPES = {"reference-val10-last-onecycle3": "The default recipe", "reference-val10-last": "The default before"}
 
 
 def main() -> None:
@@ -92,16 +93,18 @@ def main() -> None:
     out = Path(args.out)
     frame.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
     best = frame[frame.epoch_choice == "best"]
-    default = frame[(frame.recipe == DEFAULT_RECIPE) & (frame.augment == "all")]
     lines = ["# Temperature fits against the test ECE (Victoria, CropNet 2D)", "",
              f"Produced by `.venv/bin/python scripts/calibration_variants.py {args.cache}` from the checkpoints of "
              f"`{CONFIG}`; what each fit is: the script's docstring. Means over the networks (per network: the "
              "CSV); the noise floor is the ECE a perfectly calibrated model with the same confidences shows on "
              "the 400 test targets.", ""]
-    for title, part in ((f"The {best[['recipe', 'augment', 'seed']].drop_duplicates().shape[0]} best-validation-epoch "
-                         "networks (every recipe and augmentation)", best),
-                        (f"The default recipe ({DEFAULT_RECIPE}, all three augmentations, last epoch, "
-                         f"{default.seed.nunique()} seeds)", default)):
+    parts = [(f"The {best[['recipe', 'augment', 'seed']].drop_duplicates().shape[0]} best-validation-epoch "
+              "networks (every recipe and augmentation)", best)]
+    for recipe, name in DEFAULT_RECIPES.items():
+        default = frame[(frame.recipe == recipe) & (frame.augment == "all")]
+        parts.append((f"{name} ({recipe}, all three augmentations, last epoch, {default.seed.nunique()} seeds)",
+                      default))
+    for title, part in parts:
         lines += [f"## {title}", ""] + _table(part) + [""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
