@@ -90,8 +90,8 @@ def test_a_calibrated_softmax_keeps_the_temperature_at_one():
 def test_temperature_in_checkpoint_lowers_test_ece(shared_data, tmp_path):
     x, y = _matrix("train")
     x_test, y_test = _matrix("test")
-    cfg = TrainConfig(model="cropnet1d", model_options={"channels": [16] * 4}, epochs=15, lr=3e-3, batch_size=32,
-                      val_fraction=0.2, epoch_choice="best", progress=False, device="cpu", seed=0)
+    cfg = TrainConfig(model="cropnet1d", model_options={"channels": [16] * 4}, epochs=15, lr=3e-3, schedule="constant",
+                      batch_size=32, val_fraction=0.2, epoch_choice="best", progress=False, device="cpu", seed=0)
     result = train_model(x, y, window_start=0, n_bins=SEASON.n_bins, n_classes=8, config=cfg)
     assert result.temperature == result.val_scores["temperature"] != 1.0
     path = save_checkpoint(tmp_path / "m.pt", model=result.model, model_name="cropnet1d",

@@ -37,8 +37,8 @@ def trained(shared_data, tmp_path_factory):
     x = _matrix(train)
     # trained far enough to tell the classes apart (OA ~0.85 on the test split): the score measures the
     # features the network learned, which a 2-epoch net has not
-    cfg = TrainConfig(model="cropnet1d", model_options={"channels": [32] * 4}, epochs=10, lr=3e-3, batch_size=32,
-                      val_fraction=0.2, epoch_choice="best", progress=False, device="cpu", seed=1)
+    cfg = TrainConfig(model="cropnet1d", model_options={"channels": [32] * 4}, epochs=10, lr=3e-3, schedule="constant",
+                      batch_size=32, val_fraction=0.2, epoch_choice="best", progress=False, device="cpu", seed=1)
     result = train_model(x, train["label"].values, window_start=0, n_bins=VIC_SEASON.n_bins, n_classes=8, config=cfg)
     path = save_checkpoint(tmp_path_factory.mktemp("ood") / "m.pt", model=result.model, model_name="cropnet1d",
                            model_config=result.model_config, feature_kind="2d",
