@@ -39,8 +39,10 @@ from cropmap.research.variants import variants
 from cropmap.samples.sources import read_sample_set
 
 CONFIG = "configs/experiments/victoria-reference-recipe.yaml"
-#: cropmap's default training recipe (TrainConfig) and the one before it (2026-12-06)
-DEFAULT_RECIPES = {"reference-val10-last-onecycle3": "The default recipe", "reference-val10-last": "The default before"}
+#: cropmap's default training recipe (TrainConfig) and the two before it (both 2026-12-06)
+DEFAULT_RECIPES = {"reference-val10-last-onecycle3-50ep": "The default recipe",
+                   "reference-val10-last-onecycle3": "The default before (40 epochs)",
+                   "reference-val10-last": "The default before that (constant lr 1e-3)"}
 
 
 def main() -> None:

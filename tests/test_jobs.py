@@ -160,7 +160,7 @@ def test_training_defaults_are_cropnet_v1_with_the_measured_recipe_and_the_demo_
 
     default = TrainingSettings().train_config()
     assert (default.model, default.model_options, default.lr, default.schedule, default.batch_size, default.epochs,
-            default.augment, default.epoch_choice) == ("cropnet", {}, 3e-3, "onecycle", 64, 40, "all", "last")
+            default.augment, default.epoch_choice) == ("cropnet", {}, 3e-3, "onecycle", 64, 50, "all", "last")
     assert (TrainingSettings().erosion_m, TrainingSettings().cell_deg) == (60.0, 0.1)
     assert DEMO_TRAINING.model_options["channels"] == [32, 32, 64, 64] and DEMO_TRAINING.cell_deg == 0.0005
     assert (DEMO_TRAINING.lr, DEMO_TRAINING.schedule, DEMO_TRAINING.epoch_choice) == (1e-3, "constant", "best")

@@ -12,7 +12,7 @@ executor (:mod:`cropmap.jobs.executors`) can run each as one task:
 
 :class:`TrainingSettings` defaults to the paper's CropNet v1 (4.69M parameters) with the recipe measured
 best (:class:`~cropmap.ml.train.TrainConfig`: Adam with a OneCycle schedule peaking at lr 3e-3, batch 64,
-40 epochs, 10 % of the fields held out, last epoch kept), time shift + time scale + magnitude warp (each
+50 epochs, 10 % of the fields held out, last epoch kept), time shift + time scale + magnitude warp (each
 p = 0.5), 60 m inward buffer, sampling on a 0.1 degree grid; the paper's own recipe is ``lr=1e-4,
 batch_size=256, epochs=50, schedule="constant"``. A scenario (the DEMO's CPU-sized settings) or a run may
 change any of it.
