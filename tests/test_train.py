@@ -133,6 +133,35 @@ def test_training_learns_the_real_classes(victoria):
     assert r.val_scores["val_macro_f1"] > 0.35
 
 
+def test_bf16_precision_runs_the_training_steps_in_bf16_keeps_float32_weights_and_learns(victoria, monkeypatch):
+    """``precision: bf16``: the training forward passes compute in bfloat16 (autocast), the validation
+    passes, weights and checkpoint stay float32, and the network still learns the real classes."""
+    import cropmap.ml.train as train_module
+
+    seen, build = [], train_module.build_model
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv1d))
+        first_conv.register_forward_hook(lambda m, inputs, out: seen.append((m.training, out.dtype)))
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", recording)
+    x, y, _ = victoria
+    r = _train(x, y, seed=0, epochs=8, precision="bf16")
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in r.model.state_dict().values() if p.is_floating_point())
+    # learns as fp32 does (one class everywhere scores 0.028; fp32, same seed: 0.38)
+    fp32 = _train(x, y, seed=0, epochs=8).val_scores["val_macro_f1"]
+    assert r.val_scores["val_macro_f1"] > 0.3 and abs(r.val_scores["val_macro_f1"] - fp32) < 0.1, fp32
+    # keys made before the option existed still name the fp32 networks; bf16 ones are others
+    assert "precision" not in TrainConfig().key_fields()
+    assert TrainConfig(precision="bf16").key_fields()["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
 def test_training_rejects_bad_input(victoria):
     x, y, _ = victoria
     with pytest.raises(ConfigError, match="two classes"):
