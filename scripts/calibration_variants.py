@@ -1,7 +1,7 @@
 """Can any temperature fitted on the validation split lower the test ECE of Victoria's CropNet? Measured on
 the networks that ``cropmap experiment configs/experiments/victoria-reference-recipe.yaml --cache-dir DIR``
 trained (CropNet 2D), on the Victoria test split at each of its date shifts: the best-validation-epoch
-networks of every recipe, and those of the default recipe and of the one before it.
+networks of every recipe, and those of the default recipe and of the two before it.
 
     .venv/bin/python scripts/calibration_variants.py [DIR] [--out docs/results/calibration-variants]
 

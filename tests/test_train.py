@@ -108,19 +108,26 @@ def test_epoch_choice_last_keeps_the_final_weights(victoria):
     assert last.val_scores["val_macro_f1"] == last.history[-1]["val_macro_f1"]
 
 
-@pytest.mark.parametrize("batching, sizes", [("fixed", [96, 96, 96, 32]), ("even", [80, 80, 80, 80])])
-def test_batching_cuts_an_epoch_as_asked(victoria, monkeypatch, batching, sizes):
-    """320 training series at batch 96: ``fixed`` leaves a remainder of 32, ``even`` four batches of 80."""
+def _on_build(monkeypatch, hook) -> None:
+    """Make train_model's ``build_model`` call ``hook(model)`` on each model it builds (to register hooks)."""
     import cropmap.ml.train as train_module
 
-    seen, build = [], train_module.build_model
+    build = train_module.build_model
 
     def recording(*args, **kwargs):
         model = build(*args, **kwargs)
-        model.register_forward_pre_hook(lambda m, inputs: seen.append(len(inputs[0])) if m.training else None)
+        hook(model)
         return model
 
     monkeypatch.setattr(train_module, "build_model", recording)
+
+
+@pytest.mark.parametrize("batching, sizes", [("fixed", [96, 96, 96, 32]), ("even", [80, 80, 80, 80])])
+def test_batching_cuts_an_epoch_as_asked(victoria, monkeypatch, batching, sizes):
+    """320 training series at batch 96: ``fixed`` leaves a remainder of 32, ``even`` four batches of 80."""
+    seen = []
+    _on_build(monkeypatch, lambda model: model.register_forward_pre_hook(
+        lambda m, inputs: seen.append(len(inputs[0])) if m.training else None))
     x, y, _ = victoria
     _train(x, y, seed=0, epochs=1, batch_size=96, batching=batching)
     assert seen == sizes
@@ -136,17 +143,9 @@ def test_training_learns_the_real_classes(victoria):
 def test_bf16_precision_runs_the_training_steps_in_bf16_keeps_float32_weights_and_learns(victoria, monkeypatch):
     """``precision: bf16``: the training forward passes compute in bfloat16 (autocast), the validation
     passes, weights and checkpoint stay float32, and the network still learns the real classes."""
-    import cropmap.ml.train as train_module
-
-    seen, build = [], train_module.build_model
-
-    def recording(*args, **kwargs):
-        model = build(*args, **kwargs)
-        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv1d))
-        first_conv.register_forward_hook(lambda m, inputs, out: seen.append((m.training, out.dtype)))
-        return model
-
-    monkeypatch.setattr(train_module, "build_model", recording)
+    seen = []
+    _on_build(monkeypatch, lambda model: next(m for m in model.modules() if isinstance(m, torch.nn.Conv1d))
+              .register_forward_hook(lambda m, inputs, out: seen.append((m.training, out.dtype))))
     x, y, _ = victoria
     r = _train(x, y, seed=0, epochs=8, precision="bf16")
     assert {dtype for training, dtype in seen if training} == {torch.bfloat16}

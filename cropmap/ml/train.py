@@ -78,8 +78,8 @@ class TrainConfig(BaseModel):
     #: or ``even`` (as many batches, of nearly equal size: 392 series at 64 give 7 of 56, not 6 of 64 and 8)
     batching: Literal["fixed", "even"] = "fixed"
     #: arithmetic of the training steps' forward pass: ``fp32``, or ``bf16`` autocast (weights, optimiser
-    #: and the validation pass stay float32): 2.4x faster steps on a CPU with native bf16 (AVX-512 BF16 /
-    #: AMX; bench/train_precision.py, docs/performance.md), emulated and slower on one without
+    #: and the validation pass stay float32): 2.06x faster CropNet steps on a CPU with native bf16 (AVX-512
+    #: BF16 / AMX; bench/train_precision.py, docs/performance.md), emulated and slower on one without
     precision: Literal["fp32", "bf16"] = "fp32"
     augment: str = "none"
     augment_options: dict[str, Any] = Field(default_factory=dict)
