@@ -5,7 +5,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 
 | variable | what |
 |---|---|
-| ``CROPMAP_CONFIGS_DIR`` | folder of country configs (default ``configs/countries`` of the checkout) |
+| ``CROPMAP_CONFIGS_DIR`` | folder of country configs (default the ``configs/countries`` shipped in the package) |
 | ``CROPMAP_DATA_DIR`` | folder of the real public data sets (default ``../shared/data`` beside the checkout) |
 | ``CROPMAP_DOWNLOAD`` | ``1``: fetch a missing data file from its pinned public source |
 | ``CROPMAP_DATA_URL_BASE`` | base URL of those sources (default ``https://raw.githubusercontent.com``) |

@@ -1,42 +1,8 @@
-"""build-cube: country -> tiles -> 5-day median cubes, one task per tile on a Dask cluster.
+"""``python -m flows.build_cube`` in a checkout: the flow of :mod:`cropmap.flows.build_cube`, run in this process."""
 
-Wiring only: the country is resolved once (:func:`cropmap.scenarios.resolve_run`), then
-:func:`cropmap.jobs.tile_pipeline.run_tiles` submits one ``cube-tile`` task per tile. Cubes go to
-``<out>/<country>/<run key>/cubes/<tile id>.zarr`` (``<out>``: a folder or an fsspec URL, see
-:func:`cropmap.jobs.country_run.output_root`); a complete cube is skipped, so a rerun (after a kill,
-say) builds only the missing tiles.
-"""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # loaded by file path (a deployment's entrypoint): make `flows` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prefect import flow
-from prefect.artifacts import create_table_artifact
-
-from cropmap.jobs.tile_pipeline import run_tiles
-from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
-from flows import tasks
-from flows._runner import task_runner
+from cropmap.flows.build_cube import build_cube
 
 __all__ = ["build_cube"]
-
-
-@flow(name="build-cube", task_runner=task_runner(), log_prints=True)
-def build_cube(country: str = DEFAULT_COUNTRY, year: int | None = None, tile_limit: int | None = None,
-               out_dir: str | None = None) -> dict:
-    """Build the tile cubes of ``country`` (at most ``tile_limit`` tiles); returns the tile summary."""
-    run = resolve_run(country, year=year, out_dir=out_dir)  # an unknown country fails here, before any task
-    summary = run_tiles(tasks.executor(), run, run.tiles(tile_limit=tile_limit))
-    create_table_artifact(key=f"cubes-{run.code.lower()}", table=summary.table(),
-                          description=f"{run.code} {run.year}: tile cubes in {run.cube_dir}")
-    print(f"{summary.describe()}; cubes in {run.cube_dir}")
-    return {"cube_dir": str(run.cube_dir), "tiles": summary.rows()}
-
 
 if __name__ == "__main__":
     build_cube()

@@ -22,7 +22,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from flows.transfer import SOURCE, TARGET, transfer  # noqa: E402
+from cropmap.flows.transfer import SOURCE, TARGET, transfer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

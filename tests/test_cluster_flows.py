@@ -85,8 +85,8 @@ def _map(address: str | None, out: Path | str | None, model: str, country: str =
          tile_limit: int | None = TILE_LIMIT) -> dict:
     """map-country with the flows' own task runner: ``address`` None = their LocalCluster; ``out`` None =
     the environment's output location."""
-    from flows._runner import task_runner
-    from flows.map_country import map_country
+    from cropmap.flows._runner import task_runner
+    from cropmap.flows.map_country import map_country
 
     return map_country.with_options(task_runner=task_runner(address))(
         country=country, model=model, out_dir=None if out is None else str(out), tile_limit=tile_limit)
@@ -240,8 +240,8 @@ def test_map_country_on_external_scheduler_survives_a_killed_worker(env, checkpo
 
 _KILLABLE_RUN = """
 import sys
-from flows._runner import task_runner
-from flows.map_country import map_country
+from cropmap.flows._runner import task_runner
+from cropmap.flows.map_country import map_country
 # one Dask thread: tiles are predicted one after another, so a kill after the first lands mid-run
 map_country.with_options(task_runner=task_runner(None, threads=1))(
     country="DEMO", model=sys.argv[1], out_dir=sys.argv[2], tile_limit=int(sys.argv[3]))

@@ -454,7 +454,7 @@ def test_prefect_retries_io_errors_only_and_the_io_tasks_have_time_limits(prefec
     from prefect import flow, task
 
     from cropmap.errors import AssetReadError, CatalogError, ConfigError, IncompatibleInputError
-    from flows import tasks
+    from cropmap.flows import tasks
 
     use_prefect_env(monkeypatch, {"PREFECT_API_URL": prefect_server[0]})
     errors = {"config": ConfigError("bad value"), "season": IncompatibleInputError("season differs"),

@@ -55,7 +55,7 @@ def test_every_prefect_task_takes_the_parameters_of_its_job_function():
     the job (and passed by the jobs) but not to the task fails every flow run, so they must agree."""
     import inspect
 
-    from flows.tasks import executor
+    from cropmap.flows.tasks import executor
 
     pairs = executor().tasks.items()
     assert pairs

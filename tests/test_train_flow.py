@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_real_country_trains_cropnet_v1_with_the_default_recipe(demo_paths, prefect_server, tmp_path, monkeypatch):
-    from flows.train_model import train_model
+    from cropmap.flows.train_model import train_model
 
     west = part_bounds(read_layout(demo_paths.root), "west")
     from pyproj import Transformer

@@ -34,8 +34,8 @@ from cropmap.settings import get_settings
 __all__ = ["CatalogConfig", "OutlinePart", "OutlineConfig", "ScenarioRef", "CountryConfig", "load_country", "known_countries", "configs_folder",
            "DEFAULT_CONFIGS_DIR", "EARTH_SEARCH"]
 
-#: ``configs/countries`` of the checkout.
-DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs" / "countries"
+#: ``configs/countries`` of the installed package.
+DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "countries"
 #: Earth Search v1, the default STAC API (Sentinel-2 L2A COGs on AWS, no credentials needed).
 EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
 _CODE = re.compile(r"^[A-Z]{3,4}$")
@@ -196,7 +196,7 @@ class CountryConfig(BaseModel):
 
 
 def configs_folder(configs_dir: str | Path | None = None) -> Path:
-    """``configs_dir``, else ``$CROPMAP_CONFIGS_DIR``, else the checkout's ``configs/countries``."""
+    """``configs_dir``, else ``$CROPMAP_CONFIGS_DIR``, else the package's own ``configs/countries``."""
     if configs_dir is not None:
         return Path(configs_dir).expanduser()
     return get_settings().configs_dir or DEFAULT_CONFIGS_DIR

@@ -3,12 +3,15 @@
 The folder comes from ``$CROPMAP_DATA_DIR``; without it, from ``../shared/data`` beside the checkout.
 A missing file raises :class:`~cropmap.errors.DataNotFoundError` naming its public source. With
 ``download=True`` (or ``$CROPMAP_DOWNLOAD=1``) the file is fetched from that source into the cache
-(``$CROPMAP_CACHE_DIR``, default ``~/.cache/cropmap``) instead.
+(``$CROPMAP_CACHE_DIR``, default ``~/.cache/cropmap``) instead. The Natural Earth outlines that country
+configs use need neither: the pinned files ship in the pyogrio wheel, a dependency, and are read from there.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import http.client
 import sys
 import urllib.request
@@ -31,6 +34,10 @@ class PublicSource:
     commit: str
     path: str
     sha256: str
+    #: the same file inside an installed package, as ``"package:relative/path"`` (used when its checksum
+    #: is the pinned one): the Natural Earth outlines ship in pyogrio's wheel, a dependency, so a flow
+    #: run, a worker or the image has them with no data folder and no download
+    packaged: str | None = None
 
     @property
     def url(self) -> str:
@@ -65,7 +72,8 @@ SOURCES: dict[str, PublicSource] = {
         _GFMAP, "d6c21cc", "tests/tests_unit/resources/cdse_sentinel2_l2a.nc",
         "9e8798bdeba1b40ffd3b24ac2babc4bca9bfcf26121e32be5d4353a460f1dc8d"),
     # a shapefile is read with its sidecars: data_file fetches them with the .shp
-    **{f"naturalearth_lowres/naturalearth_lowres.{ext}": PublicSource(*_NE, f"{_NE_PATH}.{ext}", digest)
+    **{f"naturalearth_lowres/naturalearth_lowres.{ext}": PublicSource(
+        *_NE, f"{_NE_PATH}.{ext}", digest, packaged=f"pyogrio:{_NE_PATH.removeprefix('pyogrio/')}.{ext}")
        for ext, digest in {"shp": "08e341606e8391e458c3f08deb312de664b56bfae376064c5aa0aee6681a5f55",
                            "shx": "8b0be2ad97dd484aee5c2ebc98697d5372e832b8ae58a35a661aeef6b985668d",
                            "dbf": "d2ae1c99adcf8e4586a5b12c639672035fa2f3f469e7255947de00401c3ed7e1",
@@ -97,7 +105,8 @@ def _cache_dir() -> Path:
 def data_file(relpath: str, *, download: bool | None = None) -> Path:
     """Path of a data file, e.g. ``data_file("victoria_s2/train_dataset.csv")``.
 
-    Looks in :func:`data_dir`, then in the download cache. If absent and downloading is allowed
+    Looks in :func:`data_dir`, then in the download cache, then in the installed package that ships the
+    pinned file (:attr:`PublicSource.packaged`, checksum checked). If absent and downloading is allowed
     (``download=True`` or ``$CROPMAP_DOWNLOAD=1``), fetches it from its public source; otherwise
     raises :class:`DataNotFoundError` naming that source.
     """
@@ -108,6 +117,9 @@ def data_file(relpath: str, *, download: bool | None = None) -> Path:
     if cached.exists():
         return cached
     source = SOURCES.get(relpath)
+    packaged = _packaged_copy(relpath)
+    if packaged is not None:
+        return packaged
     if download is None:
         download = get_settings().download_enabled
     if source is None:
@@ -122,6 +134,26 @@ def data_file(relpath: str, *, download: bool | None = None) -> Path:
         if not (local.parent / Path(sidecar).name).exists() and not (_cache_dir() / sidecar).exists():
             _download(SOURCES[sidecar], _cache_dir() / sidecar)
     return _download(source, cached)
+
+
+@functools.cache
+def _packaged_copy(relpath: str) -> Path | None:
+    """The installed package's copy of ``relpath`` when it and all its sidecars are the pinned files."""
+    wanted = [relpath, *_sidecars(relpath)]
+    found = []
+    for rel in wanted:
+        source = SOURCES.get(rel)
+        if source is None or source.packaged is None:
+            return None
+        package, inner = source.packaged.split(":", 1)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = Path(next(iter(spec.submodule_search_locations))) / inner
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != source.sha256:
+            return None
+        found.append(path)
+    return found[0]
 
 
 def _download(source: PublicSource, target: Path) -> Path:

@@ -1,5 +1,5 @@
 """Shared wiring of the flows: the Dask task runner, and the executor that runs cropmap's job functions as
-this flow's Prefect tasks (:mod:`flows.tasks`)."""
+this flow's Prefect tasks (:mod:`cropmap.flows.tasks`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from prefect_dask import DaskTaskRunner
 from cropmap.jobs.cluster import dask_target
 from cropmap.jobs.executors import first_completed
 from cropmap.settings import get_settings
-from flows import _prefect_engine
+from cropmap.flows import _prefect_engine
 
 __all__ = ["task_runner", "PrefectExecutor"]
 

@@ -16,8 +16,8 @@ on the tiles' CPUs (docs/performance.md; upstream PrefectHQ/prefect#19106).
 
 It is idempotent, and it leaves Prefect untouched when the engine's shape differs from the one it was
 written against (Prefect 3.x: ``hydrated_context`` in ``prefect.context``, imported by name into
-``prefect.task_engine``). :mod:`flows._runner` installs it at import, so every process that runs
-cropmap's tasks (a Dask worker imports :mod:`flows.tasks` to unpickle them) has it, unless that
+``prefect.task_engine``). :mod:`cropmap.flows._runner` installs it at import, so every process that runs
+cropmap's tasks (a Dask worker imports :mod:`cropmap.flows.tasks` to unpickle them) has it, unless that
 process's environment sets ``CROPMAP_PREFECT_REUSE=0``.
 """
 

@@ -4,7 +4,7 @@ and only on I/O-shaped errors (:func:`cropmap.errors.is_transient`): a ConfigErr
 not fit fails at once. Those two have a time limit too (``$CROPMAP_SEARCH_TIMEOUT_S``,
 ``$CROPMAP_CUBE_TIMEOUT_S``; a hung read then fails the tile, which the next run retries).
 
-:func:`executor` gives the :class:`flows._runner.PrefectExecutor` that the job functions of
+:func:`executor` gives the :class:`cropmap.flows._runner.PrefectExecutor` that the job functions of
 :mod:`cropmap.jobs.mapping` submit to.
 """
 
@@ -21,7 +21,7 @@ from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeResult
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.predict import TileResult
-from flows._runner import PrefectExecutor
+from cropmap.flows._runner import PrefectExecutor
 
 __all__ = ["executor", "retry_io_only"]
 

@@ -1,0 +1,123 @@
+"""map-country: country, year, model -> tile cubes -> predictions -> COG mosaics + STAC item + quicklook.
+
+Wiring only: the country is resolved once (:func:`cropmap.scenarios.resolve_run`) into the run every
+task receives, and :func:`cropmap.jobs.mapping.map_country` does the job with this flow's tasks
+(:mod:`cropmap.flows.tasks`). Outputs under ``<out>/<country>/<run key>/``: ``cubes/`` (Zarr per tile),
+``tiles/`` (per-tile GeoTIFFs), ``maps/`` (``<country>_class.tif``, ``<country>_confidence.tif``,
+``<country>.json``, ``<country>_quicklook.png``, ``accuracy.json`` and ``model_card.md``: the checkpoint's card
+with this score among its transfer scores). ``<out>`` is a folder or an fsspec
+URL (``s3://bucket/runs``): the ``out_dir`` parameter, else ``$CROPMAP_OUTPUT_URL``, else
+``$CROPMAP_OUTPUT_DIR`` (:func:`cropmap.jobs.country_run.output_root`), so Kubernetes workers need no
+shared volume. Finished tiles are skipped, so a run killed midway and started again computes only the
+missing tiles. Without ``model``, a country whose scenario supplies labels (the DEMO) is trained first
+and, when the scenario holds back an area, the map is scored there.
+
+``predict-tile`` tasks request the Dask resource ``GPU=1`` when the cluster has GPU workers: the
+``gpu_workers`` parameter, else ``$CROPMAP_GPU_WORKERS`` (:func:`cropmap.jobs.cluster.gpu_workers_enabled`).
+
+    prefect deployment run map-country/map-country --param country=DEMO
+    python -m cropmap.flows.map_country --country DEMO [--out DIR] [--tile-limit N]     (the same, in-process)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from cropmap.errors import CropmapError
+from cropmap.jobs import mapping
+from cropmap.jobs.cluster import gpu_workers_enabled
+from cropmap.jobs.reports import map_lines, plan_table, quicklook_markdown
+from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
+from cropmap.flows import tasks
+from cropmap.flows._runner import task_runner
+
+__all__ = ["map_country", "print_map_result"]
+
+
+@flow(name="map-country", task_runner=task_runner(), log_prints=True)
+def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
+                tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
+                parts: list[str] | None = None, overwrite: bool = False, area_samples: str | None = None,
+                admin_units: str | None = None, admin_field: str | None = None) -> dict:
+    """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
+    one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
+    GPU workers; ``parts``: the outline parts to map (default: the config's default parts);
+    ``overwrite``: rebuild the finished tiles' cubes and predictions too (e.g. after the catalog was
+    reprocessed; incomplete cubes are rebuilt without it); ``area_samples``: labelled points drawn on this
+    map (`cropmap area sample`) for area estimates with 95 % CIs; ``admin_units`` (a polygon file) and
+    ``admin_field`` (its name column): mapped hectares per class per unit. Both land in ``maps/<key>/area/``."""
+    gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
+    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts)  # so do an unknown country and output
+    print(plan_table(run))
+    result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit,
+                                 overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
+                                 admin_field=admin_field)
+    summary, accuracy = result.tiles, result.accuracy
+    create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
+                          description=f"{run.code} {run.year}: {summary.describe()}")
+    if accuracy is not None and accuracy["n"]:  # n 0: the mapped tiles miss the scored area
+        create_table_artifact(key=f"accuracy-{run.code.lower()}", description=(
+            f"{run.scenario.description}: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
+            table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
+    for line in map_lines(result):
+        print(line)
+    if result.mosaic is not None:
+        create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
+            [f"# {run.config.name} {run.year}", quicklook_markdown(result.mosaic.quicklook), ""]
+            + [f"- {k}: `{v}`" for k, v in {**result.mosaic.cogs, "STAC item": result.mosaic.stac_item}.items()]))
+    mapping.check_complete(result)  # failed tiles or zones: the others' products are written, the run Fails
+    return {"cogs": {k: str(v) for k, v in result.mosaic.cogs.items()}, "item": str(result.mosaic.stac_item),
+            "quicklook": str(result.mosaic.quicklook),
+            "zones": {e: {k: str(v) for k, v in z.cogs.items()} for e, z in result.zones.items()},
+            "accuracy": accuracy, "accuracy_path": result.accuracy_path, "tiles": summary.rows(),
+            "model": result.model, "key": result.key, "season_offsets": result.season_offsets, "area": result.area}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cropmap.flows.map_country``: the flow in this process (a temporary Prefect server when no
+    ``PREFECT_API_URL`` is set); one-line error and exit code 2 on a cropmap error."""
+    parser = argparse.ArgumentParser(prog="python -m cropmap.flows.map_country", description=__doc__.splitlines()[0])
+    parser.add_argument("--country", default=DEFAULT_COUNTRY)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--year", type=int, default=None)
+    parser.add_argument("--out", default=None, help="output root: a folder or an fsspec URL")
+    parser.add_argument("--tile-limit", type=int, default=None)
+    parser.add_argument("--parts", nargs="+", default=None, help="outline parts to map (default: the config's)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild finished cubes and predictions too")
+    args = parser.parse_args(argv)
+    try:
+        result = map_country(country=args.country, model=args.model, year=args.year, out_dir=args.out,
+                             tile_limit=args.tile_limit, parts=args.parts, overwrite=args.overwrite)
+    except CropmapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("")
+    print_map_result(result)
+    return 0
+
+
+def print_map_result(result: dict) -> None:
+    """Where the products of a map-country ``result`` are, and its score if the run was scored."""
+    print(f"national class COG: {result['cogs']['class']}")
+    print(f"confidence COG:     {result['cogs'].get('confidence')}")
+    print(f"STAC item:          {result['item']}")
+    print(f"quicklook:          {result['quicklook']}")
+    print(f"model:              {result['model']}")
+    if result.get("season_offsets"):
+        print("season offset:      " + ", ".join(f"{h}: {m} months" for h, m in result["season_offsets"].items()))
+    if result["accuracy"] is not None:
+        acc = result["accuracy"]
+        print(f"accuracy report:    {result['accuracy_path']}")
+        if acc["n"]:
+            print(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+            print("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
+        else:
+            print("not scored:         the mapped tiles hold no pixel of the scored area")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
