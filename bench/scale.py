@@ -253,8 +253,7 @@ def main() -> None:
     env = {**os.environ, "CROPMAP_CONFIGS_DIR": str(out / "configs"), "CROPMAP_DEMO_DIR": str(out / "demo"),
            "PREFECT_HOME": str(out / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DASK_LOGGING__DISTRIBUTED": "warning", "OMP_NUM_THREADS": "1",
-           "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__STATUS__TASK_STREAM_LENGTH": "1000000",
-           "PYTHONPATH": str(REPO)}  # the workers unpickle the tasks of flows/
+           "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__STATUS__TASK_STREAM_LENGTH": "1000000"}
     os.environ.update({k: env[k] for k in ("CROPMAP_CONFIGS_DIR", "CROPMAP_DEMO_DIR")})
     print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                       "tiles": args.tiles_x * args.tiles_y, "tile_px": args.tile_px, "workers": args.workers}))
@@ -310,7 +309,7 @@ def main() -> None:
             services = dict(zip(("prefect_server", "scheduler", "workers"), procs))
             before = {name: cpu_seconds(p) for name, p in services.items()}
             start = time.time()
-            cmd = [py, "-m", "flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
+            cmd = [py, "-m", "cropmap.flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
                    "--out", str(out / f"runs-{label}-{n}")]
             log = open(out / f"flow-{label}-{n}.log", "w")
             proc = subprocess.Popen(cmd, env=run_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 DASK = Path(sys.executable).with_name("dask")
-TESTS = Path(__file__).resolve().parent
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -29,13 +28,15 @@ def wait_for(predicate, timeout: float, what: str):
 def spawn_dask(args: Sequence[str], log: Path) -> subprocess.Popen:
     """``dask <args>`` in its own session (a kill reaches only this process), output to ``log``.
 
-    Workers import test helpers by name, like any task function: a cluster needs the client's
-    software, here tests/ on the path.
+    Started as the image starts its scheduler and workers: the installed package only, no
+    ``PYTHONPATH`` and the working directory elsewhere (``log``'s folder), so a task that needs the
+    checkout fails here as it would on Kubernetes. Tests whose tasks are test functions ship them by
+    value (``cloudpickle.register_pickle_by_value``).
     """
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"
     return subprocess.Popen([str(DASK), *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+                            start_new_session=True, env=env, cwd=log.parent)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import dask_processes
 import numpy as np
 import pytest
 import xarray as xr
@@ -42,6 +43,12 @@ def scheduler(tmp_path_factory):
     common = ["--nthreads", "1", "--memory-limit", "1GiB"]
     workers = {"w0": common, "w1": [*common, "--resources", f"{GPU_RESOURCE}=1"]}
     with dask_cluster_processes(tmp_path_factory.mktemp("dask"), workers, timeout=30) as started:
+        # the processes run the installed package only (tests/dask_processes.py): the test functions
+        # they run travel as files, the way Dask ships a client's own code
+        with dask_target(started[0]).client() as client:
+            client.wait_for_workers(len(workers), timeout=60)
+            for module in (dask_processes.__file__, __file__):
+                client.upload_file(module)
         yield started
 
 
@@ -147,6 +154,26 @@ def _worker_name(i: int) -> str:
     from distributed import get_worker
 
     return get_worker().name
+
+
+def test_workers_of_the_installed_package_run_the_flows_tasks(scheduler):
+    """A worker started as the image starts it (installed package, no PYTHONPATH, another working directory)
+    unpickles the flows' Prefect tasks and reads the packaged country configs and outlines. Fails when the
+    tasks live outside the installed package (the checkout's top-level ``flows``: "No module named 'flows'")."""
+    from cropmap.flows import tasks
+    from cropmap.io.config import load_country
+    from cropmap.io.outlines import load_aoi
+
+    address, _ = scheduler
+    with dask_target(address).client() as client:
+        client.wait_for_workers(1, timeout=60)
+        # a Task object is pickled with a reference to its function's module, as the task runner ships it
+        task_module = client.submit(lambda t: t.fn.__module__, tasks.cube_tile, pure=False).result(timeout=60)
+        assert task_module == tasks.cube_tile.fn.__module__
+        argentina = client.submit(load_country, "ARG", pure=False).result(timeout=60)
+        assert argentina.code == "ARG" and argentina.catalog is not None
+        outline = client.submit(load_aoi, argentina, pure=False).result(timeout=60)
+        assert not outline.is_empty
 
 
 def test_gpu_annotated_tasks_run_only_where_a_gpu_is_advertised(scheduler):

@@ -35,16 +35,13 @@ from dask_processes import (  # tests/ is on sys.path (no package)
 from cropmap.jobs.cluster import GPU_RESOURCE, GPU_WORKERS_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # flows/ is a folder of the checkout, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, demo_paths, prefect_server, s3_server):
     """The environment every process shares: the session's DEMO folder, Prefect server and S3 endpoint
     (``AWS_ENDPOINT_URL`` and keys: the Dask workers inherit them, as pods get them from deploy/'s
-    config), import paths."""
+    config). No import path: the workers run the installed package, as the image's do."""
     tmp = tmp_path_factory.mktemp("flows")
     api_url, _ = prefect_server
     values = {
@@ -52,11 +49,11 @@ def env(tmp_path_factory, demo_paths, prefect_server, s3_server):
         "PREFECT_HOME": str(tmp / "prefect"),
         "PREFECT_API_URL": api_url,  # Dask workers (LocalCluster or external) report task runs to it
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
     }
     with pytest.MonkeyPatch.context() as mp:
         use_prefect_env(mp, values)
         use_s3_env(mp, s3_server)
+        mp.delenv("PYTHONPATH", raising=False)
         for name in ("CROPMAP_DASK_ADDRESS", "CROPMAP_OUTPUT_URL", "CROPMAP_OUTPUT_DIR", GPU_WORKERS_ENV):
             mp.delenv(name, raising=False)  # task_runner(None) must mean "local"; out_dir decides the rest
         yield tmp
