@@ -85,10 +85,11 @@ def prefect_env(tmp_path_factory, demo_paths, prefect_server, configs):
     api_url, _ = prefect_server
     home = tmp_path_factory.mktemp("prefect_cli")
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": api_url, "PWD": str(REPO), "CROPMAP_CONFIGS_DIR": str(configs),
+           "PREFECT_API_URL": api_url, "CROPMAP_CONFIGS_DIR": str(configs),
            "CROPMAP_DEMO_DIR": str(demo_paths.root), "CROPMAP_OUTPUT_DIR": str(home / "runs"),
            "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
     env.pop("CROPMAP_DASK_ADDRESS", None)
+    env.pop("PYTHONPATH", None)  # the worker's flow runs import the installed package, as in the image
     return env, home
 
 
@@ -104,7 +105,8 @@ def worker(prefect_env):
     deployed = _prefect(env, "--no-prompt", "deploy", "--all", timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     log = open(home / "worker.log", "w")
-    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "cropmap-process"], env=env, cwd=REPO,
+    # in another folder than the checkout: prefect.yaml's entrypoints are modules of the installed package
+    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "cropmap-process"], env=env, cwd=home,
                             stdout=log, stderr=subprocess.STDOUT)
     yield proc, home / "worker.log"
     stop_process(proc, signal.SIGTERM, signal.SIGINT)
