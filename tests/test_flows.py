@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,8 +70,6 @@ TWINS = {
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory) -> Path:
     """The shipped country configs plus the transfer twins (for ``CROPMAP_CONFIGS_DIR``)."""
-    import shutil
-
     folder = tmp_path_factory.mktemp("configs")
     for path in (REPO / "configs" / "countries").glob("*.yaml"):
         shutil.copy(path, folder)
@@ -221,3 +220,29 @@ def test_a_northern_model_maps_the_south_six_months_later_through_a_deployment(p
         assert json.loads((south_cog.parent / "accuracy.json").read_text())["n"] == 64 * 128
         card = (south_cog.parent / "model_card.md").read_text()  # model's season, map's season, offset
         assert "season_offset_months 6" in card and "11-01..05-31 (south" in card and '"hemisphere": "north"' in card
+
+
+def test_kubernetes_deployments_name_the_image_and_no_folder_of_the_deployer(prefect_env, tmp_path):
+    """deploy/prefect.yaml as a Kubernetes user registers it, from a folder that is not the checkout, on a
+    ``kubernetes`` pool made from deploy/'s base job template: module entrypoints, the image's working
+    directory as the only pull step, the image from ``$CROPMAP_IMAGE``, and no path of the deploying machine."""
+    env, _ = prefect_env
+    env = {**env, "CROPMAP_IMAGE": "registry.example/cropmap:test"}
+    template = REPO / "deploy" / "base" / "prefect" / "base-job-template.json"
+    created = _prefect(env, "work-pool", "create", "cropmap-k8s", "--type", "kubernetes",
+                       "--base-job-template", str(template))
+    assert created.returncode == 0, created.stdout + created.stderr
+    shutil.copy(REPO / "deploy" / "prefect.yaml", tmp_path / "prefect.yaml")
+    deployed = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    shown = _prefect(env, "deployment", "inspect", "map-country/map-country", "--output", "json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    deployment = json.loads(shown.stdout)
+    assert deployment["entrypoint"] == "cropmap.flows.map_country.map_country"
+    assert deployment["work_pool_name"] == "cropmap-k8s"
+    assert deployment["job_variables"] == {"image": "registry.example/cropmap:test"}
+    assert deployment["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/cropmap"}}]
+    assert str(tmp_path) not in shown.stdout and str(REPO) not in shown.stdout
+    assert {"country", "model", "tile_limit"} <= set(deployment["parameter_openapi_schema"]["properties"])
