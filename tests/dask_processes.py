@@ -68,3 +68,13 @@ def dask_cluster_processes(folder: Path, workers: Mapping[str, Sequence[str]], *
             except subprocess.TimeoutExpired:  # a graceful close is not what is tested here
                 proc.kill()
                 proc.wait()
+
+
+def task_stream(dask_scheduler, name: str = "cropmap-test-stream") -> list[tuple[str, str]]:
+    """(task key, worker address) of every task finished since the plugin was added (scheduler side)."""
+    from distributed.diagnostics.task_stream import TaskStreamPlugin
+
+    if name not in dask_scheduler.plugins:  # first call: start recording (no length limit to speak of)
+        dask_scheduler.add_plugin(TaskStreamPlugin(dask_scheduler, maxlen=1_000_000), name=name)
+        return []
+    return [(str(r["key"]), r["worker"]) for r in dask_scheduler.plugins[name].buffer]

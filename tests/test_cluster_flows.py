@@ -25,12 +25,16 @@ import sys
 import threading
 from pathlib import Path
 
+import dask_processes
 import pytest
 from conftest import use_prefect_env, use_s3_env
 from dask_processes import (  # tests/ is on sys.path (no package)
     dask_cluster_processes,
+    task_stream,
     wait_for,
 )
+
+from distributed import Client
 
 from cropmap.jobs.cluster import GPU_RESOURCE, GPU_WORKERS_ENV
 
@@ -71,6 +75,10 @@ def cluster(env):
     ``GPU=1`` (no GPU needed: a Dask resource is a label), w1 does not."""
     workers = {"w0": ["--nthreads", "2", "--resources", f"{GPU_RESOURCE}=1"], "w1": ["--nthreads", "2"]}
     with dask_cluster_processes(env, workers) as started:
+        # the processes run the installed package only: the scheduler gets the one test helper it runs
+        # (task_stream) as a file, the way Dask ships a client's own code
+        with Client(started[0], timeout=30) as client:
+            client.upload_file(dask_processes.__file__)
         yield started
 
 
@@ -102,23 +110,12 @@ def local_run(env, checkpoint) -> dict:
     return result
 
 
-def _task_stream(dask_scheduler, name: str = "cropmap-test-stream") -> list[tuple[str, str]]:
-    """(task key, worker address) of every task finished since the plugin was added (scheduler side)."""
-    from distributed.diagnostics.task_stream import TaskStreamPlugin
-
-    if name not in dask_scheduler.plugins:  # first call: start recording (no length limit to speak of)
-        dask_scheduler.add_plugin(TaskStreamPlugin(dask_scheduler, maxlen=1_000_000), name=name)
-        return []
-    return [(str(r["key"]), r["worker"]) for r in dask_scheduler.plugins[name].buffer]
-
-
 def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s3_server):
     """Outputs in an S3 bucket named only by ``$CROPMAP_OUTPUT_URL``, inference annotated by
     ``$CROPMAP_GPU_WORKERS=1``: every predict task ran on the GPU worker w0 (cube work ran on both),
     the class and confidence COGs in the bucket are byte-identical to the local run's, every output
     is there, and a rerun skips every finished tile without rewriting it."""
     from dask.utils import key_split
-    from distributed import Client
 
     from cropmap.io import storage
 
@@ -130,9 +127,9 @@ def test_map_country_to_s3_on_gpu_workers(env, checkpoint, cluster, local_run, s
         mp.setenv(GPU_WORKERS_ENV, "1")
         client.wait_for_workers(2, timeout=60)
         names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
-        client.run_on_scheduler(_task_stream)
+        client.run_on_scheduler(task_stream)
         result = _map(address, None, checkpoint)
-        ran = client.run_on_scheduler(_task_stream)
+        ran = client.run_on_scheduler(task_stream)
         class_tiles = sorted(fs.glob("cropmap-runs/runs/DEMO/*/tiles/*/*.class.tif"))
         stamps = {p: fs.info(p)["LastModified"] for p in class_tiles}
         again = _map(address, None, checkpoint)
@@ -198,7 +195,6 @@ def test_map_country_on_external_scheduler_survives_a_killed_worker(env, checkpo
     """One run on the external cluster, w1 SIGKILLed while it runs one of the run's tasks: the run
     finishes (Dask reschedules) or a rerun completes only what is missing, and the COG mosaics are
     byte-identical to the LocalCluster run's."""
-    from distributed import Client
 
     address, procs = cluster
     out = env / "external"
