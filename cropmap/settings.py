@@ -19,6 +19,9 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
 | ``CROPMAP_MAX_AREA_TILES`` | tiles a user's area (``cropmap cube --bbox/--geojson``) may plan before it is refused (default 1000; ``--max-tiles`` overrides) |
 | ``CROPMAP_ASSET_HREF_SCHEMES`` | URL schemes an item's band assets may use (default ``https,s3``); besides them, only the catalog API's own host and, for a static catalog, files under its folder |
+| ``CROPMAP_MAX_TILES`` | tiles a country run may plan before it is refused before any tile (default: no limit; ``max_tiles`` overrides) |
+| ``CROPMAP_MAX_DOLLARS`` | the estimated dollars (``cropmap plan``) a country run may cost before it is refused (default: no limit) |
+| ``CROPMAP_CATALOG_TIMEOUT_S`` | seconds a run's first check waits for the STAC catalog to answer before it fails (default 5) |
 | ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's STAC search task may run before it fails (default 900) |
 | ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run before it fails and is retried (default 10800) |
 | ``CROPMAP_PREFECT_REUSE`` | ``0``: let every Prefect task run rebuild its settings and TLS contexts, as Prefect does (default: once per worker process; ``flows/_prefect_engine.py``) |
@@ -60,6 +63,9 @@ class Settings(BaseSettings):
     max_area_tiles: int = Field(1000, ge=1)  # tiles a user's --bbox/--geojson area may plan (tiles_for_area)
     stac_requests_per_second: float = Field(2.0, gt=0, le=1000)
     asset_href_schemes: str = "https,s3"
+    max_tiles: int | None = Field(None, ge=1)  # a country run's cap (cropmap.jobs.plan.check_limits)
+    max_dollars: float | None = Field(None, gt=0)
+    catalog_timeout_s: float = Field(5.0, gt=0)  # cropmap.jobs.plan.probe_catalog
     search_timeout_s: float = Field(900.0, gt=0)
     cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands
     prefect_reuse: str = "1"
@@ -68,7 +74,7 @@ class Settings(BaseSettings):
     cdse_secret_access_key: str | None = None
 
     @field_validator("configs_dir", "data_dir", "cache_dir", "demo_dir", "output_url", "output_dir", "dask_address",
-                     "cdse_access_key_id", "cdse_secret_access_key", mode="before")
+                     "cdse_access_key_id", "cdse_secret_access_key", "max_tiles", "max_dollars", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

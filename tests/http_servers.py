@@ -171,10 +171,11 @@ def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tup
 
 
 @contextlib.contextmanager
-def stac_api_server(catalog: Path, cog_root: Path, folder: Path) -> Iterator[tuple[str, Callable[[], list]]]:
+def stac_api_server(catalog: Path, cog_root: Path | None, folder: Path) -> Iterator[tuple[str, Callable[[], list]]]:
     """The one collection of the static ``catalog`` served by ``rustac serve`` on 127.0.0.1, its asset
     files by :func:`range_file_server` over ``cog_root`` (as a public catalog serves both); the item
-    files go to ``folder``. Yields ``(API URL, COG log)``."""
+    files go to ``folder``. Yields ``(API URL, COG log)``. ``cog_root`` None: the items keep their local
+    files as absolute ``file://`` hrefs (a STAC API over local files; the log is then empty)."""
     import json
     import time
     import urllib.request
@@ -182,11 +183,16 @@ def stac_api_server(catalog: Path, cog_root: Path, folder: Path) -> Iterator[tup
     import pystac
 
     (collection,) = list(pystac.Catalog.from_file(str(catalog)).get_children())
-    with range_file_server(cog_root) as (cog_url, cog_log):
+    with (range_file_server(cog_root) if cog_root is not None else contextlib.nullcontext(("", list))) \
+            as (cog_url, cog_log):
         lines = []
         for item in collection.get_items():
             item.make_asset_hrefs_absolute()
             for asset in item.assets.values():
+                if cog_root is None:
+                    if "://" not in asset.href:
+                        asset.href = Path(asset.href).resolve().as_uri()
+                    continue
                 asset.href = cog_url + "/" + str(Path(asset.href).resolve().relative_to(cog_root.resolve()))
             lines.append(json.dumps(item.to_dict(include_self_link=False)))
         (folder / "items.ndjson").write_text("\n".join(lines) + "\n")

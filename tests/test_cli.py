@@ -18,6 +18,7 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "params": (["params", "--n-bands", "0"], "n_bands >= 1"),
     "experiment": (["experiment", "{t}/bad.yaml"], "invalid experiment config: source: Field required"),
     "map": (["map", "XYZ"], "unknown country 'XYZ'"),
+    "plan": (["plan", "DEMO", "--model", "{t}/bad.pt"], "bad.pt is not a readable cropmap checkpoint"),
     "train": (["train", "DEMO", "--labels", "{t}/labels.csv"], "neither a raster GDAL reads nor a vector file"),
     "cube": (["cube", "DEMO", "--out", "{t}/o", "--bbox", "5", "50", "4", "51"], "bbox must be west < east"),
     "predict": (["predict", "{t}/bad.pt", "{t}/cube.zarr", "--out", "{t}/o"], "cube.zarr not found"),
@@ -30,6 +31,7 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "samples summary": (["samples", "summary", "{t}/labels.csv"], "needs its legend class_map.txt"),
     "demo build": (["demo", "build", "--out", "{t}/bad.pt/demo"], "bad.pt"),
     "demo run": (["demo", "run", "--out", "{t}/bad.pt/runs"], "cannot write outputs"),
+    "scenario-model": (["scenario-model", "DEMO", "--out", "{t}/m.pt"], "trains no model of its own"),
 }
 
 

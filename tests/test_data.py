@@ -6,6 +6,7 @@ reaches further.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from functools import partial
@@ -14,6 +15,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cropmap.errors import CropmapError, DataNotFoundError
+from cropmap.io import data as data_module
 from cropmap.io.data import SOURCES, data_dir, data_file
 
 REL = "victoria_s2/class_map.txt"
@@ -159,5 +161,16 @@ def test_the_main_jobs_countries_are_built_from_fetched_data_on_a_bare_machine(e
     assert "cropmap: fetching " in capfd.readouterr().err
     from cropmap.io.config import load_country
 
-    assert outline_parts(load_country("FRA").outline)  # Natural Earth: .shp fetched with .shx, .dbf, .prj, .cpg
-    assert (empty_env / "naturalearth_lowres/naturalearth_lowres.dbf").exists()
+    # Natural Earth: the pinned copy in the installed pyogrio wheel, nothing fetched
+    assert outline_parts(load_country("FRA").outline)
+    ne = "naturalearth_lowres/naturalearth_lowres"
+    assert "pyogrio" in data_file(f"{ne}.shp").parts and not (empty_env / f"{ne}.shp").exists()
+    # without that copy (another pyogrio release): the .shp is fetched with its .shx, .dbf, .prj, .cpg
+    for rel in [k for k in SOURCES if k.startswith(ne)]:
+        monkeypatch.setitem(SOURCES, rel, dataclasses.replace(SOURCES[rel], packaged=None))
+    data_module._packaged_copy.cache_clear()
+    try:
+        assert outline_parts(load_country("BEL").outline)
+        assert (empty_env / f"{ne}.dbf").exists() and (empty_env / f"{ne}.shx").exists()
+    finally:
+        data_module._packaged_copy.cache_clear()

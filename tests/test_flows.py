@@ -222,7 +222,7 @@ def test_a_northern_model_maps_the_south_six_months_later_through_a_deployment(p
         assert "season_offset_months 6" in card and "11-01..05-31 (south" in card and '"hemisphere": "north"' in card
 
 
-def test_kubernetes_deployments_name_the_image_and_no_folder_of_the_deployer(prefect_env, tmp_path):
+def test_kubernetes_deployments_name_the_image_and_no_folder_of_the_deployer(prefect_env, worker, tmp_path):
     """deploy/prefect.yaml as a Kubernetes user registers it, from a folder that is not the checkout, on a
     ``kubernetes`` pool made from deploy/'s base job template: module entrypoints, the image's working
     directory as the only pull step, the image from ``$CROPMAP_IMAGE``, and no path of the deploying machine."""
@@ -233,11 +233,15 @@ def test_kubernetes_deployments_name_the_image_and_no_folder_of_the_deployer(pre
                        "--base-job-template", str(template))
     assert created.returncode == 0, created.stdout + created.stderr
     shutil.copy(REPO / "deploy" / "prefect.yaml", tmp_path / "prefect.yaml")
-    deployed = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml"],
-                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    shown = _prefect(env, "deployment", "inspect", "map-country/map-country", "--output", "json")
-    assert shown.returncode == 0, shown.stdout + shown.stderr
+    try:
+        deployed = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "prefect.yaml"],
+                                  env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        shown = _prefect(env, "deployment", "inspect", "map-country/map-country", "--output", "json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+    finally:  # same deployment names: give them back to the process pool the module's worker serves
+        restored = _prefect(env, "--no-prompt", "deploy", "--all", timeout=300)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
     deployment = json.loads(shown.stdout)
     assert deployment["entrypoint"] == "cropmap.flows.map_country.map_country"
     assert deployment["work_pool_name"] == "cropmap-k8s"
@@ -246,3 +250,37 @@ def test_kubernetes_deployments_name_the_image_and_no_folder_of_the_deployer(pre
         {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/cropmap"}}]
     assert str(tmp_path) not in shown.stdout and str(REPO) not in shown.stdout
     assert {"country", "model", "tile_limit"} <= set(deployment["parameter_openapi_schema"]["properties"])
+
+
+def test_a_four_band_model_maps_the_real_scenes_through_a_deployment(prefect_env, worker, configs, tmp_path,
+                                                                     shared_data):
+    """The REAL scenario: the ten real Earth Search items of ../shared/data/s2_l2a_stac behind a STAC API on
+    127.0.0.1 (``file://`` hrefs, allowed by the scenario's ``catalog.asset_roots``, no environment
+    variable), its 4-band checkpoint (Victoria series in the REAL season), ``prefect deployment run
+    map-country`` on the config's two-tile ``drava`` part: 4-band cubes, a map that is mostly mapped and an
+    item that says ``complete``."""
+    from http_servers import stac_api_server
+
+    from cropmap.io.config import load_country
+    from cropmap.scenarios.real import train_model
+
+    env, home = prefect_env
+    with stac_api_server(shared_data / "s2_l2a_stac" / "catalog.json", None, tmp_path) as (url, _):
+        text = (REPO / "configs" / "countries" / "REAL.yaml").read_text()
+        (configs / "REAL.yaml").write_text(text.replace("http://127.0.0.1:8765", url))  # this test's API
+        model = train_model(tmp_path / "real.pt", config=load_country("REAL", configs), epochs=10).path
+        run = _prefect(env, "deployment", "run", "map-country/map-country", "--param", "country=REAL",
+                       "--param", f"model={model}", "--param", 'parts=["drava"]',
+                       "--watch", "--watch-interval", "2", timeout=900)
+        logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
+    assert run.returncode == 0 and "Completed" in run.stdout, run.stdout + run.stderr + logs[-4000:]
+    cog = next((home / "runs" / "REAL").glob("*/maps/*/REAL_class.tif"))
+    with rasterio.open(cog) as src:
+        classes = src.read(1)
+    assert (classes != 255).mean() > 0.5, np.unique(classes, return_counts=True)  # measured: 0.85
+    item = json.loads((cog.parent / "REAL.json").read_text())
+    assert item["properties"]["cropmap:status"] == "complete"
+    from cropmap.stages.cube import open_tile_cube
+
+    cubes = sorted(cog.parents[2].glob("cubes/*.zarr"))
+    assert len(cubes) == 2 and all(open_tile_cube(c).attrs["bands"] == ["B02", "B03", "B04", "B08"] for c in cubes)

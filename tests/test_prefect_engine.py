@@ -98,7 +98,7 @@ def test_serialized_settings_are_validated_once_and_stay_the_same(installed, mon
 @pytest.mark.parametrize("setting, expected", [("", "True"), ("0", "False")])
 def test_the_tasks_module_installs_it_unless_switched_off(setting, expected):
     env = {**os.environ, "CROPMAP_PREFECT_REUSE": setting}
-    out = subprocess.run([sys.executable, "-c", "import cropmap.flows.tasks, flows._prefect_engine as e; print(e.installed())"],
+    out = subprocess.run([sys.executable, "-c", "import cropmap.flows.tasks, cropmap.flows._prefect_engine as e; print(e.installed())"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == expected

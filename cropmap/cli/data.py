@@ -18,6 +18,7 @@ from cropmap.research.config import load_experiment
 from cropmap.research.runner import run_experiment
 from cropmap.samples.sources import read_sample_file, resolve_path
 from cropmap.samples.summary import real_sample_sets, summarize_samples
+from cropmap.scenarios import scenario_model
 from cropmap.scenarios.demo import build_demo, read_layout
 
 samples_app = typer.Typer(help="The real labelled sample sets.", no_args_is_help=True)
@@ -115,3 +116,16 @@ def demo_build(
     typer.echo(f"layout:         {paths.layout} ({len(layout['fields'])} fields, {len(layout['dates'])} dates, "
                f"{len(layout['tiles'])} tiles of {layout['tile_px']} px)")
     typer.echo(f"done in {time.perf_counter() - started:.1f} s")
+
+
+@app.command("scenario-model")
+@command
+def scenario_model_(
+    country: str = typer.Argument(..., help="A country whose scenario trains its own model (REAL)."),
+    out: str = typer.Option(..., "--out", help="Checkpoint path (.pt), kept when already there."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Override the scenario's epochs."),
+) -> None:
+    """Train the checkpoint a scenario brings (REAL: a 4-band CropNet on the Victoria series in its season)."""
+    result = scenario_model(country, out, epochs=epochs)
+    typer.echo(f"checkpoint: {result.path} ({result.status}; validation macro-F1 "
+               f"{result.scores.get('val_macro_f1', float('nan')):.3f})")

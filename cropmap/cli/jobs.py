@@ -1,4 +1,4 @@
-"""The country jobs on this machine, without a Prefect server: ``map``, ``train`` and ``demo run``.
+"""The country jobs on this machine, without a Prefect server: ``plan``, ``map``, ``train`` and ``demo run``.
 
 They run the same job functions as the flows (:mod:`cropmap.jobs.mapping`) on a local Dask cluster
 (or the one at ``$CROPMAP_DASK_ADDRESS``), with a progress display of the tiles.
@@ -6,6 +6,7 @@ They run the same job functions as the flows (:mod:`cropmap.jobs.mapping`) on a 
 
 from __future__ import annotations
 
+import logging
 import time
 
 import typer
@@ -14,9 +15,11 @@ from cropmap.cli.common import app, command, fail, tile_progress
 from cropmap.cli.data import demo_app
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.executors import local_executor
-from cropmap.jobs.mapping import MapResult, map_country, train_country, training_tiles
+from cropmap.jobs.labels import check_training_labels
+from cropmap.jobs.mapping import MapResult, check_not_empty, map_country, train_country, training_tiles
+from cropmap.jobs.plan import DEFAULT_GPUS, DEFAULT_VCPUS, check_limits, plan_lines, plan_run, preflight
 from cropmap.jobs.reports import map_lines, plan_table
-from cropmap.jobs.tiles import tile_annotations
+from cropmap.jobs.tiles import check_model_fits, tile_annotations
 from cropmap.jobs.training import TrainingSettings
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 
@@ -31,22 +34,80 @@ def _print_map(result: MapResult, started: float) -> None:
         raise fail(f"{len(result.tiles.failed_tiles)} tile(s) failed; the map has holes there (rerun to retry them)")
     if result.zone_failures:
         raise fail("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))
+    check_not_empty(result)  # a map that is all nodata: one line, exit 2
+
+
+class _NoComputeDumps(logging.Filter):
+    """Drop the local Dask workers' multi-line "Compute Failed" dumps: a failed tile is one line here,
+    its traceback in ``<run>/failures/`` (:mod:`cropmap.jobs.tile_pipeline`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+logging.getLogger("distributed.worker").addFilter(_NoComputeDumps())
+
+
+def _plan(run, *, tile_limit: int | None = None, model: str | None = None, labels: str | None = None,
+          max_tiles: int | None = None, max_dollars: float | None = None, vcpus: int = DEFAULT_VCPUS,
+          gpus: int = DEFAULT_GPUS) -> None:
+    """Print the run's plan; a checkpoint that does not fit or a plan over its limits ends in one line, exit 2."""
+    plan = plan_run(run, tile_limit=tile_limit, model=model, labels=labels, vcpus=vcpus, gpus=gpus)
+    typer.echo(plan_table(run))
+    for line in plan_lines(plan):
+        typer.echo(line)
+    if plan.model is not None and plan.model.problem:
+        raise fail(plan.model.problem)
+    check_limits(plan, max_tiles=max_tiles, max_dollars=max_dollars)
 
 
 def _map(country: str, *, model: str | None, year: int | None, out: str | None, tile_limit: int | None,
          threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
-         area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None) -> None:
+         area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None,
+         dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None) -> None:
     started = time.perf_counter()
     gpu = gpu_workers_enabled(gpu_workers)
-    run = resolve_run(country, year=year, out_dir=out, parts=parts)
-    n = len(run.tiles(tile_limit=tile_limit))
+    run = resolve_run(country, year=year, out_dir=out, parts=parts, model=model)  # the checkpoint's bands
+    if dry_run:
+        _plan(run, tile_limit=tile_limit, model=model, max_tiles=max_tiles, max_dollars=max_dollars)
+        typer.echo("dry run: no tile computed")
+        return
+    tile_ids = run.tiles(tile_limit=tile_limit)
     typer.echo(plan_table(run))
+    if model is not None:
+        check_model_fits(run, model, tile_ids)
+    # map_country checks these too; here they cost no cluster start when they refuse (it repeats them
+    # in milliseconds: the block search is kept, the asset read cached)
+    preflight(run, tile_ids, max_tiles=max_tiles, max_dollars=max_dollars)
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor, \
-            tile_progress(n, ("cube", "predict")) as progress:
+            tile_progress(len(tile_ids), ("cube", "predict")) as progress:
         result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress,
                              overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-                             admin_field=admin_field)
+                             admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
     _print_map(result, started)
+
+
+@app.command("plan")
+@command
+def plan(
+    country: str = typer.Argument(..., help="Country code with a config in configs/countries (e.g. ARG)."),
+    model: str = typer.Option(None, "--model", help="Checkpoint to check against the plan (bands, season)."),
+    labels: str = typer.Option(None, "--labels", help="Plan training from these labels: the tiles under them."),
+    year: int = typer.Option(None, "--year", help="Season year (default: the config's)."),
+    parts: list[str] = typer.Option(None, "--part", "--parts", help="Outline part (repeatable; default: the config's)."),
+    out: str = typer.Option(None, "--out", help="Output root (as for `cropmap map`)."),
+    tile_limit: int = typer.Option(None, "--tile-limit", min=1, help="Plan at most this many tiles."),
+    vcpus: int = typer.Option(DEFAULT_VCPUS, "--vcpus", min=1, help="vCPUs of the cluster, for the wall time."),
+    gpus: int = typer.Option(DEFAULT_GPUS, "--gpus", min=0, help="GPUs of the cluster (0: inference on the CPUs)."),
+    max_tiles: int = typer.Option(None, "--max-tiles", min=1, help="Refuse a plan of more tiles ($CROPMAP_MAX_TILES)."),
+    max_dollars: float = typer.Option(None, "--max-dollars", help="Refuse a plan estimated above this "
+                                      "($CROPMAP_MAX_DOLLARS)."),
+) -> None:
+    """Print what a run would do, before any tile: tiles per UTM zone and hemisphere, seasons, block searches,
+    whether the catalog answers, the checkpoint's fit, and an estimate of CPU/GPU hours, wall time and dollars."""
+    run = resolve_run(country, year=year, out_dir=out, parts=parts or None, model=model)
+    _plan(run, tile_limit=tile_limit, model=model, labels=labels, max_tiles=max_tiles, max_dollars=max_dollars,
+          vcpus=vcpus, gpus=gpus)
 
 
 @app.command("map")
@@ -69,12 +130,16 @@ def map_(
     admin_units: str = typer.Option(None, "--admin-units", help="Polygons (provinces): mapped hectares per class "
                                     "per unit in maps/<key>/area/."),
     admin_field: str = typer.Option(None, "--admin-field", help="The column of --admin-units naming each unit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (`cropmap plan`) and stop before any tile."),
+    max_tiles: int = typer.Option(None, "--max-tiles", min=1, help="Refuse a plan of more tiles ($CROPMAP_MAX_TILES)."),
+    max_dollars: float = typer.Option(None, "--max-dollars", help="Refuse a plan estimated above this "
+                                      "($CROPMAP_MAX_DOLLARS)."),
 ) -> None:
     """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
          parts=parts or None, overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-         admin_field=admin_field)
+         admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars)
 
 
 @app.command("train")
@@ -92,18 +157,27 @@ def train(
     per_cell: int = typer.Option(None, "--per-cell", min=1, help="Points per sampling cell and class (default 1)."),
     out: str = typer.Option(None, "--out", help="Output root (as for `cropmap map`)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
+    bands: str = typer.Option(None, "--bands", help="Comma-separated bands of the cubes and the model, e.g. "
+                              "B02,B03,B04,B08 (default: the config's bands:, else the ten)."),
 ) -> None:
     """Train a country's model from reference labels (the train-model job, locally, with a progress display of
     the tiles cubed); prints the checkpoint."""
     started = time.perf_counter()
-    run = resolve_run(country, year=year, out_dir=out)
+    run = resolve_run(country, year=year, out_dir=out,
+                      bands=[b.strip() for b in bands.split(",") if b.strip()] if bands else None)
     base = run.scenario.training if run.scenario is not None and labels is None else TrainingSettings()
     given = {"epochs": epochs, "cell_deg": cell_deg, "per_cell": per_cell}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = TrainingSettings(**{**base.model_dump(), **overrides})
     typer.echo(f"{run.config.name} {run.year}: training {settings.model} ({settings.epochs} epochs, lr {settings.lr}, "
                f"batch {settings.batch_size}, augmentation {settings.augment!r})")
-    n = len(training_tiles(run, reference=labels))  # labels off the country fail here, before any cluster
+    if labels is not None:  # column, legend, codes, season year and tiles checked here, before any cluster
+        checked = check_training_labels(run, labels, label_column=label_column, legend=legend)
+        n = len(checked.tile_ids)
+        if checked.summary:
+            typer.echo(checked.summary)
+    else:
+        n = len(training_tiles(run))
     with local_executor(threads=threads) as executor, tile_progress(n, ("cube",)) as progress:
         result = train_country(run, executor, reference=labels, legend=legend, settings=settings,
                                label_column=label_column, progress=progress)

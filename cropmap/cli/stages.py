@@ -20,7 +20,7 @@ from cropmap.jobs.country_run import resolve_country_run
 from cropmap.jobs.executors import Outcome, local_executor
 from cropmap.jobs.tile_pipeline import run_tiles
 from cropmap.jobs.tiles import predict_cubes, tile_annotations
-from cropmap.stages.cube import CubeOptions, cube_stores
+from cropmap.stages.cube import CubeOptions, cube_path, cube_status, cube_stores
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.national import national_mosaic, tiles_by_zone
 from cropmap.stages.predict import PredictOptions
@@ -83,6 +83,11 @@ def cube(
         typer.echo(f"{f.tile_id}: failed: {f.reason}", err=True)
     if summary.failures:
         raise fail(f"{len(summary.failures)} of {summary.total} tiles failed (listed above)")
+    unfit = sorted(t for t, s in summary.status.items() if s.get("cube") in ("incomplete", "degraded"))
+    if unfit:  # written, but with holes or too little observed: predict refuses them, a rerun rebuilds them
+        status, reason = cube_status(cube_path(run.cube_dir, run.tile(unfit[0])))
+        raise fail(f"{len(unfit)} of {summary.total} tile cube(s) are incomplete or degraded; the first, {unfit[0]} "
+                   f"({status}): {reason}")
 
 
 @app.command("predict")

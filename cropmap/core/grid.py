@@ -29,7 +29,8 @@ from shapely.geometry.base import BaseGeometry
 
 from cropmap.errors import ConfigError, EmptyAOIError
 
-__all__ = ["Grid", "Tile", "utm_epsg", "tile_from_id", "tiles_for_geometry"]
+__all__ = ["Grid", "Tile", "utm_epsg", "tile_from_id", "tiles_for_geometry", "feature_tile_pairs",
+           "tiles_meeting"]
 
 _ID = re.compile(r"^(?P<epsg>\d{4,5})-(?P<res>\d+(?:\.\d+)?)m-(?P<size>\d+)px_r(?P<row>\d+)c(?P<col>\d+)$")
 
@@ -162,3 +163,54 @@ def tiles_for_geometry(geom: BaseGeometry, *, tile_size: int = 1024, resolution:
         raise EmptyAOIError("the AOI intersects no tile (is it empty, or a line/point?); "
                             "give a polygon or bbox with an area")
     return sorted(tiles, key=lambda tl: (tl.grid.epsg, tl.row, tl.col))
+
+
+
+def feature_tile_pairs(geometry: np.ndarray, crs: pyproj.CRS | str | int,
+                       tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray]:
+    """Every (feature, tile) pair of a feature of ``geometry`` (shapely array in ``crs``: parcels, points,
+    any mix) that intersects one of ``tiles``, as two index arrays.
+
+    Each zone's tiles are tested against the features reprojected into that zone, so the answer follows
+    the features' own footprints, not their bounding box (labels in two corners of a country meet the
+    tiles under them, not the country between). Missing or empty geometries meet nothing.
+    """
+    geometry = np.asarray(geometry, dtype=object)
+    usable = np.flatnonzero(~shapely.is_missing(geometry) & ~shapely.is_empty(geometry))
+    pairs: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    if usable.size == 0 or not tiles:
+        return pairs[0]
+    # the features' boxes in lon/lat, from their corners: enough to pick the features near a zone
+    box = shapely.bounds(geometry[usable])
+    lon, lat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True).transform(
+        box[:, [0, 2, 0, 2]].ravel(), box[:, [1, 1, 3, 3]].ravel())
+    lon, lat = np.asarray(lon).reshape(-1, 4), np.asarray(lat).reshape(-1, 4)
+    by_zone: dict[int, list[int]] = {}
+    for i, tile in enumerate(tiles):
+        by_zone.setdefault(tile.grid.epsg, []).append(i)
+    for epsg, idx in by_zone.items():
+        boxes = np.array([tiles[i].bounds for i in idx])
+        # only the features near the zone are reprojected into it: far off, a UTM projection degenerates
+        w, s, e, n = pyproj.Transformer.from_crs(epsg, 4326, always_xy=True).transform_bounds(
+            boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max(), densify_pts=21)
+        margin = 0.1  # degrees: corner boxes of curved features may be a little off
+        near = (lat.min(axis=1) <= n + margin) & (lat.max(axis=1) >= s - margin)
+        if w <= e:  # a box across the antimeridian (w > e) keeps every feature
+            near &= (lon.min(axis=1) <= e + margin) & (lon.max(axis=1) >= w - margin)
+        cand = usable[near]
+        if cand.size == 0:
+            continue
+        to_zone = pyproj.Transformer.from_crs(crs, epsg, always_xy=True)
+        local = shapely.transform(geometry[cand], lambda xy: np.column_stack(to_zone.transform(xy[:, 0], xy[:, 1])))
+        feature, tile = shapely.STRtree(shapely.box(*boxes.T)).query(local, predicate="intersects")
+        pairs.append((cand[feature], np.asarray(idx)[tile]))
+    return np.concatenate([f for f, _ in pairs]), np.concatenate([t for _, t in pairs])
+
+
+def tiles_meeting(geometry: np.ndarray, crs: pyproj.CRS | str | int, tiles: list[Tile]) -> tuple[list[Tile], np.ndarray]:
+    """The ``tiles`` that a feature of ``geometry`` intersects (:func:`feature_tile_pairs`), in their given
+    order, and per feature whether it meets any of them."""
+    feature, tile = feature_tile_pairs(geometry, crs, tiles)
+    met = np.zeros(len(geometry), bool)
+    met[feature] = True
+    return [tiles[i] for i in np.unique(tile)], met

@@ -27,9 +27,10 @@ import sys
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cropmap.errors import CropmapError
+from cropmap.errors import CropmapError, IncompatibleInputError
 from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
+from cropmap.jobs.plan import check_limits, plan_lines, plan_run
 from cropmap.jobs.reports import map_lines, plan_table, quicklook_markdown
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from cropmap.flows import tasks
@@ -42,20 +43,33 @@ __all__ = ["map_country", "print_map_result"]
 def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
                 tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
                 parts: list[str] | None = None, overwrite: bool = False, area_samples: str | None = None,
-                admin_units: str | None = None, admin_field: str | None = None) -> dict:
+                admin_units: str | None = None, admin_field: str | None = None, dry_run: bool = False,
+                max_tiles: int | None = None, max_dollars: float | None = None) -> dict:
     """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
     one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
     GPU workers; ``parts``: the outline parts to map (default: the config's default parts);
     ``overwrite``: rebuild the finished tiles' cubes and predictions too (e.g. after the catalog was
     reprocessed; incomplete cubes are rebuilt without it); ``area_samples``: labelled points drawn on this
     map (`cropmap area sample`) for area estimates with 95 % CIs; ``admin_units`` (a polygon file) and
-    ``admin_field`` (its name column): mapped hectares per class per unit. Both land in ``maps/<key>/area/``."""
+    ``admin_field`` (its name column): mapped hectares per class per unit. Both land in ``maps/<key>/area/``.
+    ``dry_run``: print the plan and its estimate (`cropmap plan`) and stop before any tile; ``max_tiles`` /
+    ``max_dollars`` (else ``$CROPMAP_MAX_TILES`` / ``$CROPMAP_MAX_DOLLARS``) refuse a larger plan."""
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
-    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts)  # so do an unknown country and output
+    # so do an unknown country and output; the cubes take the checkpoint's bands
+    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts, model=model)
     print(plan_table(run))
+    if dry_run:
+        plan = plan_run(run, tile_limit=tile_limit, model=model)
+        for line in plan_lines(plan):
+            print(line)
+        if plan.model is not None and plan.model.problem:
+            raise IncompatibleInputError(plan.model.problem)
+        check_limits(plan, max_tiles=max_tiles, max_dollars=max_dollars)
+        return {"dry_run": True, "tiles": plan.tiles, "zones": plan.zones, "searches": plan.searches,
+                "catalog_problem": plan.catalog_problem, "dollars": round(plan.estimate.dollars, 2)}
     result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit,
                                  overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-                                 admin_field=admin_field)
+                                 admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
     summary, accuracy = result.tiles, result.accuracy
     create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
                           description=f"{run.code} {run.year}: {summary.describe()}")
@@ -88,13 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile-limit", type=int, default=None)
     parser.add_argument("--parts", nargs="+", default=None, help="outline parts to map (default: the config's)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild finished cubes and predictions too")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop before any tile")
     args = parser.parse_args(argv)
     try:
         result = map_country(country=args.country, model=args.model, year=args.year, out_dir=args.out,
-                             tile_limit=args.tile_limit, parts=args.parts, overwrite=args.overwrite)
+                             tile_limit=args.tile_limit, parts=args.parts, overwrite=args.overwrite,
+                             dry_run=args.dry_run)
     except CropmapError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return 0
     print("")
     print_map_result(result)
     return 0

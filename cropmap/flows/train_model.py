@@ -14,6 +14,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from cropmap.jobs.labels import check_training_labels
 from cropmap.jobs.mapping import train_country
 from cropmap.jobs.training import TrainingSettings
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
@@ -27,18 +28,23 @@ __all__ = ["train_model"]
 def train_model(country: str = DEFAULT_COUNTRY, reference: str | None = None, legend: str | None = None,
                 year: int | None = None, cell_deg: float | None = None, per_cell: int | None = None,
                 epochs: int | None = None, out_dir: str | None = None, training: dict | None = None,
-                label_column: str | None = None) -> str:
+                label_column: str | None = None, max_tiles: int | None = None,
+                max_dollars: float | None = None, bands: list[str] | None = None) -> str:
     """Train a model for ``country`` from reference labels (a categorical crop map, or vector parcels/points
     with their ``label_column`` and a ``legend``); returns the checkpoint path. ``training``:
     any :class:`~cropmap.jobs.training.TrainingSettings` fields, over the defaults (the paper's, or the
-    scenario's when no reference is given)."""
-    run = resolve_run(country, year=year, out_dir=out_dir)  # an unknown country fails here, before any task
+    scenario's when no reference is given). ``max_tiles`` / ``max_dollars`` refuse a larger plan before any tile.
+    ``bands``: the cubes' and the model's bands (default: the config's ``bands:``, else the ten)."""
+    run = resolve_run(country, year=year, out_dir=out_dir, bands=bands)  # an unknown country fails here
     base = run.scenario.training if run.scenario is not None and reference is None else TrainingSettings()
     overrides = {**(training or {}), **{k: v for k, v in {"cell_deg": cell_deg, "per_cell": per_cell,
                                                            "epochs": epochs}.items() if v is not None}}
     settings = TrainingSettings(**{**base.model_dump(), **overrides})  # validated, unlike model_copy
+    if reference is not None:  # bad labels fail here in one line, before any task; the plan is printed
+        print(check_training_labels(run, reference, label_column=label_column, legend=legend).summary or
+              f"labels: {reference}")
     result = train_country(run, tasks.executor(), reference=reference, legend=legend, settings=settings,
-                           label_column=label_column)
+                           label_column=label_column, max_tiles=max_tiles, max_dollars=max_dollars)
     create_table_artifact(key=f"training-{run.code.lower()}", description=f"{run.code}: samples per class",
                           table=[{"class": k, "samples": v} for k, v in result.samples.per_class.items()])
     ckpt = result.checkpoint

@@ -276,6 +276,9 @@ def asset_scale_offset(item: pystac.Item, key: str) -> tuple[float, float]:
 #: Item property where :func:`cropmap.io.stac.search_items` records the catalog an item came from (a
 #: static catalog's folder, or the STAC API's URL): what :func:`check_asset_href` allows besides the schemes.
 ROOT_PROPERTY = "cropmap:catalog_root"
+#: Item property listing the local folders its catalog config allows file hrefs into
+#: (``catalog.asset_roots``: a STAC API that serves local files), set by the search as :data:`ROOT_PROPERTY`.
+ASSET_ROOTS_PROPERTY = "cropmap:asset_roots"
 
 
 def asset_href(item: pystac.Item, key: str) -> str:
@@ -308,12 +311,18 @@ def check_asset_href(href: str, item: pystac.Item, key: str) -> None:
         path = os.path.realpath(parts.path if scheme == "file" else href)
         if root is None or "file" in get_settings().allowed_href_schemes:
             return
+        for allowed in item.properties.get(ASSET_ROOTS_PROPERTY) or ():
+            folder = os.path.realpath(str(allowed))
+            if os.path.commonpath([path, folder]) == folder:
+                return
         if root_parts.scheme in ("", "file"):
             folder = os.path.realpath(root_parts.path if root_parts.scheme == "file" else str(root))
             if os.path.commonpath([path, folder]) == folder:
                 return
     where = (f"files under {root}" if root and root_parts.scheme in ("", "file")
              else f"its catalog's host {root_parts.hostname}" if root else "local files")
+    if local and root:
+        where += " (a catalog serving local files names their folders in its config's catalog.asset_roots)"
     raise ForbiddenHrefError(
         f"item {item.id} asset {key!r}: href {href} is not allowed; assets may be "
         f"{', '.join(sorted(get_settings().allowed_href_schemes))} URLs (CROPMAP_ASSET_HREF_SCHEMES) or {where}")

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from cropmap.core.bands import S2_BANDS, SCL, canonical_band
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, UnknownCountryError, one_line
 from cropmap.io.catalogs import get_profile, profile_for_url
@@ -59,6 +60,10 @@ class CatalogConfig(BaseModel):
     collection: str = "sentinel-2-l2a"
     max_cloud_cover: float = Field(80.0, ge=0, le=100)  # percent, scene-level eo:cloud_cover
     margin_days: int = Field(15, ge=0, le=180)  # searched before and after the season window
+    # local folders the items of this catalog may point into (file:// hrefs of a STAC API that serves
+    # local files, as a static catalog's own folder is): none by default, so that an API's items never
+    # make cropmap read local files (cropmap.io.catalogs.check_asset_href)
+    asset_roots: tuple[Path, ...] = ()
 
     @model_validator(mode="after")
     def _one_source(self) -> "CatalogConfig":
@@ -165,6 +170,10 @@ class CountryConfig(BaseModel):
     # a prepared case this config belongs to (cropmap.scenarios: "demo" builds the offline DEMO catalog
     # and supplies its reference labels, training and scoring areas); real countries have none
     scenario: ScenarioRef | None = None
+    # the reflectance bands this country's cubes and models use, in order (canonical names, e.g. [B02, B03,
+    # B04, B08]); None: the ten of cropmap.core.bands.S2_BANDS. Training takes them; a map takes its
+    # checkpoint's (cropmap.scenarios.resolve_run)
+    bands: tuple[str, ...] | None = None
 
     @field_validator("scenario", mode="before")
     @classmethod
@@ -180,6 +189,16 @@ class CountryConfig(BaseModel):
             raise ValueError(f"output_crs {value!r} is not a CRS: {err}") from err
         if not crs.is_projected:
             raise ValueError(f"output_crs {value!r} is not a projected CRS in metres")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _canonical_bands(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None:
+            bad = [b for b in value if canonical_band(b) != b or b == SCL]
+            if bad or not value or len(set(value)) != len(value):
+                raise ValueError(f"bands must be distinct canonical reflectance bands like {', '.join(S2_BANDS)}; "
+                                 f"got {list(value)}")
         return value
 
     def season_for(self, hemisphere: Literal["north", "south"]) -> Season:
@@ -236,6 +255,9 @@ def load_country(code: str, configs_dir: str | Path | None = None) -> CountryCon
         value = (raw.get(section) or {}).get(key)
         if value is not None:  # "~" expanded; relative paths are relative to the config file
             raw[section][key] = str(folder / Path(value).expanduser())
+    roots = (raw.get("catalog") or {}).get("asset_roots")
+    if isinstance(roots, list):
+        raw["catalog"]["asset_roots"] = [str(folder / Path(str(r)).expanduser()) for r in roots]
     try:
         return CountryConfig.model_validate(raw)
     except ValidationError as err:

@@ -30,7 +30,7 @@ from cropmap.core.bands import canonical_band
 from cropmap.core.season import Season
 from cropmap.errors import CatalogError
 from cropmap.settings import get_settings
-from cropmap.io.catalogs import PROFILE_PROPERTY, ROOT_PROPERTY, asset_scale_offset, item_profile
+from cropmap.io.catalogs import ASSET_ROOTS_PROPERTY, PROFILE_PROPERTY, ROOT_PROPERTY, asset_scale_offset, item_profile
 from cropmap.io.config import CatalogConfig
 
 __all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset"]
@@ -91,6 +91,8 @@ def search_items(
         # where its assets may point (cropmap.io.catalogs.check_asset_href), wherever the item goes next
         it.properties[ROOT_PROPERTY] = (str(Path(catalog.path).expanduser().resolve().parent)
                                         if catalog.path is not None else str(catalog.url))
+        if catalog.asset_roots:  # local folders the config lets this catalog's file hrefs point into
+            it.properties[ASSET_ROOTS_PROPERTY] = [str(Path(r).expanduser().resolve()) for r in catalog.asset_roots]
     return sorted(keep, key=lambda it: (_item_time(it), it.id))
 
 

@@ -22,14 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
-from cropmap.core.grid import Tile, tile_from_id
+from cropmap.core.grid import Tile, tile_from_id, tiles_meeting
 from cropmap.core.season import Season
 from cropmap.io import storage
 from cropmap.io.config import CountryConfig
 from cropmap.io.outlines import PartPlan, part_plans, tiles_for_aoi
 from cropmap.errors import InvalidInputError
 from cropmap.jobs.training import TrainingSettings
-from cropmap.samples.reference_labels import VECTOR_SUFFIXES, is_vector, label_extent
+from cropmap.samples.reference_labels import VECTOR_SUFFIXES, is_vector, label_extent, label_geometry
 from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeOptions
 from cropmap.stages.predict import PredictOptions
@@ -110,14 +110,15 @@ class CountryRun(BaseModel):
     def tiles(self, *, tile_limit: int | None = None, bounds: Bounds | None = None, bounds_crs: str | None = None,
               reference: storage.Location | None = None) -> list[str]:
         """Ids of the run's tiles (sorted by zone, row, col), optionally only those intersecting ``bounds``
-        (in ``bounds_crs``; default the tiles' own CRS) or the extent of ``reference`` (a raster or vector
-        labels; vectors that meet no tile are an error), and at
-        most ``tile_limit`` of them."""
+        (in ``bounds_crs``; default the tiles' own CRS) or ``reference``: a raster's extent, or the
+        footprints of vector labels (the tiles a parcel or point meets, not their bounding box; vectors that
+        meet no tile are an error), and at most ``tile_limit`` of them."""
         tiles = tiles_for_aoi(self.config, parts=self.parts)
         if reference is not None and is_vector(reference):
-            box, crs = label_extent(reference)
-            tiles = _within(tiles, box, crs)
+            geometry, crs = label_geometry(reference)
+            tiles, _ = tiles_meeting(geometry, crs, tiles)
             if not tiles:
+                box = tuple(float(v) for v in label_extent(reference)[0])
                 raise InvalidInputError(f"the labels {reference} (extent {tuple(round(b, 4) for b in box)}, "
                                         f"{crs.to_string()}) do not intersect {self.code}'s tiles")
         elif reference is not None:
@@ -171,7 +172,13 @@ def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
 def run_key(config: CountryConfig, cube: CubeOptions = CubeOptions()) -> str:
     """16 hex digits of what changes a run's outputs: the config, and the cube options when they are
     not the defaults (so default runs keep the key they always had)."""
-    parts: list[object] = [config.model_dump(mode="json")]
+    dump = config.model_dump(mode="json")
+    # fields added later, at their defaults, are left out: the runs made before they existed keep their keys
+    if dump.get("bands") is None:
+        dump.pop("bands", None)
+    if not dump["catalog"].get("asset_roots"):
+        dump["catalog"].pop("asset_roots", None)
+    parts: list[object] = [dump]
     if _plain(cube) != _plain(CubeOptions()):
         parts.append({"cube": _plain(cube)})
     return storage.stable_hash(parts)

@@ -27,6 +27,8 @@ from cropmap.io import storage
 from cropmap.io.locks import run_lock
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
+from cropmap.jobs.labels import check_training_labels
+from cropmap.jobs.plan import preflight
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
 from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
@@ -41,10 +43,11 @@ from cropmap.jobs.training import (
 from cropmap.ml.evaluate import write_confusion
 from cropmap.stages.cube import cube_path
 from cropmap.stages.mosaic import MosaicResult
+from cropmap.stages.stac_item import EMPTY
 from cropmap.stages.predict import write_run_file
 
 __all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run",
-           "check_complete"]
+           "check_complete", "check_not_empty"]
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,12 @@ def _run(executor: Executor, fn, *args, **kwargs):
     return executor.result(executor.submit(fn, *args, **kwargs))
 
 
-def training_tiles(run: CountryRun, *, reference: str | None = None, bounds: Bounds | None = None) -> list[str]:
+def training_tiles(run: CountryRun, *, reference: str | None = None, bounds: Bounds | None = None,
+                   label_column: str | None = None, legend: str | None = None) -> list[str]:
     """The tiles :func:`train_country` cubes: those under ``bounds`` (default: the scenario's training
-    area when ``reference`` is the scenario's), else those under the labels' extent (vector labels that
-    meet none of the country's tiles are an error, raised before anything runs)."""
+    area when ``reference`` is the scenario's), else those under the labels: a raster's extent, vector
+    labels' own footprints, checked first (column, legend, codes, season year:
+    :func:`cropmap.jobs.labels.check_training_labels`, which raises before anything runs)."""
     scenario = run.scenario
     if reference is None and scenario is not None:
         reference = scenario.reference
@@ -88,7 +93,7 @@ def training_tiles(run: CountryRun, *, reference: str | None = None, bounds: Bou
     bounds_crs = scenario.bounds_crs if scenario is not None and bounds == scenario.train_bounds else None
     if bounds is not None:
         return run.tiles(bounds=bounds, bounds_crs=bounds_crs)
-    return run.tiles(reference=reference)
+    return check_training_labels(run, reference, label_column=label_column, legend=legend).tile_ids
 
 
 def _one_run_per_folder(job):
@@ -106,7 +111,8 @@ def _one_run_per_folder(job):
 @_one_run_per_folder
 def train_country(run: CountryRun, executor: Executor, *, reference: str | None = None, legend: str | None = None,
                   settings: TrainingSettings | None = None, bounds: Bounds | None = None,
-                  progress: Progress | None = None, label_column: str | None = None) -> TrainResult:
+                  progress: Progress | None = None, label_column: str | None = None, max_tiles: int | None = None,
+                  max_dollars: float | None = None) -> TrainResult:
     """Train the run's model from ``reference`` labels (default: the scenario's, with its training area
     and settings); ``settings`` default to the scenario's, else the paper's (:class:`TrainingSettings`).
     ``reference`` is a categorical raster or vector parcels/points (GeoPackage, GeoParquet, Shapefile;
@@ -125,7 +131,9 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
         bounds = bounds if bounds is not None else scenario.train_bounds
     if settings is None:
         settings = scenario.training if scenario is not None else TrainingSettings()
-    tile_ids = training_tiles(run, reference=reference, bounds=bounds)
+    tile_ids = training_tiles(run, reference=reference, bounds=bounds, label_column=label_column, legend=legend)
+    # limits, catalog, one item of the season: seconds now, not a failed tile per block later
+    preflight(run, tile_ids, purpose="train", max_tiles=max_tiles, max_dollars=max_dollars)
     tiles = run_tiles(executor, run, tile_ids, progress=progress)
     if tiles.failures:  # a sample set from part of the labels would train a different model, silently
         first = tiles.failures[0]
@@ -142,7 +150,7 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     key = storage.stable_hash([run.key, reference, legend, bounds, label_column, settings.key_fields(mode="json")])
     samples = _run(executor, training_set, reference, cubes, str(storage.join(run.training_dir, f"samples-{key}.nc")),
                    region=run.code, legend_path=legend, settings=settings, bounds=bounds, label_column=label_column,
-                   area=tuple(float(v) for v in area))
+                   area=tuple(float(v) for v in area), tiles=tile_ids)
     # one torch thread: small nets train fastest that way on cores shared with the Dask workers
     checkpoint = _run(executor, train_checkpoint, samples.path,
                       str(storage.join(run.model_dir, f"{settings.model}-{key}.pt")), settings=settings, threads=1)
@@ -203,7 +211,8 @@ def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: Mo
 @_one_run_per_folder
 def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
                 progress: Progress | None = None, overwrite: bool = False, area_samples: str | None = None,
-                admin_units: str | None = None, admin_field: str | None = None) -> MapResult:
+                admin_units: str | None = None, admin_field: str | None = None, max_tiles: int | None = None,
+                max_dollars: float | None = None) -> MapResult:
     """Map the run's country with the checkpoint ``model`` (a path or URL); see the module docstring.
     ``overwrite``: rebuild the finished cubes and predictions too (a rerun otherwise skips them).
     ``area_samples`` (labelled points drawn on this map) and ``admin_units`` (polygons named by their
@@ -219,14 +228,18 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     zone leaves the maps of the others written but unscored; :func:`check_complete` raises then.
     """
     check_area_inputs(area_samples, admin_units, admin_field)  # before any tile, not after the mosaics
+    tile_ids = run.tiles(tile_limit=tile_limit)
+    if model is not None:  # a checkpoint that cannot map the plan fails before the catalog is asked
+        check_model_fits(run, model, tile_ids)
+    if model is None and (run.scenario is None or not run.scenario.trains):
+        raise ConfigError(f"mapping {run.code} needs model=<checkpoint path or URL> (a model trained "
+                          "elsewhere: `cropmap train` or the train-model flow)")
+    # limits (max_tiles, max_dollars), the catalog and one item of the season, before any tile or training
+    preflight(run, tile_ids, max_tiles=max_tiles, max_dollars=max_dollars)
     training = None
     if model is None:
-        if run.scenario is None or not run.scenario.trains:
-            raise ConfigError(f"mapping {run.code} needs model=<checkpoint path or URL> (a model trained "
-                              "elsewhere: `cropmap train` or the train-model flow)")
         training = train_country(run, executor, progress=progress)
         model = training.checkpoint.path
-    tile_ids = run.tiles(tile_limit=tile_limit)
     offsets = check_model_fits(run, model, tile_ids)
     key = prediction_key(run, model)
     check_existing_tiles(run, key, tile_ids, model)
@@ -281,3 +294,17 @@ def check_complete(result: MapResult) -> None:
                              f"{first.reason}. Rerun to retry them")
     if result.zone_failures:
         raise MosaicError("zone(s) failed: " + "; ".join(f"EPSG:{e}: {r}" for e, r in result.zone_failures.items()))
+    check_not_empty(result)
+
+
+def check_not_empty(result: MapResult) -> None:
+    """Raise :class:`MosaicError` when the map holds no mapped pixel at all: the national map's STAC item
+    (else every zone's) says ``cropmap:status: "empty"`` (:func:`cropmap.stages.stac_item.write_stac_item`).
+    A map that is all nodata is never a successful run."""
+    maps = [result.mosaic] if result.mosaic is not None else list(result.zones.values())
+    items = [json.loads(storage.read_bytes(m.stac_item)) for m in maps if m.stac_item is not None]
+    empty = [i for i in items if i.get("properties", {}).get("cropmap:status") == EMPTY]
+    if items and len(empty) == len(items):
+        reason = empty[0]["properties"].get("cropmap:reason", "")
+        raise MosaicError(f"the map {empty[0].get('id')} of {result.tiles.total} tile(s) is all nodata ({reason}); its "
+                          "STAC item says cropmap:status 'empty'. Does the season fit the scenes' dates and cadence?")

@@ -7,17 +7,22 @@ executor's capacity times ``$CROPMAP_TILES_IN_FLIGHT``), starts a tile's predict
 is ready, and starts the next tile whenever one finishes, so the stages overlap in bounded waves and the
 calling process holds
 only a :class:`TileSummary`: per tile, two short status words, and the reason of each failure (tens of
-bytes a tile, not the task objects). A tile that fails in one stage is recorded with its reason; the
-others go on.
+bytes a tile, not the task objects). A tile that fails in one stage is recorded with its reason and
+logged as one line naming the file under ``<run>/failures/`` that holds its traceback; the others go on,
+unless the last :data:`SAME_FAILURES_TO_STOP` tiles (or block searches) all failed alike: then the run
+stops there with one :class:`~cropmap.errors.CubeBuildError` (the cause is the run's, not the tiles').
 """
 
 from __future__ import annotations
 
+import logging
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cropmap.errors import CubeBuildError
 from cropmap.io import storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
@@ -29,6 +34,11 @@ __all__ = ["TileFailure", "TileSummary", "run_tiles"]
 
 #: ``progress(stage, tile_id, status)`` after each tile and stage ("cube" / "predict").
 Progress = Callable[[str, str, str], None]
+#: Failures in a row with the same reason (tile ids aside) that stop a run: a dead catalog or a bad
+#: setting fails every tile alike, and 396 blocks x 3 tries took 551 s to say so (issue 32).
+SAME_FAILURES_TO_STOP = 3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,12 @@ class TileSummary:
         self.counts[stage][status] += 1
         self.status.setdefault(tile_id, {})[stage] = status
 
-    def fail(self, tile_id: str, stage: str, error: BaseException) -> None:
+    def fail(self, tile_id: str, stage: str, error: BaseException) -> str:
+        """Record the failure; returns its reason (one line)."""
         self.record(tile_id, stage, "failed")
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         self.failures.append(TileFailure(tile_id, stage, reason))
+        return reason
 
     def rows(self) -> list[dict[str, str]]:
         """One row per tile: ``tile``, ``cube``, ``predict`` statuses and the ``reason`` of a failure."""
@@ -81,14 +93,36 @@ class TileSummary:
         return f"{self.total} tiles; " + "; ".join(parts) + (f"; block searches: {blocks}" if blocks else "")
 
 
+def failure_path(run: CountryRun, name: str, stage: str) -> storage.Location:
+    """Where the traceback of ``name``'s (a tile's or a block's) failure in ``stage`` is written."""
+    return storage.join(run.root, "failures", f"{name}.{stage}.txt")
+
+
+def _report(run: CountryRun, name: str, stage: str, reason: str, error: BaseException) -> str:
+    """Write the traceback to :func:`failure_path`, log one line naming it; returns the line."""
+    path = failure_path(run, name, stage)
+    try:
+        storage.write_text(path, "".join(traceback.format_exception(error)))
+        where = f"traceback: {path}"
+    except Exception as err:  # noqa: BLE001 - an unwritable folder must not hide the tile's own error
+        where = f"traceback not written: {err}"
+    line = f"{name} {stage} failed: {reason} ({where})"
+    log.warning(line)
+    return line
+
+
 def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
               model: storage.Location | None = None, window: int | None = None,
-              progress: Progress | None = None, overwrite: bool = False) -> TileSummary:
+              progress: Progress | None = None, overwrite: bool = False,
+              stop_after: int = SAME_FAILURES_TO_STOP) -> TileSummary:
     """Search, cube and (with a ``model``) predict every tile of ``tile_ids``; see the module docstring.
-    ``overwrite``: rebuild the cubes and predictions that are already finished, too."""
+    ``overwrite``: rebuild the cubes and predictions that are already finished, too. ``stop_after``
+    failures in a row with the same reason raise :class:`CubeBuildError` (0: never stop)."""
     window = window or executor.capacity * get_settings().tiles_in_flight
+    streak: list[str] = []  # reasons of the failures since the last success, tile ids taken out
     summary = TileSummary()
-    blocks = search_blocks(list(tile_ids))
+    tile_ids = list(tile_ids)
+    blocks = search_blocks(tile_ids)
     searches = iter(blocks.items())
     ready: deque[tuple[str, str]] = deque()  # (tile id, its block's items) waiting for a slot
     pending: dict[Any, tuple[str, str]] = {}  # handle -> (tile id or block, stage)
@@ -119,14 +153,26 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
                     in_flight["search"] -= 1
                     for tile_id in blocks[name]:
                         summary.total += 1
-                        summary.fail(tile_id, "cube", err)
+                        reason = summary.fail(tile_id, "cube", err)
                         if progress is not None:
                             progress("cube", tile_id, "failed")
+                else:
+                    reason = summary.fail(name, stage, err)
+                _report(run, name, stage, reason, err)
+                streak.append(reason.replace(name, "<tile>"))
+                if stop_after and len(streak) >= stop_after and len(set(streak[-stop_after:])) == 1:
+                    left = f"{len(tile_ids) - summary.total:,} more"
+                    raise CubeBuildError(
+                        f"{run.code}: the last {stop_after} {'block searches' if stage == 'search' else 'tiles'} "
+                        f"failed alike, so the run stops before {left} tiles: {reason} (tracebacks in "
+                        f"{storage.join(run.root, 'failures')}); fix the cause and rerun (finished tiles are kept)")
+                if stage == "search":
                     fill()
                     continue
-                summary.fail(name, stage, err)
                 status = "failed"
             else:
+                if stage != "search":  # a tile that works breaks the streak; a search says less
+                    streak.clear()
                 if stage == "search":
                     in_flight["search"] -= 1
                     summary.searches[result.status] += 1

@@ -91,18 +91,19 @@ class CheckpointResult:
 def training_points(reference: storage.Location, *, legend_path: str | Path | None = None,
                     settings: TrainingSettings = TrainingSettings(),
                     bounds: tuple[float, float, float, float] | None = None, label_column: str | None = None,
-                    area: tuple[float, float, float, float] | None = None):
+                    area: tuple[float, float, float, float] | None = None, tiles: Sequence[str] | None = None):
     """Points from reference labels: a categorical raster
     (:func:`cropmap.samples.reference.sample_reference_map`) or vector parcels or points
     (:func:`cropmap.samples.reference_labels.sample_label_vectors`, which need ``label_column`` and a
     legend). The legend is a ``configs/legends`` YAML (default for a raster: the map's own classes).
-    ``bounds``: the raster's training area (its CRS); ``area``: lon/lat box the vectors must intersect."""
+    ``bounds``: the raster's training area (its CRS); ``area``: lon/lat box the vectors must intersect;
+    ``tiles``: ids of the cubed tiles, the only ones whose vectors are sampled."""
     legend = load_legend(legend_path) if legend_path is not None else None
     if is_vector(reference):
         if label_column is None or legend is None:
             raise ConfigError(f"vector labels {reference} need a label column (--label-column) and a legend (--legend)")
         return sample_label_vectors(reference, column=label_column, legend=legend, options=settings.sampling(),
-                                    spacing_m=settings.spacing_m, bounds=area)
+                                    spacing_m=settings.spacing_m, bounds=area, tiles=tiles)
     return sample_reference_map(reference, legend=legend, options=settings.sampling(), bounds=bounds)
 
 
@@ -110,12 +111,13 @@ def training_set(reference: storage.Location, cube_paths: Sequence[storage.Locat
                  region: str, legend_path: str | Path | None = None,
                  settings: TrainingSettings = TrainingSettings(),
                  bounds: tuple[float, float, float, float] | None = None, label_column: str | None = None,
-                 area: tuple[float, float, float, float] | None = None) -> TrainingSetResult:
+                 area: tuple[float, float, float, float] | None = None,
+                 tiles: Sequence[str] | None = None) -> TrainingSetResult:
     """Points from ``reference`` (:func:`training_points`), their series from the tile cubes
     (:func:`cropmap.samples.reference.samples_from_cubes`), written as a netCDF sample set at ``path`` (a
     file or a URL, published whole: :func:`cropmap.io.storage.output_file`)."""
     points = training_points(reference, legend_path=legend_path, settings=settings, bounds=bounds,
-                             label_column=label_column, area=area)
+                             label_column=label_column, area=area, tiles=tiles)
     samples = samples_from_cubes([open_tile_cube(p) for p in cube_paths], points, region=region)
     with storage.output_file(path) as tmp:
         samples.to_netcdf(tmp, engine="h5netcdf")

@@ -24,7 +24,7 @@ cell of ``point_group_m`` metres, so that the validation split (:func:`cropmap.m
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +34,13 @@ import pyogrio
 import shapely
 from pyproj import CRS, Transformer
 
+from cropmap.core.grid import tile_from_id, tiles_meeting
 from cropmap.core.harmonise import Legend
 from cropmap.errors import InvalidInputError
 from cropmap.samples.reference import SamplingOptions, _keys, _pick
 
 __all__ = ["VECTOR_SUFFIXES", "is_vector", "LabelVectors", "read_label_vectors", "label_extent",
-           "sample_label_vectors"]
+           "label_geometry", "label_targets", "sample_label_vectors"]
 
 #: File suffixes read as vector labels (anything else is opened as a raster).
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".parquet", ".geoparquet", ".geojson", ".fgb")
@@ -52,16 +53,19 @@ def is_vector(path: str | Path) -> bool:
 
 
 class LabelVectors:
-    """Features of a label file: ``geometry`` (shapely array), ``values`` (the label column), ``crs``."""
+    """Features of a label file: ``geometry`` (shapely array), ``values`` (the label column), ``crs``,
+    and ``extra``: the other columns asked for (name -> array)."""
 
-    def __init__(self, geometry: np.ndarray, values: np.ndarray, crs: CRS, source: str):
+    def __init__(self, geometry: np.ndarray, values: np.ndarray, crs: CRS, source: str,
+                 extra: dict[str, np.ndarray] | None = None):
         self.geometry, self.values, self.crs, self.source = geometry, values, crs, source
+        self.extra = extra or {}
 
     def __len__(self) -> int:
         return len(self.values)
 
 
-def _read_geoparquet(path: Path, column: str) -> LabelVectors:
+def _read_geoparquet(path: Path, column: str, extra: Sequence[str] = ()) -> LabelVectors:
     meta = pq.read_metadata(path).metadata or {}
     geo = json.loads(meta.get(b"geo", b"{}") or b"{}")
     if not geo:
@@ -72,28 +76,33 @@ def _read_geoparquet(path: Path, column: str) -> LabelVectors:
     if column not in schema.names:
         raise InvalidInputError(f"{path.name}: no label column {column!r}; columns: "
                                 f"{', '.join(n for n in schema.names if n != gcol)}")
-    table = pq.read_table(path, columns=[gcol, column])
+    extra = [c for c in extra if c in schema.names and c not in (gcol, column)]
+    table = pq.read_table(path, columns=[gcol, column, *extra])
     crs = CRS.from_user_input(info["crs"]) if info.get("crs") else CRS.from_epsg(4326)  # spec: absent = OGC:CRS84
     geometry = shapely.from_wkb(table.column(gcol).to_numpy(zero_copy_only=False))
-    return LabelVectors(geometry, table.column(column).to_numpy(zero_copy_only=False), crs, str(path))
+    return LabelVectors(geometry, table.column(column).to_numpy(zero_copy_only=False), crs, str(path),
+                        {c: table.column(c).to_numpy(zero_copy_only=False) for c in extra})
 
 
-def read_label_vectors(path: str | Path, column: str) -> LabelVectors:
+def read_label_vectors(path: str | Path, column: str, extra: Sequence[str] = ()) -> LabelVectors:
     """The features of ``path`` and their ``column`` (GeoPackage/Shapefile/... via pyogrio, GeoParquet via
-    pyarrow). Errors name a missing column (and list those there) or a missing CRS."""
+    pyarrow), and the ``extra`` columns that exist. Errors name a missing column (and list those there) or
+    a missing CRS."""
     path = Path(path)
     if not path.exists():
         raise InvalidInputError(f"label file {path} not found")
     if path.suffix.lower() in (".parquet", ".geoparquet"):
-        return _read_geoparquet(path, column)
+        return _read_geoparquet(path, column, extra)
     info = pyogrio.read_info(path)
     fields = [str(f) for f in info["fields"]]
     if column not in fields:
         raise InvalidInputError(f"{path.name}: no label column {column!r}; columns: {', '.join(fields)}")
     if not info.get("crs"):
         raise InvalidInputError(f"{path.name}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs)")
-    _, _, wkb, (values,) = pyogrio.raw.read(path, columns=[column])
-    return LabelVectors(shapely.from_wkb(wkb), np.asarray(values), CRS.from_user_input(info["crs"]), str(path))
+    extra = [c for c in extra if c in fields and c != column]
+    meta, _, wkb, arrays = pyogrio.raw.read(path, columns=[column, *extra])
+    read = {str(n): np.asarray(a) for n, a in zip(meta["fields"], arrays)}  # in the file's order, not ours
+    return LabelVectors(shapely.from_wkb(wkb), read.pop(column), CRS.from_user_input(info["crs"]), str(path), read)
 
 
 def label_extent(path: str | Path) -> tuple[tuple[float, float, float, float], CRS]:
@@ -111,11 +120,47 @@ def label_extent(path: str | Path) -> tuple[tuple[float, float, float, float], C
     return tuple(float(v) for v in info["total_bounds"]), CRS.from_user_input(info["crs"])
 
 
+def label_geometry(path: str | Path) -> tuple[np.ndarray, CRS]:
+    """The geometries of a vector label file (shapely array) and their CRS, without any column."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInputError(f"label file {path} not found")
+    if path.suffix.lower() in (".parquet", ".geoparquet"):
+        meta = json.loads((pq.read_metadata(path).metadata or {}).get(b"geo", b"{}") or b"{}")
+        gcol = meta.get("primary_column", "geometry")
+        info = meta.get("columns", {}).get(gcol, {})
+        crs = CRS.from_user_input(info["crs"]) if info.get("crs") else CRS.from_epsg(4326)
+        return shapely.from_wkb(pq.read_table(path, columns=[gcol]).column(0).to_numpy(zero_copy_only=False)), crs
+    meta, _, wkb, _ = pyogrio.raw.read(path, columns=[])
+    if not meta.get("crs"):
+        raise InvalidInputError(f"{path.name}: the labels have no CRS; set one (e.g. ogr2ogr -a_srs)")
+    return shapely.from_wkb(wkb), CRS.from_user_input(meta["crs"])
+
+
 def _value_key(v) -> str:
     """A label value as the legend's mapping keys spell it: integers without a trailing ``.0``."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
     return str(v)
+
+
+def label_targets(values: np.ndarray, legend: Legend, *, column: str, name: str,
+                  value_names: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each label value's key (text, integers without ``.0``) and its legend class (None: dropped on
+    purpose). Codes the legend does not know, or a legend that drops them all, raise one error naming them."""
+    keys = np.array([_value_key(v) for v in values], dtype=object)
+    names = np.array([(value_names or {}).get(k, k) for k in keys], dtype=object)
+    lowered = {k.lower() for k in legend.mapping}
+    known = {n: n.lower() in lowered or n in legend.classes for n in set(names)}
+    unknown = sorted({k for k, n in zip(keys, names) if not known[n]})
+    if unknown:
+        raise InvalidInputError(f"{name}: {column} code(s) absent from legend {legend.name!r}: "
+                                f"{', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''} "
+                                f"({len(unknown)} in all); map them (to null to drop them)")
+    targets = np.array([legend.target_of(n) for n in names], dtype=object)
+    if not any(t is not None for t in targets):
+        raise InvalidInputError(f"{name}: legend {legend.name!r} drops every {column} value; nothing to train on")
+    return keys, targets
 
 
 def _utm_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -134,13 +179,16 @@ def sample_label_vectors(
     value_names: Mapping[str, str] | None = None,
     bounds: tuple[float, float, float, float] | None = None,
     bounds_crs: str | CRS | None = None,
+    tiles: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Training points from vector parcels or points (see the module docstring).
 
     ``column``: the label column; its values (as text, integers without ``.0``) go through
     ``value_names`` (value -> source class name, default: the value itself) and then ``legend``.
     ``bounds`` (in ``bounds_crs``, default WGS 84 degrees): only features intersecting it are used (a
-    country's outline box); none there is an error.
+    country's outline box); none there is an error. ``tiles`` (tile ids): likewise, only features meeting
+    one of these tiles (the cubed ones: :func:`cropmap.core.grid.tiles_meeting`), so that no point is
+    drawn where no cube is.
 
     Returns the columns of :func:`cropmap.samples.reference.sample_reference_map` (``x``, ``y`` metres in
     the point's UTM zone ``epsg``, ``lon``, ``lat``, ``value``, ``label``, ``class_name``) plus ``field``
@@ -167,20 +215,15 @@ def sample_label_vectors(
             raise InvalidInputError(f"{name}: none of its {len(geometry)} labelled features intersects the "
                                     f"country's area {tuple(round(b, 4) for b in bounds)}; wrong labels or country?")
         geometry, values, fid, clon, clat = geometry[inside], values[inside], fid[inside], clon[inside], clat[inside]
+    if tiles is not None:
+        _, inside = tiles_meeting(geometry, vectors.crs, [tile_from_id(t) for t in tiles])
+        if not inside.any():
+            raise InvalidInputError(f"{name}: none of its {len(geometry)} labelled features lies on the "
+                                    f"{len(tiles)} given tile(s); wrong labels or country?")
+        geometry, values, fid, clon, clat = geometry[inside], values[inside], fid[inside], clon[inside], clat[inside]
 
-    keys = np.array([_value_key(v) for v in values], dtype=object)
-    names = np.array([(value_names or {}).get(k, k) for k in keys], dtype=object)
-    lowered = {k.lower() for k in legend.mapping}
-    known = {n: n.lower() in lowered or n in legend.classes for n in set(names)}
-    unknown = sorted({k for k, n in zip(keys, names) if not known[n]})
-    if unknown:
-        raise InvalidInputError(f"{name}: {column} code(s) absent from legend {legend.name!r}: "
-                                f"{', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''} "
-                                f"({len(unknown)} in all); map them (to null to drop them)")
-    targets = np.array([legend.target_of(n) for n in names], dtype=object)
-    mapped = np.array([t is not None for t in targets])
-    if not mapped.any():
-        raise InvalidInputError(f"{name}: legend {legend.name!r} drops every {column} value; nothing to train on")
+    keys, targets = label_targets(values, legend, column=column, name=name, value_names=value_names)
+    mapped = np.array([t is not None for t in targets], dtype=bool)
     label_of = {c: i for i, c in enumerate(legend.classes)}
 
     tables = []

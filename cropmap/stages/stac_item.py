@@ -31,7 +31,7 @@ from cropmap.io.storage import atomic_path
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.tile_files import class_legend, list_tiles, tile_tags
 
-__all__ = ["write_stac_item", "ood_flagged_share", "write_stac_collection", "multihash_sha256", "CLASSIFICATION_SCHEMA",
+__all__ = ["write_stac_item", "ood_flagged_share", "has_mapped_pixel", "EMPTY", "write_stac_collection", "multihash_sha256", "CLASSIFICATION_SCHEMA",
            "COLLECTION_FILE"]
 
 #: The classification extension version written (its schema is in ../shared/data/stac_schemas).
@@ -74,6 +74,16 @@ def ood_flagged_share(cog: str | Path) -> float | None:
     return round(flagged / valid, 6) if valid else None
 
 
+#: ``cropmap:status`` of an item whose class map holds no mapped pixel at all (all nodata): never "complete".
+EMPTY = "empty"
+
+
+def has_mapped_pixel(cog: str | Path) -> bool:
+    """Whether the class COG holds any pixel that is not nodata (blocks read until the first one)."""
+    with rasterio.open(cog) as src:
+        return any(bool((src.read(1, window=window) != NODATA).any()) for _, window in src.block_windows(1))
+
+
 def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_dir: str | Path | None = None,
                     quicklook: Path | None = None, missing: Mapping[str, str] | None = None) -> Path:
     """A STAC Item (JSON) describing the mosaics: geometry (EPSG:4326), season as start/end
@@ -84,7 +94,8 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
 
     ``missing`` (tile id or zone -> why) are parts of the run that the map lacks (failed tiles or
     zones): the item then says ``cropmap:status: "partial"`` and lists them under
-    ``cropmap:missing``, so a map with holes never reads as a whole one; else ``"complete"``."""
+    ``cropmap:missing``, so a map with holes never reads as a whole one; a class map without a single
+    mapped pixel says ``"empty"`` (:data:`EMPTY`) and why under ``cropmap:reason``; else ``"complete"``."""
     path = Path(path)
     with rasterio.open(cogs["class"]) as src:
         crs, transform, shape, bounds, tags = src.crs, src.transform, (src.height, src.width), src.bounds, src.tags()
@@ -98,6 +109,10 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
         props["cropmap:ood_flagged_share"] = ood_flagged_share(cogs["ood"])
     if missing:
         props["cropmap:missing"] = [{"part": k, "reason": v} for k, v in sorted(missing.items())]
+    if not has_mapped_pixel(cogs["class"]):  # all nodata: whatever else it is, never a map to use
+        props["cropmap:status"] = EMPTY
+        props["cropmap:reason"] = ("every pixel is nodata: no pixel of the tiles had enough observed bins "
+                                   "(predict's max_filled_fraction) or a valid series")
     for key in ("model_name", "season", "season_year", "model_season", "season_offset_months"):
         if key in tags:  # the season and model the map stands for, also without a run file
             props[f"cropmap:{key}"] = json.loads(tags[key]) if key in ("season", "model_season") else tags[key]
