@@ -14,6 +14,7 @@ Kubernetes work pool's base job template, and the worker image's Dockerfile.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import re
 import shlex
@@ -352,7 +353,8 @@ def test_dockerfile_installs_like_bootstrap():
     pin = _torch_pin()
     assert pin in (ROOT / "scripts/bootstrap.sh").read_text()  # the same pin as the local setup
     torch_step = next(n for n, r in enumerate(runs) if pin in r)
-    project_step = next(n for n, r in enumerate(runs) if re.search(r"pip install .*-e \"?\.\[", r))
+    src = _context_destination(steps)
+    project_step = next(n for n, r in enumerate(runs) if re.search(r"pip install .*\"?(\.|" + re.escape(src) + r")\[", r))
     assert torch_step < project_step, "torch must be installed first and on its own"
     assert "-e ." not in runs[torch_step]
     # the torch build is chosen by a build argument (CPU default, CUDA on request)
@@ -360,10 +362,11 @@ def test_dockerfile_installs_like_bootstrap():
     assert args["TORCH_VARIANT"] == "cpu"
     assert "${TORCH_INDEX_URL}" in runs[torch_step] and "${TORCH_VARIANT}" in args["TORCH_INDEX_URL"]
     # the project with every dependency pinned to the tested version, and the flows extra
-    install = shlex.split(runs[project_step].split("&&")[0])
+    install = shlex.split(next(c for c in runs[project_step].split("&&") if "pip install" in c))
     constraints = install[install.index("--constraint") + 1]
-    assert (ROOT / constraints).is_file()
-    assert any(w.startswith(".[") and "flows" in w for w in install)
+    assert (ROOT / constraints.removeprefix(src + "/")).is_file() and constraints.startswith(src + "/")
+    assert constraints.removeprefix(src + "/") in _docker_context()
+    assert any(w.startswith((".[", src + "[")) and "flows" in w for w in install)
 
 
 def test_constraints_pin_every_dependency_at_the_projects_version():
@@ -383,18 +386,68 @@ def test_constraints_pin_every_dependency_at_the_projects_version():
             assert pins[name] == dep.split("==")[1], f"{name}: pyproject {dep}, constraints {pins[name]}"
 
 
-def test_dockerfile_copies_exist_and_are_not_ignored():
-    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
-               if p.strip() and not p.startswith("#")]
-    for source in [a.split()[0] for i, a in _dockerfile() if i == "COPY"] + ["README.md"]:
-        if source == "flows":
-            continue  # see the next test
+def _context_destination(steps: list[tuple[str, str]]) -> str:
+    """Where ``COPY . DEST`` puts the build context (the project's source) in the image."""
+    (dest,) = [a.split()[-1] for i, a in steps if i == "COPY" and a.split()[0] == "."]
+    return dest.rstrip("/")
+
+
+def _docker_context() -> set[str]:
+    """The files of the checkout that ``docker build .`` sends, by .dockerignore's rules (patterns in order,
+    the last match wins, ``!`` re-includes, a pattern also matches every path below a match)."""
+    rules = [(p.startswith("!"), p.lstrip("!").strip("/")) for p in
+             (l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()) if p and not p.startswith("#")]
+
+    def excluded(rel: str) -> bool:
+        parts, out = rel.split("/"), False
+        for negate, pattern in rules:
+            if any(fnmatch.fnmatchcase("/".join(parts[:n]), pattern) for n in range(1, len(parts) + 1)):
+                out = not negate
+        return out
+
+    files = set()
+    for path in ROOT.rglob("*"):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.split("/")[0] not in (".git", ".venv") and path.is_file() and not excluded(rel):
+            files.add(rel)
+    return files
+
+
+def test_dockerfile_build_context_is_the_package():
+    """The context holds what the install needs (the package with its configs, pyproject.toml, README.md,
+    the constraints) and nothing of the checkout around it: COPY sources exist and are sent."""
+    context = _docker_context()
+    needed = {"pyproject.toml", "README.md", "deploy/constraints.txt", "cropmap/__init__.py",
+              "cropmap/flows/map_country.py", "cropmap/configs/countries/DEMO.yaml"}
+    assert needed <= context, needed - context
+    assert not [p for p in context if p.split("/")[0] in ("tests", "flows", "configs", "docs", "bench", "scripts")
+                or "__pycache__" in p or p.startswith("deploy/") and p != "deploy/constraints.txt"]
+    for source in [w for i, a in _dockerfile() if i == "COPY" for w in a.split()[:-1] if not w.startswith("--")]:
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
-        assert not any(Path(source).match(p) or source.startswith(p.rstrip("/") + "/") for p in ignored), source
+        assert source == "." or source in context or any(p.startswith(source + "/") for p in context), source
 
 
-def test_dockerfile_copies_the_flows():
-    if not any((ROOT / "flows").glob("*.py")):
-        pytest.skip("flows/ has no flow module yet (issue 6 writes flows/map_country.py); "
-                    "the image build needs it")
-    assert any(i == "COPY" and a.split()[0] == "flows" for i, a in _dockerfile())
+def test_dockerfile_installs_the_package_not_a_checkout():
+    """The image runs the installed package (cropmap.flows, configs as package data): the install is not
+    editable, the checkout's flows/ and configs/ are not copied, and the flow runs' working directory is
+    deploy/prefect.yaml's pull step folder. scripts/check_image.sh builds and runs it."""
+    steps = _dockerfile()
+    runs = [a for i, a in steps if i == "RUN"]
+    installs = [c for r in runs for c in r.split("&&") if "pip install" in c]
+    assert not [c for c in installs if re.search(r"\s(-e|--editable)\s", c)], installs
+    copied = [w for i, a in steps if i == "COPY" for w in a.split()[:-1] if not w.startswith("--")]
+    assert "flows" not in copied and "configs" not in copied, copied
+    workdir = [a for i, a in steps if i == "WORKDIR"][-1]
+    pull = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())["pull"]
+    assert [s["prefect.deployments.steps.set_working_directory"]["directory"] for s in pull] == [workdir]
+    # hadolint DL3008 / DL3013: apt and pip versions pinned (the project's own pins come from --constraint)
+    apt = [c for r in runs for c in r.split("&&") if "apt-get install" in c]
+    assert apt and all("=" in w for c in apt for w in shlex.split(c) if not w.startswith("-") and w not in
+                       ("apt-get", "install")), apt
+    for c in installs:
+        words = [w for w in shlex.split(c)[shlex.split(c).index("install") + 1:]]
+        args = [w for n, w in enumerate(words) if not w.startswith("-") and not (n and words[n - 1] in
+                                                                                ("--constraint", "--index-url"))]
+        assert all("==" in w or w.startswith((".[", _context_destination(steps) + "[")) for w in args), c
+    # the scheduler's dashboard (docs/scaling.md) needs bokeh
+    assert any("bokeh==" in c for c in installs)
