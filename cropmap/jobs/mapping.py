@@ -229,8 +229,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     """
     check_area_inputs(area_samples, admin_units, admin_field)  # before any tile, not after the mosaics
     tile_ids = run.tiles(tile_limit=tile_limit)
-    if model is not None:  # a checkpoint that cannot map the plan fails before the catalog is asked
-        check_model_fits(run, model, tile_ids)
+    # a checkpoint that cannot map the plan fails before the catalog is asked
+    offsets = check_model_fits(run, model, tile_ids) if model is not None else None
     if model is None and (run.scenario is None or not run.scenario.trains):
         raise ConfigError(f"mapping {run.code} needs model=<checkpoint path or URL> (a model trained "
                           "elsewhere: `cropmap train` or the train-model flow)")
@@ -240,7 +240,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     if model is None:
         training = train_country(run, executor, progress=progress)
         model = training.checkpoint.path
-    offsets = check_model_fits(run, model, tile_ids)
+        offsets = check_model_fits(run, model, tile_ids)
     key = prediction_key(run, model)
     check_existing_tiles(run, key, tile_ids, model)
     write_run_file(model, run.tile_dir(key), options=run.predict,
