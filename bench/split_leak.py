@@ -15,7 +15,8 @@ from sklearn.model_selection import StratifiedKFold
 
 from cropmap.core.composite import median_composite
 from cropmap.core.features import compute_features
-from cropmap.core.harmonise import harmonise, load_legend
+from cropmap.core.harmonise import harmonise
+from cropmap.io.config import load_legend
 from cropmap.core.season import Season
 from cropmap.ml.evaluate import scores
 from cropmap.ml.models.forest import build_forest

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics
 
-from cropmap.core.harmonise import Legend, harmonise, load_legend
+from cropmap.core.harmonise import Legend, harmonise
+from cropmap.io.config import load_legend
 from cropmap.errors import ConfigError
 from cropmap.ml.evaluate import confusion_matrix, macro_f1, scores, write_confusion
 from cropmap.samples.victoria import read_victoria

@@ -42,7 +42,8 @@ def tiny_config(shared_data, tmp_path):
     cfg["source"]["path"] = str(tmp_path / "median_S2_FRA_month1-12_day5.npz")
     cfg["target"]["path"] = str(tmp_path / "median_S2_BEL_month1-12_day5.npz")
     cfg.update(seeds=[0, 1], target_shifts_days=[0, 10], output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
-               train={"epochs": 1, "lr": 1e-3, "batch_size": 16, "progress": False, "model_options": {"channels": [8] * 4}},
+               train={"epochs": 1, "lr": 1e-3, "batch_size": 16, "val_fraction": 0.1, "schedule": "onecycle",
+                      "epoch_choice": "last", "progress": False, "model_options": {"channels": [8] * 4}},
                forest={"n_estimators": 10},
                runs=[{"features": "2d", "model": "cropnet1d", "augment": ["all"]},
                      {"features": "1d", "model": "rf", "augment": ["none", "shift"], "augment_copies": 1},

@@ -19,7 +19,7 @@ import shapely
 import yaml
 from pyproj import Transformer
 
-from cropmap.core.harmonise import load_legend
+from cropmap.io.config import load_legend
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, InvalidInputError
 from cropmap.scenarios import resolve_run

@@ -21,7 +21,8 @@ import yaml
 from pyproj import CRS, Transformer
 from scipy import ndimage
 
-from cropmap.core.harmonise import Legend, load_legend
+from cropmap.core.harmonise import Legend
+from cropmap.io.config import load_legend
 from cropmap.errors import InvalidInputError
 from cropmap.ml.train import group_split
 from cropmap.samples.reference import SamplingOptions, sample_reference_map

@@ -10,6 +10,7 @@ import typer
 from cropmap.cli.common import app, command, fail
 from cropmap.core.area_estimation import Z95, allocate, sample_size
 from cropmap.stages.area import (
+    check_sample_on_map,
     draw_sample,
     estimate_areas,
     label_from_reference,
@@ -62,6 +63,7 @@ def estimate(
     """Area-adjusted areas (ha), user's/producer's/overall accuracy, each with a 95 % CI."""
     strata = map_strata(class_map)
     points = read_sample(samples)
+    check_sample_on_map(strata, points)  # estimates from another map's sample would describe that map
     if reference is not None:
         points = label_from_reference(points, strata, reference)
     est, notes = estimate_areas(strata, points)

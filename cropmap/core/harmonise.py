@@ -16,16 +16,13 @@ a shared class. Names are compared case-insensitively.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import xarray as xr
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from cropmap.errors import ConfigError, one_line
+from cropmap.errors import ConfigError
 
-__all__ = ["Legend", "load_legend", "harmonise"]
+__all__ = ["Legend", "harmonise"]
 
 
 class Legend(BaseModel):
@@ -65,17 +62,6 @@ class Legend(BaseModel):
         if self.keep_unmapped and name in self.classes:
             return name
         return self.other
-
-
-def load_legend(path: str | Path) -> Legend:
-    """Read and validate a legend YAML; errors name the file."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"legend file {path} not found")
-    try:
-        return Legend(**(yaml.safe_load(path.read_text()) or {}))
-    except (ValidationError, TypeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: invalid legend: {one_line(err)}") from err
 
 
 def harmonise(samples: xr.Dataset, legend: Legend) -> xr.Dataset:

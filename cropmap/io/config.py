@@ -27,13 +27,14 @@ from pydantic import (
 )
 
 from cropmap.core.bands import S2_BANDS, SCL, canonical_band
+from cropmap.core.harmonise import Legend
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, UnknownCountryError, one_line
 from cropmap.io.catalogs import get_profile, profile_for_url
 from cropmap.settings import get_settings
 
 __all__ = ["CatalogConfig", "OutlinePart", "OutlineConfig", "ScenarioRef", "CountryConfig", "load_country", "known_countries", "configs_folder",
-           "DEFAULT_CONFIGS_DIR", "EARTH_SEARCH"]
+           "read_yaml_mapping", "load_legend", "DEFAULT_CONFIGS_DIR", "EARTH_SEARCH"]
 
 #: ``configs/countries`` of the installed package.
 DEFAULT_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs" / "countries"
@@ -214,6 +215,86 @@ class CountryConfig(BaseModel):
         return self
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the
+    last one silently, which merges or drops a legend's classes or a config's settings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first on line {first_line[key]}); YAML would keep "
+                        "only the last: remove one", key_node.start_mark)
+                first_line[key] = line
+            except TypeError:  # an unhashable key: the constructor below names it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of the YAML file ``path`` (an empty file: ``{}``): the one reader of every
+    cropmap config (country, legend, experiment). A key given twice, a syntax error, a file that is not
+    text or whose top level is not a mapping raise :class:`ConfigError` in one line naming the file and line.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - safe: it builds no objects
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        what = " ".join(filter(None, (err.context, err.problem)))
+        raise ConfigError(f"{path}: not valid YAML{where}: {' '.join(what.split())}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {one_line(err)}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (YAML expected)") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got a {type(raw).__name__}")
+    return raw
+
+
+def _case_clash(names: list[str]) -> list[str]:
+    """The first names of ``names`` that differ from another only by case (empty when there are none)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            return [other, name]
+    return []
+
+
+def load_legend(path: str | Path) -> Legend:
+    """The legend YAML ``path`` (``configs/legends/*.yaml``) validated into a :class:`Legend`.
+
+    Refused in one line naming the file (:class:`ConfigError`): a missing file, a key given twice, and
+    classes or mapping entries whose names differ only by case (the legend matches names
+    case-insensitively, so one of them would silently win).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"legend file {path} not found")
+    try:
+        legend = Legend.model_validate(read_yaml_mapping(path))
+    except ValidationError as err:
+        raise ConfigError(f"{path}: invalid legend: {one_line(err)}") from err
+    for section, names in (("classes", legend.classes), ("mapping", list(legend.mapping))):
+        clash = _case_clash(names)
+        if clash:
+            raise ConfigError(f"{path}: invalid legend: {section} {clash[0]!r} and {clash[1]!r} differ only by case, "
+                              "and legend names are matched case-insensitively: keep one")
+    return legend
+
+
 def configs_folder(configs_dir: str | Path | None = None) -> Path:
     """``configs_dir``, else ``$CROPMAP_CONFIGS_DIR``, else the package's own ``configs/countries``."""
     if configs_dir is not None:
@@ -242,12 +323,7 @@ def load_country(code: str, configs_dir: str | Path | None = None) -> CountryCon
             f"known: {', '.join(known) or 'none'}"
         )
     path = folder / f"{code}.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path)
     raw.setdefault("code", code)
     if raw["code"] != code:
         raise ConfigError(f"{path}: code {raw['code']!r} does not match the file name {code!r}")

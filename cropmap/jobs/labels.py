@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cropmap.core.harmonise import load_legend
+from cropmap.io.config import load_legend
 from cropmap.errors import ConfigError, InvalidInputError
 from cropmap.jobs.country_run import CountryRun
 from cropmap.samples.label_checks import LabelCheck, check_vector_labels

@@ -13,7 +13,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 
-from cropmap.core.harmonise import load_legend
+from cropmap.io.config import load_legend
 from cropmap.errors import IncompatibleInputError
 from cropmap.io import storage
 from cropmap.ml.evaluate import error_detection, scores

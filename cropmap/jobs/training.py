@@ -29,7 +29,7 @@ import torch
 import xarray as xr
 from pydantic import Field
 
-from cropmap.core.harmonise import load_legend
+from cropmap.io.config import load_legend
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.io import storage

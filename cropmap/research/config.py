@@ -4,21 +4,41 @@ data axes x seeds), validated from YAML (``configs/experiments/*.yaml``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cropmap.core.bands import S2_BANDS, S2_ORDER
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, one_line
+from cropmap.io.config import load_legend, read_yaml_mapping
 from cropmap.ml.augment import AUGMENTATIONS
 from cropmap.ml.models import MODELS
 from cropmap.ml.train import TrainConfig
 from cropmap.samples.sources import SampleSource, source_bands
 from cropmap.samples.splits import SplitSpec
 
-__all__ = ["RunSpec", "Minority", "Axes", "ExperimentConfig", "load_experiment", "resolve_bands"]
+__all__ = ["RunSpec", "Minority", "Axes", "ExperimentConfig", "load_experiment", "resolve_bands", "run_training",
+           "recipe_text", "STATED_RECIPE"]
+
+#: the training settings whose defaults have changed since experiment configs exist (2026-12-06, ml/train.py:
+#: lr 1e-4 -> 1e-3 -> 3e-3, batch 256 -> 64, epochs 50 -> 40 -> 50, val_fraction 0.2 -> 0.1, schedule
+#: constant -> onecycle, epoch_choice best -> last): every network run states them, so that rerunning a file
+#: never trains a newer recipe than the one its tables were made with
+STATED_RECIPE = ("epochs", "lr", "batch_size", "val_fraction", "schedule", "epoch_choice")
+#: the TrainConfig fields that are not the recipe: what a run varies (model, augmentation, seed) and where it runs
+_NOT_RECIPE = {"model", "augment", "seed", "device", "progress"}
+
+
+def _not_empty(value: list) -> list:
+    if not value:  # the grid is a product of these lists: an empty one runs nothing and writes no table
+        raise ValueError("an empty list runs nothing; give at least one")
+    return value
+
+
+_T = TypeVar("_T")
+#: a list of the grid's axes (seeds, runs, ...): at least one value
+NonEmpty = Annotated[list[_T], AfterValidator(_not_empty)]
 
 
 class RunSpec(BaseModel):
@@ -28,7 +48,7 @@ class RunSpec(BaseModel):
 
     features: Literal["2d", "1d", "harmonic"]
     model: str  # a name of cropmap.ml.models.MODELS, or "rf"
-    augment: list[str] = ["none"]
+    augment: NonEmpty[str] = ["none"]
     augment_copies: int = Field(4, ge=1)  # rf only: augmented copies added to the training set
     model_options: dict[str, Any] = {}  # networks: merged over train.model_options for this run only
     recipe: str = ""  # a name for this run's training settings (a table column when any run names one)
@@ -79,11 +99,11 @@ class ExperimentConfig(BaseModel):
     context_season: Season | None = None  # the full-year series augmentation reads (default: season)
     bands: list[str] | None = None  # default: the canonical bands source and target both hold
     legend: str | None = None  # configs/legends/*.yaml, relative to the config file
-    target_shifts_days: list[int] = [0]
-    seeds: list[int] = [0, 1, 2]
+    target_shifts_days: NonEmpty[int] = [0]
+    seeds: NonEmpty[int] = [0, 1, 2]
     train: dict[str, Any] = {}
     forest: dict[str, Any] = {"n_estimators": 500}
-    runs: list[RunSpec]
+    runs: NonEmpty[RunSpec]
     axes: Axes | None = None
     threads: int | None = None
     workers: int = Field(1, ge=1)  # processes training networks in parallel
@@ -124,16 +144,48 @@ def resolve_bands(cfg: ExperimentConfig) -> tuple[list[str], str]:
     return common, f"bands: {', '.join(common)} (not configured: the {len(common)} canonical bands both files hold)"
 
 
+def run_training(cfg: ExperimentConfig, spec: RunSpec, **fields: Any) -> TrainConfig:
+    """The training settings of a network run: the run's ``train`` merged over the config's, the run's
+    ``model_options`` over the config's, and ``fields`` (model, augment, seed, ...) over both."""
+    options = {**cfg.train.get("model_options", {}), **spec.model_options}
+    return TrainConfig(**{**cfg.train, **spec.train, "model": spec.model, "model_options": options, **fields})
+
+
+def recipe_text(train: TrainConfig) -> str:
+    """Every setting of ``train`` that shapes the trained network (all but model, augmentation, seed and
+    device), as ``name=value`` pairs in the order of :class:`TrainConfig`, the model's and the augmentation's
+    options last (when given): what a report records as run."""
+    settings = train.model_dump(exclude=_NOT_RECIPE)
+    options = {k: settings.pop(k) for k in ("model_options", "augment_options")}
+    return ", ".join(f"{k}={v}" for k, v in {**settings, **options}.items() if v != {})
+
+
+def _check_stated_recipe(cfg: ExperimentConfig) -> None:
+    for spec in cfg.runs:
+        missing = [k for k in STATED_RECIPE if k not in {**cfg.train, **spec.train}]
+        if spec.model != "rf" and missing:
+            raise ConfigError(
+                f"run {spec.features}/{spec.model}{f' (recipe {spec.recipe})' if spec.recipe else ''} leaves "
+                f"{', '.join(missing)} to cropmap's defaults, which changed on 2026-12-06 (constant lr 1e-4, best "
+                "epoch -> OneCycle to 3e-3, last epoch): state them in train: so that the file names the recipe it runs")
+
+
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment YAML; paths in it are resolved relative to the file."""
+    """Read and validate an experiment YAML; paths in it are resolved relative to the file.
+
+    Every network run must state the :data:`STATED_RECIPE` settings (in ``train:`` or its own), and its
+    legend must load (:func:`cropmap.io.config.load_legend`): both fail here, before any training.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"experiment config {path} not found")
+    raw = read_yaml_mapping(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
         if raw.get("legend"):
-            raw["legend"] = str((path.parent / raw["legend"]).resolve())
+            raw["legend"] = str((path.parent / str(raw["legend"])).resolve())
         cfg = ExperimentConfig(**raw)
+        if cfg.legend:
+            load_legend(cfg.legend)
         for spec in cfg.runs:
             if spec.model != "rf" and spec.model not in MODELS:
                 raise ConfigError(f"unknown model {spec.model!r}; choose one of {', '.join(MODELS)}, rf")
@@ -146,6 +198,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         TrainConfig(**cfg.train)  # fail now, not after an hour of training
         for spec in cfg.runs:
             TrainConfig(**{**cfg.train, **spec.train})
+        _check_stated_recipe(cfg)
         bands, note = resolve_bands(cfg)  # a band asked for but missing fails now, in one line
         cfg = cfg.model_copy(update={"bands": bands})
         cfg._bands_note = note
@@ -155,5 +208,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
         variants(cfg)  # seasons that cannot be built or sit off the context's bins fail now too
         return cfg
-    except (ValidationError, TypeError, yaml.YAMLError) as err:
+    except ConfigError as err:
+        raise ConfigError(f"{path}: invalid experiment config: {err}") from err
+    except (ValidationError, TypeError) as err:
         raise ConfigError(f"{path}: invalid experiment config: {one_line(err)}") from err

@@ -12,7 +12,7 @@ import torch
 from cropmap import __version__
 from cropmap.io.storage import atomic_path
 from cropmap.ml.train import TrainConfig
-from cropmap.research.config import Axes, ExperimentConfig
+from cropmap.research.config import Axes, ExperimentConfig, recipe_text, run_training
 from cropmap.research.variants import Variant
 
 __all__ = ["write_report"]
@@ -82,6 +82,11 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
                      if v.minority else "") for v in grid]
     train = TrainConfig(**cfg.train)
     recipes = sorted({(r.recipe, tuple(sorted(r.train.items()))) for r in cfg.runs if r.recipe})
+    # every setting each network trained with, defaults included: a table stays readable after they change
+    as_run: dict[str, list[str]] = {}
+    for r in cfg.runs:
+        if r.model != "rf":
+            as_run.setdefault(recipe_text(run_training(cfg, r)), []).append(r.recipe or f"{r.features}/{r.model}")
     base = grid[0]
     text = "\n".join([
         f"# Experiment `{cfg.name}`", "", cfg.description.strip(), "",
@@ -110,6 +115,7 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         + (", even batches" if train.batching == "even" else "")
         + "; log1p + per-band standardisation from the training split",
         *[f"- recipe {name}: {dict(train_items)} over the networks' settings" for name, train_items in recipes],
+        *[f"- trained as ({', '.join(dict.fromkeys(runs))}): {text}" for text, runs in as_run.items()],
         f"- forest: {cfg.forest}, balanced class weights; augmented forests get augmented copies of the series",
         f"- cropmap {__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, device "

@@ -32,9 +32,10 @@ import xarray as xr
 from cropmap import __version__
 from cropmap.core.composite import median_composite
 from cropmap.core.features import compute_features
-from cropmap.core.harmonise import Legend, harmonise, load_legend
+from cropmap.core.harmonise import Legend, harmonise
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError
+from cropmap.io.config import load_legend
 from cropmap.io.storage import stable_hash
 from cropmap.jobs.executors import local_executor, run_all
 from cropmap.ml.augment import augmenter
@@ -43,8 +44,8 @@ from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
 from cropmap.ml.ood import FIT_RULE as OOD_FIT_RULE
-from cropmap.ml.train import TrainConfig, train_model
-from cropmap.research.config import ExperimentConfig, RunSpec, resolve_bands
+from cropmap.ml.train import train_model
+from cropmap.research.config import ExperimentConfig, RunSpec, recipe_text, resolve_bands, run_training
 from cropmap.research.report import write_report
 from cropmap.research.variants import (
     Variant,
@@ -225,9 +226,7 @@ def _network_job(cfg: ExperimentConfig, prep: _Prepared, spec: RunSpec, aug: str
                  cache: Path) -> dict:
     """Everything one network training needs (picklable), and the checkpoint path it is cached at."""
     v = prep.variant
-    options = {**cfg.train.get("model_options", {}), **spec.model_options}
-    train_cfg = TrainConfig(**{**cfg.train, **spec.train, "model": spec.model, "augment": aug, "seed": seed,
-                               "model_options": options})
+    train_cfg = run_training(cfg, spec, augment=aug, seed=seed)
     parts = [cfg.source.model_dump(), v.season.model_dump(), v.context.model_dump(), cfg.bands, prep.class_names,
              train_cfg.key_fields(exclude={"progress", "device"}), __version__,
              v.minority.model_dump() if v.minority else None, CALIBRATION_RULE, OOD_FIT_RULE]
@@ -302,7 +301,8 @@ def _run_network(cfg, prep, spec, aug, seed, keep, cache):
     ood = {d: score for d, (_, score) in outputs.items() if score is not None}
     return proba, {"raw_proba": raw, "ood": ood, "temperature": ckpt.temperature,
                    "val_macro_f1": ckpt.scores["val_macro_f1"], "best_epoch": ckpt.scores["best_epoch"],
-                   "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached}
+                   "train_seconds": ckpt.scores.get("train_seconds"), "cached": cached,
+                   "train_recipe": recipe_text(job["train"])}  # every setting it trained with, defaults included
 
 
 def _run_forest(cfg, prep, spec, aug, seed, keep):

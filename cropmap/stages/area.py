@@ -189,16 +189,31 @@ def read_sample(path: str | Path) -> pd.DataFrame:
 def estimate_areas(strata: MapStrata, sample: pd.DataFrame) -> tuple[AreaEstimate, dict]:
     """The Olofsson et al. (2014) estimates from a labelled sample of this map; also returns notes
     (``n_unlabelled``: samples left out for an empty label; ``unknown_labels``: reference names that
-    are not map classes, which are left out too and listed)."""
+    are not map classes, which are left out too and listed).
+
+    Raises :class:`InvalidInputError` naming what to label: a sample without any reference label yet,
+    or a mapped class with fewer than two labelled sample units (its variance is undefined).
+    """
     index = {n: i for i, n in enumerate(strata.names)}
-    labels = sample["reference_class"].astype(str)
+    labels = sample["reference_class"].fillna("").astype(str).str.strip()  # a GeoPackage's NULL: no label
     unlabelled = labels == ""
+    if unlabelled.all():
+        raise InvalidInputError(f"the sample has no reference labels yet ({len(sample)} units, reference_class empty): "
+                                "fill reference_class of each point with the class seen on the ground or in imagery "
+                                f"(one of {', '.join(strata.names)}), then estimate again")
     unknown = sorted(set(labels[~unlabelled]) - set(index))
     keep = ~unlabelled & labels.isin(list(index))
     k = len(strata.names)
     counts = np.zeros((k, k), dtype=np.int64)
     np.add.at(counts, (sample.loc[keep, "map_class"].astype(int).to_numpy(),
                        labels[keep].map(index).to_numpy()), 1)
+    labelled = counts.sum(axis=1)
+    thin = [f"{strata.names[i]} ({labelled[i]})" for i in range(k) if strata.pixels[i] > 0 and labelled[i] < 2]
+    if thin:
+        raise InvalidInputError(f"mapped classes with fewer than 2 labelled sample units: {', '.join(thin)}; "
+                                f"{int(unlabelled.sum())} of {len(sample)} units have no reference_class and "
+                                f"{int((~unlabelled & ~keep).sum())} name no map class: label at least 2 per "
+                                "mapped class, or draw more with `cropmap area sample`")
     return stratified_estimate(counts, strata.area_ha), {"n_unlabelled": int(unlabelled.sum()),
                                                          "unknown_labels": unknown, "n_used": int(keep.sum())}
 
@@ -262,16 +277,20 @@ def check_sample_on_map(strata: MapStrata, sample: pd.DataFrame) -> None:
     """Raise :class:`InvalidInputError` unless every sample unit's ``map_class`` is the map's class at its
     ``row``/``col``: a sample drawn on another map (another model, another run) would give estimates
     for a map it does not describe."""
-    if not {"row", "col"} <= set(sample.columns) or sample.empty:
+    if not {"row", "col"} <= set(sample.columns):
         raise InvalidInputError("the sample has no row/col columns; draw it with `cropmap area sample` on this map")
+    if sample.empty:
+        raise InvalidInputError("the sample holds no points; draw one with `cropmap area sample` on this map")
     from rasterio.windows import Window
 
+    # pixel and class columns a labeller may have edited into text: such a unit lies on no stratum
+    rows, cols, classes = (pd.to_numeric(sample[c], errors="coerce").fillna(-1).astype(np.int64).to_numpy()
+                           for c in ("row", "col", "map_class"))
     with rasterio.open(strata.path) as src:
-        rows, cols = sample["row"].astype(int).to_numpy(), sample["col"].astype(int).to_numpy()
         inside = (rows >= 0) & (rows < src.height) & (cols >= 0) & (cols < src.width)
         values = np.array([src.read(1, window=Window(c, r, 1, 1))[0, 0] if ok else NODATA
                            for r, c, ok in zip(rows, cols, inside)])
-    wrong = int((values != sample["map_class"].astype(int).to_numpy()).sum())
+    wrong = int((values != classes).sum())
     if wrong:
         raise InvalidInputError(f"{wrong} of {len(sample)} sample units do not lie on their stratum in "
                                 f"{strata.path.name}: the sample was drawn on another map; draw a new one "
