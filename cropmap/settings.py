@@ -19,11 +19,12 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_TILES_IN_FLIGHT`` | tiles a worker thread holds at once in a country run (default 2) |
 | ``CROPMAP_MAX_AREA_TILES`` | tiles a user's area (``cropmap cube --bbox/--geojson``) may plan before it is refused (default 1000; ``--max-tiles`` overrides) |
 | ``CROPMAP_ASSET_HREF_SCHEMES`` | URL schemes an item's band assets may use (default ``https,s3``); besides them, only the catalog API's own host and, for a static catalog, files under its folder |
+| ``CROPMAP_MAX_PLAN_TILES`` | tiles any plan (an outline, an area, a ``--tile-limit``) may hold, estimated from its area before a tile is made; above it the plan is refused (default 1,000,000) |
 | ``CROPMAP_MAX_TILES`` | tiles a country run may plan before it is refused before any tile (default: no limit; ``max_tiles`` overrides) |
 | ``CROPMAP_MAX_DOLLARS`` | the estimated dollars (``cropmap plan``) a country run may cost before it is refused (default: no limit) |
 | ``CROPMAP_CATALOG_TIMEOUT_S`` | seconds a run's first check waits for the STAC catalog to answer before it fails (default 5) |
-| ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's STAC search task may run before it fails (default 900) |
-| ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run before it fails and is retried (default 10800) |
+| ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's search-block task may run: checked before each attempt and between pages, each request waits no longer; past it the task fails naming the block and is retried (default 900) |
+| ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run: checked between its search's pages and between its reads; past it the task fails naming the tile and is retried (default 10800). Both are read where the task runs (a Dask worker: ``deploy/`` gives every pod the same variables) |
 | ``CROPMAP_PREFECT_REUSE`` | ``0``: let every Prefect task run rebuild its settings and TLS contexts, as Prefect does (default: once per worker process; ``flows/_prefect_engine.py``) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
@@ -63,9 +64,14 @@ class Settings(BaseSettings):
     max_area_tiles: int = Field(1000, ge=1)  # tiles a user's --bbox/--geojson area may plan (tiles_for_area)
     stac_requests_per_second: float = Field(2.0, gt=0, le=1000)
     asset_href_schemes: str = "https,s3"
+    # any plan's cap (cropmap.io.outlines.check_plan_size): every Natural Earth country fits at 1024 px
+    # (Russia ~171,000 tiles) and at 512 px; a tile_size of 16 over a country (~10^8 tiles) does not
+    max_plan_tiles: int = Field(1_000_000, ge=1)
     max_tiles: int | None = Field(None, ge=1)  # a country run's cap (cropmap.jobs.plan.check_limits)
     max_dollars: float | None = Field(None, gt=0)
     catalog_timeout_s: float = Field(5.0, gt=0)  # cropmap.jobs.plan.probe_catalog
+    # cropmap.flows.tasks: enforced inside the work (cropmap.io.stac.time_limit), not by Prefect's
+    # timeout_seconds, which cannot interrupt a task on a Dask worker thread
     search_timeout_s: float = Field(900.0, gt=0)
     cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands
     prefect_reuse: str = "1"

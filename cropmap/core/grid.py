@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import pyproj
@@ -29,8 +31,8 @@ from shapely.geometry.base import BaseGeometry
 
 from cropmap.errors import ConfigError, EmptyAOIError
 
-__all__ = ["Grid", "Tile", "utm_epsg", "tile_from_id", "tiles_for_geometry", "feature_tile_pairs",
-           "tiles_meeting"]
+__all__ = ["Grid", "Tile", "utm_epsg", "tile_from_id", "tiles_for_geometry", "iter_tiles", "estimate_tiles",
+           "feature_tile_pairs", "tiles_meeting"]
 
 _ID = re.compile(r"^(?P<epsg>\d{4,5})-(?P<res>\d+(?:\.\d+)?)m-(?P<size>\d+)px_r(?P<row>\d+)c(?P<col>\d+)$")
 
@@ -135,34 +137,78 @@ def _zone_pieces(geom: BaseGeometry) -> list[tuple[int, BaseGeometry]]:
     return pieces
 
 
-def tiles_for_geometry(geom: BaseGeometry, *, tile_size: int = 1024, resolution: float = 10.0) -> list[Tile]:
-    """Tiles (sorted by EPSG, row, col) that intersect the lon/lat (EPSG:4326) geometry ``geom``, on each
-    touched zone's grid. Only planning: no raster is read. A geometry that intersects no tile raises
-    :class:`EmptyAOIError`.
-    """
-    tiles: list[Tile] = []
-    for epsg, piece in _zone_pieces(geom):
-        grid = Grid(epsg, resolution=resolution, tile_size=tile_size)
-        to_utm = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
-        # densify first: straight lon/lat edges are curves in UTM
-        dense = shapely.segmentize(piece, 0.05)
-        local = shapely.transform(dense, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
-        xmin, ymin, xmax, ymax = local.bounds
-        t = grid.tile_metres
-        cols = np.arange(math.floor((xmin - grid.origin_x) / t), math.floor((xmax - grid.origin_x) / t) + 1)
-        rows = np.arange(math.floor((grid.origin_y - ymax) / t), math.floor((grid.origin_y - ymin) / t) + 1)
-        rr, cc = (a.ravel() for a in np.meshgrid(rows, cols, indexing="ij"))
+#: Candidate tile boxes tested at once: a zone's bounding box is walked in bands of rows this size, so
+#: that a small tile size over a large outline costs time in proportion to its tiles, never one array of
+#: every cell of the bounding box.
+_CELLS_PER_BAND = 1 << 16
+
+
+def _in_zone(piece: BaseGeometry, epsg: int) -> BaseGeometry:
+    """The lon/lat ``piece`` in the metres of ``epsg``."""
+    to_utm = pyproj.Transformer.from_crs(4326, epsg, always_xy=True)
+    # densify first: straight lon/lat edges are curves in UTM
+    dense = shapely.segmentize(piece, 0.05)
+    return shapely.transform(dense, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1])))
+
+
+def _piece_tiles(grid: Grid, local: BaseGeometry) -> Iterator[Tile]:
+    """The tiles of ``grid`` that ``local`` (in ``grid.epsg``) intersects, by row then column."""
+    xmin, ymin, xmax, ymax = local.bounds
+    t = grid.tile_metres
+    first_row, last_row = math.floor((grid.origin_y - ymax) / t), math.floor((grid.origin_y - ymin) / t)
+    width = math.floor((xmax - grid.origin_x) / t) - math.floor((xmin - grid.origin_x) / t) + 1
+    band = max(1, _CELLS_PER_BAND // width)
+    shapely.prepare(local)
+    for top in range(first_row, last_row + 1, band):
+        bottom = min(top + band - 1, last_row)
+        # the outline within these rows: its x extent picks the columns (a diagonal country's band is narrow)
+        strip = shapely.clip_by_rect(local, xmin, grid.origin_y - (bottom + 1) * t, xmax, grid.origin_y - top * t)
+        if strip.is_empty:
+            continue
+        sx0, _, sx1, _ = strip.bounds
+        cols = np.arange(math.floor((sx0 - grid.origin_x) / t), math.floor((sx1 - grid.origin_x) / t) + 1)
+        rr, cc = (a.ravel() for a in np.meshgrid(np.arange(top, bottom + 1), cols, indexing="ij"))
         x0 = grid.origin_x + cc * t
         y1 = grid.origin_y - rr * t
         boxes = shapely.box(x0, y1 - t, x0 + t, y1)
-        shapely.prepare(local)
         # touching along an edge only is not an intersection worth a tile
         hit = shapely.intersects(local, boxes) & ~shapely.touches(local, boxes)
-        tiles += [grid.tile(r, c) for r, c in zip(rr[hit], cc[hit])]
+        yield from (grid.tile(r, c) for r, c in zip(rr[hit], cc[hit]))
+
+
+def iter_tiles(geom: BaseGeometry, *, tile_size: int = 1024, resolution: float = 10.0) -> Iterator[Tile]:
+    """The tiles of :func:`tiles_for_geometry`, in the same order (EPSG, row, col), made as they are
+    needed: taking the first ``n`` builds only those (and the bands of rows before them)."""
+    for epsg, piece in sorted(_zone_pieces(geom), key=lambda p: p[0]):
+        yield from _piece_tiles(Grid(epsg, resolution=resolution, tile_size=tile_size), _in_zone(piece, epsg))
+
+
+def estimate_tiles(geom: BaseGeometry, *, tile_size: int = 1024, resolution: float = 10.0) -> int:
+    """About how many tiles :func:`tiles_for_geometry` gives the lon/lat ``geom``, without making one: per
+    UTM zone piece and polygon, its area in the zone's metres over a tile's, plus the rim of tiles its
+    outline crosses (half its length over a tile's side) and one. Cheap whatever the tile size, so a
+    plan can be refused before it is built."""
+    side = tile_size * resolution
+    total = 0.0
+    for epsg, piece in _zone_pieces(geom):
+        polygons = shapely.get_parts(_in_zone(piece, epsg))
+        total += float(shapely.area(polygons).sum()) / side**2 + float(shapely.length(polygons).sum()) / (2 * side)
+        total += len(polygons)
+    return math.ceil(total)
+
+
+def tiles_for_geometry(geom: BaseGeometry, *, tile_size: int = 1024, resolution: float = 10.0,
+                       limit: int | None = None) -> list[Tile]:
+    """Tiles (sorted by EPSG, row, col) that intersect the lon/lat (EPSG:4326) geometry ``geom``, on each
+    touched zone's grid; with ``limit``, the first ``limit`` of them, the rest never made
+    (:func:`iter_tiles`). Only planning: no raster is read. A geometry that intersects no tile raises
+    :class:`EmptyAOIError`.
+    """
+    tiles = list(islice(iter_tiles(geom, tile_size=tile_size, resolution=resolution), limit))
     if not tiles:
         raise EmptyAOIError("the AOI intersects no tile (is it empty, or a line/point?); "
                             "give a polygon or bbox with an area")
-    return sorted(tiles, key=lambda tl: (tl.grid.epsg, tl.row, tl.col))
+    return tiles
 
 
 

@@ -15,7 +15,8 @@ settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +27,7 @@ from cropmap.core.grid import Tile, tile_from_id, tiles_meeting
 from cropmap.core.season import Season
 from cropmap.io import storage
 from cropmap.io.config import CountryConfig
-from cropmap.io.outlines import PartPlan, part_plans, tiles_for_aoi
+from cropmap.io.outlines import PartPlan, part_plans, plan_tiles, tiles_for_aoi
 from cropmap.errors import InvalidInputError
 from cropmap.jobs.training import TrainingSettings
 from cropmap.samples.reference_labels import VECTOR_SUFFIXES, is_vector, label_extent, label_geometry
@@ -112,26 +113,34 @@ class CountryRun(BaseModel):
         """Ids of the run's tiles (sorted by zone, row, col), optionally only those intersecting ``bounds``
         (in ``bounds_crs``; default the tiles' own CRS) or ``reference``: a raster's extent, or the
         footprints of vector labels (the tiles a parcel or point meets, not their bounding box; vectors that
-        meet no tile are an error), and at most ``tile_limit`` of them."""
+        meet no tile are an error), and at most ``tile_limit`` of them: without ``reference``, the tiles after
+        those are never made, so a few tiles of a huge plan cost what they cost (refused above
+        ``$CROPMAP_MAX_PLAN_TILES``, :func:`cropmap.io.outlines.check_plan_size`)."""
+        if reference is None and bounds is None:
+            return [t.id for t in tiles_for_aoi(self.config, parts=self.parts, limit=tile_limit)]
+        if reference is None:
+            # bounds filter the tiles as they are made: the limit counts the tiles inside them
+            inside = _within(plan_tiles(self.config, parts=self.parts), bounds, bounds_crs)
+            return [t.id for t in islice(inside, tile_limit)]
         tiles = tiles_for_aoi(self.config, parts=self.parts)
-        if reference is not None and is_vector(reference):
+        if is_vector(reference):
             geometry, crs = label_geometry(reference)
             tiles, _ = tiles_meeting(geometry, crs, tiles)
             if not tiles:
                 box = tuple(float(v) for v in label_extent(reference)[0])
                 raise InvalidInputError(f"the labels {reference} (extent {tuple(round(b, 4) for b in box)}, "
                                         f"{crs.to_string()}) do not intersect {self.code}'s tiles")
-        elif reference is not None:
+        else:
             try:
                 with storage.open_raster(reference) as ds:
-                    tiles = _within(tiles, tuple(ds.bounds), ds.crs)
+                    tiles = list(_within(tiles, tuple(ds.bounds), ds.crs))
             except RasterioIOError as err:
                 if not storage.exists(reference):
                     raise
                 raise InvalidInputError(f"labels {reference}: neither a raster GDAL reads nor a vector file "
                                         f"({', '.join(VECTOR_SUFFIXES)})") from err
         if bounds is not None:
-            tiles = _within(tiles, bounds, bounds_crs)
+            tiles = list(_within(tiles, bounds, bounds_crs))
         return [t.id for t in tiles][:tile_limit]
 
     def parts_plan(self) -> list[PartPlan]:
@@ -158,11 +167,14 @@ def hemisphere_of(tile: Tile) -> str:
     return "south" if 32701 <= tile.grid.epsg <= 32760 else "north"
 
 
-def _within(tiles: list[Tile], bounds: Sequence[float], crs) -> list[Tile]:
+def _within(tiles: Iterable[Tile], bounds: Sequence[float], crs) -> Iterator[Tile]:
     boxes: dict[int, Sequence[float]] = {}
-    for e in {t.grid.epsg for t in tiles}:
-        boxes[e] = bounds if crs is None else transform_bounds(crs, f"EPSG:{e}", *bounds, densify_pts=21)
-    return [t for t in tiles if _overlaps(t.bounds, boxes[t.grid.epsg])]
+    for t in tiles:
+        e = t.grid.epsg
+        if e not in boxes:
+            boxes[e] = bounds if crs is None else transform_bounds(crs, f"EPSG:{e}", *bounds, densify_pts=21)
+        if _overlaps(t.bounds, boxes[e]):
+            yield t
 
 
 def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
