@@ -26,8 +26,14 @@ __all__ = [
     "ReflectanceRangeError",
     "ForbiddenHrefError",
     "RunInUseError",
+    "CheckpointError",
+    "EmptyMapError",
     "is_transient",
     "one_line",
+    "RunInterruptedError",
+    "PlanTooLargeError",
+    "MalformedItemError",
+    "TimeLimitError",
 ]
 
 
@@ -131,3 +137,34 @@ def one_line(err: BaseException, *, limit: int = 3) -> str:
         more = len(items) - limit
         return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
     return " ".join(str(err).split())
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is unreadable, or describes a model that cannot make a correct map: normalisation,
+    temperature, classes, model options or weights that do not agree or are not usable (the message
+    names the field)."""
+
+
+class EmptyMapError(CropmapError):
+    """A map would hold no mapped pixel: every pixel of it is nodata (no finite series, or too many bins
+    interpolated); it is not written, and the next run tries it again."""
+
+
+class PlanTooLargeError(ConfigError):
+    """A plan would hold more tiles than can be planned at all (``$CROPMAP_MAX_PLAN_TILES``): refused from
+    an estimate, before the tiles are made (the message names the estimate, the limit and how to raise it)."""
+
+
+class MalformedItemError(InvalidInputError):
+    """Every item a STAC search found is malformed (a ``datetime`` that is not a date, a null one without
+    ``start_datetime``/``end_datetime``, no geometry): the catalog's items, not the network, are at fault."""
+
+
+class TimeLimitError(CropmapError, TimeoutError):
+    """A flow's search or cube task ran past its time limit (``$CROPMAP_SEARCH_TIMEOUT_S``,
+    ``$CROPMAP_CUBE_TIMEOUT_S``), checked between pages and reads: transient, so the task is retried."""
+
+
+class RunInterruptedError(CropmapError):
+    """This process is stopping on a signal (SIGTERM): its temporaries are removed and nothing more is
+    published (:func:`cropmap.io.storage.discard_temporaries`); rerun the same command to resume."""

@@ -67,7 +67,7 @@ def cube(
     area = bbox if bbox else geojson
     # an area is checked against the country and the tile cap (--max-tiles is the explicit override)
     planned = (tiles_for_area(cfg, area, limit=None if max_tiles is None else 10**9) if area
-               else tiles_for_aoi(cfg, tile_size=cfg.tile_size))
+               else tiles_for_aoi(cfg, tile_size=cfg.tile_size, limit=max_tiles))
     tiles = [t.id for t in planned][:max_tiles]
     run = resolve_country_run(cfg, out_root=out, cube=opts, cube_dir=out)
     typer.echo(f"{cfg.name}: {len(tiles)} tile(s) of {cfg.tile_size} px, season {cfg.season.describe()} {cfg.year}")
@@ -155,13 +155,14 @@ def export_onnx_command(
     card: Path = typer.Option(None, "--card", help="Also write the model card as markdown here."),
     mlm_item: Path = typer.Option(None, "--mlm-item", help="Also write a STAC MLM item (JSON) describing the model."),
 ) -> None:
-    """Export a checkpoint to ONNX (reflectance in, probabilities out), checked against torch."""
+    """Export a checkpoint to ONNX (reflectance in, the maps' calibrated probabilities out), checked
+    against the probabilities prediction computes."""
     from cropmap.ml.checkpoint import card_markdown, load_checkpoint
     from cropmap.ml.export import export_onnx
 
     result = export_onnx(checkpoint, out)
-    typer.echo(f"{result.path}: max |onnx - torch| = {result.max_abs_diff:.1e} on {result.n_checked} rows "
-               f"(tolerance {result.tolerance:.0e})")
+    typer.echo(f"{result.path}: softmax(logits / {result.temperature:g}); max |onnx - maps| = "
+               f"{result.max_abs_diff:.1e} on {result.n_checked} rows (tolerance {result.tolerance:.0e})")
     if card is not None:
         card.write_text(card_markdown(load_checkpoint(checkpoint), name=Path(checkpoint).stem))
         typer.echo(f"model card: {card}")

@@ -35,7 +35,10 @@ CALIBRATION_RULE = {"fit": "nll", "keep_if_bootstrap_gain": 0.95}
 
 
 def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / temperature)`` row-wise, ``(N, C)`` float32."""
+    """``softmax(logits / temperature)`` row-wise, ``(N, C)`` float32; ``temperature`` must be positive
+    and finite (T = 0 would make every row NaN)."""
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise InvalidInputError(f"softmax temperature must be a positive number, got {temperature}")
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     return np.exp(log_softmax(z, axis=1)).astype(np.float32)
 

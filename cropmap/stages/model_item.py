@@ -33,9 +33,10 @@ RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 
 def write_mlm_item(checkpoint: str | Path, path: str | Path, *, onnx: str | Path | None = None) -> Path:
     """Write ``path`` (JSON): the model (architecture, parameters, framework), its input (bands x time
-    bins of reflectance 0..1, shape ``(-1, band, time)``), its output (class probabilities, the classes
-    with their colours), the checkpoint and ONNX files as ``mlm:model`` assets with size and checksum,
-    the training season as the item's datetimes, and the model card under ``cropmap:model_card``.
+    bins of reflectance 0..1, shape ``(-1, band, time)``), its output (class probabilities calibrated with
+    the checkpoint's temperature, also ``cropmap:temperature``; the classes with their colours), the
+    checkpoint and ONNX files as ``mlm:model`` assets with size and checksum, the training season as
+    the item's datetimes, and the model card under ``cropmap:model_card``.
     Geometry: the training extent's box when the card records one, else null."""
     import torch
 
@@ -51,6 +52,7 @@ def write_mlm_item(checkpoint: str | Path, path: str | Path, *, onnx: str | Path
                        start_datetime=pystac.utils.str_to_datetime(f"{first.isoformat()}T00:00:00Z"),
                        end_datetime=pystac.utils.str_to_datetime(f"{last.isoformat()}T23:59:59Z"),
                        properties={"cropmap:model_card": card, "cropmap:software_version": __version__,
+                                   "cropmap:temperature": ckpt.temperature,
                                    "description": card.get("intended_use", "")})
     n_bands, n_classes = len(ckpt.bands), len(ckpt.class_names)
     model_input = ModelInput.create(
@@ -66,7 +68,10 @@ def write_mlm_item(checkpoint: str | Path, path: str | Path, *, onnx: str | Path
     output = ModelOutput.create(name="probabilities", tasks=[TaskType.CLASSIFICATION],
                                 result=ResultStructure.create(shape=[-1, n_classes], dim_order=["batch", "class"],
                                                               data_type="float32"),
-                                classes=classes, description="softmax class probabilities (sum 1)")
+                                classes=classes,
+                                description=f"calibrated class probabilities (sum 1): softmax(logits / T) with the "
+                                            f"checkpoint's temperature T = {ckpt.temperature:g}, as in the maps "
+                                            "(inside the ONNX graph)")
     ItemMLMExtension.ext(item, add_if_missing=True).apply(
         name=ckpt.model_name, architecture=ckpt.model_name, tasks=[TaskType.CLASSIFICATION], input=[model_input],
         output=[output], framework="pytorch", framework_version=torch.__version__.split("+")[0],
