@@ -1,9 +1,13 @@
-"""The Typer app the command modules register on, the one error handler, and the tile progress display."""
+"""The Typer app the command modules register on, the one error handler, SIGTERM, and the tile progress display."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,8 +26,14 @@ from rich.progress import (
 
 from cropmap import __version__
 from cropmap.errors import CropmapError, one_line
+from cropmap.io import storage
 
-__all__ = ["app", "command", "fail", "tile_progress"]
+__all__ = ["app", "command", "fail", "tile_progress", "INTERRUPTED_EXIT"]
+
+#: Exit status of a command stopped by SIGTERM: 128 + 15, what a shell reports for a process that
+#: SIGTERM ended, so that a scheduler (Kubernetes, systemd, CI) sees an interruption, not 2, the status
+#: of a bad input that a rerun would not fix.
+INTERRUPTED_EXIT = 128 + signal.SIGTERM
 
 app = typer.Typer(help="cropmap: country-scale crop type maps from Sentinel-2.", no_args_is_help=True)
 
@@ -46,20 +56,59 @@ def fail(message: str) -> typer.Exit:
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command so that expected failures end in one line and exit code 2, never a traceback."""
+    """Wrap a command so that expected failures end in one line and exit code 2, never a traceback, and
+    SIGTERM in one line and exit code :data:`INTERRUPTED_EXIT` (:func:`_stop_on_sigterm`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CropmapError as err:
-            raise fail(str(err)) from err
-        except ValidationError as err:  # pydantic: field and problem, without the web link
-            raise fail(one_line(err)) from err
-        except (OSError, RasterioError, KeyError) as err:
-            raise fail(f"{type(err).__name__}: {err}") from err
+        with _sigterm_stops_cleanly():
+            try:
+                return fn(*args, **kwargs)
+            except CropmapError as err:
+                raise fail(str(err)) from err
+            except ValidationError as err:  # pydantic: field and problem, without the web link
+                raise fail(one_line(err)) from err
+            except (OSError, RasterioError, KeyError) as err:
+                raise fail(f"{type(err).__name__}: {err}") from err
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly() -> Iterator[None]:
+    """:func:`_stop_on_sigterm` handles SIGTERM for the block (signals reach the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be set back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """Print ``error: interrupted (SIGTERM); ...``, remove this process's temporaries and exit at once.
+
+    Not by unwinding the main thread: closing the local Dask cluster waits for the tiles its threads
+    are computing, which may outlast the grace period before a SIGKILL, and logs Dask's warnings.
+    Nothing is left to a cleanup that would not run: the kernel drops the run lock, Dask's worker
+    processes end with their parent, and a remote cube has no completion marker (the rerun rebuilds it)."""
+    signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    try:
+        with contextlib.suppress(Exception):  # a closed stderr must not keep the temporaries
+            console = Console(stderr=True)
+            if console.is_terminal:  # a progress display hid the cursor, and its line is not finished
+                console.show_cursor(True)
+                console.line()
+            fail(f"interrupted ({signal.Signals(signum).name}); rerun the same command to resume")
+        storage.discard_temporaries()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(INTERRUPTED_EXIT)
 
 
 @contextlib.contextmanager

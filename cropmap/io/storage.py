@@ -14,7 +14,12 @@ Publishing, so that "exists" means "complete" on both kinds of store:
 - **a folder of many objects** (a Zarr store): :func:`output_dir`. Local: a temporary folder, renamed.
   Remote: written in place through fsspec (so any Dask worker can write its chunks), then the marker
   object ``<target>.complete`` (:data:`COMPLETE_SUFFIX`) is written LAST; :func:`is_complete` tests it.
-  A killed run leaves no marker, and the rerun clears the partial folder and writes it again.
+  A killed run leaves no marker, and the rerun clears the partial folder and writes it again. A store
+  that stops answering mid-write is one :class:`~cropmap.errors.StorageError` naming the output; its
+  partial objects are removed if the store answers again, else they stay unmarked until the rerun.
+
+A process stopped by a signal (``cropmap`` on SIGTERM) removes its own temporaries at once with
+:func:`discard_temporaries`, though worker threads may still be writing into them.
 
 Configuration comes from the environment of every process (flow run and Dask workers alike), as for
 any fsspec/boto user: for S3 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and, for an
@@ -44,7 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Union
 from urllib.parse import unquote, urlparse
 
-from cropmap.errors import DataNotFoundError, InvalidInputError, StorageError
+from cropmap.errors import (CropmapError, DataNotFoundError, InvalidInputError, RunInterruptedError, StorageError,
+                            one_line)
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -52,8 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["Location", "COMPLETE_SUFFIX", "is_remote", "as_location", "join", "basename", "as_uri",
            "canonical", "filesystem", "exists", "is_complete", "list_files", "read_bytes", "write_text",
            "output_file", "publish", "output_dir", "local_copy", "fetch", "open_raster", "check_writable",
-           "atomic_path", "scratch_path", "is_temporary", "remove_dead_temporaries", "TEMP_MARK", "stable_hash", "check_raster",
-           "safe_name"]
+           "atomic_path", "scratch_path", "is_temporary", "remove_dead_temporaries", "discard_temporaries", "TEMP_MARK",
+           "stable_hash", "check_raster", "safe_name"]
 
 #: Marker in every temporary name (``.name.tmp-<pid>``), so that globs for outputs can skip them.
 TEMP_MARK = ".tmp-"
@@ -102,15 +108,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = _fresh_temporary(path)
     try:
-        yield tmp
-    except BaseException:
-        _discard(tmp)
-        raise
-    if not tmp.exists():
-        raise FileNotFoundError(f"{tmp}: the block wrote nothing, so {path} was not created")
-    if tmp.is_dir() and path.is_dir():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+        try:
+            yield tmp
+        except BaseException:
+            _discard(tmp)
+            raise
+        if not tmp.exists():
+            raise FileNotFoundError(f"{tmp}: the block wrote nothing, so {path} was not created")
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        _rename_unless_stopping(tmp, path)
+    finally:
+        _forget(tmp)
 
 
 @contextlib.contextmanager
@@ -123,6 +132,56 @@ def scratch_path(path: str | Path) -> Iterator[Path]:
         yield tmp
     finally:
         _discard(tmp)
+        _forget(tmp)
+
+
+# This process's temporaries in use (atomic_path / scratch_path names, remote outputs' scratch folders): a
+# process stopped by a signal removes them (discard_temporaries) without unwinding its worker threads.
+_LIVE: set[Path] = set()
+# re-entrant: the signal handler runs in the main thread, which may be inside a rename under this lock
+_LIVE_LOCK = threading.RLock()
+_stopping = False
+
+
+def _track(tmp: Path) -> None:
+    with _LIVE_LOCK:
+        if _stopping:
+            raise RunInterruptedError(f"{tmp} not started: this process is stopping; rerun the same command to resume")
+        _LIVE.add(tmp)
+
+
+def _forget(tmp: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(tmp)
+
+
+def _rename_unless_stopping(tmp: Path, path: Path) -> None:
+    # under the lock: discard_temporaries never removes a temporary halfway through its rename, and a
+    # writer thread that finishes after it cannot publish what it removed part of
+    with _LIVE_LOCK:
+        if not _stopping:
+            os.replace(tmp, path)
+            return
+    _discard(tmp)
+    raise RunInterruptedError(f"{path} not published: this process is stopping; rerun the same command to resume")
+
+
+def discard_temporaries() -> list[Path]:
+    """Remove this process's temporaries (:func:`atomic_path` and :func:`scratch_path` names, remote outputs'
+    scratch folders) and refuse new ones and every later rename: for a process about to exit on a signal
+    while worker threads still write (``cropmap`` on SIGTERM). Returns the ones that were there.
+
+    Best effort: a worker thread may recreate a folder (a Zarr chunk's parents) in the instant before the
+    process exits; the next run removes it (:func:`remove_dead_temporaries`), and no reader lists it."""
+    global _stopping
+    with _LIVE_LOCK:
+        _stopping = True
+        live = sorted(_LIVE)
+    found = [tmp for tmp in live if os.path.lexists(tmp)]
+    for _ in range(2):  # twice: a writer thread's next chunk recreates the folder it wrote into
+        for tmp in live:
+            _discard(tmp)
+    return found
 
 
 def _fresh_temporary(path: Path) -> Path:
@@ -132,6 +191,7 @@ def _fresh_temporary(path: Path) -> Path:
     tmp = path.with_name(f".{path.stem}{TEMP_MARK}{os.getpid()}{path.suffix}")
     _remove(tmp)
     remove_dead_temporaries(path)
+    _track(tmp)
     return tmp
 
 
@@ -302,11 +362,15 @@ def output_file(location: Location) -> Iterator[Path]:
             yield tmp
         return
     with tempfile.TemporaryDirectory(prefix="cropmap-out-") as scratch:
-        tmp = Path(scratch) / basename(location)
-        yield tmp
-        if not tmp.is_file():
-            raise FileNotFoundError(f"{tmp}: the block wrote no file, so {location} was not created")
-        publish(tmp, location)
+        _track(Path(scratch))
+        try:
+            tmp = Path(scratch) / basename(location)
+            yield tmp
+            if not tmp.is_file():
+                raise FileNotFoundError(f"{tmp}: the block wrote no file, so {location} was not created")
+            publish(tmp, location)
+        finally:
+            _forget(Path(scratch))
 
 
 def publish(local: str | Path, location: Location) -> Location:
@@ -318,7 +382,11 @@ def publish(local: str | Path, location: Location) -> Location:
             shutil.copyfile(local, tmp)
         return location
     fs, path = filesystem(location)
-    fs.put_file(str(local), path)
+    try:
+        fs.put_file(str(local), path)
+    except Exception as err:  # noqa: BLE001 - botocore's errors are no OSError: the user needs the location
+        raise StorageError(f"could not upload {location}: nothing was published there; rerun once the store "
+                           f"answers. {_what_failed(err)}{_endpoint_hint(location)}") from err
     fs.invalidate_cache(path)
     return location
 
@@ -338,20 +406,43 @@ def output_dir(location: Location) -> Iterator[Location]:
         return
     fs, path = _fresh(location)
     marker = path + COMPLETE_SUFFIX
-    if fs.exists(marker):
-        fs.rm(marker)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    try:  # the marker goes first: from here until it is written again the store counts as missing
+        if fs.exists(marker):
+            fs.rm(marker)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except Exception as err:  # noqa: BLE001 - botocore's errors are no OSError
+        raise _store_failed(location, err, "clearing the previous one") from err
     try:
         yield location
-    except BaseException:
-        with contextlib.suppress(Exception):  # best effort: without the marker it counts as missing anyway
-            fs.rm(path, recursive=True)
+    except BaseException as err:
+        try:  # best effort: without the marker the partial store counts as missing anyway
+            with contextlib.suppress(FileNotFoundError):  # the block wrote nothing
+                fs.rm(path, recursive=True)
+        except Exception:  # noqa: BLE001 - the store failed again: the write failed because of it
+            if isinstance(err, Exception) and not isinstance(err, CropmapError):
+                raise _store_failed(location, err, "writing it") from err
         raise
     fs.invalidate_cache(path)
     if not fs.exists(path):
         raise FileNotFoundError(f"the block wrote nothing at {location}, so it was not marked complete")
-    fs.pipe_file(marker, b"")
+    try:
+        fs.pipe_file(marker, b"")
+    except Exception as err:  # noqa: BLE001
+        raise _store_failed(location, err, "marking it complete") from err
+
+
+def _what_failed(err: BaseException) -> str:
+    return f"{type(err).__name__}: {one_line(err)}" if str(err).strip() else type(err).__name__
+
+
+def _store_failed(location: str, err: BaseException, step: str) -> StorageError:
+    """The one-line error of a folder output whose store failed while ``step``: it has no completion
+    marker, so it counts as missing and the next run clears and rebuilds it. What to do comes before the
+    store's own words, which name a long URL (a tile's failure keeps the first 300 characters)."""
+    return StorageError(f"could not write {location}: the store failed while {step}; it is not marked complete, so "
+                        f"the next run rebuilds it: rerun once the store answers. {_what_failed(err)}"
+                        f"{_endpoint_hint(location)}")
 
 
 # one download at a time per process: the temporary name of atomic_path is per process, and two

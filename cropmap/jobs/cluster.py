@@ -11,19 +11,25 @@ resource :data:`GPU_RESOURCE` (``--resources GPU=1``). Whether inference tasks r
 decision, also taken here: :func:`gpu_workers_enabled` (the flow parameter ``gpu_workers``, else
 ``$CROPMAP_GPU_WORKERS``, else no) and :func:`inference_annotations` (the ``dask.annotate`` keywords).
 
+Every process that runs cropmap's tasks imports this module (the flow or CLI process, and a Dask worker
+unpickling a task of :mod:`cropmap.jobs.tiles` or :mod:`cropmap.flows`), and so logs a task that failed with
+a :class:`~cropmap.errors.CropmapError` as one line, not Dask's dump of the task and its traceback.
+
 >>> dask_target("tcp://10.0.0.5:8786").task_runner_kwargs()
 {'address': 'tcp://10.0.0.5:8786'}
 """
 
 from __future__ import annotations
 
+import ast
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from distributed import Client
 
-from cropmap.errors import ConfigError, DaskClusterError
+from cropmap.errors import ConfigError, CropmapError, DaskClusterError
 from cropmap.settings import get_settings
 
 __all__ = ["ADDRESS_ENV", "GPU_RESOURCE", "GPU_WORKERS_ENV", "DaskTarget", "dask_target",
@@ -37,6 +43,41 @@ GPU_RESOURCE = "GPU"
 #: ``no`` or unset: it has none), so that inference tasks must run there. ``deploy/`` sets it to ``1``.
 GPU_WORKERS_ENV = "CROPMAP_GPU_WORKERS"
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+class _OneLineCropmapErrors(logging.Filter):
+    """Rewrite the worker's multi-line "Compute Failed" record of a task that raised a cropmap error into
+    ``Compute Failed: <key>: <Error>: <message>``: the message already says what to do, and the caller
+    reports it too (:mod:`cropmap.jobs.tile_pipeline` keeps the traceback in ``<run>/failures/``). Any
+    other error keeps Dask's dump: it is a bug to read the traceback of."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if str(record.msg).startswith("Compute Failed\n") and isinstance(args, tuple) and len(args) >= 4:
+            text = str(args[3])  # distributed's exception_text: repr(error), e.g. "StorageError('...')"
+            name = text.split("(", 1)[0]
+            if name in _names(CropmapError):
+                # still "Compute Failed": the CLI drops these, each tile's failure is its own line there
+                record.msg, record.args = "Compute Failed: %s: %s: %s", (args[0], name, _message(text, name))
+        return True
+
+
+def _names(cls: type) -> set[str]:
+    """The names of ``cls`` and its subclasses, those of other modules included (asked when needed:
+    they are defined as modules are imported)."""
+    return {cls.__name__}.union(*(_names(sub) for sub in cls.__subclasses__()))
+
+
+def _message(text: str, name: str) -> str:
+    """The message of an error from its ``repr`` (``Name('message')``), on one line."""
+    try:
+        value = ast.literal_eval(text[len(name):])  # "('message')": the message; ("a", "b"): a tuple
+    except (ValueError, SyntaxError):
+        value = text
+    return " ".join((value if isinstance(value, str) else text).split())
+
+
+logging.getLogger("distributed.worker").addFilter(_OneLineCropmapErrors())
 
 # scheme://host:port, or host:port (Dask then assumes tcp://); IPv6 hosts in brackets.
 _ADDRESS = re.compile(r"^(?:(tcp|tls|ucx|inproc|ws|wss)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?(/.*)?$")
