@@ -5,9 +5,12 @@ case for every registered command, so a new command without one fails here."""
 from __future__ import annotations
 
 import inspect
+import re
 import typing
+from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cropmap.cli import app
@@ -80,3 +83,66 @@ def test_a_bad_input_is_one_line_and_exit_2(name, bad_files):
     assert run.exit_code == 2, (run.exit_code, run.output)
     assert len(lines) == 1 and fragment in lines[0], run.stderr
     assert "Traceback" not in run.output and "errors.pydantic.dev" not in run.output and "\n" not in lines[0]
+
+
+# Hostile inputs of issue 33 that reach a command's first lines (their deeper cases, with real checkpoints,
+# stores and maps, are in tests/test_hostile_*.py): each is one line and exit 2, never a traceback.
+HOSTILE: dict[str, tuple[list[str], str]] = {
+    "country config with a key given twice": (["plan", "DUP"], "key 'tile_size' is given twice"),
+    "tile_size 16 over a country": (["plan", "FINE"], "estimated from its area, more than CROPMAP_MAX_PLAN_TILES"),
+    "tile_size 16 with --tile-limit": (["map", "FINE", "--tile-limit", "1", "--dry-run"], ""),
+    "experiment with no seeds": (["experiment", "{t}/noseeds.yaml"], "seeds: an empty list runs nothing"),
+}
+
+
+@pytest.fixture
+def hostile_files(tmp_path, monkeypatch):
+    from cropmap.io.config import DEFAULT_CONFIGS_DIR
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    bel = (DEFAULT_CONFIGS_DIR / "BEL.yaml").read_text()
+    (configs / "DUP.yaml").write_text(bel.replace("code: BEL", "code: DUP") + "tile_size: 512\ntile_size: 1024\n")
+    fine = re.sub(r"(?m)^tile_size: .*$", "", bel.replace("code: BEL", "code: FINE")) + "tile_size: 16\n"
+    (configs / "FINE.yaml").write_text(fine)
+    experiment = yaml.safe_load((DEFAULT_CONFIGS_DIR.parent / "experiments" / "victoria.yaml").read_text())
+    experiment["seeds"] = []
+    (tmp_path / "noseeds.yaml").write_text(yaml.safe_dump(experiment))
+    monkeypatch.setenv("CROPMAP_CONFIGS_DIR", str(configs))
+    monkeypatch.setenv("CROPMAP_OUTPUT_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("CROPMAP_MAX_PLAN_TILES", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_input_is_one_line_and_exit_2(case, hostile_files):
+    """The commands on issue 33's inputs: one ``error:`` line and exit 2; a bounded plan still runs."""
+    args, fragment = HOSTILE[case]
+    run = CliRunner().invoke(app, [a.format(t=hostile_files) for a in args])
+    assert "Traceback" not in run.output and run.exception is None or isinstance(run.exception, SystemExit), run.output
+    if not fragment:  # the 16 px plan cut to one tile before it is built: the plan of one tile, exit 0
+        assert run.exit_code == 0 and "1 tile" in run.output, run.output
+        return
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.exit_code == 2 and len(lines) == 1 and fragment in lines[0], run.output
+
+
+def test_an_unexpected_error_is_one_line_exit_1_with_the_traceback_kept(tmp_path, monkeypatch):
+    """A bug (not a bad input) inside a command: one line naming it and the file with its traceback."""
+    import typer
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    broken = typer.Typer()
+
+    @broken.command()
+    @command
+    def divide(n: int = 0) -> None:
+        print(1 / n)
+
+    run = CliRunner().invoke(broken, [])
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.exit_code == 1 and len(lines) == 1 and "Traceback" not in run.output, run.output
+    assert "unexpected ZeroDivisionError: division by zero (a cropmap bug" in lines[0]
+    report = Path(lines[0].split("the traceback is in ")[1].rstrip(")"))
+    assert report.parent == tmp_path and "ZeroDivisionError" in report.read_text()

@@ -7,10 +7,14 @@ import functools
 import os
 import signal
 import sys
+import tempfile
 import threading
+import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import click
 import typer
 from pydantic import ValidationError
 from rasterio.errors import RasterioError
@@ -70,8 +74,31 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise fail(one_line(err)) from err
             except (OSError, RasterioError, KeyError) as err:
                 raise fail(f"{type(err).__name__}: {err}") from err
+            except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+                raise
+            except KeyboardInterrupt:
+                storage.discard_temporaries()
+                typer.echo("error: interrupted (Ctrl-C); rerun the same command to resume", err=True)
+                raise typer.Exit(130) from None
+            except Exception as err:  # a cropmap bug, not a bad input: one line, exit 1, the traceback kept
+                raise _internal_error(err) from err
 
     return wrapper
+
+
+def _internal_error(err: Exception) -> typer.Exit:
+    """One line naming the unexpected error and the file that keeps its traceback; the Exit(1) to raise
+    (1, not 2: no input of the user's is known to be at fault, so changing one may not help)."""
+    report = Path(tempfile.gettempdir()) / f"cropmap-error-{os.getpid()}.txt"
+    try:
+        report.write_text("".join(traceback.format_exception(err)))
+        where = f"the traceback is in {report}"
+    except OSError:
+        where = "the traceback could not be written"
+    message = " ".join(str(err).split())[:300]
+    typer.echo(f"error: unexpected {type(err).__name__}: {message} (a cropmap bug: please report it; {where})",
+               err=True)
+    return typer.Exit(1)
 
 
 @contextlib.contextmanager
