@@ -14,6 +14,10 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME"):
 
 from cropmap.io.data import data_dir  # noqa: E402
 
+# the STAC servers of the tests are local: their searches need not keep to the polite 2 requests/s that
+# real catalogs get (tests/test_hostile_catalogs.py checks that rate with its own value)
+os.environ.setdefault("CROPMAP_STAC_REQUESTS_PER_SECOND", "1000")
+
 DATA = data_dir()
 
 

@@ -2,7 +2,12 @@
 id, paths). Only the tasks that read remote data retry (STAC searches and asset reads in ``cube-tile``),
 and only on I/O-shaped errors (:func:`cropmap.errors.is_transient`): a ConfigError or a season that does
 not fit fails at once. Those two have a time limit too (``$CROPMAP_SEARCH_TIMEOUT_S``,
-``$CROPMAP_CUBE_TIMEOUT_S``; a hung read then fails the tile, which the next run retries).
+``$CROPMAP_CUBE_TIMEOUT_S``, read where the task runs), checked inside the work between search pages and
+between reads (:func:`cropmap.io.stac.time_limit`): past it the task fails with a
+:class:`~cropmap.errors.TimeLimitError` naming the block or tile, is retried, and a later run starts it
+again. Not Prefect's ``timeout_seconds``: on the Dask task runner a task runs in a worker thread, where
+Prefect cannot interrupt a blocking read (it logs a warning per task run and raises only once the read
+returns, wherever the code then is).
 
 :func:`executor` gives the :class:`cropmap.flows._runner.PrefectExecutor` that the job functions of
 :mod:`cropmap.jobs.mapping` submit to.
@@ -14,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from cropmap.errors import is_transient
+from cropmap.io.stac import time_limit
 from cropmap.jobs import mapping, searches, tiles, training
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.training import CheckpointResult, TrainingSetResult
@@ -34,13 +40,16 @@ def retry_io_only(task, task_run, state) -> bool:
 @task(name="search-block", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_io_only,
       cache_policy=NONE, task_run_name="search {block}")
 def search_block(run: CountryRun, block: str, tile_ids: list[str]) -> searches.BlockSearch:
-    return searches.search_block(run, block, tile_ids)
+    with time_limit(get_settings().search_timeout_s, what=f"search of block {block}",
+                    setting="CROPMAP_SEARCH_TIMEOUT_S"):
+        return searches.search_block(run, block, tile_ids)
 
 
 @task(name="cube-tile", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_io_only,
       cache_policy=NONE, task_run_name="cube {tile_id}")
 def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite: bool = False) -> CubeResult:
-    return tiles.cube_tile(run, tile_id, items=items, overwrite=overwrite)
+    with time_limit(get_settings().cube_timeout_s, what=f"tile {tile_id}", setting="CROPMAP_CUBE_TIMEOUT_S"):
+        return tiles.cube_tile(run, tile_id, items=items, overwrite=overwrite)
 
 
 @task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
@@ -84,11 +93,9 @@ def train_checkpoint(*args, **kwargs) -> CheckpointResult:
 
 def executor(*, gpu: bool = False) -> PrefectExecutor:
     """The executor of a flow run: each job function as its task above; predictions on GPU workers
-    when ``gpu``; the I/O tasks' time limits as the environment sets them now."""
-    settings = get_settings()
+    when ``gpu``."""
     return PrefectExecutor(
-        {searches.search_block: search_block.with_options(timeout_seconds=settings.search_timeout_s),
-         tiles.cube_tile: cube_tile.with_options(timeout_seconds=settings.cube_timeout_s),
+        {searches.search_block: search_block, tiles.cube_tile: cube_tile,
          tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
          tiles.mosaic_country: mosaic_country, tiles.area_products: area_products,
          mapping.score_run: score_run, training.training_set: training_set,

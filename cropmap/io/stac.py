@@ -11,29 +11,96 @@ catalog profile (:mod:`cropmap.io.catalogs`: Earth Search ``blue ... swir22 scl`
 :func:`cropmap.core.bands.canonical_band` knows. Scale and offset: :func:`asset_scale_offset`, the one
 rule of :func:`cropmap.io.catalogs.reflectance_scale_offset`. Every item found is marked with the
 catalog's profile (``cropmap:catalog``) when the config names or implies one.
+
+Malformed items (a ``datetime`` that is no date, a null one without ``start_datetime``/``end_datetime``,
+neither geometry nor bbox) are skipped, each named in a :class:`MalformedItemWarning`; a search that
+finds only malformed items is a :class:`~cropmap.errors.MalformedItemError`, never retried as if the
+network had failed.
+
+Time limits: :func:`time_limit` bounds the work of a block (a flow's task: a search, a tile's cube) in
+the calling thread; :func:`check_time_limit`, called between search pages here and between reads by the
+tile reader, raises :class:`~cropmap.errors.TimeLimitError` once it has passed. Prefect's own
+``timeout_seconds`` cannot stop a task on the Dask task runner's worker threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import re
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pystac
 import shapely
+from pystac.utils import str_to_datetime
 from shapely.geometry import shape
 
 from cropmap.core.bands import canonical_band
 from cropmap.core.season import Season
-from cropmap.errors import CatalogError
+from cropmap.errors import CatalogError, CropmapError, MalformedItemError, TimeLimitError, one_line
 from cropmap.settings import get_settings
 from cropmap.io.catalogs import ASSET_ROOTS_PROPERTY, PROFILE_PROPERTY, ROOT_PROPERTY, asset_scale_offset, item_profile
 from cropmap.io.config import CatalogConfig
 
-__all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset"]
+__all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset", "MalformedItemWarning",
+           "time_limit", "check_time_limit", "time_left"]
+
+#: Seconds one request to a STAC API may wait for its answer (less when a time limit ends sooner).
+REQUEST_TIMEOUT_S = 60.0
+#: Malformed items named one by one in warnings; the rest are counted in one more.
+NAMED_MALFORMED = 10
+
+
+class MalformedItemWarning(UserWarning):
+    """A catalog item could not be read as a STAC item (its id and why); the search goes on without it."""
+
+
+@dataclass(frozen=True)
+class _Limit:
+    deadline: float  # time.monotonic()
+    seconds: float
+    what: str
+    setting: str
+
+
+_LIMIT: contextvars.ContextVar[_Limit | None] = contextvars.ContextVar("cropmap_time_limit", default=None)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, *, what: str, setting: str) -> Iterator[None]:
+    """Within the block, :func:`check_time_limit` raises once ``seconds`` have passed; ``what`` (``tile
+    33TWL_...``) and ``setting`` (the variable that sets the limit) name it in the error. A limit
+    inside another ends no later than the outer one. Per thread of control (a context variable): the
+    tiles a Dask worker's threads build at once each keep their own."""
+    outer = _LIMIT.get()
+    limit = _Limit(time.monotonic() + seconds, seconds, what, setting)
+    token = _LIMIT.set(limit if outer is None or limit.deadline < outer.deadline else outer)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
+
+
+def time_left() -> float | None:
+    """Seconds left of the current :func:`time_limit` (may be negative), or None without one."""
+    limit = _LIMIT.get()
+    return None if limit is None else limit.deadline - time.monotonic()
+
+
+def check_time_limit() -> None:
+    """Raise :class:`~cropmap.errors.TimeLimitError` when the current :func:`time_limit` has passed."""
+    limit = _LIMIT.get()
+    if limit is not None and time.monotonic() >= limit.deadline:
+        raise TimeLimitError(
+            f"{limit.what} ran past its time limit of {limit.seconds:g} s ({limit.setting}): a read hung or "
+            f"answered too slowly; the task is retried and a later run starts it again (raise {limit.setting} "
+            "if the work is just large)")
 
 
 def season_search_window(season: Season, year: int, margin_days: int) -> tuple[dt.date, dt.date]:
@@ -57,7 +124,10 @@ def search_items(
 
     ``max_cloud_cover`` (percent, ``eo:cloud_cover``) defaults to the catalog's; items without the
     property are kept. A catalog that cannot be reached or read after ``retries`` attempts
-    (exponential backoff from ``backoff_s``) raises one :class:`CatalogError`.
+    (exponential backoff from ``backoff_s``) raises one :class:`CatalogError`. Malformed items are
+    skipped with a :class:`MalformedItemWarning` each; when every item read is malformed,
+    :class:`~cropmap.errors.MalformedItemError`. Within a :func:`time_limit`, the attempts, their
+    backoff and each request end with it (:class:`~cropmap.errors.TimeLimitError`).
     """
     limit = catalog.max_cloud_cover if max_cloud_cover is None else max_cloud_cover
     if start > end:
@@ -65,23 +135,27 @@ def search_items(
     where = str(catalog.path) if catalog.path is not None else str(catalog.url)
     last_err: Exception | None = None
     for attempt in range(max(retries, 1)):
+        check_time_limit()
         try:
             if catalog.path is not None:
-                found = _search_static(Path(catalog.path), catalog.collection, bbox, start, end)
+                found, n_read, malformed = _search_static(Path(catalog.path), catalog.collection, bbox, start, end)
             else:
-                found = _search_api(str(catalog.url), catalog.collection, bbox, start, end)
+                found, n_read, malformed = _search_api(str(catalog.url), catalog.collection, bbox, start, end)
             break
-        except CatalogError:
+        except CropmapError:  # a verdict (no such collection, a time limit), not a failed connection
             raise
         except Exception as err:  # noqa: BLE001 - network stacks raise many types; all mean "unreachable"
             last_err = err
             if attempt + 1 < retries:
-                time.sleep(backoff_s * 2**attempt)
+                left = time_left()
+                time.sleep(max(0.0, min(backoff_s * 2**attempt, float("inf") if left is None else left)))
     else:
+        check_time_limit()  # attempts cut short by the limit: say so, not "network"
         raise CatalogError(
             f"STAC catalog {where} could not be searched after {retries} attempt(s): {last_err}. "
             "Check the URL/path and the network, or point the config's catalog at a static catalog."
         ) from last_err
+    _report_malformed(where, n_read, malformed)
     keep = [it for it in found if it.properties.get("eo:cloud_cover", 0.0) <= limit]
     for it in keep:
         if it.get_self_href():
@@ -107,7 +181,93 @@ def _in_window(item: pystac.Item, start: dt.date, end: dt.date) -> bool:
     return start <= _item_time(item).date() <= end
 
 
-def _search_static(path: Path, collection: str, bbox, start, end) -> list[pystac.Item]:
+_DATE_FIELDS = ("datetime", "start_datetime", "end_datetime")
+
+
+def _checked(item: pystac.Item) -> tuple[pystac.Item, shapely.Geometry]:
+    """``(item, footprint)`` (its geometry, else its bbox) when its date and footprint can be read, else
+    an error: pystac accepts both missing, and ``start_datetime`` parses only when asked for."""
+    if (item.datetime or item.common_metadata.start_datetime) is None:
+        raise ValueError("no datetime and no start_datetime")
+    if item.geometry:
+        return item, shape(item.geometry)
+    if item.bbox:
+        return item, shapely.box(*item.bbox)
+    raise ValueError("no geometry and no bbox")
+
+
+def _malformed(name: object, dates: dict | None, err: Exception) -> str:
+    """``item <name>: why``, the date field at fault named where one is (``dates``: the item's date
+    properties as the catalog gave them)."""
+    why = one_line(err.__cause__ or err)  # pystac wraps a static item's error in "does not resolve"
+    if isinstance(dates, dict):
+        bad = [(k, v, _date_error(v)) for k, v in dates.items() if v is not None]
+        bad = [b for b in bad if b[2]]
+        if bad:
+            why = f"{bad[0][0]} {bad[0][1]!r} is not a date ({bad[0][2]})"
+        elif dates.get("datetime") is None and None in (dates.get("start_datetime"), dates.get("end_datetime")):
+            why = "datetime is null and start_datetime/end_datetime are missing"
+    return f"item {name}: {why}"
+
+
+def _date_error(value: object) -> str:
+    """Why ``value`` is not a STAC date, or ""."""
+    try:
+        str_to_datetime(value)  # type: ignore[arg-type]
+    except Exception as err:  # noqa: BLE001 - any failure means "not a date"
+        return one_line(err) or type(err).__name__
+    return ""
+
+
+def _date_fields(feature: object) -> dict | None:
+    props = feature.get("properties") if isinstance(feature, dict) else None
+    return {k: props.get(k) for k in _DATE_FIELDS} if isinstance(props, dict) else None
+
+
+def _report_malformed(where: str, n_read: int, malformed: list[str]) -> None:
+    """Warn of each malformed item (the first :data:`NAMED_MALFORMED` by name); none read well: the error."""
+    if not malformed:
+        return
+    if n_read == 0:
+        more = f" (and {len(malformed) - 1} more)" if len(malformed) > 1 else ""
+        raise MalformedItemError(
+            f"STAC catalog {where}: all {len(malformed)} item(s) it gave are malformed, {malformed[0]}{more}; "
+            "fix the catalog's items or point the config's catalog at another catalog")
+    for line in malformed[:NAMED_MALFORMED]:
+        warnings.warn(f"{line}; skipped (STAC catalog {where})", MalformedItemWarning, stacklevel=3)
+    if len(malformed) > NAMED_MALFORMED:
+        warnings.warn(f"{len(malformed) - NAMED_MALFORMED} more malformed item(s) of STAC catalog {where} skipped",
+                      MalformedItemWarning, stacklevel=3)
+
+
+def _static_items(catalog: pystac.Catalog, malformed: list[str]) -> Iterator[tuple[pystac.Item, shapely.Geometry]]:
+    """``(item, footprint)`` of ``catalog`` and its children, as ``get_items(recursive=True)``, but an
+    item file that cannot be parsed is named in ``malformed`` instead of ending the walk."""
+    root = catalog.get_root()
+    for link in catalog.get_links(pystac.RelType.ITEM):
+        check_time_limit()
+        href = link.get_absolute_href()
+        try:
+            link.resolve_stac_object(root=root)
+            found = _checked(link.target)
+        except OSError:  # the file cannot be read: a storage problem, retried as one
+            raise
+        except Exception as err:  # noqa: BLE001 - JSON and pystac raise many types for "not an item"
+            try:
+                raw = pystac.StacIO.default().read_json(href)
+            except Exception:  # noqa: BLE001 - not JSON: the parse error says so
+                raw = None
+            name = raw.get("id", href) if isinstance(raw, dict) else href
+            malformed.append(_malformed(name, _date_fields(raw), err))
+            continue
+        yield found
+    for child in catalog.get_children():
+        yield from _static_items(child, malformed)
+
+
+def _search_static(path: Path, collection: str, bbox, start, end) -> tuple[list[pystac.Item], int, list[str]]:
+    """``(items in the window and area, items read well, malformed items)``: every item of the
+    collection is read, so the last two count the whole collection."""
     if not path.exists():
         raise CatalogError(f"static STAC catalog {path} does not exist")
     root = pystac.read_file(str(path))
@@ -121,15 +281,16 @@ def _search_static(path: Path, collection: str, bbox, start, end) -> list[pystac
     else:
         raise CatalogError(f"{path} is not a STAC catalog or collection")
     area = shapely.box(*bbox)
-    out = []
-    for item in coll.get_items(recursive=True):
-        footprint = shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
+    out, n_read, malformed = [], 0, []
+    for item, footprint in _static_items(coll, malformed):
+        n_read += 1
         if _in_window(item, start, end) and footprint.intersects(area):
             out.append(item)
-    return out
+    return out, n_read, malformed
 
 
-def _search_api(url: str, collection: str, bbox, start, end) -> list[pystac.Item]:
+def _search_api(url: str, collection: str, bbox, start, end) -> tuple[list[pystac.Item], int, list[str]]:
+    """``(items in the window, items read well, malformed items)`` of every page of the answer."""
     from pystac_client import Client  # imported here: static catalogs do not need it
     from pystac_client.stac_api_io import StacApiIO
     from urllib3.util.retry import Retry
@@ -138,15 +299,33 @@ def _search_api(url: str, collection: str, bbox, start, end) -> list[pystac.Item
     # a refused connection is not: search_items' own attempts handle an unreachable catalog
     retry = Retry(total=None, connect=0, read=0, other=0, status=6, backoff_factor=1.0,
                   status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, respect_retry_after_header=True)
-    client = Client.open(url, stac_io=StacApiIO(max_retries=retry, request_modifier=_polite), timeout=60)
+    left = time_left()
+    # the modifier goes to open(), not to StacApiIO(): open() replaces the io's modifier with its own
+    client = Client.open(url, stac_io=StacApiIO(max_retries=retry), request_modifier=_polite,
+                         timeout=REQUEST_TIMEOUT_S if left is None else max(0.1, min(REQUEST_TIMEOUT_S, left)))
     search = client.search(
         collections=[collection],
         bbox=list(bbox),
         datetime=f"{start.isoformat()}T00:00:00Z/{end.isoformat()}T23:59:59Z",
         limit=100,
     )
-    # the server's datetime filter is trusted for paging, re-checked here for servers that round
-    return [it for it in search.items() if _in_window(it, start, end)]
+    out, n_read, malformed = [], 0, []
+    for page in search.pages_as_dicts():
+        check_time_limit()
+        for feature in page.get("features", []):
+            # taken before parsing: from_dict(preserve_dict=False) takes the feature apart
+            name = feature.get("id", "without an id") if isinstance(feature, dict) else repr(feature)[:40]
+            dates = _date_fields(feature)
+            try:
+                item, _ = _checked(pystac.Item.from_dict(feature, root=client, preserve_dict=False))
+            except Exception as err:  # noqa: BLE001 - pystac raises many types for "not an item"
+                malformed.append(_malformed(name, dates, err))
+                continue
+            n_read += 1
+            # the server's datetime filter is trusted for paging, re-checked here for servers that round
+            if _in_window(item, start, end):
+                out.append(item)
+    return out, n_read, malformed
 
 
 _RATE_LOCK = threading.Lock()
