@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +27,8 @@ from cropmap import __version__
 from cropmap.core.season import Season
 from cropmap.errors import CheckpointError, ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.io import storage
-from cropmap.ml.models import build_model, check_model_config, forward_pass
+from cropmap.ml.checkpoint_checks import checked_model
+from cropmap.ml.models import forward_pass
 from cropmap.ml.normalisation import apply_normalisation
 from cropmap.ml.calibration import softmax_t
 from cropmap.ml.ood import KIND as OOD_KIND
@@ -61,9 +61,6 @@ LIMITATIONS = (
 
 _FORMAT = 1
 # the fields load_checkpoint reads without a default
-_REQUIRED = ("model_name", "model_config", "feature_kind", "bands", "season", "n_bins", "normalisation",
-             "class_names", "class_colours", "config", "scores", "version", "state_dict")
-
 
 def card_path(path: storage.Location) -> storage.Location:
     """The model card beside a checkpoint: ``<path>.card.json`` (a ``Path``, or a URL beside a remote one)."""
@@ -263,7 +260,7 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
                               f"(torch.load: {type(err).__name__})") from err
     if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a cropmap checkpoint of format {_FORMAT}")
-    model = _checked_model(blob, path)
+    model = checked_model(blob, path)
     return Checkpoint(
         model=model,
         model_name=blob["model_name"],
@@ -283,75 +280,6 @@ def load_checkpoint(path: storage.Location) -> Checkpoint:
         ood=_usable_ood(blob.get("ood"), path),
         card=blob.get("card", {}),
     )
-
-
-def _checked_model(blob: dict, path: storage.Location) -> torch.nn.Module:
-    """The model of a loaded checkpoint ``blob``, in eval mode, once everything prediction relies on is
-    known to be usable: a checkpoint that would map every pixel as nodata, fail on every tile or allocate
-    without bound raises :class:`CheckpointError` naming the field, before any weight is allocated."""
-    def refuse(problem: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path}: {problem}; retrain the model or use another checkpoint")
-
-    missing = [k for k in _REQUIRED if k not in blob]
-    if missing:
-        raise refuse(f"no {missing[0]!r} field")
-    bands, config, state = blob["bands"], blob["model_config"], blob["state_dict"]
-    if not isinstance(config, dict) or not isinstance(state, dict):
-        raise refuse("model_config and state_dict must be mappings")
-    if not isinstance(bands, list) or not bands or not all(isinstance(b, str) for b in bands):
-        raise refuse(f"bands {bands!r} are not a list of band names")
-    _check_normalisation(blob["normalisation"], bands, refuse)
-    temperature = blob.get("temperature", 1.0)
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
-        raise refuse(f"temperature {temperature!r} is not a positive number (softmax(logits / T) needs T > 0)")
-    n_bins = blob["n_bins"]
-    if not isinstance(n_bins, int) or n_bins < 1:
-        raise refuse(f"n_bins {n_bins!r} is not a positive integer")
-    if config.get("n_bands") != len(bands):
-        raise refuse(f"model_config n_bands {config.get('n_bands')!r} differs from its {len(bands)} bands")
-    try:
-        check_model_config(blob["model_name"], config, input_shape=(len(bands), n_bins))
-        model = build_model(blob["model_name"], **config)
-    except ConfigError as err:
-        raise refuse(str(err)) from err
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:  # torch lists every mismatch on its own line: the first says enough
-        first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
-        raise refuse(f"weights do not match model_config ({first})") from err
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:
-        raise refuse(f"weights {bad!r} hold NaN or infinite values")
-    names, colours = blob["class_names"], blob.get("class_colours")
-    if not isinstance(names, list) or len(names) != model.n_classes:
-        raise refuse(f"{len(names) if isinstance(names, list) else names!r} class names for a head of "
-                     f"{model.n_classes} classes")
-    if colours is not None and (not isinstance(colours, list) or len(colours) != len(names)):
-        raise refuse(f"{len(colours) if isinstance(colours, list) else colours!r} class colours for "
-                     f"{len(names)} classes")
-    return model.eval()
-
-
-def _check_normalisation(normalisation: Any, bands: list[str], refuse: Callable[[str], CheckpointError]) -> None:
-    """Refuse a normalisation that would turn every input into NaN or infinity: an unknown method, a
-    mean or std per band that is missing or not finite, a std that is not positive, a non-positive scale."""
-    if not isinstance(normalisation, dict) or normalisation.get("method") != "log1p_standard":
-        raise refuse("normalisation is not of method 'log1p_standard'")
-    for key in ("mean", "std"):
-        try:
-            values = np.asarray(normalisation.get(key), dtype=np.float64)
-        except (TypeError, ValueError):
-            raise refuse(f"normalisation {key} is not a list of numbers") from None
-        if values.shape != (len(bands),):
-            raise refuse(f"normalisation {key} has shape {values.shape}, not one value per band ({len(bands)})")
-        bad = np.flatnonzero(~np.isfinite(values) | ((values <= 0) if key == "std" else False))
-        if bad.size:
-            band = bands[bad[0]]
-            raise refuse(f"normalisation {key} of band {band} is {values[bad[0]]}"
-                         + (", not a positive number" if key == "std" else ", not a finite number"))
-    scale = normalisation.get("scale")
-    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-        raise refuse(f"normalisation scale {scale!r} is not a positive number")
 
 
 def _usable_ood(stats: dict | None, path) -> dict | None:
