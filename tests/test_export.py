@@ -29,6 +29,10 @@ def test_onnx_matches_torch_on_real_series(tiny_checkpoint, victoria_test_series
     assert got.shape == (len(victoria_test_series), len(ckpt.class_names))
     assert np.abs(got - expected).max() <= TOLERANCE
     assert (got.argmax(1) == expected.argmax(1)).mean() > 0.999
+    hostile = victoria_test_series[:3].copy()
+    hostile[0], hostile[1, 0, 5] = -np.inf, np.inf  # ±inf is no data in the graph as in the maps, never a class
+    probs = onnx_probabilities(result.path, hostile)
+    assert np.isnan(probs[:2]).all() and np.isfinite(probs[2]).all()
 
 
 def test_cli_export_onnx_model_card_and_mlm_item(tiny_checkpoint, tmp_path, shared_data):

@@ -30,7 +30,7 @@ def bin_index(dates: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def median_by_bin(values: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
     """NaN-aware median of ``values`` over the dates of each bin.
 
-    ``values``: ``(time, ...)`` float, NaN = no valid observation; ``bins``: ``(time,)`` from
+    ``values``: ``(time, ...)`` float, NaN (and ±inf) = no valid observation; ``bins``: ``(time,)`` from
     :func:`bin_index`. Returns ``(n_bins, ...)`` float32; a bin without a valid value is NaN.
 
     Equals ``np.nanmedian`` over each bin's dates (the mean of the two middle values for an even
@@ -40,7 +40,9 @@ def median_by_bin(values: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarr
     values = np.asarray(values, dtype=np.float32)
     out = np.full((n_bins, *values.shape[1:]), np.nan, dtype=np.float32)
     for b in np.unique(bins[bins >= 0]):
-        members = values[bins == b]
+        members = values[bins == b]  # a copy: the input is never changed
+        # ±inf is no data: as a value it would win every median and interpolation it touched
+        members[np.isinf(members)] = np.nan
         if len(members) == 1:
             out[b] = members[0]
             continue
@@ -123,7 +125,7 @@ def median_composite(
     ----------
     obs
         Observations with a ``time`` dim of real dates, e.g. ``(time, band, y, x)`` for a cube or
-        ``(sample, time, band)`` for pixel samples; surface reflectance (0..1 float), NaN = no data.
+        ``(sample, time, band)`` for pixel samples; surface reflectance (0..1 float), NaN or ±inf = no data.
         May be Dask-backed: time is rechunked to one chunk, every other dim keeps its chunks, and
         nothing is computed.
     season, year

@@ -7,6 +7,8 @@ Input everywhere: a composite from :func:`cropmap.core.composite.median_composit
 - ``"1d"`` :func:`median_1d`: the same values flattened to ``(..., feature)``, band-major.
 - ``"harmonic"`` :func:`harmonic_coefficients`: a least-squares Fourier fit per band,
   ``(..., feature)``.
+
+±inf in the composite is no data, NaN in every feature, as NaN is: never a value a model sees.
 """
 
 from __future__ import annotations
@@ -38,8 +40,17 @@ HARMONIC_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B08", "B11", "B1
 
 
 def median_2d(composite: xr.DataArray) -> xr.DataArray:
-    """The "2D median" matrix: dims ``(..., band, time)``, float32."""
-    return composite.transpose(..., "band", "time").astype(np.float32)
+    """The "2D median" matrix: dims ``(..., band, time)``, float32 (±inf as NaN)."""
+    return _finite(composite.transpose(..., "band", "time"))
+
+
+def _finite(values: xr.DataArray) -> xr.DataArray:
+    """``values`` as a new float32 array with ±inf made NaN (lazy when ``values`` is)."""
+    out = values.astype(np.float32)  # always a new array
+    if isinstance(out.data, np.ndarray):  # in place on that copy: no second block-sized array
+        np.copyto(out.data, np.float32(np.nan), where=np.isinf(out.data))
+        return out
+    return out.where(~np.isinf(out))
 
 
 def median_1d(composite: xr.DataArray) -> xr.DataArray:
@@ -85,7 +96,7 @@ def harmonic_coefficients(
     solve = np.linalg.pinv(design).astype(np.float32)  # (terms, time)
     terms = ["c0"] + [f"{f}{k}" for k in range(1, n_harmonics + 1) for f in ("cos", "sin")]
     coef = xr.DataArray(solve, dims=("term", "time"), coords={"term": terms})
-    fitted = xr.dot(coef, composite.sel(band=list(bands)).astype(np.float32), dim="time")
+    fitted = xr.dot(coef, _finite(composite.sel(band=list(bands))), dim="time")
     fitted = fitted.transpose(..., "band", "term")
     names = [f"{b}_{t}" for b in bands for t in terms]
     flat = fitted.stack(feature=("band", "term")).drop_vars(["feature", "band", "term"])

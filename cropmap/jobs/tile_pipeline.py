@@ -7,10 +7,11 @@ executor's capacity times ``$CROPMAP_TILES_IN_FLIGHT``), starts a tile's predict
 is ready, and starts the next tile whenever one finishes, so the stages overlap in bounded waves and the
 calling process holds
 only a :class:`TileSummary`: per tile, two short status words, and the reason of each failure (tens of
-bytes a tile, not the task objects). A tile that fails in one stage is recorded with its reason and
+bytes a tile, not the task objects). A tile that fails in one stage (or whose map would be all nodata:
+status ``empty``, :class:`~cropmap.errors.EmptyMapError`, nothing written) is recorded with its reason and
 logged as one line naming the file under ``<run>/failures/`` that holds its traceback; the others go on,
-unless the last :data:`SAME_FAILURES_TO_STOP` tiles (or block searches) all failed alike: then the run
-stops there with one :class:`~cropmap.errors.CubeBuildError` (the cause is the run's, not the tiles').
+unless the last :data:`SAME_FAILURES_TO_STOP` tiles (or block searches) all failed alike (``empty`` maps
+aside: they say something of a place, not of the run): then the run stops there with one :class:`~cropmap.errors.CubeBuildError` (the cause is the run's, not the tiles').
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cropmap.errors import CubeBuildError
+from cropmap.errors import CubeBuildError, EmptyMapError
 from cropmap.io import storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
@@ -64,8 +65,9 @@ class TileSummary:
         self.status.setdefault(tile_id, {})[stage] = status
 
     def fail(self, tile_id: str, stage: str, error: BaseException) -> str:
-        """Record the failure; returns its reason (one line)."""
-        self.record(tile_id, stage, "failed")
+        """Record the failure (status ``"empty"`` for a map without a mapped pixel,
+        :class:`~cropmap.errors.EmptyMapError`, else ``"failed"``); returns its reason (one line)."""
+        self.record(tile_id, stage, failed_status(error))
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         self.failures.append(TileFailure(tile_id, stage, reason))
         return reason
@@ -91,6 +93,12 @@ class TileSummary:
         parts = [f"{s}: " + ", ".join(f"{n} {k}" for k, n in sorted(c.items())) for s, c in self.counts.items() if c]
         blocks = ", ".join(f"{n} {k}" for k, n in sorted(self.searches.items()))
         return f"{self.total} tiles; " + "; ".join(parts) + (f"; block searches: {blocks}" if blocks else "")
+
+
+def failed_status(error: BaseException) -> str:
+    """A tile's status after ``error`` in a stage: ``"empty"`` when its map would hold no mapped pixel (not
+    written, tried again next run), else ``"failed"``; either way the tile is among the run's failures."""
+    return "empty" if isinstance(error, EmptyMapError) else "failed"
 
 
 def failure_path(run: CountryRun, name: str, stage: str) -> storage.Location:
@@ -159,7 +167,10 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
                 else:
                     reason = summary.fail(name, stage, err)
                 _report(run, name, stage, reason, err)
-                streak.append(reason.replace(name, "<tile>"))
+                # a map without data says something of its place (ice, sea, clouds all season), not of the
+                # run: tiles of an ice field in a row must not stop the country's other tiles
+                if not isinstance(err, EmptyMapError):
+                    streak.append(reason.replace(name, "<tile>"))
                 if stop_after and len(streak) >= stop_after and len(set(streak[-stop_after:])) == 1:
                     left = f"{len(tile_ids) - summary.total:,} more"
                     raise CubeBuildError(
@@ -169,7 +180,7 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
                 if stage == "search":
                     fill()
                     continue
-                status = "failed"
+                status = failed_status(err)
             else:
                 if stage != "search":  # a tile that works breaks the streak; a search says less
                     streak.clear()

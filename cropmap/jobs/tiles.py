@@ -4,7 +4,8 @@
   5-day median cube (:func:`cropmap.stages.cube.build_tile_cube`); a complete or empty cube is skipped,
   an incomplete or degraded one rebuilt;
 - :func:`predict_tile`: the tile's cube + a checkpoint -> its class and confidence GeoTIFFs
-  (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped;
+  (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped, one whose every pixel would
+  be nodata is not written (:class:`~cropmap.errors.EmptyMapError`: status ``empty`` in a run's summary);
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
   (every cube checked first, then one call per cube through an executor: the CLI's ``predict``);
 - :func:`mosaic_zone`: one UTM zone's tiles -> its COGs; :func:`mosaic_country`: the zones' COGs -> the

@@ -60,6 +60,7 @@ class ExportModule(torch.nn.Module):
         self.temperature = float(ckpt.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(torch.isinf(x), torch.full_like(x, float("nan")), x)  # ±inf is no data, as in the maps
         z = (torch.log1p(torch.clamp(x, min=0.0) * self.scale) - self.mean) / self.std
         return torch.softmax(self.core(z) / self.temperature, dim=1)
 

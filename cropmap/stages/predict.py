@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cropmap import __version__
 from cropmap.core.features import compute_features
 from cropmap.core.season import Season
-from cropmap.errors import DataNotFoundError, IncompatibleInputError, StorageError
+from cropmap.errors import DataNotFoundError, EmptyMapError, IncompatibleInputError, StorageError
 from cropmap.io import storage
 from cropmap.io.storage import stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
@@ -196,7 +196,7 @@ def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pr
       with ``options.ood`` (by default whenever the checkpoint holds training-distribution statistics).
 
     Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
-    is NaN. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
+    holds a NaN or ±inf. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
     """
     check_cube(checkpoint, cube, what=f"tile {cube.attrs.get('tile_id', '?')}")
     ny, nx = cube.sizes["y"], cube.sizes["x"]
@@ -254,7 +254,8 @@ def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: n
         block = cube.isel(y=slice(y0, y0 + step))
         x = _model_input(checkpoint, _load(block))
         first = y0 * nx
-        usable = (filled[first:first + len(x)] <= options.max_filled_fraction) & ~np.isnan(x).any(axis=(1, 2))
+        # ±inf is no data like NaN (the features make it NaN; a cube written elsewhere may still hold it)
+        usable = (filled[first:first + len(x)] <= options.max_filled_fraction) & np.isfinite(x).all(axis=(1, 2))
         rows = np.flatnonzero(usable)
         if rows.size:
             with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
@@ -326,7 +327,9 @@ def predict_tile(
     GeoTIFFs on the cube's grid (CRS and transform from the cube), uint8, nodata 255, DEFLATE.
     The class map carries a colour table and the class names (band tags ``class_names`` as JSON and
     ``class_<i>``) and is written last, so its presence with this run's key means the tile is
-    complete; such a tile is skipped unless ``force``.
+    complete; such a tile is skipped unless ``force``. A map whose every pixel would be nodata (an empty
+    cube, too few observed bins) is not written: :class:`~cropmap.errors.EmptyMapError` says why, and
+    the next run tries the tile again.
     """
     out_dir = storage.as_location(out_dir)
     cube = open_cube(cube_path)
@@ -339,6 +342,8 @@ def predict_tile(
     checkpoint = load_model(checkpoint_path)
     offset = check_cube(checkpoint, cube, what=f"tile {tile_id}")
     maps = predict_cube(checkpoint, cube, options=options)
+    if not (maps["label"].values != NODATA).any():  # never a "done" tile without a mapped pixel
+        raise EmptyMapError(_empty_map_reason(tile_id, cube, options))
     crs, transform = cube.rio.crs, cube.rio.transform(recalc=True)
     if crs is None:
         raise IncompatibleInputError(f"tile {tile_id}: the cube has no CRS; write it with rioxarray")
@@ -368,6 +373,23 @@ def predict_tile(
     # temporaries of this tile left by a killed run were removed when each product was written
     # (cropmap.io.storage.atomic_path: only those of dead processes, never a concurrent run's)
     return TileResult(tile_id, "done", paths)
+
+
+def _empty_map_reason(tile_id: str, cube: xr.DataArray, options: PredictOptions) -> str:
+    """Why every pixel of the tile's map is nodata, and what to do: one line."""
+    head = f"tile {tile_id}: every pixel of its map would be nodata, so none is written"
+    if cube.attrs.get("status") == "empty":
+        return (f"{head}: its cube is empty ({cube.attrs.get('reason') or 'no observation'}); check that the catalog "
+                "covers the tile in the season, or leave the tile out of the run")
+    filled = _load(cube["filled_fraction"]).values
+    over = int(np.count_nonzero(filled > options.max_filled_fraction))
+    if not over:
+        return (f"{head}: no pixel has a finite series (NaN or infinite values in its bins); rebuild its cube "
+                "(cropmap cube --overwrite, or rerun with overwrite)")
+    rest = "" if over == filled.size else ", the others no finite series"
+    return (f"{head}: {over:,} of its {filled.size:,} pixels have more than max_filled_fraction "
+            f"{options.max_filled_fraction:g} of their bins interpolated{rest} (too few clear dates for the season's "
+            "bins); check the season against the scenes' dates and cadence, or raise predict.max_filled_fraction")
 
 
 def _colormap(colours: Sequence[str] | None, n: int) -> dict[int, tuple[int, int, int, int]]:

@@ -3,7 +3,8 @@
 :class:`TileReader` plans a tile from its items (one date per local solar day; items of one day fused,
 first valid pixel wins, in the items' order) and reads one band at a time, optionally a strip of rows
 at a time, into NumPy: ``(date, y, x)`` float32 surface reflectance (``DN x scale + offset`` of each
-item, :func:`cropmap.io.catalogs.asset_scale_offset`; NaN = no data) or uint8 SCL (0 = no data).
+item, :func:`cropmap.io.catalogs.asset_scale_offset`; NaN = no data, which a float asset's nodata
+value, NaN and ±inf all become) or uint8 SCL (0 = no data).
 
 Each asset is opened on its first read and kept open while its band is read, so a block of a COG is
 fetched once per tile and band (GDAL's block cache holds it across strips). A file on the tile's own
@@ -36,7 +37,7 @@ from cropmap.core.bands import SCL
 from cropmap.core.grid import Tile
 from cropmap.errors import AssetReadError, CropmapError, MissingBandError
 from cropmap.io.catalogs import asset_href, implausible_band, item_profile, rasterio_env, reflectance_problem
-from cropmap.io.stac import asset_scale_offset, band_assets
+from cropmap.io.stac import asset_scale_offset, band_assets, check_time_limit
 
 __all__ = ["AssetUnavailableWarning", "NoObservations", "TileReader", "GDAL_ENV", "gdal_env"]
 
@@ -146,6 +147,7 @@ class TileReader:
         try:
             with ThreadPoolExecutor(self.threads) as pool:
                 for y0 in range(start, stop, strip_rows):
+                    check_time_limit()  # here, in the task's thread: the pool's threads do not see its limit
                     y1 = min(y0 + strip_rows, stop)
                     raws = list(pool.map(lambda job: self._read_asset(job, y0, y1, handles), enumerate(jobs)))
                     yield slice(y0, y1), self._fuse(band, jobs, raws, (len(self.days), y1 - y0, self.tile.shape[1]))
@@ -220,7 +222,8 @@ class TileReader:
                 data = vrt.read(1)
         valid = data != nodata
         if np.issubdtype(data.dtype, np.floating):
-            valid &= ~np.isnan(data)
+            # ±inf is no data like NaN: scaled, it would pass as an observation and survive the median
+            valid &= np.isfinite(data)
         return data, valid
 
     def _unavailable(self, asset: _Asset, reason: str, handles: dict, n: int) -> None:
