@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cropmap.cli import app
-from cropmap.cli.common import command
+from cropmap.cli.common import command, fail
 
 # command -> (arguments with {t} for the test's folder, a fragment the one line must hold)
 BAD_INPUTS: dict[str, tuple[list[str], str]] = {
@@ -140,7 +140,14 @@ def test_an_unexpected_error_is_one_line_exit_1_with_the_traceback_kept(tmp_path
     def divide(n: int = 0) -> None:
         print(1 / n)
 
-    run = CliRunner().invoke(broken, [])
+    @broken.command()
+    @command
+    def refuse() -> None:
+        raise fail("a refusal of the command's own")  # typer.Exit is no click Exit: it must pass through
+
+    run = CliRunner().invoke(broken, ["refuse"])
+    assert run.exit_code == 2 and run.stderr == "error: a refusal of the command's own\n", run.output
+    run = CliRunner().invoke(broken, ["divide"])
     lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert run.exit_code == 1 and len(lines) == 1 and "Traceback" not in run.output, run.output
     assert "unexpected ZeroDivisionError: division by zero (a cropmap bug" in lines[0]

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from pydantic import ValidationError
 from rasterio.errors import RasterioError
@@ -74,7 +73,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise fail(one_line(err)) from err
             except (OSError, RasterioError, KeyError) as err:
                 raise fail(f"{type(err).__name__}: {err}") from err
-            except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # typer's own exits and usage errors
                 raise
             except KeyboardInterrupt:
                 storage.discard_temporaries()
