@@ -42,12 +42,14 @@ from cropmap.jobs.training import (
 )
 from cropmap.ml.evaluate import write_confusion
 from cropmap.stages.cube import cube_path
+from cropmap.stages.model_item import write_mlm_item
 from cropmap.stages.mosaic import MosaicResult
-from cropmap.stages.stac_item import EMPTY
+from cropmap.stages.stac_item import (EMPTY, LICENSE, MODEL_ITEM, SENTINEL_LEGAL_NOTICE, copernicus_attribution,
+                                      scene_years, season_years)
 from cropmap.stages.predict import write_run_file
 
 __all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run",
-           "check_complete", "check_not_empty"]
+           "check_complete", "check_not_empty", "write_model_item"]
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,38 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
             score.update({f"season_offset_months_{h}": m for h, m in offsets.items()})
         target = f"{run.code} {run.year} ({scenario.description or 'held-out reference'})"
         storage.write_text(storage.join(run.map_dir(key), "model_card.md"), card_markdown(
-            checkpoint, name=storage.basename(model), transfer_scores={target: score} if result["n"] else None))
+            checkpoint, name=storage.basename(model), transfer_scores={target: score} if result["n"] else None)
+            + _data_licence(checkpoint, class_map))
     return result, str(path)
+
+
+def _data_licence(checkpoint, class_map: storage.Location) -> str:
+    """The model card's closing section: the Copernicus credit of the scenes of the training samples and of
+    the map scored, their legal notice, and the map's licence."""
+    with storage.open_raster(class_map) as src:
+        years = set(scene_years(src.tags()))
+    for year in (checkpoint.card or {}).get("training_data", {}).get("years", []):
+        first, last = checkpoint.season.window(int(year))
+        years.update(season_years(first.isoformat(), last.isoformat()))
+    return ("\n## Data licence\n\n"
+            f"{copernicus_attribution(years)} (the scenes of the training samples and of the map "
+            f"{storage.basename(class_map)}), used under the [Legal notice on the use of Copernicus Sentinel Data "
+            f"and Service Information]({SENTINEL_LEGAL_NOTICE}). The map is licensed {LICENSE}.\n")
+
+
+def write_model_item(model: storage.Location, map_dir: storage.Location) -> storage.Location:
+    """``<map_dir>/model.mlm.json``: the STAC MLM item of the checkpoint ``model``
+    (:func:`cropmap.stages.model_item.write_mlm_item`), which the national map's item links; its
+    checkpoint asset points at ``model`` itself, also when that is a URL read from a local copy."""
+    local = storage.local_copy(model).resolve()
+    with storage.output_file(storage.join(map_dir, MODEL_ITEM)) as tmp:
+        write_mlm_item(local, tmp)
+        item = json.loads(tmp.read_text())
+        for asset in item.get("assets", {}).values():
+            if asset.get("href") == str(local):
+                asset["href"] = storage.canonical(model)
+        tmp.write_text(json.dumps(item, indent=2) + "\n")
+    return storage.join(map_dir, MODEL_ITEM)
 
 
 def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: MosaicResult | None) -> dict[str, str]:
@@ -265,7 +297,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
                 failures[epsg] = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
     zones = dict(sorted(zones.items()))
     national = None
-    if zones:
+    if zones:  # the national item links the model's MLM item and takes the zones' provenance from their items
+        write_model_item(model, run.map_dir(key))
         national = _run(executor, mosaic_country, run, key,
                         {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()},
                         missing | {f"EPSG:{e}": f"zone mosaic: {r}" for e, r in failures.items()})

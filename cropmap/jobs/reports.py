@@ -37,7 +37,8 @@ def quicklook_markdown(quicklook: storage.Location | None, *, title: str = "quic
 def plan_table(run: CountryRun) -> str:
     """One line per outline part and side of the equator: tiles and season (the season each tile gets)."""
     rows = [("part", "hemisphere", "tiles", "season")]
-    rows += [(p.part, p.hemisphere, str(p.tiles), f"{p.season.describe()} {run.year}") for p in run.parts_plan()]
+    rows += [(p.part, p.hemisphere, f"~{p.tiles:,}" if p.estimated else str(p.tiles), f"{p.season.describe()} {run.year}")
+             for p in run.parts_plan()]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"{run.config.name} {run.year}: output CRS {run.config.output_crs}; outputs in {run.root}"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -66,6 +67,9 @@ def map_lines(result: MapResult) -> list[str]:
                                                      "distribution)"))
         lines += [f"STAC item:           {result.mosaic.stac_item}",
                   f"quicklook:           {result.mosaic.quicklook}"]
+        props = _item_properties(result.mosaic.stac_item)
+        if props.get("cropmap:attribution"):  # whoever shares the map from this summary shares its credit
+            lines.append(f"data licence:        {props['cropmap:attribution']}; map licence {props.get('license')}")
     offsets = ", ".join(f"{h} {m} months" for h, m in result.season_offsets.items())
     lines.append(f"model:               {result.model} (season offset: {offsets})")
     if result.accuracy is not None:

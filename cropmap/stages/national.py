@@ -19,6 +19,7 @@ zone has no value (its tiles stop short, or it failed), the other zones fill in,
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,8 @@ from cropmap.io.storage import TEMP_MARK, atomic_path
 from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
 from cropmap.stages.quicklook import write_quicklook
 from cropmap.stages.labels import sidecars
-from cropmap.stages.stac_item import write_stac_collection, write_stac_item
+from cropmap.stages.stac_item import (MODEL_ITEM, Provenance, merge_provenance, model_item_link, season_years,
+                                      write_stac_collection, write_stac_item)
 from cropmap.stages.predict import NODATA
 from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
 
@@ -187,17 +189,64 @@ def _footprint(src, crs: str):
     return shapely.transform(ring, lambda xy: np.column_stack(to_dst.transform(xy[:, 0], xy[:, 1])))
 
 
+def _zone_item(class_cog: storage.Location) -> dict | None:
+    """The STAC item :func:`cropmap.stages.mosaic.mosaic_tiles` wrote beside a zone's class COG
+    (``<name>_class.tif`` -> ``<name>.json``), if it is there and describes that COG; else None."""
+    text = str(class_cog)
+    if not text.endswith("_class.tif"):
+        return None
+    try:
+        item = json.loads(storage.read_bytes(text[: -len("_class.tif")] + ".json"))
+    except (OSError, ValueError):
+        return None
+    href = item.get("assets", {}).get("class", {}).get("href") if isinstance(item, dict) else None
+    return item if href == f"./{storage.basename(class_cog)}" else None
+
+
+def _zone_provenance(zone_products: Mapping[int, Mapping[str, storage.Location]]) -> Provenance:
+    """The provenance of the zones' items (:func:`cropmap.stages.stac_item.merge_provenance`); zones whose
+    COGs were predicted with another checkpoint or options (their ``cropmap_run_key`` tags differ) raise
+    :class:`IncompatibleInputError`: one national map, one model. An item of another run than its COG
+    counts as none."""
+    keys, items = {}, {}
+    for epsg, products in sorted(zone_products.items()):
+        with storage.open_raster(products["class"]) as src:
+            keys[epsg] = src.tags().get("cropmap_run_key")
+        item = _zone_item(products["class"])
+        stale = item is not None and keys[epsg] and item.get("properties", {}).get("cropmap:run_key") not in (None, keys[epsg])
+        items[f"EPSG:{epsg}"] = None if stale else item
+    if len(set(keys.values()) - {None}) > 1:
+        raise IncompatibleInputError("the zone COGs were predicted with different checkpoints or options (run keys "
+                                     + ", ".join(f"EPSG:{e} {k}" for e, k in keys.items())
+                                     + "); mosaic the zones of one run")
+    return merge_provenance(items)
+
+
+def _model_link(out_dir: storage.Location) -> dict | None:
+    """The link to the STAC MLM item of the folder's model (:data:`MODEL_ITEM`), if the folder holds one."""
+    location = storage.join(out_dir, MODEL_ITEM)
+    try:
+        item = json.loads(storage.read_bytes(location)) if storage.exists(location) else None
+    except (OSError, ValueError):
+        return None
+    is_mlm = isinstance(item, dict) and any("/mlm/" in e for e in item.get("stac_extensions", []))
+    return model_item_link(item, f"./{MODEL_ITEM}") if is_mlm else None
+
+
 def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]], out_dir: storage.Location, *,
                     name: str, crs: str, resolution: float = 10.0, window: int = 2048,
                     missing: Mapping[str, str] | None = None) -> MosaicResult:
     """The national COG of every product the zones share (``{epsg: {product: zone COG}}``), then its STAC
     item and quicklook, in ``out_dir`` (a folder or an fsspec URL: remote zone COGs are read from local
     copies and the outputs built in a scratch folder, then uploaded whole, the item last). ``missing``
-    (tile or zone -> why): what the run could not map, recorded in the item as a ``partial`` map."""
+    (tile or zone -> why): what the run could not map, recorded in the item as a ``partial`` map. The item
+    carries the provenance of the zones' items (:func:`_zone_provenance`; zones of different runs are refused
+    before any warp) and links the model's MLM item when ``out_dir`` holds one (:data:`MODEL_ITEM`)."""
     products = [p for p in OVERVIEW_RESAMPLING if all(p in zp for zp in zone_products.values())]
     if "class" not in products:
         raise MosaicError(f"{name}: the zones share no class COG to make a national map from")
     out_dir = storage.as_location(out_dir)
+    provenance = _zone_provenance(zone_products)
     # GDAL's block cache would otherwise grow with the area read, up to 5 % of the machine's memory.
     # The zone COGs' .aux.xml label sidecars are for GIS users, not inputs: read without them, a zone COG
     # gives the same national COG beside its sidecar (a disk) as from a downloaded copy (a bucket)
@@ -209,8 +258,10 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
             zones = {e: storage.local_copy(zp[product]) for e, zp in zone_products.items()}
             cogs[product] = write_national_cog(zones, local_out / f"{name}_{product}.tif", crs=crs, product=product,
                                                resolution=resolution, window=window)
-        png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png")
-        item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png, missing=missing)
+        years = season_years(provenance.start, provenance.end) if provenance.start and provenance.end else None
+        png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png", years=years)
+        item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png, missing=missing,
+                               provenance=provenance, model_link=_model_link(out_dir))
         collection = write_stac_collection(local_out, collection_id=name.split("_")[0])
         if local_out == out_dir:
             return MosaicResult(cogs, item, png, (), collection)

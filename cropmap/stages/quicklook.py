@@ -1,10 +1,12 @@
 """A quicklook PNG of a class map, read from its overviews: title (map, season, model), coordinates
-in kilometres of the map's CRS, a scale bar and a legend."""
+in kilometres of the map's CRS, a scale bar, a legend, and the credit line (the Copernicus Sentinel
+attribution and the map's licence) in a corner and in the PNG's ``Copyright`` text."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +18,7 @@ from rasterio.enums import Resampling
 from cropmap.core.season import Season
 from cropmap.io.storage import atomic_path
 from cropmap.stages.predict import NODATA
+from cropmap.stages.stac_item import credit_line, scene_years
 from cropmap.stages.tile_files import class_legend
 
 matplotlib.use("Agg")
@@ -45,10 +48,13 @@ def scale_bar_length(width_m: float) -> float:
     return max(m * base for m in (1, 2, 5) if m * base <= target) if target >= base else base
 
 
-def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int = 1024, title: str | None = None) -> Path:
+def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int = 1024, title: str | None = None,
+                    years: Sequence[int] | None = None) -> Path:
     """A PNG of the class map (at most ``max_pixels`` on the long side, read from the overviews with
     mode resampling): a title (``title`` or the map's name, its season and model from the tags), axes
-    in km of the map's CRS, a scale bar, and a legend of the classes it shows."""
+    in km of the map's CRS, a scale bar, a legend of the classes it shows, and the credit line
+    (:func:`cropmap.stages.stac_item.credit_line`) of the scenes' ``years`` (default: those of the
+    map's season window, from its tags)."""
     names, colours = class_legend(Path(class_cog))
     with rasterio.open(class_cog) as src:
         scale = max(src.width, src.height) / max_pixels
@@ -67,7 +73,12 @@ def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int 
     ax.set_xlabel(f"easting ({unit})", fontsize=8)
     ax.set_ylabel(f"northing ({unit})", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_title(title or _title(Path(class_cog).stem, tags), fontsize=11)
+    heading = title or _title(Path(class_cog).stem, tags)
+    ax.set_title(heading, fontsize=11)
+    # drawn on the image, not only in its metadata: a quicklook is shared alone, and its source must go with it
+    credit = credit_line(years if years else scene_years(tags))
+    ax.text(0.99, 0.01, credit, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
     bar = scale_bar_length(bounds.right - bounds.left) / 1e3
     x0 = km[0] + 0.05 * (km[1] - km[0])
     y0 = km[2] + 0.05 * (km[3] - km[2])
@@ -82,6 +93,6 @@ def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int 
                   frameon=False, fontsize=9)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None, "Title": heading, "Copyright": credit})
     plt.close(fig)
     return path
