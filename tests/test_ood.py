@@ -18,7 +18,8 @@ from cropmap.ml.evaluate import error_detection
 from cropmap.ml.ood import ood_distance
 from cropmap.ml.train import TrainConfig, penultimate_features, train_model
 from cropmap.samples.victoria import read_victoria
-from cropmap.stages.predict import PredictOptions, _model_input, open_cube, predict_tile
+from cropmap.stages.inference import _model_input
+from cropmap.stages.predict import PredictOptions, open_cube, predict_tile
 from test_predict import VIC_SEASON, VIC_YEAR, victoria_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,0 +1,85 @@
+"""What a prediction was made from: the checkpoint (:func:`load_model`, cached), the prediction key
+(:func:`run_key`) and the run's provenance file (:func:`write_run_file`, :data:`RUN_FILE`).
+
+The key is a hash of the checkpoint's bytes and of the options that change the written pixels
+(:meth:`~cropmap.stages.predict_options.PredictOptions.output_key`): it names the run's tile folder
+(``<run>/tiles/<key>/``), is a tag of every tile GeoTIFF (a tile whose class map has another key is
+redone) and is recorded in ``run.json``, which the mosaic's STAC item reports.
+
+Caches, per process: the checkpoint once per file version (``lru_cache`` of 2, keyed by path and mtime),
+its SHA-256 once per path, size and mtime (8); a checkpoint in an object store is downloaded once per
+machine and version (:func:`cropmap.io.downloads.local_copy`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+
+from cropmap import __version__
+from cropmap.errors import DataNotFoundError
+from cropmap.io import downloads, outputs, storage
+from cropmap.io.storage import stable_hash
+from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
+from cropmap.stages.predict_options import PredictOptions
+
+__all__ = ["RUN_FILE", "load_model", "run_key", "write_run_file"]
+
+#: File with the run's provenance (checkpoint, model card, options), written beside the tiles.
+RUN_FILE = "run.json"
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
+    """Hash of the checkpoint's bytes and the output options (``ood`` decided for the checkpoint): a tile
+    written under another key is redone."""
+    options = options.for_checkpoint(load_model(checkpoint_path))
+    local = downloads.local_copy(checkpoint_path).resolve()
+    st = local.stat()
+    return stable_hash({"checkpoint": _file_sha256(str(local), st.st_size, st.st_mtime_ns),
+                        "options": options.output_key()})
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_checkpoint(path: str, mtime_ns: int):
+    # one load per worker process and checkpoint version, not one per tile
+    return load_checkpoint(path)
+
+
+def load_model(path: storage.Location) -> Checkpoint:
+    """The checkpoint at ``path`` (a file or URL), loaded once per process and version of the file."""
+    try:  # a checkpoint in an object store is downloaded once per machine and version
+        local = downloads.local_copy(path).resolve()
+    except DataNotFoundError as err:
+        raise DataNotFoundError(f"checkpoint {storage.canonical(path)} not found") from err
+    return _cached_checkpoint(str(local), local.stat().st_mtime_ns)
+
+
+def write_run_file(checkpoint_path: storage.Location, out_dir: storage.Location, *, options: PredictOptions,
+                   cube_paths: Sequence[storage.Location] = ()) -> storage.Location:
+    """``<out_dir>/run.json``: the provenance the mosaic's STAC item reports (no timestamps: reruns
+    write the same bytes)."""
+    card = card_path(checkpoint_path)
+    ckpt = load_model(checkpoint_path)
+    record = {
+        "checkpoint": storage.canonical(checkpoint_path),
+        "run_key": run_key(checkpoint_path, options),
+        "model_card": json.loads(storage.read_bytes(card)) if storage.exists(card) else {
+            "model_name": ckpt.model_name, "scores": ckpt.scores, "config": ckpt.config},
+        "class_names": list(ckpt.class_names),
+        "class_colours": None if ckpt.class_colours is None else list(ckpt.class_colours),
+        "options": options.model_dump(),
+        "cubes": sorted(storage.canonical(p) for p in cube_paths),
+        "software_version": __version__,
+    }
+    return outputs.write_text(storage.join(out_dir, RUN_FILE), json.dumps(record, indent=2, sort_keys=True))
