@@ -167,4 +167,4 @@ class TimeLimitError(CropmapError, TimeoutError):
 
 class RunInterruptedError(CropmapError):
     """This process is stopping on a signal (SIGTERM): its temporaries are removed and nothing more is
-    published (:func:`cropmap.io.storage.discard_temporaries`); rerun the same command to resume."""
+    published (:func:`cropmap.io.outputs.discard_temporaries`); rerun the same command to resume."""

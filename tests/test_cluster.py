@@ -94,7 +94,7 @@ def test_target_resolution_order(monkeypatch):
     assert dask_target().is_local
     assert dask_target(n_workers=2).task_runner_kwargs() == {
         "cluster_class": "distributed.LocalCluster",
-        "cluster_kwargs": {"processes": True, "dashboard_address": None, "n_workers": 2}}
+        "cluster_kwargs": {"processes": True, "dashboard_address": ":0", "n_workers": 2}}
     monkeypatch.setenv(ADDRESS_ENV, "tcp://10.1.2.3:8786")
     assert (dask_target().address, dask_target().source) == ("tcp://10.1.2.3:8786", "env")
     # the config wins over the environment; an empty config value does not

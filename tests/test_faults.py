@@ -266,7 +266,7 @@ _WRITE_UNDER_LIMIT = """
 import resource, signal, sys
 import numpy as np
 from rasterio.transform import from_origin
-from cropmap.stages.predict import _write_geotiff
+from cropmap.stages.tile_geotiffs import write_tile_geotiff as _write_geotiff
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
 data = np.random.default_rng(0).integers(0, 100, (1, 512, 512), dtype=np.uint8)  # ~220 kB deflated
@@ -367,7 +367,7 @@ def test_a_full_disk_in_any_stage_fails_and_leaves_only_whole_files(stage, limit
 _KILLED_BUILD = """
 import sys, time
 from pathlib import Path
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 with atomic_path(Path(sys.argv[1])) as tmp:  # as build_tile_cube's output_dir: half a store, then killed
     tmp.mkdir()
     (tmp / "zarr.json").write_text("{}")

@@ -25,7 +25,7 @@ import xarray as xr
 from conftest import _free_port, use_s3_env
 
 from cropmap.errors import StorageError
-from cropmap.io import storage
+from cropmap.io import outputs, storage
 from cropmap.io.storage import TEMP_MARK
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_an_s3_endpoint_dying_mid_cube_fails_in_one_line_and_the_rerun_rebuilds(
     with tcp_relay(s3_env["AWS_ENDPOINT_URL"]) as (endpoint, cut):
         use_s3_env(monkeypatch, {**s3_env, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})
         with pytest.raises(StorageError) as failed:
-            with storage.output_dir(cube) as target:
+            with outputs.output_dir(cube) as target:
                 _dataset("v").to_zarr(target, mode="w", consolidated=False)  # part of the store is written
                 cut()
                 _dataset("w").to_zarr(target, mode="a", consolidated=False)
@@ -107,7 +107,7 @@ def test_an_s3_endpoint_dying_mid_cube_fails_in_one_line_and_the_rerun_rebuilds(
     fs, path = storage.filesystem(cube)
     assert any("/v/" in key for key in fs.find(path))  # the partial objects under the final key...
     assert not storage.is_complete(cube)  # ...do not count: no marker
-    with storage.output_dir(cube) as target:
+    with outputs.output_dir(cube) as target:
         _dataset("u").to_zarr(target, mode="w", consolidated=False)
     assert storage.is_complete(cube) and not any("/v/" in key for key in fs.find(path))
     assert xr.open_zarr(cube, consolidated=False)["u"].values.sum() == 66
@@ -119,7 +119,7 @@ def test_an_upload_to_a_dead_endpoint_fails_in_one_line_naming_the_output(s3_env
     use_s3_env(monkeypatch, {**s3_env, "AWS_ENDPOINT_URL": closed, "AWS_MAX_ATTEMPTS": "1"})
     target = "s3://bucket-of-a-dead-store/runs/t1.class.tif"
     with pytest.raises(StorageError) as failed:
-        with storage.output_file(target) as tmp:
+        with outputs.output_file(target) as tmp:
             tmp.write_bytes(b"a whole file")
     message = str(failed.value)
     assert "\n" not in message and message.startswith(f"could not upload {target}: nothing was published there; "

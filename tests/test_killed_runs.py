@@ -31,9 +31,9 @@ CROPMAP = str(Path(sys.executable).with_name("cropmap"))
 # name, then the process SIGKILLs itself (threads and all) instead of renaming it
 _KILL_AT = """
 import contextlib, fnmatch, os, signal, sys
-import cropmap.io.storage as storage
+import cropmap.io.outputs as outputs
 pattern, argv = sys.argv[1], sys.argv[2:]
-publish = storage.atomic_path
+publish = outputs.atomic_path
 @contextlib.contextmanager
 def killed_before_rename(path):
     with publish(path) as tmp:
@@ -41,7 +41,7 @@ def killed_before_rename(path):
         if fnmatch.fnmatch(str(path), pattern):
             print("killed at", path, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
-storage.atomic_path = killed_before_rename
+outputs.atomic_path = killed_before_rename
 from cropmap.cli import app
 app(argv, prog_name="cropmap")
 """

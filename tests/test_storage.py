@@ -15,7 +15,7 @@ from conftest import _free_port, use_s3_env
 from rasterio.transform import from_origin
 
 from cropmap.errors import DataNotFoundError, StorageError
-from cropmap.io import storage
+from cropmap.io import downloads, outputs, storage
 from cropmap.io.storage import TEMP_MARK
 
 
@@ -44,17 +44,17 @@ def test_local_locations_keep_paths_and_rename_into_place(tmp_path):
     assert root == tmp_path and storage.join(tmp_path, "a", "b.txt") == tmp_path / "a" / "b.txt"
     target = storage.join(tmp_path, "out", "x.tif")
     with pytest.raises(RuntimeError):
-        with storage.output_file(target) as tmp:
+        with outputs.output_file(target) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("killed")
     assert not storage.exists(target) and list((tmp_path / "out").iterdir()) == []
     _write_tif(tmp_path / "out" / f".y{TEMP_MARK}1.tif", 1)  # litter of a killed run: never listed
-    with storage.output_file(target) as tmp:
+    with outputs.output_file(target) as tmp:
         _write_tif(tmp, 7)
     assert storage.list_files(tmp_path / "out", "*.tif") == [target]
-    with storage.open_raster(target) as src:
+    with downloads.open_raster(target) as src:
         assert src.tags()["cropmap_run_key"] == "key-7"
-    with storage.output_dir(tmp_path / "c.zarr") as tmp:
+    with outputs.output_dir(tmp_path / "c.zarr") as tmp:
         assert tmp != tmp_path / "c.zarr"  # a temporary name, renamed on success
         _small_dataset().to_zarr(str(tmp), mode="w", consolidated=False)
     assert storage.is_complete(tmp_path / "c.zarr") and not (tmp_path / "c.zarr.complete").exists()
@@ -66,19 +66,19 @@ def test_s3_files_are_published_whole(bucket, tmp_path):
     target = storage.join(bucket, "runs", "tiles", "t1.class.tif")
     assert target == f"{bucket}/runs/tiles/t1.class.tif"
     with pytest.raises(RuntimeError):
-        with storage.output_file(target) as tmp:
+        with outputs.output_file(target) as tmp:
             _write_tif(tmp, 3)
             raise RuntimeError("killed before the upload")
     assert not storage.exists(target)  # nothing half-written, nothing at all
-    with storage.output_file(target) as tmp:
+    with outputs.output_file(target) as tmp:
         assert tmp.name == "t1.class.tif" and not storage.is_remote(tmp)  # GDAL writes a local file
         _write_tif(tmp, 5)
-    storage.write_text(storage.join(bucket, "runs", "tiles", "run.json"), '{"k": 1}')
+    outputs.write_text(storage.join(bucket, "runs", "tiles", "run.json"), '{"k": 1}')
     assert storage.exists(target) and storage.read_bytes(storage.join(bucket, "runs/tiles/run.json")) == b'{"k": 1}'
     assert storage.list_files(storage.join(bucket, "runs", "tiles"), "*.*.tif") == [target]
-    with storage.open_raster(target) as src:  # range reads through fsspec, no download
+    with downloads.open_raster(target) as src:  # range reads through fsspec, no download
         assert src.tags()["cropmap_run_key"] == "key-5" and src.read(1).max() == 5
-    (copy,) = storage.fetch([target], tmp_path / "fetched")
+    (copy,) = downloads.fetch([target], tmp_path / "fetched")
     assert copy.read_bytes() == storage.read_bytes(target)
     with pytest.raises(DataNotFoundError, match="missing.json"):
         storage.read_bytes(storage.join(bucket, "missing.json"))
@@ -91,11 +91,11 @@ def test_s3_folder_output_is_complete_only_with_its_marker(bucket):
     fs.pipe_file(f"{path}/stale-chunk", b"x")
     assert storage.exists(cube) and not storage.is_complete(cube)
     with pytest.raises(RuntimeError):
-        with storage.output_dir(cube) as target:
+        with outputs.output_dir(cube) as target:
             _small_dataset().to_zarr(target, mode="w", consolidated=False)
             raise RuntimeError("killed before the end")
     assert not storage.is_complete(cube) and not fs.exists(f"{path}/stale-chunk")
-    with storage.output_dir(cube) as target:
+    with outputs.output_dir(cube) as target:
         assert target == cube  # written in place: Dask workers write their chunks straight to the store
         _small_dataset().to_zarr(target, mode="w", consolidated=False)
         assert not storage.is_complete(cube)  # the marker comes last
@@ -105,16 +105,16 @@ def test_s3_folder_output_is_complete_only_with_its_marker(bucket):
 
 def test_local_copy_downloads_each_version_once(bucket):
     model = storage.join(bucket, "models", "m.pt")
-    storage.write_text(model, "version 1")
-    first = storage.local_copy(model)
+    outputs.write_text(model, "version 1")
+    first = downloads.local_copy(model)
     stamp = first.stat().st_mtime_ns
-    assert first.read_text() == "version 1" and storage.local_copy(model) == first
+    assert first.read_text() == "version 1" and downloads.local_copy(model) == first
     assert first.stat().st_mtime_ns == stamp  # cached, not downloaded again
-    storage.write_text(model, "version 2, longer")
-    second = storage.local_copy(model)
+    outputs.write_text(model, "version 2, longer")
+    second = downloads.local_copy(model)
     assert second != first and second.read_text() == "version 2, longer"
     with pytest.raises(DataNotFoundError, match="nothing.pt"):
-        storage.local_copy(storage.join(bucket, "models", "nothing.pt"))
+        downloads.local_copy(storage.join(bucket, "models", "nothing.pt"))
 
 
 def test_bad_locations_fail_early_naming_themselves(bucket, s3_server, monkeypatch):

@@ -16,7 +16,6 @@ from typing import Any
 
 import typer
 from pydantic import ValidationError
-from rasterio.errors import RasterioError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,7 +28,7 @@ from rich.progress import (
 
 from cropmap import __version__
 from cropmap.errors import CropmapError, one_line
-from cropmap.io import storage
+from cropmap.io import outputs
 
 __all__ = ["app", "command", "fail", "tile_progress", "INTERRUPTED_EXIT"]
 
@@ -71,18 +70,25 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise fail(str(err)) from err
             except ValidationError as err:  # pydantic: field and problem, without the web link
                 raise fail(one_line(err)) from err
-            except (OSError, RasterioError, KeyError) as err:
+            except (OSError, KeyError, *_raster_errors()) as err:
                 raise fail(f"{type(err).__name__}: {err}") from err
             except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # typer's own exits and usage errors
                 raise
             except KeyboardInterrupt:
-                storage.discard_temporaries()
+                outputs.discard_temporaries()
                 typer.echo("error: interrupted (Ctrl-C); rerun the same command to resume", err=True)
                 raise typer.Exit(130) from None
             except Exception as err:  # a cropmap bug, not a bad input: one line, exit 1, the traceback kept
                 raise _internal_error(err) from err
 
     return wrapper
+
+
+def _raster_errors() -> tuple[type[Exception], ...]:
+    """rasterio's error class once rasterio is imported (no command raises one before): not imported here,
+    so that ``cropmap --help`` and ``cropmap version`` start without rasterio (tests/test_cli_startup.py)."""
+    module = sys.modules.get("rasterio.errors")
+    return (module.RasterioError,) if module is not None else ()
 
 
 def _internal_error(err: Exception) -> typer.Exit:
@@ -129,7 +135,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
                 console.show_cursor(True)
                 console.line()
             fail(f"interrupted ({signal.Signals(signum).name}); rerun the same command to resume")
-        storage.discard_temporaries()
+        outputs.discard_temporaries()
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cropmap.errors import DataNotFoundError
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.settings import get_settings
 
 __all__ = ["PublicSource", "SOURCES", "data_dir", "data_file"]

@@ -106,7 +106,9 @@ class DaskTarget:
         return self.address is None
 
     def _local_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"processes": self.processes, "dashboard_address": None}
+        # ":0", not None: with None the HTTP server still asks for port 8787 and warns on stderr when a
+        # second cropmap command (or any Dask user) holds it; ":0" takes a free port, silently
+        kwargs: dict[str, Any] = {"processes": self.processes, "dashboard_address": ":0"}
         if self.n_workers is not None:
             kwargs["n_workers"] = self.n_workers
         if self.threads_per_worker is not None:

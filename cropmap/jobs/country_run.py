@@ -25,7 +25,7 @@ from rasterio.warp import transform_bounds
 
 from cropmap.core.grid import Tile, tile_from_id, tiles_meeting
 from cropmap.core.season import Season
-from cropmap.io import storage
+from cropmap.io import downloads, storage
 from cropmap.io.config import CountryConfig
 from cropmap.io.outlines import PartPlan, part_plans, plan_tiles, tiles_for_aoi
 from cropmap.errors import InvalidInputError
@@ -132,7 +132,7 @@ class CountryRun(BaseModel):
                                         f"{crs.to_string()}) do not intersect {self.code}'s tiles")
         else:
             try:
-                with storage.open_raster(reference) as ds:
+                with downloads.open_raster(reference) as ds:
                     tiles = list(_within(tiles, tuple(ds.bounds), ds.crs))
             except RasterioIOError as err:
                 if not storage.exists(reference):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cropmap.errors import ConfigError, CubeBuildError, MosaicError
-from cropmap.io import storage
+from cropmap.io import downloads, outputs, storage
 from cropmap.io.locks import run_lock
 from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
@@ -174,12 +174,12 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
                              legend_path=scenario.legend, warp=True,
                              layers={p: maps[p] for p in ("confidence", "ood") if p in maps})
     path = storage.join(run.map_dir(key), "accuracy.json")
-    storage.write_text(path, json.dumps(result, indent=1))
+    outputs.write_text(path, json.dumps(result, indent=1))
     with tempfile.TemporaryDirectory() as tmp:  # confusion.csv / .png beside it (the folder may be a bucket)
         for local in write_confusion(np.asarray(result["confusion"]), result["class_names"], Path(tmp) / "confusion.csv",
                                      title=f"{run.code} {run.year}: {storage.basename(class_map)} against "
                                            f"the reference, {result['n']:,} px, OA {result['oa']:.3f}"):
-            storage.publish(local, storage.join(run.map_dir(key), local.name))
+            outputs.publish(local, storage.join(run.map_dir(key), local.name))
     if model is not None:
         from cropmap.ml.checkpoint import card_markdown
         from cropmap.stages.predict import load_model
@@ -193,7 +193,7 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
         else:  # a country on both sides of the equator: one offset per hemisphere
             score.update({f"season_offset_months_{h}": m for h, m in offsets.items()})
         target = f"{run.code} {run.year} ({scenario.description or 'held-out reference'})"
-        storage.write_text(storage.join(run.map_dir(key), "model_card.md"), card_markdown(
+        outputs.write_text(storage.join(run.map_dir(key), "model_card.md"), card_markdown(
             checkpoint, name=storage.basename(model), transfer_scores={target: score} if result["n"] else None)
             + _data_licence(checkpoint, class_map))
     return result, str(path)
@@ -202,7 +202,7 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
 def _data_licence(checkpoint, class_map: storage.Location) -> str:
     """The model card's closing section: the Copernicus credit of the scenes of the training samples and of
     the map scored, their legal notice, and the map's licence."""
-    with storage.open_raster(class_map) as src:
+    with downloads.open_raster(class_map) as src:
         years = set(scene_years(src.tags()))
     for year in (checkpoint.card or {}).get("training_data", {}).get("years", []):
         first, last = checkpoint.season.window(int(year))
@@ -217,8 +217,8 @@ def write_model_item(model: storage.Location, map_dir: storage.Location) -> stor
     """``<map_dir>/model.mlm.json``: the STAC MLM item of the checkpoint ``model``
     (:func:`cropmap.stages.model_item.write_mlm_item`), which the national map's item links; its
     checkpoint asset points at ``model`` itself, also when that is a URL read from a local copy."""
-    local = storage.local_copy(model).resolve()
-    with storage.output_file(storage.join(map_dir, MODEL_ITEM)) as tmp:
+    local = downloads.local_copy(model).resolve()
+    with outputs.output_file(storage.join(map_dir, MODEL_ITEM)) as tmp:
         write_mlm_item(local, tmp)
         item = json.loads(tmp.read_text())
         for asset in item.get("assets", {}).values():
@@ -231,7 +231,7 @@ def write_model_item(model: storage.Location, map_dir: storage.Location) -> stor
 def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: MosaicResult | None) -> dict[str, str]:
     """The map a scenario is scored on (product -> COG): the one zone's when the country is one zone on the
     reference's grid (no resampling at all), else the national map (read onto the reference's grid)."""
-    with storage.open_raster(run.scenario.reference) as ref:
+    with downloads.open_raster(run.scenario.reference) as ref:
         epsg = ref.crs.to_epsg()
     if len(zones) == 1 and next(iter(zones)) == epsg:
         chosen = zones[epsg]

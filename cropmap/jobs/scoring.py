@@ -15,7 +15,7 @@ from rasterio.windows import Window, from_bounds
 
 from cropmap.io.config import load_legend
 from cropmap.errors import IncompatibleInputError
-from cropmap.io import storage
+from cropmap.io import downloads, storage
 from cropmap.ml.evaluate import error_detection, scores
 
 __all__ = ["score_class_map"]
@@ -48,7 +48,7 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
     ``ood_flagged`` the share of scored pixels with an OOD score over 100.
     """
     legend = load_legend(legend_path) if legend_path is not None else None
-    with storage.open_raster(reference) as ref, storage.open_raster(class_map) as src, \
+    with downloads.open_raster(reference) as ref, downloads.open_raster(class_map) as src, \
             _on_grid_of(src, ref, warp) as cm:
         if ref.crs != cm.crs or not np.allclose(ref.res, cm.res):
             raise IncompatibleInputError(f"{class_map} ({cm.crs}, {cm.res} m) and the reference {reference} "
@@ -63,7 +63,7 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
         ref_names, map_names, ref_nodata = _class_names(ref), _class_names(src), ref.nodata
         extra = {}
         for name, location in (layers or {}).items():
-            with storage.open_raster(location) as layer_src, _on_grid_of(layer_src, ref, warp) as layer:
+            with downloads.open_raster(location) as layer_src, _on_grid_of(layer_src, ref, warp) as layer:
                 extra[name] = _read_padded(layer, pred_window)
     index = {n: i for i, n in map_names.items()}
     lookup = np.full(256, -1, dtype=np.int64)

@@ -22,7 +22,7 @@ import shapely
 from shapely.geometry import shape
 
 from cropmap.core.grid import Tile, tile_from_id
-from cropmap.io import storage
+from cropmap.io import outputs, storage
 from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.country_run import CountryRun
 
@@ -73,7 +73,7 @@ def search_block(run: CountryRun, block: str, tile_ids: Sequence[str]) -> BlockS
     items = search_items(catalog, bbox=bbox, start=start, end=end)
     doc = {"type": "FeatureCollection", "bbox": list(bbox), "cropmap:window": [str(start), str(end)],
            "features": [it.to_dict(include_self_link=False) for it in items]}
-    storage.write_text(path, json.dumps(doc))
+    outputs.write_text(path, json.dumps(doc))
     return BlockSearch(block, str(path), len(items), "searched")
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cropmap.errors import CubeBuildError, EmptyMapError
-from cropmap.io import storage
+from cropmap.io import outputs, storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.searches import search_block, search_blocks
@@ -110,7 +110,7 @@ def _report(run: CountryRun, name: str, stage: str, reason: str, error: BaseExce
     """Write the traceback to :func:`failure_path`, log one line naming it; returns the line."""
     path = failure_path(run, name, stage)
     try:
-        storage.write_text(path, "".join(traceback.format_exception(error)))
+        outputs.write_text(path, "".join(traceback.format_exception(error)))
         where = f"traceback: {path}"
     except Exception as err:  # noqa: BLE001 - an unwritable folder must not hide the tile's own error
         where = f"traceback not written: {err}"

@@ -27,7 +27,7 @@ from typing import Any
 
 from cropmap.core.grid import tile_from_id
 from cropmap.errors import ConfigError, DataNotFoundError, IncompatibleInputError
-from cropmap.io import storage
+from cropmap.io import downloads, outputs, storage
 from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.cluster import inference_annotations
 from cropmap.jobs.country_run import CountryRun
@@ -36,16 +36,11 @@ from cropmap.jobs.searches import items_for_tile
 from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path, is_finished
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
 from cropmap.stages.national import national_mosaic
-from cropmap.stages.predict import (
-    PredictOptions,
-    TileResult,
-    check_cube,
-    load_model,
-    open_cube,
-    run_key,
-    write_run_file,
-)
+from cropmap.stages.predict import TileResult
 from cropmap.stages.predict import predict_tile as predict_tile_cube
+from cropmap.stages.predict_inputs import check_cube, open_cube
+from cropmap.stages.predict_options import PredictOptions
+from cropmap.stages.predict_provenance import load_model, run_key, write_run_file
 
 __all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
            "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
@@ -154,20 +149,20 @@ def area_products(run: CountryRun, key: str, class_map: storage.Location, *, sam
     )
 
     check_area_inputs(samples, units, field)
-    local_map = storage.local_copy(class_map)
+    local_map = downloads.local_copy(class_map)
     out = storage.join(run.map_dir(key), "area")
     written: dict[str, Path] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if samples is not None:
             strata = map_strata(local_map)
-            sample = read_sample(storage.local_copy(samples))
+            sample = read_sample(downloads.local_copy(samples))
             check_sample_on_map(strata, sample)
             est, notes = estimate_areas(strata, sample)
             written |= write_area_report(strata, est, tmp, name=run.code, notes=notes)
         if units is not None:
-            written |= write_zonal_report(zonal_areas(local_map, storage.local_copy(units), field=field), tmp,
+            written |= write_zonal_report(zonal_areas(local_map, downloads.local_copy(units), field=field), tmp,
                                           class_map=local_map, name=run.code)
-        return {k: str(storage.publish(p, storage.join(out, p.name))) for k, p in written.items()}
+        return {k: str(outputs.publish(p, storage.join(out, p.name))) for k, p in written.items()}
 
 
 def check_existing_tiles(run: CountryRun, key: str, tile_ids: Sequence[str], model: storage.Location) -> int:
@@ -180,7 +175,7 @@ def check_existing_tiles(run: CountryRun, key: str, tile_ids: Sequence[str], mod
     classes = json.dumps(list(load_model(model).class_names))
 
     def tags_of(path: storage.Location) -> tuple[str, dict]:
-        with storage.open_raster(path) as ds:
+        with downloads.open_raster(path) as ds:
             return storage.basename(path).split(".")[0], ds.tags()
 
     with ThreadPoolExecutor(8) as pool:  # header reads only; in an object store, one request each

@@ -32,7 +32,7 @@ from pydantic import Field
 from cropmap.io.config import load_legend
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
-from cropmap.io import storage
+from cropmap.io import downloads, outputs, storage
 from cropmap.ml.checkpoint import load_checkpoint, model_card, save_checkpoint
 from cropmap.ml.train import TrainConfig, train_model
 from cropmap.samples.reference import (
@@ -115,11 +115,11 @@ def training_set(reference: storage.Location, cube_paths: Sequence[storage.Locat
                  tiles: Sequence[str] | None = None) -> TrainingSetResult:
     """Points from ``reference`` (:func:`training_points`), their series from the tile cubes
     (:func:`cropmap.samples.reference.samples_from_cubes`), written as a netCDF sample set at ``path`` (a
-    file or a URL, published whole: :func:`cropmap.io.storage.output_file`)."""
+    file or a URL, published whole: :func:`cropmap.io.outputs.output_file`)."""
     points = training_points(reference, legend_path=legend_path, settings=settings, bounds=bounds,
                              label_column=label_column, area=area, tiles=tiles)
     samples = samples_from_cubes([open_tile_cube(p) for p in cube_paths], points, region=region)
-    with storage.output_file(path) as tmp:
+    with outputs.output_file(path) as tmp:
         samples.to_netcdf(tmp, engine="h5netcdf")
     counts = np.bincount(samples["label"].values, minlength=samples.sizes["class"])
     return TrainingSetResult(str(path), int(samples.sizes["sample"]),
@@ -159,7 +159,7 @@ def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
         done = load_checkpoint(path)
         return CheckpointResult(str(path), "skipped", done.scores, model_config=done.model_config,
                                 n_parameters=sum(p.numel() for p in done.model.parameters()))
-    samples = xr.load_dataset(storage.local_copy(samples_path), engine="h5netcdf")
+    samples = xr.load_dataset(downloads.local_copy(samples_path), engine="h5netcdf")
     refl = samples["reflectance"]
     attrs = refl.attrs if any(k.startswith("season_") for k in refl.attrs) else samples.attrs
     if not any(k.startswith("season_") for k in attrs):

@@ -23,7 +23,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from cropmap.errors import InvalidInputError
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
+from cropmap.io import outputs
 
 __all__ = ["CALIBRATION_RULE", "fit_temperature", "softmax_t", "expected_calibration_error", "ece_noise_floor",
            "reliability_table", "reliability_png"]

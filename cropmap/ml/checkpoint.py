@@ -26,7 +26,7 @@ import torch
 from cropmap import __version__
 from cropmap.core.season import Season
 from cropmap.errors import CheckpointError, ConfigError, DataNotFoundError, IncompatibleInputError
-from cropmap.io import storage
+from cropmap.io import downloads, outputs, storage
 from cropmap.ml.checkpoint_checks import checked_model
 from cropmap.ml.models import forward_pass
 from cropmap.ml.normalisation import apply_normalisation
@@ -212,7 +212,7 @@ def save_checkpoint(
     ood: dict | None = None,
     card: dict | None = None,
 ) -> storage.Location:
-    """Write the checkpoint and its model card, each published whole (:func:`cropmap.io.storage.output_file`:
+    """Write the checkpoint and its model card, each published whole (:func:`cropmap.io.outputs.output_file`:
     temporary name then rename, or one upload to an object store); returns ``path``. ``year``: the year
     of the training season (recorded, so that a map of another year says which year the model saw).
     ``card``: the model card fields of :func:`model_card` (default: one built from the class names,
@@ -238,21 +238,21 @@ def save_checkpoint(
     meta["card"] = _plain(card if card is not None else model_card(class_names=class_names, season=season,
                                                                     scores=scores))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with storage.output_file(path) as tmp:  # the OOD statistics stay out of the card (large arrays)
+    with outputs.output_file(path) as tmp:  # the OOD statistics stay out of the card (large arrays)
         torch.save({**meta, "ood": None if ood is None else _plain(ood), "state_dict": state}, tmp)
-    with storage.output_file(card_path(path)) as tmp:
+    with outputs.output_file(card_path(path)) as tmp:
         tmp.write_text(json.dumps({**meta, "n_parameters": sum(p.numel() for p in model.parameters())}, indent=2))
     return path
 
 
 def load_checkpoint(path: storage.Location) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (a file, or a URL: downloaded once per
-    machine, :func:`cropmap.io.storage.local_copy`); the model is rebuilt and in eval mode. A file that is
+    machine, :func:`cropmap.io.downloads.local_copy`); the model is rebuilt and in eval mode. A file that is
     no checkpoint, or one whose normalisation, temperature, classes, model options or weights could not
     make a correct map, raises :class:`CheckpointError` naming the field."""
     if not storage.exists(path):
         raise DataNotFoundError(f"checkpoint {path} not found")
-    path = storage.local_copy(path)
+    path = downloads.local_copy(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which

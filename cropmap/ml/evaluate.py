@@ -15,7 +15,7 @@ import numpy as np
 from sklearn import metrics
 
 from cropmap.errors import InvalidInputError
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 
 __all__ = ["confusion_matrix", "error_detection", "macro_f1", "scores", "write_confusion", "write_matrix_png"]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cropmap.errors import IncompatibleInputError
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.ml.checkpoint import Checkpoint, load_checkpoint
 
 __all__ = ["TOLERANCE", "OnnxExport", "ExportModule", "CoreForward", "export_onnx", "onnx_probabilities",

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from cropmap import __version__
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.ml.train import TrainConfig
 from cropmap.research.config import Axes, ExperimentConfig, recipe_text, run_training
 from cropmap.research.variants import Variant

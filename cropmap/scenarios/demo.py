@@ -38,7 +38,7 @@ from pathlib import Path
 
 from cropmap.errors import ConfigError
 from cropmap.io.config import CountryConfig, load_country
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.jobs.country_run import Scenario
 from cropmap.jobs.training import TrainingSettings
 from cropmap.scenarios.demo_scenes import (
@@ -48,6 +48,7 @@ from cropmap.scenarios.demo_scenes import (
     write_demo,
 )
 from cropmap.settings import get_settings
+from cropmap.io import outputs
 
 __all__ = ["COUNTRY", "DemoSpec", "DemoPaths", "EARTH_SEARCH_KEYS", "DEMO_TRAINING", "build_demo", "default_demo_dir",
            "demo_country", "PARTS", "part_bounds", "read_layout", "prepare"]
@@ -126,7 +127,7 @@ def build_demo(out: str | Path | None = None, *, spec: DemoSpec = DemoSpec(), fo
     """Write the demo catalog, reference map and layout into ``out`` (default :func:`default_demo_dir`).
 
     Skipped when ``out`` already holds a complete demo of the same ``spec`` (unless ``force``). The demo is
-    built in a sibling temporary folder and renamed into place (:func:`cropmap.io.storage.atomic_path`),
+    built in a sibling temporary folder and renamed into place (:func:`cropmap.io.outputs.atomic_path`),
     so ``out`` is either complete or absent. A non-empty ``out`` that is not a demo folder is never
     overwritten (:class:`ConfigError`).
     """

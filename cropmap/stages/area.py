@@ -25,7 +25,7 @@ from rasterio.warp import transform as transform_points
 
 from cropmap.core.area_estimation import Z95, AreaEstimate, allocate, stratified_estimate
 from cropmap.errors import DataNotFoundError, InvalidInputError
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.ml.evaluate import write_matrix_png
 from cropmap.stages.area_figures import class_colours, plot_area_estimates, plot_zonal_areas
 from cropmap.stages.predict import NODATA

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.patches import Patch
 import pandas as pd
 
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend

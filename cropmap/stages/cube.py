@@ -47,7 +47,7 @@ from cropmap.core.grid import Tile
 from cropmap.core.masking import DEFAULT_INVALID_SCL, valid_from_scl
 from cropmap.core.season import Season
 from cropmap.errors import ConfigError, DataNotFoundError
-from cropmap.io import storage
+from cropmap.io import outputs, storage
 from cropmap.io.storage import stable_hash
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
@@ -182,7 +182,7 @@ def build_tile_cube(
     Compositing is :func:`cropmap.core.composite.median_composite` (the one used for pixel samples), after
     SCL masking. ``out_dir`` is a folder or an fsspec URL (``s3://...``): a local store is written under a
     hidden temporary name and renamed when complete, a remote one is written in place and marked
-    complete last (:func:`cropmap.io.storage.output_dir`); a complete store is skipped unless
+    complete last (:func:`cropmap.io.outputs.output_dir`); a complete store is skipped unless
     ``overwrite``. A tile with no usable observation is written all-NaN with ``status="empty"`` and
     the ``reason``. Computes one tile, chunk by chunk, with the current Dask
     scheduler (a distributed client if one is active).
@@ -208,10 +208,10 @@ def build_tile_cube(
                 "bands": list(options.bands), "invalid_scl": list(options.invalid_scl),
                 "dilate_pixels": options.dilate_pixels}
     # local: a hidden temporary store renamed when complete; remote: written in place, then marked
-    # complete (cropmap.io.storage.output_dir). The tile is computed HERE, in this call, band by band
+    # complete (cropmap.io.outputs.output_dir). The tile is computed HERE, in this call, band by band
     # and strip by strip, whatever cluster runs it: one task to the cluster (docs/scaling.md)
     # every chunk is written, all-NaN ones too: a chunk missing from the store is then detectable
-    with storage.output_dir(target) as tmp, zarr.config.set({"array.write_empty_chunks": True}):
+    with outputs.output_dir(target) as tmp, zarr.config.set({"array.write_empty_chunks": True}):
         ds.to_zarr(str(tmp), mode="w", consolidated=False, compute=False)  # metadata and coordinates
         group = zarr.open_group(str(tmp), mode="r+")
         if reader is not None:

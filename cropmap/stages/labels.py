@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA
 
 __all__ = ["aux_path", "qml_path", "sidecars", "class_colour_table", "cf_flags", "write_labels"]

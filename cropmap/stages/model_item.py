@@ -20,7 +20,7 @@ from pystac.extensions.mlm import (
 )
 
 from cropmap import __version__
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.ml.checkpoint import load_checkpoint
 from cropmap.stages.stac_item import multihash_sha256
 

@@ -34,8 +34,9 @@ from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError, StorageError
-from cropmap.io import storage
-from cropmap.io.storage import atomic_path, is_temporary, scratch_path
+from cropmap.io import downloads, outputs, storage
+from cropmap.io.storage import is_temporary
+from cropmap.io.outputs import atomic_path, scratch_path
 from cropmap.stages.labels import sidecars, write_labels
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
@@ -265,7 +266,7 @@ def mosaic_tiles(
             if not sources:
                 raise DataNotFoundError(f"{tile_dir} holds no tile GeoTIFFs (*.class.tif); run `cropmap predict` first")
             run = storage.join(tile_dir, RUN_FILE)
-            storage.fetch(sources + ([run] if storage.exists(run) else []), local_tiles)
+            downloads.fetch(sources + ([run] if storage.exists(run) else []), local_tiles)
         local_out = Path(scratch) / "maps" if storage.is_remote(out_dir) else out_dir
         result = _mosaic_local(local_tiles, local_out, name=name, products=products, blocksize=blocksize,
                                stac=stac, quicklook=quicklook, tile_ids=tile_ids, missing=missing)
@@ -273,7 +274,7 @@ def mosaic_tiles(
             return result
 
         def publish(path: Path | None) -> storage.Location | None:
-            return None if path is None else storage.publish(path, storage.join(out_dir, path.name))
+            return None if path is None else outputs.publish(path, storage.join(out_dir, path.name))
 
         # the item last: it points at the others, so it appears only when they are there
         cogs = {product: publish(path) for product, path in result.cogs.items()}

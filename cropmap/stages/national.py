@@ -36,8 +36,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from cropmap.errors import IncompatibleInputError, MosaicError
-from cropmap.io import storage
-from cropmap.io.storage import TEMP_MARK, atomic_path
+from cropmap.io import downloads, outputs, storage
+from cropmap.io.storage import TEMP_MARK
+from cropmap.io.outputs import atomic_path
 from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
 from cropmap.stages.quicklook import write_quicklook
 from cropmap.stages.labels import sidecars
@@ -149,7 +150,7 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
             if colormap:
                 dst.write_colormap(1, colormap)
         # GDAL reports a full disk while warping only as log lines, leaving a short file
-        storage.check_raster(tmp, what=f"the national {product} raster for {path.name}", last_block_only=True)
+        outputs.check_raster(tmp, what=f"the national {product} raster for {path.name}", last_block_only=True)
         keep = {k: v for k, v in tags.items() if k not in ("tiles", "product")}
         write_cog(tmp, path, resampling=OVERVIEW_RESAMPLING.get(product, "average"), blocksize=blocksize,
                   colormap=colormap, tags={**keep, "product": product, "zones": ",".join(f"EPSG:{e}" for e in epsgs),
@@ -210,7 +211,7 @@ def _zone_provenance(zone_products: Mapping[int, Mapping[str, storage.Location]]
     counts as none."""
     keys, items = {}, {}
     for epsg, products in sorted(zone_products.items()):
-        with storage.open_raster(products["class"]) as src:
+        with downloads.open_raster(products["class"]) as src:
             keys[epsg] = src.tags().get("cropmap_run_key")
         item = _zone_item(products["class"])
         stale = item is not None and keys[epsg] and item.get("properties", {}).get("cropmap:run_key") not in (None, keys[epsg])
@@ -255,7 +256,7 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
         local_out = out_dir if isinstance(out_dir, Path) else Path(scratch)
         cogs: dict[str, Path] = {}
         for product in products:
-            zones = {e: storage.local_copy(zp[product]) for e, zp in zone_products.items()}
+            zones = {e: downloads.local_copy(zp[product]) for e, zp in zone_products.items()}
             cogs[product] = write_national_cog(zones, local_out / f"{name}_{product}.tif", crs=crs, product=product,
                                                resolution=resolution, window=window)
         years = season_years(provenance.start, provenance.end) if provenance.start and provenance.end else None
@@ -265,11 +266,11 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
         collection = write_stac_collection(local_out, collection_id=name.split("_")[0])
         if local_out == out_dir:
             return MosaicResult(cogs, item, png, (), collection)
-        published = {p: storage.publish(c, storage.join(out_dir, c.name)) for p, c in cogs.items()}
+        published = {p: outputs.publish(c, storage.join(out_dir, c.name)) for p, c in cogs.items()}
         for c in cogs.values():
             for sidecar in sidecars(c):
-                storage.publish(sidecar, storage.join(out_dir, sidecar.name))
-        png_url = storage.publish(png, storage.join(out_dir, png.name))
-        item_url = storage.publish(item, storage.join(out_dir, item.name))
+                outputs.publish(sidecar, storage.join(out_dir, sidecar.name))
+        png_url = outputs.publish(png, storage.join(out_dir, png.name))
+        item_url = outputs.publish(item, storage.join(out_dir, item.name))
         return MosaicResult(published, item_url, png_url, (),
-                            storage.publish(collection, storage.join(out_dir, collection.name)))
+                            outputs.publish(collection, storage.join(out_dir, collection.name)))

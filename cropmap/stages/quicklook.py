@@ -16,7 +16,7 @@ from matplotlib.patches import Patch
 from rasterio.enums import Resampling
 
 from cropmap.core.season import Season
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA
 from cropmap.stages.stac_item import credit_line, scene_years
 from cropmap.stages.tile_files import class_legend

@@ -33,7 +33,7 @@ from rasterio.warp import transform_geom
 from cropmap import __version__
 from cropmap.core.season import Season
 from cropmap.errors import IncompatibleInputError, MosaicError
-from cropmap.io.storage import atomic_path
+from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.tile_files import class_legend, list_tiles, tile_tags
 
