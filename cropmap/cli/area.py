@@ -8,19 +8,9 @@ from pathlib import Path
 import typer
 
 from cropmap.cli.common import app, command, fail
-from cropmap.core.area_estimation import Z95, allocate, sample_size
-from cropmap.stages.area import (
-    check_sample_on_map,
-    draw_sample,
-    estimate_areas,
-    label_from_reference,
-    map_strata,
-    read_sample,
-    write_area_report,
-    write_sample,
-    write_zonal_report,
-    zonal_areas,
-)
+
+# the library (numpy, rasterio, geopandas ...) is imported inside each command, not here: `cropmap --help` and
+# `cropmap version` start without it (tests/test_cli_startup.py)
 
 area_app = typer.Typer(help="Area estimates with confidence intervals from a stratified sample of a class map.",
                        no_args_is_help=True)
@@ -40,6 +30,9 @@ def sample(
     reference: Path = typer.Option(None, "--reference", help="Label the points from this reference map (DEMO)."),
 ) -> None:
     """Draw a stratified random sample of the map's pixels (strata = classes) to be labelled."""
+    from cropmap.core.area_estimation import allocate, sample_size
+    from cropmap.stages.area import draw_sample, label_from_reference, map_strata, write_sample
+
     strata = map_strata(class_map)
     total = n or sample_size(strata.pixels, [expected_ua] * len(strata.names), target_se)
     alloc = allocate(strata.pixels, total, minimum=minimum)
@@ -61,6 +54,10 @@ def estimate(
     reference: Path = typer.Option(None, "--reference", help="Relabel the points from this reference map first."),
 ) -> None:
     """Area-adjusted areas (ha), user's/producer's/overall accuracy, each with a 95 % CI."""
+    from cropmap.core.area_estimation import Z95
+    from cropmap.stages.area import (check_sample_on_map, estimate_areas, label_from_reference, map_strata,
+                                     read_sample, write_area_report)
+
     strata = map_strata(class_map)
     points = read_sample(samples)
     check_sample_on_map(strata, points)  # estimates from another map's sample would describe that map
@@ -85,6 +82,8 @@ def zonal(
     name: str = typer.Option("area", "--name", help="Prefix of the report files."),
 ) -> None:
     """Mapped hectares of each class in each unit (pixel counts, not area-adjusted)."""
+    from cropmap.stages.area import write_zonal_report, zonal_areas
+
     table = zonal_areas(class_map, units, field=field)
     paths = write_zonal_report(table, out, class_map=class_map, name=name)
     typer.echo(f"{len(table)} unit(s), {table['mapped_ha'].sum():.1f} ha mapped -> {paths['by_unit']}")

@@ -7,19 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from cropmap.cli.common import app, command
-from cropmap.ml.models import MODELS, build_model, count_parameters
-from cropmap.research.config import load_experiment
-from cropmap.research.runner import run_experiment
-from cropmap.samples.sources import read_sample_file, resolve_path
-from cropmap.samples.summary import real_sample_sets, summarize_samples
-from cropmap.scenarios import scenario_model
-from cropmap.scenarios.demo import build_demo, read_layout
+
+# the library (torch, scikit-learn, xarray ...) is imported inside each command, not here: `cropmap --help`
+# and `cropmap version` start without it (tests/test_cli_startup.py)
 
 samples_app = typer.Typer(help="The real labelled sample sets.", no_args_is_help=True)
 app.add_typer(samples_app, name="samples")
@@ -35,6 +28,12 @@ def samples_summary(
     only_sets: list[str] = typer.Option(None, "--set", help="Only these sets or files (repeatable); default: all."),
 ) -> None:
     """Per sample set or file: shape, classes and counts, and the filled-bin fraction after 5-day compositing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cropmap.samples.sources import read_sample_file, resolve_path
+    from cropmap.samples.summary import real_sample_sets, summarize_samples
+
     sets = real_sample_sets()
     only = []
     for item in [*(paths or []), *(only_sets or [])]:
@@ -69,6 +68,10 @@ def params(
     n_classes: int = typer.Option(7, help="classes"),
 ) -> None:
     """Print the parameter count of every registered model."""
+    import torch
+
+    from cropmap.ml.models import MODELS, build_model, count_parameters
+
     for name in MODELS:
         model = build_model(name, n_bands=n_bands, n_classes=n_classes).eval()
         with torch.no_grad():  # prove the shape works, not just the count
@@ -87,6 +90,9 @@ def experiment(
     workers: int = typer.Option(0, help="processes training networks in parallel (default: the config's)"),
 ) -> None:
     """Run a source -> target experiment grid and write docs/results/<name>.md and .csv."""
+    from cropmap.research.config import load_experiment
+    from cropmap.research.runner import run_experiment
+
     cfg = load_experiment(config)
     update = {}
     if seeds:
@@ -108,6 +114,8 @@ def demo_build(
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder is complete."),
 ) -> None:
     """Write the DEMO static STAC catalog, reference crop map and layout (skipped if complete)."""
+    from cropmap.scenarios.demo import build_demo, read_layout
+
     started = time.perf_counter()
     paths = build_demo(out, force=force)
     layout = read_layout(paths.root)
@@ -126,6 +134,8 @@ def scenario_model_(
     epochs: int = typer.Option(None, "--epochs", min=1, help="Override the scenario's epochs."),
 ) -> None:
     """Train the checkpoint a scenario brings (REAL: a 4-band CropNet on the Victoria series in its season)."""
+    from cropmap.scenarios import scenario_model
+
     result = scenario_model(country, out, epochs=epochs)
     typer.echo(f"checkpoint: {result.path} ({result.status}; validation macro-F1 "
                f"{result.scores.get('val_macro_f1', float('nan')):.3f})")

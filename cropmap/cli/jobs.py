@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import typer
 
 from cropmap.cli.common import app, command, fail, tile_progress
 from cropmap.cli.data import demo_app
-from cropmap.jobs.cluster import gpu_workers_enabled
-from cropmap.jobs.executors import local_executor
-from cropmap.jobs.labels import check_training_labels
-from cropmap.jobs.mapping import MapResult, check_not_empty, map_country, train_country, training_tiles
-from cropmap.jobs.plan import DEFAULT_GPUS, DEFAULT_VCPUS, check_limits, plan_lines, plan_run, preflight
-from cropmap.jobs.reports import map_lines, plan_table
-from cropmap.jobs.tiles import check_model_fits, tile_annotations
-from cropmap.jobs.training import TrainingSettings
-from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
+
+if TYPE_CHECKING:
+    from cropmap.jobs.mapping import MapResult
+
+# the jobs (Dask, torch, xarray ...) are imported inside each command, not here: `cropmap --help` and
+# `cropmap version` start without them (tests/test_cli_startup.py). The defaults of --vcpus and --gpus are
+# cropmap.jobs.plan.DEFAULT_VCPUS and DEFAULT_GPUS, written out here (the test checks they are the same).
+DEFAULT_VCPUS, DEFAULT_GPUS = 128, 4
 
 
 def _print_map(result: MapResult, started: float) -> None:
+    from cropmap.jobs.mapping import check_not_empty
+    from cropmap.jobs.reports import map_lines
+
     for line in map_lines(result):
         typer.echo(line)
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")
@@ -52,6 +55,9 @@ def _plan(run, *, tile_limit: int | None = None, model: str | None = None, label
           max_tiles: int | None = None, max_dollars: float | None = None, vcpus: int = DEFAULT_VCPUS,
           gpus: int = DEFAULT_GPUS) -> None:
     """Print the run's plan; a checkpoint that does not fit or a plan over its limits ends in one line, exit 2."""
+    from cropmap.jobs.plan import check_limits, plan_lines, plan_run
+    from cropmap.jobs.reports import plan_table
+
     plan = plan_run(run, tile_limit=tile_limit, model=model, labels=labels, vcpus=vcpus, gpus=gpus)
     typer.echo(plan_table(run))
     for line in plan_lines(plan):
@@ -65,9 +71,25 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
          threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
          area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None,
          dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None) -> None:
+    """Every check that needs no tile comes before the local Dask cluster starts (tests/test_cli_startup.py):
+    the country, the checkpoint (read before the scenario is prepared: a missing --model does not wait for
+    the DEMO's build), the output location, the options, the plan's limits and the catalog (preflight).
+    The modules that import Dask's distributed (jobs.plan, jobs.executors ...) only after the run is resolved."""
+    from cropmap.io.config import load_country
+    from cropmap.scenarios import resolve_run, run_bands
+
     started = time.perf_counter()
-    gpu = gpu_workers_enabled(gpu_workers)
+    if model is not None:  # the country, then the checkpoint (read once: resolve_run takes it from the cache)
+        run_bands(load_country(country), model=model)
     run = resolve_run(country, year=year, out_dir=out, parts=parts, model=model)  # the checkpoint's bands
+    from cropmap.jobs.cluster import gpu_workers_enabled
+    from cropmap.jobs.executors import local_executor
+    from cropmap.jobs.mapping import map_country
+    from cropmap.jobs.plan import preflight
+    from cropmap.jobs.reports import plan_table
+    from cropmap.jobs.tiles import check_model_fits, tile_annotations
+
+    gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS: one line, dry run or not
     if dry_run:
         _plan(run, tile_limit=tile_limit, model=model, max_tiles=max_tiles, max_dollars=max_dollars)
         typer.echo("dry run: no tile computed")
@@ -105,6 +127,8 @@ def plan(
 ) -> None:
     """Print what a run would do, before any tile: tiles per UTM zone and hemisphere, seasons, block searches,
     whether the catalog answers, the checkpoint's fit, and an estimate of CPU/GPU hours, wall time and dollars."""
+    from cropmap.scenarios import resolve_run
+
     run = resolve_run(country, year=year, out_dir=out, parts=parts or None, model=model)
     _plan(run, tile_limit=tile_limit, model=model, labels=labels, max_tiles=max_tiles, max_dollars=max_dollars,
           vcpus=vcpus, gpus=gpus)
@@ -162,6 +186,12 @@ def train(
 ) -> None:
     """Train a country's model from reference labels (the train-model job, locally, with a progress display of
     the tiles cubed); prints the checkpoint."""
+    from cropmap.jobs.executors import local_executor
+    from cropmap.jobs.labels import check_training_labels
+    from cropmap.jobs.mapping import train_country, training_tiles
+    from cropmap.jobs.training import TrainingSettings
+    from cropmap.scenarios import resolve_run
+
     started = time.perf_counter()
     run = resolve_run(country, year=year, out_dir=out,
                       bands=[b.strip() for b in bands.split(",") if b.strip()] if bands else None)
@@ -199,4 +229,6 @@ def demo_run(
     """The whole job on the DEMO, offline and locally (= ``cropmap map DEMO``): build the demo if missing,
     train the slim CPU CropNet on the west half, cubes through the STAC code, predict, mosaic, score the
     east half. ``bash scripts/demo.sh`` runs the same through the map-country Prefect flow."""
+    from cropmap.scenarios import DEFAULT_COUNTRY
+
     _map(DEFAULT_COUNTRY, model=None, year=None, out=out, tile_limit=tile_limit, threads=2, gpu_workers=None)

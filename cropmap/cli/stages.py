@@ -7,23 +7,20 @@ Many tiles run on a local Dask cluster through the same per-tile job functions t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
 from cropmap.cli.common import app, command, fail
-from cropmap.core.bands import S2_BANDS
 from cropmap.io import storage
-from cropmap.io.config import CatalogConfig, load_country
-from cropmap.io.outlines import tiles_for_aoi, tiles_for_area
-from cropmap.jobs.country_run import resolve_country_run
-from cropmap.jobs.executors import Outcome, local_executor
-from cropmap.jobs.tile_pipeline import run_tiles
-from cropmap.jobs.tiles import predict_cubes, tile_annotations
-from cropmap.stages.cube import CubeOptions, cube_path, cube_status, cube_stores
-from cropmap.stages.mosaic import mosaic_tiles
-from cropmap.stages.national import national_mosaic, tiles_by_zone
-from cropmap.stages.predict import PredictOptions
+
+if TYPE_CHECKING:
+    from cropmap.jobs.executors import Outcome
+
+# the stages and jobs (Dask, torch, xarray, rasterio ...) are imported inside each command, not here: `cropmap
+# --help` and `cropmap version` start without them (tests/test_cli_startup.py). The default of --min-observed
+# is cropmap.stages.cube.CubeOptions.min_observed_fraction, written out here (the test checks they are the same).
+MIN_OBSERVED_FRACTION = 0.02
 
 
 def _report_failures(outcomes: list[Outcome], names: list[str], what: str) -> None:
@@ -49,13 +46,21 @@ def cube(
     fail_on_asset_error: bool = typer.Option(False, "--fail-on-asset-error",
                                              help="Stop at an unreadable asset instead of warning."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild tiles that are already complete."),
-    min_observed: float = typer.Option(CubeOptions.min_observed_fraction, "--min-observed", min=0, max=1,
+    min_observed: float = typer.Option(MIN_OBSERVED_FRACTION, "--min-observed", min=0, max=1,
                                        help="Below this share of observed values a tile is 'degraded' (rebuilt "
                                             "next run, refused by predict); 0 accepts any tile with data."),
     configs_dir: str = typer.Option(None, "--configs-dir", help="Folder of country YAMLs (default configs/countries)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Tiles built at once (local Dask threads)."),
 ) -> None:
     """Build 5-day median cubes (one Zarr per tile) for a country or an area inside it."""
+    from cropmap.core.bands import S2_BANDS
+    from cropmap.io.config import CatalogConfig, load_country
+    from cropmap.io.outlines import tiles_for_aoi, tiles_for_area
+    from cropmap.jobs.country_run import resolve_country_run
+    from cropmap.jobs.executors import local_executor
+    from cropmap.jobs.tile_pipeline import run_tiles
+    from cropmap.stages.cube import CubeOptions, cube_path, cube_status
+
     cfg = load_country(country, configs_dir=configs_dir)
     if catalog:
         cfg = cfg.model_copy(update={"catalog": CatalogConfig(
@@ -106,9 +111,15 @@ def predict(
     threads: int = typer.Option(1, "--threads", min=1, help="Tiles predicted at once (torch uses the cores inside one)."),
 ) -> None:
     """Classify tile cubes with a checkpoint: one class map and one confidence map per tile."""
+    from cropmap.stages.cube import cube_stores
+    from cropmap.stages.predict import PredictOptions
+
     paths = cube_stores(cubes)  # a folder of stores, or stores themselves
     options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
                              memory_budget_mb=memory_budget_mb, probabilities=probabilities, device=device, precision=precision)
+    from cropmap.jobs.executors import local_executor
+    from cropmap.jobs.tiles import predict_cubes, tile_annotations
+
     gpu = options.device == "cuda"
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor:
         outcomes = predict_cubes(checkpoint, paths, out, options=options, force=force, executor=executor)
@@ -131,6 +142,9 @@ def mosaic(
 ) -> None:
     """Mosaic tile outputs into one validated COG per product, a STAC item and a quicklook PNG. Tiles of
     several UTM zones give one mosaic per zone (<name>_<epsg>_*.tif) and the national COGs in --crs."""
+    from cropmap.stages.mosaic import mosaic_tiles
+    from cropmap.stages.national import national_mosaic, tiles_by_zone
+
     storage.safe_name(name, "--name")  # it names the outputs: no path
     zones = tiles_by_zone(tiles)
     if len(zones) <= 1:
