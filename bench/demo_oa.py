@@ -15,7 +15,7 @@ from pathlib import Path
 from cropmap.jobs.executors import InlineExecutor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import run_tiles
-from cropmap.jobs.tiles import predict_tile, prediction_key
+from cropmap.jobs.tiles import predict_tile, run_prediction_key
 from cropmap.jobs.training import train_checkpoint, training_set
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from cropmap.stages.cube import cube_path
@@ -46,7 +46,7 @@ def main(work: Path) -> None:
         tiles = run.model_copy(update={"root": str(work / f"run-{name}"), "cube_root": str(run.cube_dir)})
         for tile_id in run.tiles():
             predict_tile(tiles, model.path, tile_id)
-        class_map = mosaic_tiles(tiles.tile_dir(prediction_key(tiles, model.path)), work / f"maps-{name}",
+        class_map = mosaic_tiles(tiles.tile_dir(run_prediction_key(tiles, model.path)), work / f"maps-{name}",
                                  name=run.code).cogs["class"]
         oa = {part: score_class_map(class_map, scenario.reference, bounds=b)["oa"]
               for part, b in (("west", west), ("east", east))}

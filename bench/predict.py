@@ -22,7 +22,7 @@ that a shared machine's load drift hits them alike; px/s from the median pass):
 
 Agreement = share of the N pixels whose argmax class equals eager fp32's (goal >= 99.5 %).
 
-With ``--end-to-end``, also ``cropmap.stages.predict.predict_cube`` (features, model, maps) on the same 800
+With ``--end-to-end``, also ``cropmap.stages.predict.infer_cube`` (features, model, maps) on the same 800
 series laid out as a 20 x 40 composite cube, ``precision="fp32"`` against ``"bf16"`` (the CPU fast path
 wired into predict: bf16 autocast on channels_last weights).
 
@@ -168,11 +168,11 @@ def _prepare(path: str, model: torch.nn.Module, calib: torch.Tensor, batch: int)
 
 
 def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list[dict]:
-    """``predict_cube`` on the 800 real series laid out as a 20 x 40 composite cube, fp32 vs bf16."""
+    """``infer_cube`` on the 800 real series laid out as a 20 x 40 composite cube, fp32 vs bf16."""
     import xarray as xr
 
     from cropmap.ml.checkpoint import Checkpoint
-    from cropmap.stages.predict import PredictOptions, predict_cube
+    from cropmap.stages.predict import PredictOptions, infer_cube
 
     s = xr.concat([read_victoria("train"), read_victoria("test")], dim="sample")
     obs = xr.DataArray(s["reflectance"].values.reshape(20, 40, 73, 10).transpose(2, 3, 0, 1),
@@ -187,7 +187,7 @@ def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list
         for precision in times:
             opts = PredictOptions(precision=precision, batch_size=args.batch, device="cpu")
             t0 = time.perf_counter()
-            out[precision] = predict_cube(ckpt, cube, options=opts)["label"].values
+            out[precision] = infer_cube(ckpt, cube, options=opts)["label"].values
             times[precision].append(time.perf_counter() - t0)
     rows = []
     for precision, t in times.items():
@@ -209,7 +209,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--end-to-end", action="store_true",
-                    help="also time cropmap.stages.predict.predict_cube (features + model + maps) fp32 vs bf16")
+                    help="also time cropmap.stages.predict.infer_cube (features + model + maps) fp32 vs bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -1,7 +1,7 @@
 """CropNet training step time on CPU: fp32 against bf16 autocast (``TrainConfig.precision``).
 
 One optimiser step = forward, class-weighted cross-entropy, backward, Adam step: what
-:func:`cropmap.ml.train.train_model` does per batch. The paper's CropNet (CROPNET_V1, 4.69M parameters,
+:func:`cropmap.ml.train.fit_model` does per batch. The paper's CropNet (CROPNET_V1, 4.69M parameters,
 8 classes) on batches of the real Victoria train series (10 bands x 73 five-day bins, normalised as
 training does), batch 64 (cropmap's default), one torch thread (an experiment trains with one thread per
 network, two networks at a time on 2 cores). The paths take turns step by step, so load drift hits both

@@ -17,7 +17,7 @@ from cropmap.ml.calibration import (
     softmax_t,
 )
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
-from cropmap.ml.train import TrainConfig, predict_logits, train_model
+from cropmap.ml.train import TrainConfig, predict_logits, fit_model
 from cropmap.samples.victoria import read_victoria
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,7 +92,7 @@ def test_temperature_in_checkpoint_lowers_test_ece(shared_data, tmp_path):
     x_test, y_test = _matrix("test")
     cfg = TrainConfig(model="cropnet1d", model_options={"channels": [16] * 4}, epochs=15, lr=3e-3, schedule="constant",
                       batch_size=32, val_fraction=0.2, epoch_choice="best", progress=False, device="cpu", seed=0)
-    result = train_model(x, y, window_start=0, n_bins=SEASON.n_bins, n_classes=8, config=cfg)
+    result = fit_model(x, y, window_start=0, n_bins=SEASON.n_bins, n_classes=8, config=cfg)
     assert result.temperature == result.val_scores["temperature"] != 1.0
     path = save_checkpoint(tmp_path / "m.pt", model=result.model, model_name="cropnet1d",
                            model_config=result.model_config, feature_kind="2d",

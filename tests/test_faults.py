@@ -434,14 +434,14 @@ def test_a_cube_whose_tile_id_is_not_a_safe_name_is_refused_before_anything_is_w
 
     from cropmap.errors import InvalidInputError
     from cropmap.jobs.tiles import check_cubes_fit
-    from cropmap.stages.predict import predict_tile
+    from cropmap.stages.predict import write_tile_predictions
 
     cube = tmp_path / "cubes" / clean_path.name
     shutil.copytree(clean_path, cube)
     zarr.open_group(str(cube), mode="r+").attrs["tile_id"] = tile_id
     out = tmp_path / "out" / "maps"
     with pytest.raises(InvalidInputError, match="tile id"):
-        predict_tile(tmp_path / "no-model.pt", cube, out)
+        write_tile_predictions(tmp_path / "no-model.pt", cube, out)
     with pytest.raises(InvalidInputError, match="tile id"):
         check_cubes_fit(tmp_path / "no-model.pt", [cube])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cubes"]  # nothing written, inside or out

@@ -262,13 +262,13 @@ def test_a_four_band_model_maps_the_real_scenes_through_a_deployment(prefect_env
     from http_servers import stac_api_server
 
     from cropmap.io.config import load_country
-    from cropmap.scenarios.real import train_model
+    from cropmap.scenarios.real import train_real_checkpoint
 
     env, home = prefect_env
     with stac_api_server(shared_data / "s2_l2a_stac" / "catalog.json", None, tmp_path) as (url, _):
         text = (REPO / "configs" / "countries" / "REAL.yaml").read_text()
         (configs / "REAL.yaml").write_text(text.replace("http://127.0.0.1:8765", url))  # this test's API
-        model = train_model(tmp_path / "real.pt", config=load_country("REAL", configs), epochs=10).path
+        model = train_real_checkpoint(tmp_path / "real.pt", config=load_country("REAL", configs), epochs=10).path
         run = _prefect(env, "deployment", "run", "map-country/map-country", "--param", "country=REAL",
                        "--param", f"model={model}", "--param", 'parts=["drava"]',
                        "--watch", "--watch-interval", "2", timeout=900)

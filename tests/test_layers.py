@@ -59,3 +59,34 @@ def test_every_prefect_task_takes_the_parameters_of_its_job_function():
         wanted = list(inspect.signature(job).parameters)
         given = list(inspect.signature(task.fn).parameters)
         assert given in (wanted, ["args", "kwargs"]), f"task {task.name}: {given} != {job.__name__}{wanted}"
+
+
+def public_names_in_two_layers(root: Path = ROOT / "cropmap") -> dict[str, list[str]]:
+    """Public functions and classes defined under one name in modules of different layers. Allowed: the same
+    layer (``prepare`` of each scenario: one interface), a flow or Prefect task named as the job it wraps
+    (``flows.tasks.cube_tile`` runs ``jobs.tiles.cube_tile``), and ``main`` (a module's entry point)."""
+    import ast
+    from collections import defaultdict
+
+    where = defaultdict(set)
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                where[node.name].add(path.relative_to(root).with_suffix("").as_posix())
+    clashes = {}
+    for name, modules in where.items():
+        layers = {m.split("/")[0] for m in modules}
+        if name == "main" or len(layers) < 2 or layers == {"flows", "jobs"}:
+            continue
+        clashes[name] = sorted(modules)
+    return clashes
+
+
+def test_no_public_name_means_two_things_in_two_layers(tmp_path):
+    assert public_names_in_two_layers() == {}
+    copy = tmp_path / "cropmap"
+    for sub in ("jobs", "stages"):
+        (copy / sub).mkdir(parents=True)
+    (copy / "jobs" / "tiles.py").write_text("def predict_tile(run, model, tile_id):\n    pass\n")
+    (copy / "stages" / "predict.py").write_text("def predict_tile(model, cube, out_dir):\n    pass\n")
+    assert public_names_in_two_layers(copy) == {"predict_tile": ["jobs/tiles", "stages/predict"]}

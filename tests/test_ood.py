@@ -16,10 +16,10 @@ from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.normalisation import apply_normalisation
 from cropmap.ml.evaluate import error_detection
 from cropmap.ml.ood import ood_distance
-from cropmap.ml.train import TrainConfig, penultimate_features, train_model
+from cropmap.ml.train import TrainConfig, penultimate_features, fit_model
 from cropmap.samples.victoria import read_victoria
 from cropmap.stages.inference import _model_input
-from cropmap.stages.predict import PredictOptions, open_cube, predict_tile
+from cropmap.stages.predict import PredictOptions, open_cube, write_tile_predictions
 from test_predict import VIC_SEASON, VIC_YEAR, victoria_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -40,7 +40,7 @@ def trained(shared_data, tmp_path_factory):
     # features the network learned, which a 2-epoch net has not
     cfg = TrainConfig(model="cropnet1d", model_options={"channels": [32] * 4}, epochs=10, lr=3e-3, schedule="constant",
                       batch_size=32, val_fraction=0.2, epoch_choice="best", progress=False, device="cpu", seed=1)
-    result = train_model(x, train["label"].values, window_start=0, n_bins=VIC_SEASON.n_bins, n_classes=8, config=cfg)
+    result = fit_model(x, train["label"].values, window_start=0, n_bins=VIC_SEASON.n_bins, n_classes=8, config=cfg)
     path = save_checkpoint(tmp_path_factory.mktemp("ood") / "m.pt", model=result.model, model_name="cropnet1d",
                            model_config=result.model_config, feature_kind="2d",
                            bands=[str(b) for b in train["band"].values], season=VIC_SEASON, n_bins=VIC_SEASON.n_bins,
@@ -97,7 +97,7 @@ def test_predict_writes_the_ood_cog(trained, tmp_path):
     path, _, _ = trained
     ckpt = load_checkpoint(path)
     cubes, _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
-    result = predict_tile(path, cubes[0], tmp_path / "out", options=PredictOptions(ood=True, precision="fp32"))
+    result = write_tile_predictions(path, cubes[0], tmp_path / "out", options=PredictOptions(ood=True, precision="fp32"))
     assert set(result.paths) == {"class", "confidence", "ood"}
     with rasterio.open(result.paths["ood"]) as src:
         got = src.read(1)

@@ -28,8 +28,8 @@ from cropmap.stages.predict import (
     NODATA,
     PredictOptions,
     open_cube,
-    predict_cube,
-    predict_tile,
+    infer_cube,
+    write_tile_predictions,
     tile_path,
 )
 
@@ -123,7 +123,7 @@ def test_tile_classes_equal_the_model_on_the_samples(tiny_checkpoint, tmp_path):
     # pixel 7: no observation at all; pixel 8: 90 % of the dates missing -> both nodata
     blank = {7: slice(None), 8: slice(0, 66)}
     (cube,), samples = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank=blank)
-    result = predict_tile(tiny_checkpoint, cube, tmp_path / "out", options=PredictOptions(probabilities=True))
+    result = write_tile_predictions(tiny_checkpoint, cube, tmp_path / "out", options=PredictOptions(probabilities=True))
     assert result.status == "done"
     ckpt = load_checkpoint(tiny_checkpoint)
     # the reference: the same model on the sample set composited as training does, no raster involved
@@ -153,7 +153,7 @@ def test_threshold_decides_nodata(tiny_checkpoint, tmp_path):
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={8: slice(0, 66)})
     filled = open_cube(cube)["filled_fraction"].values.reshape(-1)[8]
     assert 0.8 < filled < 1.0
-    lenient = predict_tile(tiny_checkpoint, cube, tmp_path / "o", options=PredictOptions(max_filled_fraction=1.0))
+    lenient = write_tile_predictions(tiny_checkpoint, cube, tmp_path / "o", options=PredictOptions(max_filled_fraction=1.0))
     with rasterio.open(lenient.paths["class"]) as src:
         assert src.read(1).reshape(-1)[8] != NODATA
 
@@ -194,8 +194,8 @@ def test_incompatible_cube_fails_before_any_work(tiny_checkpoint, tmp_path, chan
 def test_bf16_on_cpu_keeps_the_classes(tiny_checkpoint, tmp_path):
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
     ckpt = load_checkpoint(tiny_checkpoint)
-    fp32 = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32"))
-    bf16 = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="bf16", device="cpu"))
+    fp32 = infer_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32"))
+    bf16 = infer_cube(ckpt, open_cube(cube), options=PredictOptions(precision="bf16", device="cpu"))
     same = (fp32["label"].values == bf16["label"].values).mean()
     assert same >= 0.99, same
     assert np.abs(fp32["confidence"].values.astype(int) - bf16["confidence"].values).max() <= 5
@@ -219,8 +219,8 @@ def test_tiles_run_on_a_distributed_cluster(tiny_checkpoint, tmp_path):
 def test_row_blocks_bound_memory_without_changing_the_map(tiny_checkpoint, tmp_path):
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={7: slice(None)})
     ckpt = load_checkpoint(tiny_checkpoint)
-    whole = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32"))
-    blocks = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", block_pixels=70))  # 3 rows
+    whole = infer_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32"))
+    blocks = infer_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", block_pixels=70))  # 3 rows
     np.testing.assert_array_equal(blocks["label"].values, whole["label"].values)
     assert np.abs(blocks["confidence"].values.astype(int) - whole["confidence"].values).max() <= 1
     assert blocks["label"].values.reshape(-1)[7] == NODATA
@@ -248,10 +248,10 @@ def test_the_batch_follows_the_memory_budget(tiny_checkpoint, tmp_path, bands, b
 def test_a_budget_sized_batch_gives_the_same_map(tiny_checkpoint, tmp_path):
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
     ckpt = load_checkpoint(tiny_checkpoint)
-    fixed = predict_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", batch_size=4096))
+    fixed = infer_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", batch_size=4096))
     small = PredictOptions(precision="fp32", memory_budget_mb=4)
     assert ckpt.batch_size_for(4 * 2**20) < 200  # several forward passes over the tile's 400 pixels
-    budget = predict_cube(ckpt, open_cube(cube), options=small)
+    budget = infer_cube(ckpt, open_cube(cube), options=small)
     np.testing.assert_array_equal(budget["label"].values, fixed["label"].values)
 
 
@@ -289,9 +289,9 @@ def test_concurrent_predictions_never_change_the_shared_model(tiny_checkpoint, t
     weights = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
     storage = {k: p.data_ptr() for k, p in ckpt.model.named_parameters()}
     options = [PredictOptions(precision="bf16", device="cpu"), PredictOptions(precision="fp32")] * 4
-    alone = [predict_cube(ckpt, open_cube(cube), options=o)["label"].values for o in options[:2]]
+    alone = [infer_cube(ckpt, open_cube(cube), options=o)["label"].values for o in options[:2]]
     with ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(lambda o: predict_cube(ckpt, open_cube(cube), options=o)["label"].values, options))
+        together = list(pool.map(lambda o: infer_cube(ckpt, open_cube(cube), options=o)["label"].values, options))
     for i, labels in enumerate(together):
         np.testing.assert_array_equal(labels, alone[i % 2])
     for name, p in ckpt.model.named_parameters():
@@ -313,7 +313,7 @@ def test_prediction_reads_its_cube_whatever_another_thread_sets_in_the_global_da
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
     ckpt = load_model(tiny_checkpoint)
     options = PredictOptions(precision="fp32", block_pixels=20)  # one row per block: 20 reads
-    alone = predict_cube(ckpt, open_cube(cube), options=options)["label"].values
+    alone = infer_cube(ckpt, open_cube(cube), options=options)["label"].values
     stop = threading.Event()
 
     def waiting_flow() -> None:
@@ -326,7 +326,7 @@ def test_prediction_reads_its_cube_whatever_another_thread_sets_in_the_global_da
     flow.start()
     try:
         for _ in range(3):
-            np.testing.assert_array_equal(predict_cube(ckpt, open_cube(cube), options=options)["label"].values, alone)
+            np.testing.assert_array_equal(infer_cube(ckpt, open_cube(cube), options=options)["label"].values, alone)
     finally:
         stop.set()
         flow.join()

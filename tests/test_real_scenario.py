@@ -21,9 +21,9 @@ FOUR = ("B02", "B03", "B04", "B08")
 @pytest.fixture(scope="module")
 def four_band_model(tmp_path_factory, shared_data, one_torch_thread) -> str:
     """A 4-band checkpoint of the REAL season (the scenario's recipe, 1 epoch: fit, not skill, is the point)."""
-    from cropmap.scenarios.real import train_model
+    from cropmap.scenarios.real import train_real_checkpoint
 
-    return train_model(tmp_path_factory.mktemp("real") / "real.pt", epochs=1).path
+    return train_real_checkpoint(tmp_path_factory.mktemp("real") / "real.pt", epochs=1).path
 
 
 def test_a_four_band_checkpoint_sets_the_runs_bands(four_band_model, tmp_path):

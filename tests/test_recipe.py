@@ -51,7 +51,7 @@ def test_onecycle_warms_up_then_anneals_over_exactly_the_training_steps(shared_d
     """OneCycleLR raises if stepped past its total: 41 training samples at batch 8 leave a last batch of one,
     which is skipped, so the schedule must count 5 steps an epoch, not 6. The rate peaks at ``lr`` and ends
     near zero; the constant schedule keeps ``lr``."""
-    from cropmap.ml.train import TrainConfig, train_model
+    from cropmap.ml.train import TrainConfig, fit_model
     from tests.test_calibration import SEASON, _matrix
 
     x, y = _matrix("train")
@@ -60,7 +60,7 @@ def test_onecycle_warms_up_then_anneals_over_exactly_the_training_steps(shared_d
                 val_fraction=0.2, progress=False, device="cpu")
     lrs = {}
     for schedule in ("onecycle", "constant"):
-        result = train_model(x[rows], y[rows], window_start=0, n_bins=SEASON.n_bins, n_classes=8,
+        result = fit_model(x[rows], y[rows], window_start=0, n_bins=SEASON.n_bins, n_classes=8,
                              config=TrainConfig(**base, schedule=schedule))
         assert result.val_scores["n_train"] == 41
         lrs[schedule] = [h["lr"] for h in result.history]

@@ -16,7 +16,7 @@ from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.ml.checkpoint import card_path, load_checkpoint, save_checkpoint
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
-from cropmap.ml.train import TrainConfig, class_weights, predict_logits, stratified_split, train_model
+from cropmap.ml.train import TrainConfig, class_weights, predict_logits, stratified_split, fit_model
 from cropmap.samples.victoria import read_victoria
 
 VIC_SEASON = Season(start="08-01", end="07-31", hemisphere="south")
@@ -73,7 +73,7 @@ def _train(x, y, groups=None, **kw):
     cfg = TrainConfig(**{"model": "cropnet1d", "model_options": SMALL, "epochs": 3, "lr": 3e-3, "schedule": "constant",
                          "batch_size": 32, "val_fraction": 0.2, "epoch_choice": "best", "progress": False,
                          "device": "cpu", **kw})
-    return train_model(x, y, window_start=0, n_bins=73, n_classes=8, config=cfg, groups=groups)
+    return fit_model(x, y, window_start=0, n_bins=73, n_classes=8, config=cfg, groups=groups)
 
 
 def test_training_is_reproducible_keeps_the_best_epoch_and_never_sees_validation(victoria):
@@ -109,7 +109,7 @@ def test_epoch_choice_last_keeps_the_final_weights(victoria):
 
 
 def _on_build(monkeypatch, hook) -> None:
-    """Make train_model's ``build_model`` call ``hook(model)`` on each model it builds (to register hooks)."""
+    """Make fit_model's ``build_model`` call ``hook(model)`` on each model it builds (to register hooks)."""
     import cropmap.ml.train as train_module
 
     build = train_module.build_model

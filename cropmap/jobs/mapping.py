@@ -32,7 +32,7 @@ from cropmap.jobs.plan import preflight
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
 from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
-                                prediction_key, zones_of)
+                                run_prediction_key, zones_of)
 from cropmap.jobs.training import (
     CheckpointResult,
     TrainingSetResult,
@@ -273,7 +273,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
         training = train_country(run, executor, progress=progress)
         model = training.checkpoint.path
         offsets = check_model_fits(run, model, tile_ids)
-    key = prediction_key(run, model)
+    key = run_prediction_key(run, model)
     check_existing_tiles(run, key, tile_ids, model)
     write_run_file(model, run.tile_dir(key), options=run.predict,
                    cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])

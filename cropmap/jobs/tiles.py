@@ -4,7 +4,7 @@
   5-day median cube (:func:`cropmap.stages.cube.build_tile_cube`); a complete or empty cube is skipped,
   an incomplete or degraded one rebuilt;
 - :func:`predict_tile`: the tile's cube + a checkpoint -> its class and confidence GeoTIFFs
-  (:func:`cropmap.stages.predict.predict_tile`); a finished tile is skipped, one whose every pixel would
+  (:func:`cropmap.stages.predict.write_tile_predictions`); a finished tile is skipped, one whose every pixel would
   be nodata is not written (:class:`~cropmap.errors.EmptyMapError`: status ``empty`` in a run's summary);
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
   (every cube checked first, then one call per cube through an executor: the CLI's ``predict``);
@@ -36,13 +36,12 @@ from cropmap.jobs.searches import items_for_tile
 from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path, is_finished
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
 from cropmap.stages.national import national_mosaic
-from cropmap.stages.predict import TileResult
-from cropmap.stages.predict import predict_tile as predict_tile_cube
+from cropmap.stages.predict import TileResult, write_tile_predictions
 from cropmap.stages.predict_inputs import check_cube, open_cube
 from cropmap.stages.predict_options import PredictOptions
-from cropmap.stages.predict_provenance import load_model, run_key, write_run_file
+from cropmap.stages.predict_provenance import load_model, prediction_key, write_run_file
 
-__all__ = ["cube_tile", "prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
+__all__ = ["cube_tile", "run_prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
            "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
@@ -63,21 +62,21 @@ def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwr
     return build_tile_cube(tile, found, season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
 
 
-def prediction_key(run: CountryRun, model: storage.Location) -> str:
+def run_prediction_key(run: CountryRun, model: storage.Location) -> str:
     """The key of the run's predictions with ``model`` (checkpoint bytes and output options)."""
-    return run_key(model, run.predict)
+    return prediction_key(model, run.predict)
 
 
 def predict_tile(run: CountryRun, model: storage.Location, tile_id: str, *, force: bool = False) -> TileResult:
     """Predict one tile of the run from its cube into ``run.tile_dir(key)``."""
-    out = run.tile_dir(prediction_key(run, model))
-    return predict_tile_cube(model, cube_path(run.cube_dir, run.tile(tile_id)), out, options=run.predict, force=force)
+    out = run.tile_dir(run_prediction_key(run, model))
+    return write_tile_predictions(model, cube_path(run.cube_dir, run.tile(tile_id)), out, options=run.predict, force=force)
 
 
 def predict_cube(model: storage.Location, cube: storage.Location, out_dir: storage.Location, *,
                  options: PredictOptions = PredictOptions(), force: bool = False) -> TileResult:
-    """Predict the cube at ``cube`` into ``out_dir`` (:func:`cropmap.stages.predict.predict_tile`)."""
-    return predict_tile_cube(model, cube, out_dir, options=options, force=force)
+    """Predict the cube at ``cube`` into ``out_dir`` (:func:`cropmap.stages.predict.write_tile_predictions`)."""
+    return write_tile_predictions(model, cube, out_dir, options=options, force=force)
 
 
 def predict_cubes(model: storage.Location, cubes: Sequence[storage.Location], out_dir: storage.Location, *,

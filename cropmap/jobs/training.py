@@ -34,7 +34,7 @@ from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.io import downloads, outputs, storage
 from cropmap.ml.checkpoint import load_checkpoint, model_card, save_checkpoint
-from cropmap.ml.train import TrainConfig, train_model
+from cropmap.ml.train import TrainConfig, fit_model
 from cropmap.samples.reference import (
     SamplingOptions,
     sample_reference_map,
@@ -173,7 +173,7 @@ def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        result = train_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2],
+        result = fit_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2],
                              n_classes=len(names), config=config, bin_days=season.bin_days,
                              groups=samples["field"].values if "field" in samples.coords else None)
     finally:

@@ -1,6 +1,6 @@
 """Training CropNet-style models on band x time matrices, reproducibly.
 
-:func:`train_model` takes the FULL-YEAR composite of the source samples (so augmentation can move real
+:func:`fit_model` takes the FULL-YEAR composite of the source samples (so augmentation can move real
 observations into the season window), the index of the season window in it, and integer labels. It
 
 - splits a stratified validation set off the source (never augmented, disjoint from training; the
@@ -42,7 +42,7 @@ from cropmap.ml.ood import fit_ood
 from cropmap.ml.models import build_model, forward_pass
 from cropmap.ml.normalisation import apply_normalisation, fit_normalisation
 
-__all__ = ["TrainConfig", "TrainResult", "train_model", "stratified_split", "group_split", "predict_logits",
+__all__ = ["TrainConfig", "FitResult", "fit_model", "stratified_split", "group_split", "predict_logits",
            "penultimate_features", "class_weights"]
 
 
@@ -108,7 +108,7 @@ class TrainConfig(BaseModel):
 
 
 @dataclass
-class TrainResult:
+class FitResult:
     """The trained model (best epoch, eval mode, CPU) and what the checkpoint needs."""
 
     model: nn.Module
@@ -187,7 +187,7 @@ def penultimate_features(model: nn.Module, z: np.ndarray, *, batch_size: int = 1
     return forward_pass(model, z, batch_size=batch_size)[1]
 
 
-def train_model(
+def fit_model(
     x_full: np.ndarray,
     labels: np.ndarray,
     *,
@@ -197,7 +197,7 @@ def train_model(
     config: TrainConfig,
     bin_days: int = 5,
     groups: np.ndarray | None = None,
-) -> TrainResult:
+) -> FitResult:
     """Train one model; see the module docstring.
 
     ``x_full``: ``(N, band, T)`` float32 reflectance 0..1, the full-year composite (``T >= window_start +
@@ -288,7 +288,7 @@ def train_model(
     # penultimate features (unaugmented), the threshold set on the validation split's
     ood = fit_ood(penultimate_features(model, apply_normalisation(x_full[tr][:, :, window], norm)), labels[tr],
                   held_out=val_features)
-    return TrainResult(
+    return FitResult(
         model=model, model_config=model_cfg, normalisation=norm, temperature=temperature, ood=ood,
         val_scores={"val_macro_f1": best[0], "val_loss": best[1], "best_epoch": best_epoch,
                     "n_train": int(len(tr)), "n_val": int(len(va)), "temperature": temperature,

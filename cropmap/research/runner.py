@@ -44,7 +44,7 @@ from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.evaluate import error_detection, scores, write_confusion
 from cropmap.ml.models.forest import build_forest, forest_predict_proba
 from cropmap.ml.ood import FIT_RULE as OOD_FIT_RULE
-from cropmap.ml.train import train_model
+from cropmap.ml.train import fit_model
 from cropmap.research.config import ExperimentConfig, RunSpec, recipe_text, resolve_bands, run_training
 from cropmap.research.report import write_report
 from cropmap.research.variants import (
@@ -243,7 +243,7 @@ def _train_network(job: dict, threads: int | None = None) -> Path:
     if threads:
         torch.set_num_threads(threads)
     season, train_cfg = job["season"], job["train"]
-    result = train_model(job["x_full"], job["y"], window_start=job["start"], n_bins=season.n_bins,
+    result = fit_model(job["x_full"], job["y"], window_start=job["start"], n_bins=season.n_bins,
                          n_classes=len(job["class_names"]), config=train_cfg, bin_days=season.bin_days)
     save_checkpoint(job["path"], model=result.model, model_name=train_cfg.model, model_config=result.model_config,
                     feature_kind="2d", bands=job["bands"], season=season, n_bins=season.n_bins,

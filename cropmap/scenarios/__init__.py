@@ -36,7 +36,7 @@ SCENARIOS: dict[str, Callable[[CountryConfig, dict], tuple[CountryConfig, Scenar
 }
 #: Scenario name -> how it trains its own checkpoint without cubes: ``(out, config=, epochs=) -> CheckpointResult``.
 SCENARIO_MODELS: dict[str, Callable[..., CheckpointResult]] = {
-    "real": real.train_model,
+    "real": real.train_real_checkpoint,
 }
 #: The country the flows and ``cropmap demo run`` map when none is given: the offline DEMO.
 DEFAULT_COUNTRY = demo.COUNTRY

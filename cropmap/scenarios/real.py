@@ -10,7 +10,7 @@ items point at those files with ``file://`` hrefs.
 - :func:`prepare`: the config's catalog may read files under the data folder's ``options.assets``
   (``catalog.asset_roots``: an API's items may not make cropmap read local files otherwise), no
   environment variable needed; the scenario supplies no reference labels (nothing to train on or score).
-- :func:`train_model`: the scenario's checkpoint, trained on REAL labelled series that are not from
+- :func:`train_real_checkpoint`: the scenario's checkpoint, trained on REAL labelled series that are not from
   these scenes: the Victoria (Australia) train split (:func:`cropmap.samples.victoria.read_victoria`)
   restricted to the config's ``bands`` and moved ``options.training.shift_days`` (six months, the
   paper's offset: the southern late summer on the northern one), composited onto the config's season
@@ -34,7 +34,7 @@ from cropmap.jobs.training import CheckpointResult, TrainingSettings, train_chec
 from cropmap.samples.seasonal import season_sample_set
 from cropmap.samples.victoria import read_victoria
 
-__all__ = ["COUNTRY", "REAL_TRAINING", "prepare", "train_model", "training_options"]
+__all__ = ["COUNTRY", "REAL_TRAINING", "prepare", "train_real_checkpoint", "training_options"]
 
 #: The country config of the REAL scenario (``configs/countries/REAL.yaml``).
 COUNTRY = "REAL"
@@ -73,7 +73,7 @@ def training_options(config: CountryConfig) -> dict:
     return {"split": "train", "shift_days": -186, "season_year": config.year, "max_filled_fraction": 0.8, **given}
 
 
-def train_model(out: str | Path, *, config: CountryConfig | None = None, epochs: int | None = None,
+def train_real_checkpoint(out: str | Path, *, config: CountryConfig | None = None, epochs: int | None = None,
                 settings: TrainingSettings = REAL_TRAINING, threads: int | None = 1) -> CheckpointResult:
     """The REAL checkpoint at ``out`` (kept when already there): Victoria series in the config's bands and
     season (see the module docstring); ``config`` default: the REAL config; ``epochs`` overrides the settings'."""

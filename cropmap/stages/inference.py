@@ -1,4 +1,4 @@
-"""One composite cube in memory -> its maps (:func:`predict_cube`), no file written.
+"""One composite cube in memory -> its maps (:func:`infer_cube`), no file written.
 
 Features are built exactly as in training: the cube is the output of
 :func:`cropmap.core.composite.median_composite`, :func:`cropmap.core.features.compute_features` turns it into
@@ -23,7 +23,7 @@ from cropmap.errors import IncompatibleInputError
 from cropmap.stages.predict_inputs import check_cube
 from cropmap.stages.predict_options import PredictOptions
 
-__all__ = ["NODATA", "predict_cube", "empty_map_reason"]
+__all__ = ["NODATA", "infer_cube", "empty_map_reason"]
 
 #: Nodata value of every uint8 product (class, confidence, probability).
 NODATA = 255
@@ -50,7 +50,7 @@ def _device(options: PredictOptions) -> str:
     return options.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def predict_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = PredictOptions()) -> xr.Dataset:
+def infer_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = PredictOptions()) -> xr.Dataset:
     """Classify every pixel of one composite cube.
 
     ``cube``: ``(time, band, y, x)`` float32 reflectance 0..1 from

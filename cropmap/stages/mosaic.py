@@ -240,7 +240,7 @@ def mosaic_tiles(
     tile_ids: Sequence[str] | None = None,
     missing: Mapping[str, str] | None = None,
 ) -> MosaicResult:
-    """Mosaic the tile GeoTIFFs of :func:`cropmap.stages.predict.predict_tile` in ``tile_dir`` (only
+    """Mosaic the tile GeoTIFFs of :func:`cropmap.stages.predict.write_tile_predictions` in ``tile_dir`` (only
     those of ``tile_ids`` when given: one UTM zone's, or one run's plan); ``missing`` (tile id -> why)
     are the plan's tiles that failed, recorded in the STAC item (:func:`~cropmap.stages.stac_item.write_stac_item`).
 

@@ -1,16 +1,16 @@
 """Checkpoint + one tile cube -> the tile's class, confidence (and probability, OOD) GeoTIFFs.
 
 The entry point of one tile's prediction (many tiles are fanned out by :mod:`cropmap.jobs.tiles`, which
-checks every cube against the checkpoint first). :func:`predict_tile` is wiring only, each job in its
+checks every cube against the checkpoint first). :func:`write_tile_predictions` is wiring only, each job in its
 own module, whose public names this module re-exports:
 
 - :mod:`cropmap.stages.predict_options`: :class:`PredictOptions`, the ``predict`` section of a config;
 - :mod:`cropmap.stages.predict_inputs`: the cube store opened (:func:`open_cube`) and checked against the
   checkpoint (:func:`check_cube`: bands, season, bins), metadata only;
-- :mod:`cropmap.stages.inference`: :func:`predict_cube`, one composite cube in memory -> an
+- :mod:`cropmap.stages.inference`: :func:`infer_cube`, one composite cube in memory -> an
   :class:`xarray.Dataset` of uint8 maps ``(y, x)`` (nodata :data:`NODATA`), features exactly as in training;
 - :mod:`cropmap.stages.predict_provenance`: the checkpoint loaded once per process (:func:`load_model`),
-  the prediction key (:func:`run_key`), ``run.json`` (:func:`write_run_file`, :data:`RUN_FILE`);
+  the prediction key (:func:`prediction_key`), ``run.json`` (:func:`write_run_file`, :data:`RUN_FILE`);
 - :mod:`cropmap.stages.tile_geotiffs`: the tile's files (:func:`tile_path`, :data:`PRODUCTS`), written and
   published whole; a finished tile (same checkpoint and options) is skipped.
 """
@@ -26,10 +26,10 @@ import rioxarray  # noqa: F401 - registers the .rio accessor (CRS and transform 
 from cropmap.core.season import Season
 from cropmap.errors import EmptyMapError, IncompatibleInputError
 from cropmap.io import outputs, storage
-from cropmap.stages.inference import NODATA, empty_map_reason, predict_cube
+from cropmap.stages.inference import NODATA, empty_map_reason, infer_cube
 from cropmap.stages.predict_inputs import check_cube, open_cube
 from cropmap.stages.predict_options import PredictOptions
-from cropmap.stages.predict_provenance import RUN_FILE, load_model, run_key, write_run_file
+from cropmap.stages.predict_provenance import RUN_FILE, load_model, prediction_key, write_run_file
 from cropmap.stages.tile_geotiffs import (
     PRODUCT_VARIABLE,
     PRODUCTS,
@@ -46,11 +46,11 @@ __all__ = [
     "TileResult",
     "open_cube",
     "check_cube",
-    "predict_cube",
-    "predict_tile",
+    "infer_cube",
+    "write_tile_predictions",
     "load_model",
     "tile_path",
-    "run_key",
+    "prediction_key",
     "write_run_file",
     "RUN_FILE",
 ]
@@ -58,14 +58,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TileResult:
-    """What :func:`predict_tile` did: ``status`` is ``"done"`` (computed now) or ``"skipped"``."""
+    """What :func:`write_tile_predictions` did: ``status`` is ``"done"`` (computed now) or ``"skipped"``."""
 
     tile_id: str
     status: Literal["done", "skipped"]
     paths: dict[str, storage.Location]
 
 
-def predict_tile(
+def write_tile_predictions(
     checkpoint_path: storage.Location,
     cube_path: storage.Location,
     out_dir: storage.Location,
@@ -88,13 +88,13 @@ def predict_tile(
     cube = open_cube(cube_path)
     tile_id = storage.safe_name(cube.attrs.get("tile_id", ""), "tile id")  # it names the outputs
     options = options.for_checkpoint(load_model(checkpoint_path))
-    key = run_key(checkpoint_path, options)
+    key = prediction_key(checkpoint_path, options)
     paths = {p: tile_path(out_dir, tile_id, p) for p in tile_products(options)}
     if not force and tile_is_finished(out_dir, tile_id, options, key):
         return TileResult(tile_id, "skipped", paths)
     checkpoint = load_model(checkpoint_path)
     offset = check_cube(checkpoint, cube, what=f"tile {tile_id}")
-    maps = predict_cube(checkpoint, cube, options=options)
+    maps = infer_cube(checkpoint, cube, options=options)
     if not (maps["label"].values != NODATA).any():  # never a "done" tile without a mapped pixel
         raise EmptyMapError(empty_map_reason(tile_id, cube, options))
     crs, transform = cube.rio.crs, cube.rio.transform(recalc=True)

@@ -3,8 +3,8 @@ the checkpoint (:func:`check_cube`).
 
 Both read metadata only (the store's status and chunk list, the cube's dims, coords and attrs): nothing
 is computed. :mod:`cropmap.jobs.tiles` runs them on every cube of a run before the first tile is
-predicted; :func:`cropmap.stages.predict.predict_tile` and
-:func:`cropmap.stages.inference.predict_cube` run them again on their own cube.
+predicted; :func:`cropmap.stages.predict.write_tile_predictions` and
+:func:`cropmap.stages.inference.infer_cube` run them again on their own cube.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The options of a prediction run (the ``predict`` section of a country config): :class:`PredictOptions`.
 
 One frozen pydantic model, read by every part of a prediction: the inference loop
-(:func:`cropmap.stages.inference.predict_cube`: nodata rule, batch, device, precision), the tile files
+(:func:`cropmap.stages.inference.infer_cube`: nodata rule, batch, device, precision), the tile files
 (:mod:`cropmap.stages.tile_geotiffs`: which products) and the prediction key
-(:func:`cropmap.stages.predict_provenance.run_key`: only the options that change the written pixels,
+(:func:`cropmap.stages.predict_provenance.prediction_key`: only the options that change the written pixels,
 :meth:`PredictOptions.output_key`).
 """
 

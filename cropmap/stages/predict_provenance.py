@@ -1,5 +1,5 @@
 """What a prediction was made from: the checkpoint (:func:`load_model`, cached), the prediction key
-(:func:`run_key`) and the run's provenance file (:func:`write_run_file`, :data:`RUN_FILE`).
+(:func:`prediction_key`) and the run's provenance file (:func:`write_run_file`, :data:`RUN_FILE`).
 
 The key is a hash of the checkpoint's bytes and of the options that change the written pixels
 (:meth:`~cropmap.stages.predict_options.PredictOptions.output_key`): it names the run's tile folder
@@ -25,7 +25,7 @@ from cropmap.io.storage import stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
 from cropmap.stages.predict_options import PredictOptions
 
-__all__ = ["RUN_FILE", "load_model", "run_key", "write_run_file"]
+__all__ = ["RUN_FILE", "load_model", "prediction_key", "write_run_file"]
 
 #: File with the run's provenance (checkpoint, model card, options), written beside the tiles.
 RUN_FILE = "run.json"
@@ -40,7 +40,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def run_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
+def prediction_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
     """Hash of the checkpoint's bytes and the output options (``ood`` decided for the checkpoint): a tile
     written under another key is redone."""
     options = options.for_checkpoint(load_model(checkpoint_path))
@@ -73,7 +73,7 @@ def write_run_file(checkpoint_path: storage.Location, out_dir: storage.Location,
     ckpt = load_model(checkpoint_path)
     record = {
         "checkpoint": storage.canonical(checkpoint_path),
-        "run_key": run_key(checkpoint_path, options),
+        "run_key": prediction_key(checkpoint_path, options),
         "model_card": json.loads(storage.read_bytes(card)) if storage.exists(card) else {
             "model_name": ckpt.model_name, "scores": ckpt.scores, "config": ckpt.config},
         "class_names": list(ckpt.class_names),

@@ -6,7 +6,7 @@ Every product is a uint8 GeoTIFF ``<tile id>.<product>.tif`` on the cube's grid 
 nodata :data:`~cropmap.stages.inference.NODATA` (255), DEFLATE, 256 x 256 blocks when the tile is at least
 that big, published whole (:func:`cropmap.io.outputs.output_file`: temporary name then rename locally,
 scratch file then one PUT in an object store) after a read-back check. The class map carries a colour
-table and the class names (band tags ``class_<i>``); :func:`cropmap.stages.predict.predict_tile` writes it
+table and the class names (band tags ``class_<i>``); :func:`cropmap.stages.predict.write_tile_predictions` writes it
 last, so its ``cropmap_run_key`` tag says the tile is complete.
 """
 
@@ -28,7 +28,7 @@ __all__ = ["PRODUCTS", "PRODUCT_VARIABLE", "tile_path", "tile_products", "tile_i
 
 #: Products written per tile; ``probability`` only with ``PredictOptions.probabilities``.
 PRODUCTS = ("class", "confidence", "probability")
-#: Dataset variable of each product (:func:`~cropmap.stages.inference.predict_cube`'s maps; "class" is the
+#: Dataset variable of each product (:func:`~cropmap.stages.inference.infer_cube`'s maps; "class" is the
 #: dim of the probabilities).
 PRODUCT_VARIABLE = {"class": "label", "confidence": "confidence", "probability": "probability", "ood": "ood"}
 
