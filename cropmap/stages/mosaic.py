@@ -37,7 +37,7 @@ from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicErro
 from cropmap.io import downloads, outputs, storage
 from cropmap.io.storage import is_temporary
 from cropmap.io.outputs import atomic_path, scratch_path
-from cropmap.stages.labels import sidecars, write_labels
+from cropmap.stages.gis_styles import sidecars, write_gis_styles
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
 from cropmap.stages.stac_item import write_stac_collection, write_stac_item
@@ -186,7 +186,7 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
     DEFLATE, ``blocksize`` x ``blocksize`` internal tiles (a multiple of 16), overviews by
     ``resampling`` down to one block, band tags and descriptions forwarded, dataset ``tags`` added.
     With a ``product`` tag (class, confidence, probability) the GIS labels are written beside it
-    (:func:`cropmap.stages.labels.write_labels`: ``<path>.aux.xml``, and a ``.qml`` for classes).
+    (:func:`cropmap.stages.gis_styles.write_gis_styles`: ``<path>.aux.xml``, and a ``.qml`` for classes).
     Raises :class:`MosaicError` if ``rio_cogeo.cogeo.cog_validate(strict=True)`` rejects the result.
     """
     if blocksize % 16:
@@ -224,7 +224,7 @@ def _write_labels_of(cog: Path, tags: dict, colormap: dict | None) -> None:
         return
     with rasterio.open(cog) as src:
         count = src.count
-    write_labels(cog, product=tags["product"], names=json.loads(tags.get("class_names", "[]")),
+    write_gis_styles(cog, product=tags["product"], names=json.loads(tags.get("class_names", "[]")),
                  colormap=colormap, count=count)
 
 

@@ -41,7 +41,7 @@ from cropmap.io.storage import TEMP_MARK
 from cropmap.io.outputs import atomic_path
 from cropmap.stages.mosaic import OVERVIEW_RESAMPLING, MosaicResult, write_cog
 from cropmap.stages.quicklook import write_quicklook
-from cropmap.stages.labels import sidecars
+from cropmap.stages.gis_styles import sidecars
 from cropmap.stages.stac_item import (MODEL_ITEM, Provenance, merge_provenance, model_item_link, season_years,
                                       write_stac_collection, write_stac_item)
 from cropmap.stages.predict import NODATA

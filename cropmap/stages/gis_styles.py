@@ -1,4 +1,4 @@
-"""GIS-native labels for the map COGs: what QGIS, GDAL and rioxarray show instead of bare numbers.
+"""GIS-native styles for the map COGs: what QGIS, GDAL and rioxarray show for their values (class names, colours, units) instead of bare numbers.
 
 rio-cogeo builds a COG through rasterio, which has no API for GDAL category names or raster
 attribute tables, and a TIFF palette has no alpha channel (GDAL reads entries 8-254 of a class map
@@ -27,7 +27,7 @@ from xml.sax.saxutils import escape, quoteattr
 from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA
 
-__all__ = ["aux_path", "qml_path", "sidecars", "class_colour_table", "cf_flags", "write_labels"]
+__all__ = ["aux_path", "qml_path", "sidecars", "class_colour_table", "cf_flags", "write_gis_styles"]
 
 #: Products whose values are percent (0-100, nodata 255).
 PERCENT_PRODUCTS = ("confidence", "probability")
@@ -100,7 +100,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def write_labels(cog: str | Path, *, product: str, names: Sequence[str], colormap: Mapping | None = None,
+def write_gis_styles(cog: str | Path, *, product: str, names: Sequence[str], colormap: Mapping | None = None,
                  count: int = 1) -> list[Path]:
     """Write the label sidecars of one product COG (see the module docstring); returns their paths.
 

@@ -15,7 +15,7 @@ import rasterio
 import rioxarray
 from test_predict import predict_tiles, victoria_tiles
 
-from cropmap.stages.labels import aux_path, qml_path
+from cropmap.stages.gis_styles import aux_path, qml_path
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.predict import NODATA, PredictOptions
 
