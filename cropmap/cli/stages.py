@@ -105,6 +105,8 @@ def predict(
     batch_size: int = typer.Option(None, help="Pixels per forward pass (default: what fits in --memory-budget-mb)."),
     memory_budget_mb: int = typer.Option(1024, help="Memory one forward pass may take (GPU memory on CUDA), MiB."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
+    ood: bool = typer.Option(None, "--ood/--no-ood",
+                             help="The out-of-distribution score product (default: when the checkpoint holds its statistics)."),
     device: Literal["cuda", "cpu"] = typer.Option(None, help="Default: CUDA when available."),
     precision: Literal["auto", "fp32", "bf16"] = typer.Option("auto", help="auto = bf16 on CUDA, fp32 on CPU."),
     force: bool = typer.Option(False, "--force", help="Redo tiles that are already complete."),
@@ -116,7 +118,8 @@ def predict(
 
     paths = cube_stores(cubes)  # a folder of stores, or stores themselves
     options = PredictOptions(max_filled_fraction=max_filled_fraction, batch_size=batch_size,
-                             memory_budget_mb=memory_budget_mb, probabilities=probabilities, device=device, precision=precision)
+                             memory_budget_mb=memory_budget_mb, probabilities=probabilities, ood=ood, device=device,
+                             precision=precision)
     from cropmap.jobs.executors import local_executor
     from cropmap.jobs.tiles import predict_cubes, tile_annotations
 
