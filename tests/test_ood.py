@@ -81,7 +81,7 @@ def test_score_ranks_the_misclassified_pixels_first(trained):
     """On the real Victoria test split, unmoved and moved by +-20 days (a phenology shift on real spectra),
     the misclassified pixels score higher than the right ones; measured: AUROC for errors 0.715 / 0.758 /
     0.740 at -20 / 0 / +20 d (the earlier score, Mahalanobis on the inputs, reached ~0.5 and 0.32 at +20 d
-    on the 30-epoch CropNets: scripts/ood_variants.py)."""
+    on the 30-epoch CropNets: experiments/ood_variants.py)."""
     path, _, _ = trained
     ckpt = load_checkpoint(path)
     test = read_victoria("test")

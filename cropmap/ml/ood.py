@@ -12,7 +12,7 @@ features sit closer to the class means than any new pixel's; a threshold on them
 Victoria test split): ``score > 1`` = farther than all but ``1 - quantile`` of such pixels ("out of
 distribution").
 
-Chosen by measurement (docs/results/splits-calibration-ood.md, ``scripts/ood_variants.py``): on Victoria
+Chosen by measurement (docs/results/splits-calibration-ood.md, ``experiments/ood_variants.py``): on Victoria
 moved by -20..+20 days this score's AUROC for the misclassified pixels is ~0.7, where the same Mahalanobis
 score on the normalised inputs was ~0.5 (it measures spectral novelty, which a phenology shift barely
 changes, not what the network reads).

@@ -1,7 +1,7 @@
 """DEMO east-half OA of training settings (docs/demo.md, "Why the DEMO east-half OA ..."): the job
 functions of the train-model job on the west half, every tile predicted and mosaicked, scored on both halves.
 
-    .venv/bin/python bench/demo_oa.py [WORK_DIR]      # default /tmp/cropmap-demo-oa; ~1 min per setting
+    .venv/bin/python experiments/demo_oa.py [WORK_DIR]      # default /tmp/cropmap-demo-oa; ~1 min per setting
 
 Uses ``$CROPMAP_DEMO_DIR`` (the demo is built there if missing). Prints one line per setting.
 """

@@ -2,7 +2,7 @@
 ``cropmap experiment configs/experiments/victoria-shifted-30ep.yaml --cache-dir DIR`` trained (CropNet 2D,
 shift+warp, 30 epochs, 3 seeds), on the Victoria test split with its dates moved by -20..+20 days.
 
-    .venv/bin/python scripts/ood_variants.py [DIR]     # DIR: that experiment's cache (default /tmp/exp-cache)
+    .venv/bin/python experiments/ood_variants.py [DIR]     # DIR: that experiment's cache (default /tmp/exp-cache)
 
 Scores (higher = less trusted), each fitted on the training split of the same seed and rated by
 :func:`cropmap.ml.evaluate.error_detection`:

@@ -3,7 +3,7 @@
 Five folds each (GroupKFold on 10 km blocks / stratified KFold on pixels), so every sample is tested once
 under both and the two figures share their test samples; features and forest as ``cropmap experiment``
 (median_composite -> compute_features "1d", cropmap's forest). Usage:
-``python bench/split_leak.py [--trees 200] [--block-km 10]``; prints a Markdown table.
+``python experiments/split_leak.py [--trees 200] [--block-km 10]``; prints a Markdown table.
 """
 
 from __future__ import annotations

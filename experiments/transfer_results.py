@@ -4,7 +4,7 @@ Runs the transfer flow (train-model on TSRC, map-country on TTGT with that check
 main job) once per augmentation setting and seed, and tabulates the target map's OA, macro-F1 and
 per-class F1 against the target's held-back reference (every pixel of TTGT).
 
-    .venv/bin/python scripts/transfer_results.py [--seeds 0 1 2] [--augment none all] [--out DIR]
+    .venv/bin/python experiments/transfer_results.py [--seeds 0 1 2] [--augment none all] [--out DIR]
 
 Cubes are built once and shared by every run (same country, same season); each run trains its own
 checkpoint and predicts the target again (a new model is a new prediction key).
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cropmap.flows.transfer import SOURCE, TARGET, transfer
 
-from cropmap.flows.transfer import SOURCE, TARGET, transfer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +82,7 @@ def _markdown(table: pd.DataFrame, argv: list[str]) -> str:
         "Scores: the national map (EPSG:3577) read onto the target reference's grid, every target pixel.",
         "Model: the scenario's slim CPU CropNet (~0.1M parameters, 30 epochs, lr 1e-3, batch 64); one",
         "sample per 0.0005 degree cell and class, 60 m inward buffer, validation on whole held-out fields.", "",
-        "Command:", "", "```bash", " ".join([".venv/bin/python scripts/transfer_results.py", *argv]), "```", "",
+        "Command:", "", "```bash", " ".join([".venv/bin/python experiments/transfer_results.py", *argv]), "```", "",
         "Mean ± standard deviation over seeds (training seed and sample draw):", "", *lines, "", *trust_lines,
         "Per run:", "", *per_seed, "",
     ])

@@ -3,7 +3,7 @@ the networks that ``cropmap experiment configs/experiments/victoria-reference-re
 trained (CropNet 2D), on the Victoria test split at each of its date shifts: the best-validation-epoch
 networks of every recipe, and those of the default recipe and of the two before it.
 
-    .venv/bin/python scripts/calibration_variants.py [DIR] [--out docs/results/calibration-variants]
+    .venv/bin/python experiments/calibration_variants.py [DIR] [--out docs/results/calibration-variants]
 
 Temperatures (``softmax(logits / T)``, :func:`cropmap.ml.calibration.fit_temperature`):
 
@@ -96,7 +96,7 @@ def main() -> None:
     frame.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4f")
     best = frame[frame.epoch_choice == "best"]
     lines = ["# Temperature fits against the test ECE (Victoria, CropNet 2D)", "",
-             f"Produced by `.venv/bin/python scripts/calibration_variants.py {args.cache}` from the checkpoints of "
+             f"Produced by `.venv/bin/python experiments/calibration_variants.py {args.cache}` from the checkpoints of "
              f"`{CONFIG}`; what each fit is: the script's docstring. Means over the networks (per network: the "
              "CSV); the noise floor is the ECE a perfectly calibrated model with the same confidences shows on "
              "the 400 test targets.", ""]
