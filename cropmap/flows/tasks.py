@@ -82,13 +82,19 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
 
 
 @task(name="training-set", cache_policy=NONE)
-def training_set(*args, **kwargs) -> TrainingSetResult:
-    return training.training_set(*args, **kwargs)
+def training_set(reference: str, cube_paths: list[str], path: str, *, region: str, legend_path: str | None = None,
+                 settings: training.TrainingSettings = training.TrainingSettings(),
+                 bounds: tuple[float, float, float, float] | None = None, label_column: str | None = None,
+                 area: tuple[float, float, float, float] | None = None,
+                 tiles: list[str] | None = None) -> TrainingSetResult:
+    return training.training_set(reference, cube_paths, path, region=region, legend_path=legend_path,
+                                 settings=settings, bounds=bounds, label_column=label_column, area=area, tiles=tiles)
 
 
 @task(name="train-checkpoint", cache_policy=NONE)
-def train_checkpoint(*args, **kwargs) -> CheckpointResult:
-    return training.train_checkpoint(*args, **kwargs)
+def train_checkpoint(samples_path: str, path: str, *, settings: training.TrainingSettings = training.TrainingSettings(),
+                     threads: int | None = None) -> CheckpointResult:
+    return training.train_checkpoint(samples_path, path, settings=settings, threads=threads)
 
 
 def executor(*, gpu: bool = False) -> PrefectExecutor:
