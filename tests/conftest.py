@@ -52,7 +52,7 @@ def demo_paths(tmp_path_factory, shared_data):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
     """A small CropNet checkpoint trained for seconds on the real Victoria train split (predict, mosaic)."""
-    from test_predict import train_tiny_model
+    from builders import train_tiny_model
 
     return train_tiny_model(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 

@@ -19,7 +19,7 @@ from cropmap.errors import IncompatibleInputError
 from cropmap.ml.checkpoint import card_path, load_checkpoint, save_checkpoint
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.predict import PredictOptions
-from test_predict import VIC_SEASON, VIC_YEAR, predict_tiles, victoria_tiles
+from builders import VIC_SEASON, VIC_YEAR, predict_tiles, victoria_tiles
 
 
 def _as_trained_in(checkpoint, path, year: int):

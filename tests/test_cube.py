@@ -14,6 +14,8 @@ import pytest
 import rasterio
 import xarray as xr
 
+from builders import AUG, TILE
+
 from cropmap.core.composite import median_composite
 from cropmap.core.grid import Grid
 from cropmap.core.masking import DEFAULT_INVALID_SCL, valid_from_scl
@@ -33,9 +35,6 @@ from cropmap.stages.cube import (
 BANDS = ("B02", "B03", "B04", "B08")  # the bands whose files are local in s2_l2a_stac
 FILES = {"B02": "B02.tif", "B03": "B03.tif", "B04": "B04.tif", "B08": "B08.tif", "SCL": "SCL.tif"}
 KEYS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
-AUG = Season(start="08-08", end="08-22")  # bins 08-08, 08-13, 08-18
-# 2.56 km tile over 33TWM where the 18 Aug scene is partly cloudy (file row ~320, col ~357)
-TILE = Grid(32633, tile_size=256).tile(1890, 212)
 
 
 @pytest.fixture(scope="module")

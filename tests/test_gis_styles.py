@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import rasterio
 import rioxarray
-from test_predict import predict_tiles, victoria_tiles
+from builders import predict_tiles, victoria_tiles
 
 from cropmap.stages.gis_styles import aux_path, qml_path
 from cropmap.stages.mosaic import mosaic_tiles

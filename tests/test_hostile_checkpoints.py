@@ -20,7 +20,7 @@ from cropmap.cli import app
 @pytest.fixture(scope="module")
 def cube(tiny_checkpoint, tmp_path_factory) -> Path:
     """One 4 x 4 tile cube of real Victoria series, the kind `cropmap predict` takes."""
-    from test_predict import victoria_tiles
+    from builders import victoria_tiles
 
     (path,), _ = victoria_tiles(tmp_path_factory.mktemp("cube"), rows=1, cols=1, ny=4, nx=4)
     return path

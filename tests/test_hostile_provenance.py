@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import zarr
 from PIL import Image
-from test_predict import EPSG, predict_tiles, victoria_tiles
+from builders import EPSG, predict_tiles, victoria_tiles
 
 from cropmap.errors import IncompatibleInputError
 from cropmap.io.stac_validation import validate_stac

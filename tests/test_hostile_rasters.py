@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window, from_bounds
-from test_cube import AUG, TILE
-from test_predict import VIC_SEASON, VIC_YEAR, victoria_tiles
+from builders import AUG, TILE
+from builders import VIC_SEASON, VIC_YEAR, victoria_tiles
 
 from cropmap.core.composite import median_composite
 from cropmap.core.features import compute_features

@@ -17,7 +17,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
-from test_predict import EPSG, ORIGIN, predict_tiles, victoria_tiles
+from builders import EPSG, ORIGIN, predict_tiles, victoria_tiles
 
 from cropmap.errors import IncompatibleInputError
 from cropmap.stages.mosaic import mosaic_tiles, tile_grid

@@ -20,7 +20,7 @@ from cropmap.ml.train import TrainConfig, penultimate_features, fit_model
 from cropmap.samples.victoria import read_victoria
 from cropmap.stages.inference import _model_input
 from cropmap.stages.predict import PredictOptions, open_cube, write_tile_predictions
-from test_predict import VIC_SEASON, VIC_YEAR, victoria_tiles
+from builders import VIC_SEASON, VIC_YEAR, victoria_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

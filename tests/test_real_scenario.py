@@ -78,7 +78,7 @@ def test_asset_roots_allow_a_catalogs_local_files_and_nothing_else(shared_data):
 def test_an_all_nodata_map_is_never_complete(tiny_checkpoint, tmp_path):
     """Tiles whose every pixel is nodata (e.g. every bin interpolated above max_filled_fraction) give a map
     whose STAC item says ``empty``, not ``complete``, and a map-country result that fails in one line."""
-    from test_predict import predict_tiles, victoria_tiles
+    from builders import predict_tiles, victoria_tiles
 
     from cropmap.jobs.mapping import MapResult, check_complete
     from cropmap.jobs.tile_pipeline import TileSummary

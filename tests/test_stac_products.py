@@ -11,7 +11,7 @@ import json
 import pystac
 import pytest
 import zarr
-from test_predict import predict_tiles, victoria_tiles
+from builders import predict_tiles, victoria_tiles
 
 from cropmap.errors import DataNotFoundError, InvalidInputError
 from cropmap.io.stac_validation import schema_file, validate_stac
