@@ -132,16 +132,22 @@ def discard_temporaries() -> list[Path]:
     scratch folders) and refuse new ones and every later rename: for a process about to exit on a signal
     while worker threads still write (``cropmap`` on SIGTERM). Returns the ones that were there.
 
-    Best effort: a worker thread may recreate a folder (a Zarr chunk's parents) in the instant before the
-    process exits; the next run removes it (:func:`remove_dead_temporaries`), and no reader lists it."""
+    Best effort: a worker thread may recreate a folder (a Zarr chunk's parents) in the instant between the
+    last check and the process's exit; the next run removes it (:func:`remove_dead_temporaries`), and no reader lists it."""
     global _stopping
     with _LIVE_LOCK:
         _stopping = True
         live = sorted(_LIVE)
     found = [tmp for tmp in live if os.path.lexists(tmp)]
-    for _ in range(2):  # twice: a writer thread's next chunk recreates the folder it wrote into
+    # a writer thread's next chunk recreates the folder it wrote into: remove until none has come back
+    # for a moment (the caller exits right after), for at most a few seconds
+    deadline = time.monotonic() + 3.0
+    while True:
         for tmp in live:
             _discard(tmp)
+        time.sleep(0.05)
+        if not any(os.path.lexists(tmp) for tmp in live) or time.monotonic() > deadline:
+            break
     return found
 
 
