@@ -134,10 +134,11 @@ def train_model(out: Path, env: dict) -> str:
 def alone(model: str, out: Path) -> dict:
     """One tile's cube and prediction, inline in this process: the compute a tile costs."""
     from cropmap.jobs.searches import search_block, search_blocks
-    from cropmap.jobs.tiles import cube_tile, predict_tile
+    from cropmap.jobs.tiles import cube_tile, predict_tile, run_model
     from cropmap.scenarios import resolve_run
 
     run = resolve_run("SYN", out_dir=str(out / "alone"))
+    ref = run_model(run, model)  # resolved once, as a run does
     tiles = run.tiles()
     (block, ids), = list(search_blocks(tiles[:5]).items())[:1]
     items = search_block(run, block, ids).path
@@ -149,7 +150,7 @@ def alone(model: str, out: Path) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         cube_tile(run, tile_id, items=items)
         t1, c1 = time.perf_counter(), time.process_time()
-        predict_tile(run, model, tile_id)
+        predict_tile(run, ref, tile_id)
         times.append((t1 - t0, time.perf_counter() - t1, time.process_time() - c0))
     cube_s, predict_s, cpu_s = (sum(t[i] for t in times[1:]) / len(times[1:]) for i in range(3))
     return {"cube_s": round(cube_s, 3), "predict_s": round(predict_s, 3), "compute_s": round(cube_s + predict_s, 3),
@@ -209,6 +210,7 @@ def http_counts(model: str, out: Path, n_tiles: int) -> dict:
     from cropmap.jobs.executors import InlineExecutor
     from cropmap.jobs.searches import search_blocks
     from cropmap.jobs.tile_pipeline import run_tiles
+    from cropmap.jobs.tiles import run_model
     from cropmap.scenarios import resolve_run
 
     run = resolve_run("SYN", out_dir=str(out / "http"))
@@ -221,7 +223,7 @@ def http_counts(model: str, out: Path, n_tiles: int) -> dict:
         run = run.model_copy(update={"config": run.config.model_copy(update={"catalog": cat})})
         tiles = run.tiles()[:n_tiles]
         t0 = time.perf_counter()
-        summary = run_tiles(InlineExecutor(), run, tiles, model=model)
+        summary = run_tiles(InlineExecutor(), run, tiles, model=run_model(run, model))
         wall = time.perf_counter() - t0
         reads = cog_log()
     ranges = Counter((p, a) for p, a, _ in reads)

@@ -15,7 +15,7 @@ from pathlib import Path
 from cropmap.jobs.executors import InlineExecutor
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import run_tiles
-from cropmap.jobs.tiles import predict_tile, run_prediction_key
+from cropmap.jobs.tiles import predict_tile, run_model
 from cropmap.jobs.training import train_checkpoint, training_set
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from cropmap.stages.cube import cube_path
@@ -44,9 +44,10 @@ def main(work: Path) -> None:
         model = train_checkpoint(samples.path, work / f"{name}.pt", settings=settings, threads=1)
         seconds = time.perf_counter() - started
         tiles = run.model_copy(update={"root": str(work / f"run-{name}"), "cube_root": str(run.cube_dir)})
+        ref = run_model(tiles, model.path)  # resolved once, as a run does
         for tile_id in run.tiles():
-            predict_tile(tiles, model.path, tile_id)
-        class_map = mosaic_tiles(tiles.tile_dir(run_prediction_key(tiles, model.path)), work / f"maps-{name}",
+            predict_tile(tiles, ref, tile_id)
+        class_map = mosaic_tiles(tiles.tile_dir(ref.key), work / f"maps-{name}",
                                  name=run.code).cogs["class"]
         oa = {part: score_class_map(class_map, scenario.reference, bounds=b)["oa"]
               for part, b in (("west", west), ("east", east))}

@@ -25,7 +25,7 @@ from cropmap.io.stac import search_items
 from cropmap.ml.checkpoint import load_checkpoint
 from cropmap.ml.normalisation import apply_normalisation
 from cropmap.stages.cube import CubeOptions, build_tile_cube, load_observations, open_tile_cube
-from cropmap.stages.predict import NODATA, PredictOptions, open_cube, infer_cube, write_tile_predictions
+from cropmap.stages.predict import NODATA, PredictOptions, open_cube, infer_cube, resolve_model, write_tile_predictions
 
 RED = ("B04",)
 
@@ -145,7 +145,7 @@ def test_a_tile_whose_every_pixel_is_nodata_is_refused_not_done(tiny_checkpoint,
     with pytest.raises(errors.CropmapError, match=r"^tile T0_0: every pixel of its map would be nodata, so none is "
                                             r"written: 100 of its 100 pixels have more than max_filled_fraction 0.8 "
                                             r"of their bins interpolated .*max_filled_fraction$") as err:
-        write_tile_predictions(tiny_checkpoint, path, out, options=PredictOptions(device="cpu"))
+        write_tile_predictions(resolve_model(location=tiny_checkpoint, options=PredictOptions(device="cpu")), path, out)
     assert isinstance(err.value, errors.EmptyMapError) and "\n" not in str(err.value)
     assert not list(out.glob("*.tif"))  # nothing published: the next run tries the tile again
     run = CliRunner().invoke(app, ["predict", str(tiny_checkpoint), str(path), "--out", str(out)])
@@ -163,7 +163,8 @@ def test_an_empty_cube_gives_no_tile_map(tiny_checkpoint, tmp_path):
     empty = build_tile_cube(tile, [], VIC_SEASON, VIC_YEAR, tmp_path / "cubes", options=options)
     assert empty.status == "empty"
     with pytest.raises(errors.CropmapError, match=r"its cube is empty \(no STAC item found for the tile") as err:
-        write_tile_predictions(tiny_checkpoint, empty.path, tmp_path / "out", options=PredictOptions(device="cpu"))
+        write_tile_predictions(resolve_model(location=tiny_checkpoint, options=PredictOptions(device="cpu")), empty.path,
+                               tmp_path / "out")
     assert isinstance(err.value, errors.EmptyMapError)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.tif"))
 
@@ -175,16 +176,17 @@ def test_a_run_whose_tiles_map_no_pixel_reports_them_empty_and_fails(demo_run, d
     from cropmap.jobs.executors import InlineExecutor
     from cropmap.jobs.mapping import MapResult, check_complete
     from cropmap.jobs.tile_pipeline import run_tiles
-    from cropmap.jobs.tiles import run_prediction_key
+    from cropmap.jobs.tiles import run_model
 
     config = demo_run.config.model_copy(update={"year": 2019})
     run = demo_run.model_copy(update={"config": config, "root": str(tmp_path / "run")})
     tiles = run.tiles()
     assert len(tiles) == 4  # more than SAME_FAILURES_TO_STOP
-    summary = run_tiles(InlineExecutor(), run, tiles, model=demo_model)
+    model = run_model(run, demo_model)
+    summary = run_tiles(InlineExecutor(), run, tiles, model=model)
     assert {t: s["predict"] for t, s in summary.status.items()} == {t: "empty" for t in tiles}
     assert summary.failed_tiles == set(tiles) and "predict: 4 empty" in summary.describe()
-    assert not list(Path(run.tile_dir(run_prediction_key(run, demo_model))).glob("*.tif"))
+    assert not list(Path(run.tile_dir(model.key)).glob("*.tif"))
     with pytest.raises(errors.CubeBuildError, match=r"4 of 4 tile\(s\) failed.*its cube is empty") as err:
         check_complete(MapResult(demo_model, "key", None, {}, summary))
     assert "\n" not in str(err.value)

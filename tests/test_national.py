@@ -139,11 +139,11 @@ def test_equator_country_gets_each_sides_season_and_one_national_map(zone_config
 
 
 def test_a_tile_that_does_not_fit_is_refused_before_any_compute(demo_run, demo_model, tmp_path):
-    from cropmap.jobs.tiles import run_prediction_key
+    from cropmap.jobs.tiles import run_model
 
     run = demo_run.model_copy(update={"root": str(tmp_path / "run")})
     tile = run.tiles()[0]
-    key = run_prediction_key(run, demo_model)
+    key = run_model(run, demo_model).key
     folder = Path(run.tile_dir(key))
     folder.mkdir(parents=True)
     profile = {"driver": "GTiff", "width": 4, "height": 4, "count": 1, "dtype": "uint8", "crs": "EPSG:32754",

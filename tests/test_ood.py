@@ -19,7 +19,7 @@ from cropmap.ml.ood import ood_distance
 from cropmap.ml.train import TrainConfig, penultimate_features, fit_model
 from cropmap.samples.victoria import read_victoria
 from cropmap.stages.inference import _model_input
-from cropmap.stages.predict import PredictOptions, open_cube, write_tile_predictions
+from cropmap.stages.predict import PredictOptions, open_cube, resolve_model, write_tile_predictions
 from builders import VIC_SEASON, VIC_YEAR, victoria_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,7 +97,8 @@ def test_predict_writes_the_ood_cog(trained, tmp_path):
     path, _, _ = trained
     ckpt = load_checkpoint(path)
     cubes, _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20)
-    result = write_tile_predictions(path, cubes[0], tmp_path / "out", options=PredictOptions(ood=True, precision="fp32"))
+    result = write_tile_predictions(resolve_model(location=path, options=PredictOptions(ood=True, precision="fp32")),
+                                    cubes[0], tmp_path / "out")
     assert set(result.paths) == {"class", "confidence", "ood"}
     with rasterio.open(result.paths["ood"]) as src:
         got = src.read(1)
@@ -140,7 +141,7 @@ def test_ood_product_follows_the_checkpoint_and_a_demand_it_cannot_meet_is_refus
     """``ood`` unset: written when the checkpoint holds the statistics, not otherwise; ``ood: true`` with a
     checkpoint saved without them fails when the run is checked, before any cube is built."""
     from cropmap.errors import ConfigError
-    from cropmap.jobs.tiles import check_model_fits
+    from cropmap.jobs.tiles import check_model_fits, run_model
     from cropmap.stages.predict import load_model
 
     without, with_stats = load_model(tiny_checkpoint), load_model(trained[0])
@@ -150,7 +151,7 @@ def test_ood_product_follows_the_checkpoint_and_a_demand_it_cannot_meet_is_refus
     assert PredictOptions(ood=False).for_checkpoint(with_stats).ood is False
     asks = demo_run.model_copy(update={"predict": PredictOptions(ood=True)})
     with pytest.raises(ConfigError, match="predict.ood is true but the checkpoint"):
-        check_model_fits(asks, tiny_checkpoint, demo_run.tiles()[:1])
+        check_model_fits(asks, run_model(asks, tiny_checkpoint), demo_run.tiles()[:1])
 
 
 def test_statistics_of_an_earlier_kind_are_dropped_with_a_warning(trained, tmp_path):

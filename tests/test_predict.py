@@ -40,6 +40,7 @@ from cropmap.stages.predict import (
     PredictOptions,
     open_cube,
     infer_cube,
+    resolve_model,
     write_tile_predictions,
     tile_path,
 )
@@ -48,7 +49,8 @@ def test_tile_classes_equal_the_model_on_the_samples(tiny_checkpoint, tmp_path):
     # pixel 7: no observation at all; pixel 8: 90 % of the dates missing -> both nodata
     blank = {7: slice(None), 8: slice(0, 66)}
     (cube,), samples = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank=blank)
-    result = write_tile_predictions(tiny_checkpoint, cube, tmp_path / "out", options=PredictOptions(probabilities=True))
+    result = write_tile_predictions(resolve_model(location=tiny_checkpoint, options=PredictOptions(probabilities=True)),
+                                    cube, tmp_path / "out")
     assert result.status == "done"
     ckpt = load_checkpoint(tiny_checkpoint)
     # the reference: the same model on the sample set composited as training does, no raster involved
@@ -78,7 +80,8 @@ def test_threshold_decides_nodata(tiny_checkpoint, tmp_path):
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={8: slice(0, 66)})
     filled = open_cube(cube)["filled_fraction"].values.reshape(-1)[8]
     assert 0.8 < filled < 1.0
-    lenient = write_tile_predictions(tiny_checkpoint, cube, tmp_path / "o", options=PredictOptions(max_filled_fraction=1.0))
+    lenient = write_tile_predictions(resolve_model(location=tiny_checkpoint, options=PredictOptions(max_filled_fraction=1.0)),
+                                     cube, tmp_path / "o")
     with rasterio.open(lenient.paths["class"]) as src:
         assert src.read(1).reshape(-1)[8] != NODATA
 

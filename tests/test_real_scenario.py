@@ -29,19 +29,19 @@ def four_band_model(tmp_path_factory, shared_data, one_torch_thread) -> str:
 def test_a_four_band_checkpoint_sets_the_runs_bands(four_band_model, tmp_path):
     """resolve_run(model=...) takes the checkpoint's bands for the cubes (the run is then keyed apart from a
     10-band run), and the plan's fit check accepts the 4-band model; a conflicting --bands is refused."""
-    from cropmap.jobs.tiles import check_model_fits
+    from cropmap.jobs.tiles import check_model_fits, run_model
     from cropmap.ml.checkpoint import load_checkpoint
     from cropmap.scenarios import resolve_run
 
     assert load_checkpoint(four_band_model).bands == FOUR
     run = resolve_run("REAL", out_dir=str(tmp_path), parts=["drava"], model=four_band_model)
     assert run.cube.bands == FOUR
-    assert check_model_fits(run, four_band_model, run.tiles()) == {"north": 0}
+    assert check_model_fits(run, run_model(run, four_band_model), run.tiles()) == {"north": 0}
     ten = resolve_run("REAL", out_dir=str(tmp_path), parts=["drava"], bands=[
         "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"])
     assert ten.key != run.key
     with pytest.raises(IncompatibleInputError, match="bands"):
-        check_model_fits(ten, four_band_model, ten.tiles())
+        check_model_fits(ten, run_model(ten, four_band_model), ten.tiles())
     with pytest.raises(IncompatibleInputError, match="checkpoint's bands"):
         resolve_run("REAL", out_dir=str(tmp_path), model=four_band_model, bands=["B02", "B03", "B04", "B8A"])
 

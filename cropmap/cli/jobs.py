@@ -51,10 +51,11 @@ class _NoComputeDumps(logging.Filter):
 logging.getLogger("distributed.worker").addFilter(_NoComputeDumps())
 
 
-def _plan(run, *, tile_limit: int | None = None, model: str | None = None, labels: str | None = None,
+def _plan(run, *, tile_limit: int | None = None, model=None, labels: str | None = None,
           max_tiles: int | None = None, max_dollars: float | None = None, vcpus: int = DEFAULT_VCPUS,
           gpus: int = DEFAULT_GPUS) -> None:
-    """Print the run's plan; a checkpoint that does not fit or a plan over its limits ends in one line, exit 2."""
+    """Print the run's plan (``model``: a resolved :class:`~cropmap.stages.model_ref.ModelRef`); a checkpoint that
+    does not fit or a plan over its limits ends in one line, exit 2."""
     from cropmap.jobs.plan import check_limits, plan_lines, plan_run
     from cropmap.jobs.reports import plan_table
 
@@ -87,23 +88,26 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
     from cropmap.jobs.mapping import map_country
     from cropmap.jobs.plan import preflight
     from cropmap.jobs.reports import plan_table
-    from cropmap.jobs.tiles import check_model_fits, tile_annotations
+    from cropmap.jobs.tiles import check_model_fits, run_model, tile_annotations
 
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS: one line, dry run or not
+    # the checkpoint resolved once, with the run (location, prediction key, bands, season, classes): every
+    # check and task below takes this value
+    ref = run_model(run, model) if model is not None else None
     if dry_run:
-        _plan(run, tile_limit=tile_limit, model=model, max_tiles=max_tiles, max_dollars=max_dollars)
+        _plan(run, tile_limit=tile_limit, model=ref, max_tiles=max_tiles, max_dollars=max_dollars)
         typer.echo("dry run: no tile computed")
         return
     tile_ids = run.tiles(tile_limit=tile_limit)
     typer.echo(plan_table(run))
-    if model is not None:
-        check_model_fits(run, model, tile_ids)
+    if ref is not None:
+        check_model_fits(run, ref, tile_ids)
     # map_country checks these too; here they cost no cluster start when they refuse (it repeats them
     # in milliseconds: the block search is kept, the asset read cached)
     preflight(run, tile_ids, max_tiles=max_tiles, max_dollars=max_dollars)
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor, \
             tile_progress(len(tile_ids), ("cube", "predict")) as progress:
-        result = map_country(run, executor, model=model, tile_limit=tile_limit, progress=progress,
+        result = map_country(run, executor, model=ref, tile_limit=tile_limit, progress=progress,
                              overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
                              admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
     _print_map(result, started)
@@ -130,7 +134,9 @@ def plan(
     from cropmap.scenarios import resolve_run
 
     run = resolve_run(country, year=year, out_dir=out, parts=parts or None, model=model)
-    _plan(run, tile_limit=tile_limit, model=model, labels=labels, max_tiles=max_tiles, max_dollars=max_dollars,
+    from cropmap.jobs.tiles import run_model
+
+    _plan(run, tile_limit=tile_limit, model=run_model(run, model) if model is not None else None, labels=labels, max_tiles=max_tiles, max_dollars=max_dollars,
           vcpus=vcpus, gpus=gpus)
 
 

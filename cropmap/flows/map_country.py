@@ -32,6 +32,7 @@ from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.plan import check_limits, plan_lines, plan_run
 from cropmap.jobs.reports import map_lines, plan_table, quicklook_markdown
+from cropmap.jobs.tiles import run_model
 from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from cropmap.flows import tasks
 from cropmap.flows._runner import task_runner
@@ -57,9 +58,11 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
     # so do an unknown country and output; the cubes take the checkpoint's bands
     run = resolve_run(country, year=year, out_dir=out_dir, parts=parts, model=model)
+    # and the checkpoint, once: its location, prediction key, bands, season and classes go to every task
+    ref = run_model(run, model) if model is not None else None
     print(plan_table(run))
     if dry_run:
-        plan = plan_run(run, tile_limit=tile_limit, model=model)
+        plan = plan_run(run, tile_limit=tile_limit, model=ref)
         for line in plan_lines(plan):
             print(line)
         if plan.model is not None and plan.model.problem:
@@ -67,7 +70,7 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
         check_limits(plan, max_tiles=max_tiles, max_dollars=max_dollars)
         return {"dry_run": True, "tiles": plan.tiles, "zones": plan.zones, "searches": plan.searches,
                 "catalog_problem": plan.catalog_problem, "dollars": round(plan.estimate.dollars, 2)}
-    result = mapping.map_country(run, tasks.executor(gpu=gpu), model=model, tile_limit=tile_limit,
+    result = mapping.map_country(run, tasks.executor(gpu=gpu), model=ref, tile_limit=tile_limit,
                                  overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
                                  admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
     summary, accuracy = result.tiles, result.accuracy

@@ -26,6 +26,7 @@ from cropmap.jobs.training import CheckpointResult, TrainingSetResult
 from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeResult
 from cropmap.stages.mosaic import MosaicResult
+from cropmap.stages.model_ref import ModelRef
 from cropmap.stages.predict import TileResult
 from cropmap.flows._runner import PrefectExecutor
 
@@ -53,7 +54,7 @@ def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite
 
 
 @task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
-def predict_tile(run: CountryRun, model: str, tile_id: str, force: bool = False) -> TileResult:
+def predict_tile(run: CountryRun, model: ModelRef, tile_id: str, force: bool = False) -> TileResult:
     return tiles.predict_tile(run, model, tile_id, force=force)
 
 

@@ -32,7 +32,7 @@ from cropmap.jobs.plan import preflight
 from cropmap.jobs.scoring import score_class_map
 from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
 from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
-                                run_prediction_key, zones_of)
+                                run_model, zones_of)
 from cropmap.jobs.training import (
     CheckpointResult,
     TrainingSetResult,
@@ -46,6 +46,7 @@ from cropmap.stages.model_item import write_mlm_item
 from cropmap.stages.mosaic import MosaicResult
 from cropmap.stages.stac_item import (EMPTY, LICENSE, MODEL_ITEM, SENTINEL_LEGAL_NOTICE, copernicus_attribution,
                                       scene_years, season_years)
+from cropmap.stages.model_ref import ModelRef
 from cropmap.stages.predict import write_run_file
 
 __all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run",
@@ -241,11 +242,14 @@ def _maps_to_score(run: CountryRun, zones: dict[int, MosaicResult], national: Mo
 
 
 @_one_run_per_folder
-def map_country(run: CountryRun, executor: Executor, *, model: str | None = None, tile_limit: int | None = None,
+def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storage.Location | None = None,
+                tile_limit: int | None = None,
                 progress: Progress | None = None, overwrite: bool = False, area_samples: str | None = None,
                 admin_units: str | None = None, admin_field: str | None = None, max_tiles: int | None = None,
                 max_dollars: float | None = None) -> MapResult:
-    """Map the run's country with the checkpoint ``model`` (a path or URL); see the module docstring.
+    """Map the run's country with the checkpoint ``model``, resolved once (:func:`~cropmap.jobs.tiles.run_model`:
+    the CLI and the flow pass that :class:`~cropmap.stages.model_ref.ModelRef`; a path or URL is resolved here)
+    and handed to every check and task; see the module docstring.
     ``overwrite``: rebuild the finished cubes and predictions too (a rerun otherwise skips them).
     ``area_samples`` (labelled points drawn on this map) and ``admin_units`` (polygons named by their
     ``admin_field``): the area products of the national map (:func:`~cropmap.jobs.tiles.area_products`),
@@ -261,6 +265,11 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     """
     check_area_inputs(area_samples, admin_units, admin_field)  # before any tile, not after the mosaics
     tile_ids = run.tiles(tile_limit=tile_limit)
+    if model is not None and not isinstance(model, ModelRef):
+        model = run_model(run, model)
+    if model is not None and model.options != run.predict:  # its key would name another run's tiles
+        raise ConfigError(f"{run.code}: the model {model.location} was resolved for other predict options than the "
+                          "run's; resolve it with cropmap.jobs.tiles.run_model(run, location)")
     # a checkpoint that cannot map the plan fails before the catalog is asked
     offsets = check_model_fits(run, model, tile_ids) if model is not None else None
     if model is None and (run.scenario is None or not run.scenario.trains):
@@ -271,12 +280,11 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     training = None
     if model is None:
         training = train_country(run, executor, progress=progress)
-        model = training.checkpoint.path
+        model = run_model(run, training.checkpoint.path)
         offsets = check_model_fits(run, model, tile_ids)
-    key = run_prediction_key(run, model)
-    check_existing_tiles(run, key, tile_ids, model)
-    write_run_file(model, run.tile_dir(key), options=run.predict,
-                   cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])
+    key = model.key
+    check_existing_tiles(run, model, tile_ids)
+    write_run_file(model, run.tile_dir(key), cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])
     tiles = run_tiles(executor, run, tile_ids, model=model, progress=progress, overwrite=overwrite)
     predicted = [t for t in tile_ids if tiles.status.get(t, {}).get("predict") in ("done", "skipped")]
     if not predicted:
@@ -298,7 +306,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     zones = dict(sorted(zones.items()))
     national = None
     if zones:  # the national item links the model's MLM item and takes the zones' provenance from their items
-        write_model_item(model, run.map_dir(key))
+        write_model_item(model.location, run.map_dir(key))
         national = _run(executor, mosaic_country, run, key,
                         {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()},
                         missing | {f"EPSG:{e}": f"zone mosaic: {r}" for e, r in failures.items()})
@@ -307,12 +315,12 @@ def map_country(run: CountryRun, executor: Executor, *, model: str | None = None
     if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
             and not tiles.failures and not failures):
         accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national),
-                                       model=str(model), season_offsets=offsets)
+                                       model=model.location, season_offsets=offsets)
     area = {}
     if (area_samples or admin_units) and national is not None and not tiles.failures and not failures:
         area = _run(executor, area_products, run, key, str(national.cogs["class"]), samples=area_samples,
                     units=admin_units, field=admin_field)
-    return MapResult(str(model), key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training,
+    return MapResult(model.location, key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training,
                      area)
 
 

@@ -32,6 +32,7 @@ from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.searches import items_for_tile, search_block, search_blocks
 from cropmap.jobs.tiles import check_model_fits, zones_of
 from cropmap.settings import get_settings
+from cropmap.stages.model_ref import ModelRef
 from cropmap.stages.reading import gdal_env
 
 __all__ = ["Figure", "COST_FIGURES", "Estimate", "ModelFit", "RunPlan", "estimate_cost", "plan_run", "plan_lines",
@@ -187,12 +188,12 @@ def probe_catalog(catalog: CatalogConfig, *, timeout_s: float | None = None) -> 
     return f"STAC catalog {where} is unreachable ({why})"
 
 
-def plan_run(run: CountryRun, *, tile_limit: int | None = None, model: storage.Location | None = None,
+def plan_run(run: CountryRun, *, tile_limit: int | None = None, model: ModelRef | None = None,
              labels: storage.Location | None = None, probe: bool = True, vcpus: int = DEFAULT_VCPUS,
              gpus: int = DEFAULT_GPUS) -> RunPlan:
-    """The :class:`RunPlan` of mapping the run (with ``model``), or of training it from ``labels`` (the
-    tiles under them); ``probe``: ask the catalog (:func:`probe_catalog`). Reads nothing but the outline,
-    the labels' extent and the checkpoint."""
+    """The :class:`RunPlan` of mapping the run (with ``model``, resolved: :func:`cropmap.jobs.tiles.run_model`),
+    or of training it from ``labels`` (the tiles under them); ``probe``: ask the catalog (:func:`probe_catalog`).
+    Reads nothing but the outline and the labels' extent."""
     if labels is not None:
         from cropmap.jobs.mapping import training_tiles  # mapping calls preflight: imported when used
 
@@ -207,14 +208,11 @@ def plan_run(run: CountryRun, *, tile_limit: int | None = None, model: storage.L
                                *season_search_window(season, run.year, catalog.margin_days))
     fit = None
     if model is not None:
-        from cropmap.stages.predict import load_model
-
-        ckpt = load_model(model)
         try:
             offsets, problem = check_model_fits(run, model, tile_ids), ""
         except (IncompatibleInputError, ConfigError) as err:
             offsets, problem = {}, str(err)
-        fit = ModelFit(str(model), ckpt.model_name, tuple(ckpt.bands), ckpt.season.describe(), ckpt.n_bins,
+        fit = ModelFit(model.location, model.model_name, model.bands, model.season.describe(), model.n_bins,
                        offsets, problem)
     return RunPlan(run.code, run.year, "train" if labels is not None else "map", len(tile_ids), run.config.tile_size,
                    {e: len(ids) for e, ids in zones_of(tile_ids).items()}, seasons, len(search_blocks(tile_ids)),

@@ -30,6 +30,7 @@ from cropmap.jobs.executors import Executor
 from cropmap.jobs.searches import search_block, search_blocks
 from cropmap.jobs.tiles import cube_tile, predict_tile
 from cropmap.settings import get_settings
+from cropmap.stages.model_ref import ModelRef
 
 __all__ = ["TileFailure", "TileSummary", "run_tiles"]
 
@@ -120,10 +121,11 @@ def _report(run: CountryRun, name: str, stage: str, reason: str, error: BaseExce
 
 
 def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
-              model: storage.Location | None = None, window: int | None = None,
+              model: ModelRef | None = None, window: int | None = None,
               progress: Progress | None = None, overwrite: bool = False,
               stop_after: int = SAME_FAILURES_TO_STOP) -> TileSummary:
-    """Search, cube and (with a ``model``) predict every tile of ``tile_ids``; see the module docstring.
+    """Search, cube and (with a ``model``, resolved once: :func:`cropmap.jobs.tiles.run_model`) predict every
+    tile of ``tile_ids``; see the module docstring.
     ``overwrite``: rebuild the cubes and predictions that are already finished, too. ``stop_after``
     failures in a row with the same reason raise :class:`CubeBuildError` (0: never stop)."""
     window = window or executor.capacity * get_settings().tiles_in_flight

@@ -3,7 +3,9 @@
 - :func:`cube_tile`: search the run's catalog over the tile and the season (plus margin), build its
   5-day median cube (:func:`cropmap.stages.cube.build_tile_cube`); a complete or empty cube is skipped,
   an incomplete or degraded one rebuilt;
-- :func:`predict_tile`: the tile's cube + a checkpoint -> its class and confidence GeoTIFFs
+- :func:`run_model`: the run's checkpoint resolved once (:class:`~cropmap.stages.model_ref.ModelRef`: its
+  location, prediction key, bands, season, classes), what the functions below take as ``model``;
+- :func:`predict_tile`: the tile's cube + the run's model -> its class and confidence GeoTIFFs
   (:func:`cropmap.stages.predict.write_tile_predictions`); a finished tile is skipped, one whose every pixel would
   be nodata is not written (:class:`~cropmap.errors.EmptyMapError`: status ``empty`` in a run's summary);
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
@@ -37,11 +39,12 @@ from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path, is_finis
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
 from cropmap.stages.national import national_mosaic
 from cropmap.stages.predict import TileResult, write_tile_predictions
+from cropmap.stages.model_ref import ModelRef, resolve_model
 from cropmap.stages.predict_inputs import check_cube, open_cube
 from cropmap.stages.predict_options import PredictOptions
-from cropmap.stages.predict_provenance import load_model, prediction_key, write_run_file
+from cropmap.stages.predict_provenance import write_run_file
 
-__all__ = ["cube_tile", "run_prediction_key", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
+__all__ = ["cube_tile", "run_model", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
            "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
@@ -62,32 +65,36 @@ def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwr
     return build_tile_cube(tile, found, season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
 
 
-def run_prediction_key(run: CountryRun, model: storage.Location) -> str:
-    """The key of the run's predictions with ``model`` (checkpoint bytes and output options)."""
-    return prediction_key(model, run.predict)
+def run_model(run: CountryRun, location: storage.Location) -> ModelRef:
+    """The checkpoint at ``location`` resolved once for the run's predict options
+    (:func:`cropmap.stages.model_ref.resolve_model`): ``.key`` names ``run.tile_dir(key)`` and ``run.map_dir(key)``."""
+    return resolve_model(location=location, options=run.predict)
 
 
-def predict_tile(run: CountryRun, model: storage.Location, tile_id: str, *, force: bool = False) -> TileResult:
-    """Predict one tile of the run from its cube into ``run.tile_dir(key)``."""
-    out = run.tile_dir(run_prediction_key(run, model))
-    return write_tile_predictions(model, cube_path(run.cube_dir, run.tile(tile_id)), out, options=run.predict, force=force)
+def predict_tile(run: CountryRun, model: ModelRef, tile_id: str, *, force: bool = False) -> TileResult:
+    """Predict one tile of the run from its cube into ``run.tile_dir(model.key)`` (``model``: :func:`run_model`)."""
+    return write_tile_predictions(model, cube_path(run.cube_dir, run.tile(tile_id)), run.tile_dir(model.key),
+                                  force=force)
 
 
-def predict_cube(model: storage.Location, cube: storage.Location, out_dir: storage.Location, *,
-                 options: PredictOptions = PredictOptions(), force: bool = False) -> TileResult:
+def predict_cube(model: ModelRef, cube: storage.Location, out_dir: storage.Location, *,
+                 force: bool = False) -> TileResult:
     """Predict the cube at ``cube`` into ``out_dir`` (:func:`cropmap.stages.predict.write_tile_predictions`)."""
-    return write_tile_predictions(model, cube, out_dir, options=options, force=force)
+    return write_tile_predictions(model, cube, out_dir, force=force)
 
 
 def predict_cubes(model: storage.Location, cubes: Sequence[storage.Location], out_dir: storage.Location, *,
                   options: PredictOptions = PredictOptions(), force: bool = False,
                   executor: Executor | None = None) -> list[Outcome]:
-    """Predict many cubes into ``out_dir``: all are checked against the checkpoint first
+    """Predict many cubes into ``out_dir`` with the checkpoint at ``model`` (resolved once here:
+    :func:`~cropmap.stages.model_ref.resolve_model`): all are checked against it first
     (:func:`check_cubes_fit`: nothing is written when one does not fit), then ``run.json`` and one
     :func:`predict_cube` call per cube on ``executor`` (default: inline). Outcomes in the cubes' order."""
-    found = check_cubes_fit(model, cubes)
-    write_run_file(model, out_dir, options=options, cube_paths=list(found.values()))
-    calls = [((model, path, out_dir), {"options": options, "force": force}) for path in found.values()]
+    opened = _open_cubes(cubes)  # a missing cube or a bad tile id is named before the checkpoint is read
+    ref = resolve_model(location=model, options=options)
+    found = _cubes_fit(ref, opened)
+    write_run_file(ref, out_dir, cube_paths=list(found.values()))
+    calls = [((ref, path, out_dir), {"force": force}) for path in found.values()]
     return run_all(executor or InlineExecutor(), predict_cube, calls)
 
 
@@ -164,14 +171,15 @@ def area_products(run: CountryRun, key: str, class_map: storage.Location, *, sam
         return {k: str(outputs.publish(p, storage.join(out, p.name))) for k, p in written.items()}
 
 
-def check_existing_tiles(run: CountryRun, key: str, tile_ids: Sequence[str], model: storage.Location) -> int:
-    """Refuse, before any compute, a finished tile of the plan that another model or options wrote (its
-    run key) or that names other classes: a mosaic would otherwise fail at the last step, or mix them.
-    Returns how many of the plan's tiles are already there (a rerun skips them)."""
+def check_existing_tiles(run: CountryRun, model: ModelRef, tile_ids: Sequence[str]) -> int:
+    """Refuse, before any compute, a finished tile of the plan in ``run.tile_dir(model.key)`` that another
+    model or options wrote (its run key) or that names other classes: a mosaic would otherwise fail at the
+    last step, or mix them. Returns how many of the plan's tiles are already there (a rerun skips them)."""
+    key = model.key
     folder = run.tile_dir(key)
     wanted = set(tile_ids)
     found = [p for p in storage.list_files(folder, "*.class.tif") if storage.basename(p).split(".")[0] in wanted]
-    classes = json.dumps(list(load_model(model).class_names))
+    classes = json.dumps(list(model.class_names))
 
     def tags_of(path: storage.Location) -> tuple[str, dict]:
         with downloads.open_raster(path) as ds:
@@ -187,37 +195,44 @@ def check_existing_tiles(run: CountryRun, key: str, tile_ids: Sequence[str], mod
     return len(found)
 
 
-def check_model_fits(run: CountryRun, model: storage.Location, tile_ids: Sequence[str]) -> dict[str, int]:
-    """Raise :class:`IncompatibleInputError` unless the checkpoint takes the cubes this run builds for
-    ``tile_ids`` (bands, and the season of each hemisphere they lie in: the model's, or its six-month
-    offset), from the plan alone: nothing is computed or read but the checkpoint. Returns the offset in
+def check_model_fits(run: CountryRun, model: ModelRef, tile_ids: Sequence[str]) -> dict[str, int]:
+    """Raise :class:`IncompatibleInputError` unless the resolved checkpoint ``model`` takes the cubes this
+    run builds for ``tile_ids`` (bands, and the season of each hemisphere they lie in: the model's, or its
+    six-month offset), from the plan alone: nothing is computed or read. Returns the offset in
     months per hemisphere. A run asking for the OOD product (``predict: {ood: true}``) of a checkpoint
     saved without training-distribution statistics is refused here too (:class:`ConfigError`)."""
-    checkpoint = load_model(model)
-    if run.predict.ood and checkpoint.ood is None:
-        raise ConfigError(f"{run.code}: predict.ood is true but the checkpoint {storage.basename(model)} holds no "
-                          "training-distribution statistics; retrain it, or leave ood unset (written when available)")
-    return {h: checkpoint.check_compatible(bands=list(run.cube.bands), season=season, n_bins=season.n_bins,
+    if run.predict.ood and not model.has_ood:
+        raise ConfigError(f"{run.code}: predict.ood is true but the checkpoint {storage.basename(model.location)} "
+                          "holds no training-distribution statistics; retrain it, or leave ood unset (written when "
+                          "available)")
+    return {h: model.check_compatible(bands=list(run.cube.bands), season=season, n_bins=season.n_bins,
                                            what=f"{run.code} {run.year}, {h}ern tiles")
             for h, season in run.seasons(tile_ids).items()}
 
 
-def check_cubes_fit(model: storage.Location, cubes: Sequence[storage.Location]) -> dict[str, storage.Location]:
-    """Open every cube (metadata only) and check it against the checkpoint; ``{tile id: cube}``.
+def check_cubes_fit(model: ModelRef, cubes: Sequence[storage.Location]) -> dict[str, storage.Location]:
+    """Open every cube (metadata only) and check it against the resolved checkpoint; ``{tile id: cube}``.
 
     A tile id seen twice, or a cube that does not fit, raises before any tile is predicted."""
-    cubes = list(cubes)
-    found: dict[str, storage.Location] = {}
+    return _cubes_fit(model, _open_cubes(cubes))
+
+
+def _open_cubes(cubes: Sequence[storage.Location]) -> list:
+    """``(path, cube)`` of every cube, opened (metadata only), their tile ids checked as file names."""
     opened = [(path, open_cube(path)) for path in cubes]
     for path, cube in opened:  # names first: a cube's tile id names its outputs
         storage.safe_name(cube.attrs.get("tile_id", ""), f"tile id of {path}:")
-    checkpoint = load_model(model)
+    return opened
+
+
+def _cubes_fit(model: ModelRef, opened: list) -> dict[str, storage.Location]:
+    found: dict[str, storage.Location] = {}
     for path, cube in opened:
         tid = str(cube.attrs["tile_id"])
         if tid in found:
             raise IncompatibleInputError(f"tile id {tid} appears twice: {found[tid]} and {path}")
         found[tid] = storage.as_location(path)
-        check_cube(checkpoint, cube, what=f"tile {tid} ({path})")
+        check_cube(model, cube, what=f"tile {tid} ({path})")
     return found
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "card_path",
     "model_card",
     "card_markdown",
+    "require_fit",
 ]
 
 #: What a cropmap model is for, and what it was never shown (the paper's stated limitations).
@@ -61,6 +62,21 @@ LIMITATIONS = (
 
 _FORMAT = 1
 # the fields load_checkpoint reads without a default
+
+def require_fit(model, *, bands: Sequence[str], season: Season, n_bins: int, what: str) -> int:
+    """Raise :class:`IncompatibleInputError` naming the first mismatch of ``bands``, ``season`` or ``n_bins``
+    with ``model``'s (anything with ``bands``, ``season`` and ``n_bins``: a :class:`Checkpoint`, or
+    :class:`cropmap.stages.model_ref.ModelRef` without loading one); the season may be the model's or its
+    six-month offset. Returns that offset in months (0 or 6)."""
+    if tuple(bands) != tuple(model.bands):
+        raise IncompatibleInputError(
+            f"{what}: bands {list(bands)} differ from the model's {list(model.bands)} (same names, same order)"
+        )
+    offset = model.season.require_aligned(season, what=what)
+    if int(n_bins) != model.n_bins:
+        raise IncompatibleInputError(f"{what}: {n_bins} time bins, the model was trained on {model.n_bins}")
+    return offset
+
 
 def card_path(path: storage.Location) -> storage.Location:
     """The model card beside a checkpoint: ``<path>.card.json`` (a ``Path``, or a URL beside a remote one)."""
@@ -97,14 +113,7 @@ class Checkpoint:
         """Raise :class:`IncompatibleInputError` naming the first mismatch of bands, season or bins; the
         season may be the model's or its six-month offset in the other hemisphere
         (:meth:`~cropmap.core.season.Season.require_aligned`). Returns that offset in months (0 or 6)."""
-        if tuple(bands) != self.bands:
-            raise IncompatibleInputError(
-                f"{what}: bands {list(bands)} differ from the model's {list(self.bands)} (same names, same order)"
-            )
-        offset = self.season.require_aligned(season, what=what)
-        if int(n_bins) != self.n_bins:
-            raise IncompatibleInputError(f"{what}: {n_bins} time bins, the model was trained on {self.n_bins}")
-        return offset
+        return require_fit(self, bands=bands, season=season, n_bins=n_bins, what=what)
 
     def normalise(self, x: np.ndarray) -> np.ndarray:
         """``x`` ``(N, band, time)`` reflectance 0..1 -> the model's normalised float32 input."""

@@ -4,6 +4,9 @@ The entry point of one tile's prediction (many tiles are fanned out by :mod:`cro
 checks every cube against the checkpoint first). :func:`write_tile_predictions` is wiring only, each job in its
 own module, whose public names this module re-exports:
 
+- :mod:`cropmap.stages.model_ref`: :class:`ModelRef`, the checkpoint resolved once for a run
+  (:func:`resolve_model`: location, prediction key, bands, season, bins, classes), what every tile receives;
+
 - :mod:`cropmap.stages.predict_options`: :class:`PredictOptions`, the ``predict`` section of a config;
 - :mod:`cropmap.stages.predict_inputs`: the cube store opened (:func:`open_cube`) and checked against the
   checkpoint (:func:`check_cube`: bands, season, bins), metadata only;
@@ -27,6 +30,7 @@ from cropmap.core.season import Season
 from cropmap.errors import EmptyMapError, IncompatibleInputError
 from cropmap.io import outputs, storage
 from cropmap.stages.inference import NODATA, empty_map_reason, infer_cube
+from cropmap.stages.model_ref import ModelRef, resolve_model
 from cropmap.stages.predict_inputs import check_cube, open_cube
 from cropmap.stages.predict_options import PredictOptions
 from cropmap.stages.predict_provenance import RUN_FILE, load_model, prediction_key, write_run_file
@@ -43,6 +47,8 @@ __all__ = [
     "NODATA",
     "PRODUCTS",
     "PredictOptions",
+    "ModelRef",
+    "resolve_model",
     "TileResult",
     "open_cube",
     "check_cube",
@@ -66,16 +72,16 @@ class TileResult:
 
 
 def write_tile_predictions(
-    checkpoint_path: storage.Location,
+    model: ModelRef,
     cube_path: storage.Location,
     out_dir: storage.Location,
     *,
-    options: PredictOptions = PredictOptions(),
     force: bool = False,
 ) -> TileResult:
-    """Predict one tile cube and write ``<tile_id>.{class,confidence[,probability]}.tif`` in ``out_dir``.
-
-    Each of the three locations is a local path or an fsspec URL (:mod:`cropmap.io.storage`).
+    """Predict one tile cube with the resolved ``model`` (:func:`resolve_model`: its key and options are
+    taken from it, not derived again) and write ``<tile_id>.{class,confidence[,probability]}.tif`` in
+    ``out_dir``. Both locations are local paths or fsspec URLs (:mod:`cropmap.io.storage`); the weights are
+    loaded once per process (:func:`load_model`), and only when the tile is computed.
 
     GeoTIFFs on the cube's grid (CRS and transform from the cube), uint8, nodata 255, DEFLATE.
     The class map carries a colour table and the class names (band tags ``class_names`` as JSON and
@@ -87,12 +93,11 @@ def write_tile_predictions(
     out_dir = storage.as_location(out_dir)
     cube = open_cube(cube_path)
     tile_id = storage.safe_name(cube.attrs.get("tile_id", ""), "tile id")  # it names the outputs
-    options = options.for_checkpoint(load_model(checkpoint_path))
-    key = prediction_key(checkpoint_path, options)
+    options, key = model.output_options, model.key
     paths = {p: tile_path(out_dir, tile_id, p) for p in tile_products(options)}
     if not force and tile_is_finished(out_dir, tile_id, options, key):
         return TileResult(tile_id, "skipped", paths)
-    checkpoint = load_model(checkpoint_path)
+    checkpoint = load_model(model.location)
     offset = check_cube(checkpoint, cube, what=f"tile {tile_id}")
     maps = infer_cube(checkpoint, cube, options=options)
     if not (maps["label"].values != NODATA).any():  # never a "done" tile without a mapped pixel

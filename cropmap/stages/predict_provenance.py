@@ -1,5 +1,6 @@
 """What a prediction was made from: the checkpoint (:func:`load_model`, cached), the prediction key
 (:func:`prediction_key`) and the run's provenance file (:func:`write_run_file`, :data:`RUN_FILE`).
+A run computes the key once, when its model is resolved (:func:`cropmap.stages.model_ref.resolve_model`).
 
 The key is a hash of the checkpoint's bytes and of the options that change the written pixels
 (:meth:`~cropmap.stages.predict_options.PredictOptions.output_key`): it names the run's tile folder
@@ -17,6 +18,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cropmap import __version__
 from cropmap.errors import DataNotFoundError
@@ -24,6 +26,9 @@ from cropmap.io import downloads, outputs, storage
 from cropmap.io.storage import stable_hash
 from cropmap.ml.checkpoint import Checkpoint, card_path, load_checkpoint
 from cropmap.stages.predict_options import PredictOptions
+
+if TYPE_CHECKING:
+    from cropmap.stages.model_ref import ModelRef
 
 __all__ = ["RUN_FILE", "load_model", "prediction_key", "write_run_file"]
 
@@ -42,8 +47,9 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def prediction_key(checkpoint_path: storage.Location, options: PredictOptions) -> str:
     """Hash of the checkpoint's bytes and the output options (``ood`` decided for the checkpoint): a tile
-    written under another key is redone."""
-    options = options.for_checkpoint(load_model(checkpoint_path))
+    written under another key is redone. The checkpoint is loaded only to decide an unset ``ood``."""
+    if options.ood is None:
+        options = options.for_checkpoint(load_model(checkpoint_path))
     local = downloads.local_copy(checkpoint_path).resolve()
     st = local.stat()
     return stable_hash({"checkpoint": _file_sha256(str(local), st.st_size, st.st_mtime_ns),
@@ -65,20 +71,26 @@ def load_model(path: storage.Location) -> Checkpoint:
     return _cached_checkpoint(str(local), local.stat().st_mtime_ns)
 
 
-def write_run_file(checkpoint_path: storage.Location, out_dir: storage.Location, *, options: PredictOptions,
+def _card_of(location: str) -> dict:
+    """The model card beside the checkpoint, else the checkpoint's name, scores and config."""
+    card = card_path(location)
+    if storage.exists(card):
+        return json.loads(storage.read_bytes(card))
+    ckpt = load_model(location)
+    return {"model_name": ckpt.model_name, "scores": ckpt.scores, "config": ckpt.config}
+
+
+def write_run_file(model: ModelRef, out_dir: storage.Location, *,
                    cube_paths: Sequence[storage.Location] = ()) -> storage.Location:
-    """``<out_dir>/run.json``: the provenance the mosaic's STAC item reports (no timestamps: reruns
-    write the same bytes)."""
-    card = card_path(checkpoint_path)
-    ckpt = load_model(checkpoint_path)
+    """``<out_dir>/run.json``: the provenance the mosaic's STAC item reports, from the resolved ``model``
+    (its location, key, classes and options as given; no timestamps: reruns write the same bytes)."""
     record = {
-        "checkpoint": storage.canonical(checkpoint_path),
-        "run_key": prediction_key(checkpoint_path, options),
-        "model_card": json.loads(storage.read_bytes(card)) if storage.exists(card) else {
-            "model_name": ckpt.model_name, "scores": ckpt.scores, "config": ckpt.config},
-        "class_names": list(ckpt.class_names),
-        "class_colours": None if ckpt.class_colours is None else list(ckpt.class_colours),
-        "options": options.model_dump(),
+        "checkpoint": model.location,
+        "run_key": model.key,
+        "model_card": _card_of(model.location),
+        "class_names": list(model.class_names),
+        "class_colours": None if model.class_colours is None else list(model.class_colours),
+        "options": model.options.model_dump(),
         "cubes": sorted(storage.canonical(p) for p in cube_paths),
         "software_version": __version__,
     }
