@@ -246,3 +246,32 @@ def s3_env(s3_server, monkeypatch) -> dict[str, str]:
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def twm_items(shared_data):
+    """The five real Earth Search items over builders.TILE (33TWM, 10-20 Aug 2023), from the static catalog."""
+    import datetime as dt
+
+    from builders import TILE
+
+    from cropmap.io.config import CatalogConfig
+    from cropmap.io.stac import search_items
+
+    cat = CatalogConfig(path=shared_data / "s2_l2a_stac/catalog.json")
+    items = search_items(cat, bbox=TILE.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
+    assert [it.id[4:9] for it in items] == ["33TWM"] * 5
+    return items
+
+
+@pytest.fixture
+def bucket(s3_env) -> str:
+    """A fresh empty bucket on the session's S3 server: ``s3://<name>``."""
+    import uuid
+
+    from cropmap.io import storage
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    fs, _ = storage.filesystem(f"s3://{name}")
+    fs.mkdir(name)
+    return f"s3://{name}"

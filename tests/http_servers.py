@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -116,11 +118,14 @@ def range_file_server(root: Path, *, fail_first: int = 0) -> Iterator[tuple[str,
 
 
 @contextlib.contextmanager
-def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    """A reverse proxy to ``upstream``; yields ``(base URL, log)`` of ``(method, path)`` per request.
-    Links in the answers keep pointing at the proxy (the upstream's address is rewritten). The first
-    ``throttle_searches`` requests to ``/search`` are answered HTTP 429 with ``Retry-After: 1``, as a
-    busy public API answers."""
+def counting_proxy(upstream: str, *, throttle_searches: int = 0, edit: Callable[[dict], None] | None = None,
+                   delay_s: float = 0.0, times: list[float] | None = None) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A reverse proxy to ``upstream``; yields ``(base URL, log)`` of ``(method, path)`` per request
+    (``times``, if given, gets each request's ``time.monotonic()``). Links in the answers keep pointing at
+    the proxy (the upstream's address is rewritten). The first ``throttle_searches`` requests to ``/search``
+    are answered HTTP 429 with ``Retry-After: 1``, as a busy public API answers; ``edit`` changes each
+    feature of a search answer (a catalog serving malformed items), ``delay_s`` holds each search answer
+    back (a slow API)."""
     log: list[tuple[str, str]] = []
     throttled = [0]
 
@@ -130,6 +135,8 @@ def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tup
 
         def _forward(self, method: str) -> None:
             log.append((method, self.path))
+            if times is not None:
+                times.append(time.monotonic())
             if self.path.startswith("/search") and throttled[0] < throttle_searches:
                 throttled[0] += 1
                 self.send_response(429)
@@ -146,12 +153,20 @@ def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tup
                     status, data, ctype = answer.status, answer.read(), answer.headers.get("Content-Type", "")
             except urllib.error.HTTPError as err:
                 status, data, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
+            if self.path.startswith("/search") and status == 200:
+                if edit is not None:
+                    doc = json.loads(data)
+                    for feature in doc.get("features", []):
+                        edit(feature)
+                    data = json.dumps(doc).encode()
+                time.sleep(delay_s)
             data = data.replace(upstream.encode(), self.server.base.encode())  # type: ignore[attr-defined]
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            with contextlib.suppress(OSError):  # a client that gave up waiting
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         def do_GET(self) -> None:  # noqa: N802
             self._forward("GET")
@@ -160,6 +175,7 @@ def counting_proxy(upstream: str, *, throttle_searches: int = 0) -> Iterator[tup
             self._forward("POST")
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     server.base = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

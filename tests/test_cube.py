@@ -38,14 +38,6 @@ KEYS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
 
 
 @pytest.fixture(scope="module")
-def twm_items(shared_data):
-    cat = CatalogConfig(path=shared_data / "s2_l2a_stac/catalog.json")
-    items = search_items(cat, bbox=TILE.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
-    assert [it.id[4:9] for it in items] == ["33TWM"] * 5
-    return items
-
-
-@pytest.fixture(scope="module")
 def built(twm_items, tmp_path_factory):
     out = tmp_path_factory.mktemp("cubes")
     with warnings.catch_warnings():

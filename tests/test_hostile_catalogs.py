@@ -10,18 +10,14 @@ Prefect's "cannot interrupt" warning, and that API requests keep to the polite r
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,66 +25,11 @@ from cropmap import errors
 from cropmap.io import stac
 from cropmap.io.config import CatalogConfig
 from conftest import use_prefect_env
-from http_servers import stac_api_server
+from http_servers import counting_proxy, stac_api_server
 
 BOTH_TILES = (15.7, 45.9, 15.8, 46.7)  # 33TWL and 33TWM: all 10 items
 AUGUST = (dt.date(2023, 8, 1), dt.date(2023, 8, 31))
 BAD_DATE, NULL_DATE, NO_FOOTPRINT = "S2A_33TWL_20230815_0_L2A", "S2B_33TWM_20230820_0_L2A", "S2A_33TWM_20230818_0_L2A"
-
-
-@contextlib.contextmanager
-def editing_proxy(upstream: str, *, edit: Callable[[dict], None] | None = None,
-                  delay_s: float = 0.0) -> Iterator[tuple[str, list[tuple[float, str]]]]:
-    """A reverse proxy on 127.0.0.1 to the STAC API ``upstream``: ``edit`` changes each feature of a
-    search answer (a catalog serving malformed items), ``delay_s`` holds each search answer back (a
-    slow API). Yields ``(URL, log)``, the log ``(time.monotonic(), path)`` per request."""
-    log: list[tuple[float, str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _forward(self, method: str) -> None:
-            log.append((time.monotonic(), self.path))
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
-            headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-            request = urllib.request.Request(upstream + self.path, data=body, headers=headers, method=method)
-            try:
-                with urllib.request.urlopen(request, timeout=30) as answer:
-                    status, data, ctype = answer.status, answer.read(), answer.headers.get("Content-Type", "")
-            except urllib.error.HTTPError as err:
-                status, data, ctype = err.code, err.read(), err.headers.get("Content-Type", "")
-            if self.path.startswith("/search") and status == 200:
-                if edit is not None:
-                    doc = json.loads(data)
-                    for feature in doc.get("features", []):
-                        edit(feature)
-                    data = json.dumps(doc).encode()
-                time.sleep(delay_s)
-            data = data.replace(upstream.encode(), self.server.base.encode())  # type: ignore[attr-defined]
-            with contextlib.suppress(OSError):  # a client that gave up waiting
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self._forward("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._forward("POST")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.base = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.base, log  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +67,7 @@ def _break_three(feature: dict) -> None:
 def test_one_malformed_item_of_an_api_search_is_skipped_and_named(api):
     """A STAC API answering one item dated "2017-13-45", one dated null and one without a footprint:
     each skipped and named."""
-    with editing_proxy(api, edit=_break_three) as (url, _), warnings.catch_warnings(record=True) as caught:
+    with counting_proxy(api, edit=_break_three) as (url, _), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         items = _search(url)
     assert len(items) == 7 and {BAD_DATE, NULL_DATE, NO_FOOTPRINT}.isdisjoint(it.id for it in items)
@@ -141,7 +82,7 @@ def test_a_search_whose_items_are_all_malformed_says_so_once_and_is_not_retried(
     def break_all(feature: dict) -> None:
         feature["properties"]["datetime"] = "2017-13-45"
 
-    with editing_proxy(api, edit=break_all) as (url, log), pytest.raises(errors.CropmapError) as err:
+    with counting_proxy(api, edit=break_all) as (url, log), pytest.raises(errors.CropmapError) as err:
         _search(url, retries=3, backoff_s=0.05)
     text = str(err.value)
     assert text.startswith(f"STAC catalog {url}: all 10 item(s) it gave are malformed, item ")
@@ -171,7 +112,7 @@ def test_a_malformed_item_file_of_a_static_catalog_is_skipped_and_named(shared_d
 
 def test_a_search_slower_than_its_time_limit_stops_at_the_limit_naming_it(api):
     """A STAC API that holds its answer back 3 s under a 0.5 s limit: the search stops at ~0.5 s, named."""
-    with editing_proxy(api, delay_s=3.0) as (url, _):
+    with counting_proxy(api, delay_s=3.0) as (url, _):
         t0 = time.monotonic()
         with stac.time_limit(0.5, what="search of block 32633_5_51", setting="CROPMAP_SEARCH_TIMEOUT_S"), \
                 pytest.raises(errors.TimeLimitError) as err:
@@ -202,9 +143,9 @@ def test_time_limits_nest_and_stay_in_their_own_thread():
 def test_stac_api_requests_keep_to_the_polite_rate(api, monkeypatch):
     """A search against a public API sends at most $CROPMAP_STAC_REQUESTS_PER_SECOND requests a second."""
     monkeypatch.setenv("CROPMAP_STAC_REQUESTS_PER_SECOND", "4")
-    with editing_proxy(api) as (url, log):
+    times: list[float] = []
+    with counting_proxy(api, times=times) as (url, _):
         assert len(_search(url)) == 10
-    times = [t for t, _ in log]
     assert len(times) >= 2 and min(b - a for a, b in zip(times, times[1:])) >= 0.2
 
 

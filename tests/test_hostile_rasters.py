@@ -4,7 +4,6 @@ is refused with one line, never reported "done"."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +19,12 @@ from cropmap.core.grid import Grid
 from cropmap.core.masking import valid_from_scl
 from cropmap import errors
 from cropmap.io.catalogs import ASSET_ROOTS_PROPERTY
-from cropmap.io.config import CatalogConfig
-from cropmap.io.stac import search_items
 from cropmap.ml.checkpoint import load_checkpoint
 from cropmap.ml.normalisation import apply_normalisation
 from cropmap.stages.cube import CubeOptions, build_tile_cube, load_observations, open_tile_cube
 from cropmap.stages.predict import NODATA, PredictOptions, open_cube, infer_cube, resolve_model, write_tile_predictions
 
 RED = ("B04",)
-
-
-@pytest.fixture(scope="module")
-def twm_items(shared_data):
-    """The five real Earth Search items over TILE (33TWM, 10-20 Aug 2023)."""
-    cat = CatalogConfig(path=shared_data / "s2_l2a_stac/catalog.json")
-    items = search_items(cat, bbox=TILE.lonlat_bbox(), start=dt.date(2023, 8, 1), end=dt.date(2023, 8, 31))
-    assert [it.id[4:9] for it in items] == ["33TWM"] * 5
-    return items
 
 
 def _float_red(item, folder: Path, spots: list[tuple[tuple[slice, slice], float]]):

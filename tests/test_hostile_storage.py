@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -73,15 +72,6 @@ def tcp_relay(upstream: str) -> Iterator[tuple[str, Callable[[], None]]]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}", cut
     finally:
         cut()
-
-
-@pytest.fixture
-def bucket(s3_env) -> str:
-    """A fresh empty bucket on the session's S3 server: ``s3://<name>``."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs, _ = storage.filesystem(f"s3://{name}")
-    fs.mkdir(name)
-    return f"s3://{name}"
 
 
 def _dataset(name: str) -> xr.Dataset:

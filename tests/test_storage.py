@@ -5,7 +5,6 @@ outputs are complete only with their marker, and a bad location fails early nami
 from __future__ import annotations
 
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -17,15 +16,6 @@ from rasterio.transform import from_origin
 from cropmap.errors import DataNotFoundError, StorageError
 from cropmap.io import downloads, outputs, storage
 from cropmap.io.storage import TEMP_MARK
-
-
-@pytest.fixture
-def bucket(s3_env) -> str:
-    """A fresh empty bucket on the session's S3 server: ``s3://<name>``."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    fs, _ = storage.filesystem(f"s3://{name}")
-    fs.mkdir(name)
-    return f"s3://{name}"
 
 
 def _small_dataset() -> xr.Dataset:
