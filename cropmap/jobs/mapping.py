@@ -218,14 +218,8 @@ def write_model_item(model: storage.Location, map_dir: storage.Location) -> stor
     """``<map_dir>/model.mlm.json``: the STAC MLM item of the checkpoint ``model``
     (:func:`cropmap.stages.model_item.write_mlm_item`), which the national map's item links; its
     checkpoint asset points at ``model`` itself, also when that is a URL read from a local copy."""
-    local = downloads.local_copy(model).resolve()
     with outputs.output_file(storage.join(map_dir, MODEL_ITEM)) as tmp:
-        write_mlm_item(local, tmp)
-        item = json.loads(tmp.read_text())
-        for asset in item.get("assets", {}).values():
-            if asset.get("href") == str(local):
-                asset["href"] = storage.canonical(model)
-        tmp.write_text(json.dumps(item, indent=2) + "\n")
+        write_mlm_item(downloads.local_copy(model).resolve(), tmp, checkpoint_href=storage.canonical(model))
     return storage.join(map_dir, MODEL_ITEM)
 
 

@@ -31,13 +31,16 @@ FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 
 
-def write_mlm_item(checkpoint: str | Path, path: str | Path, *, onnx: str | Path | None = None) -> Path:
+def write_mlm_item(checkpoint: str | Path, path: str | Path, *, onnx: str | Path | None = None,
+                   checkpoint_href: str | None = None) -> Path:
     """Write ``path`` (JSON): the model (architecture, parameters, framework), its input (bands x time
     bins of reflectance 0..1, shape ``(-1, band, time)``), its output (class probabilities calibrated with
     the checkpoint's temperature, also ``cropmap:temperature``; the classes with their colours), the
     checkpoint and ONNX files as ``mlm:model`` assets with size and checksum, the training season as
     the item's datetimes, and the model card under ``cropmap:model_card``.
-    Geometry: the training extent's box when the card records one, else null."""
+    Geometry: the training extent's box when the card records one, else null. ``checkpoint_href``: where
+    the checkpoint asset points when the file is not beside ``path`` (a URL ``checkpoint`` is a local copy of),
+    default the file's absolute path."""
     import torch
 
     ckpt = load_checkpoint(checkpoint)
@@ -81,7 +84,8 @@ def write_mlm_item(checkpoint: str | Path, path: str | Path, *, onnx: str | Path
     if onnx is not None:
         files.append(("onnx", Path(onnx), "application/octet-stream; application=onnx", "onnx", "ONNX model"))
     for key, file, media, artifact, title in files:
-        asset = pystac.Asset(href=f"./{file.name}" if file.parent == Path(path).parent else str(file.resolve()),
+        elsewhere = checkpoint_href if key == "checkpoint" and checkpoint_href else str(file.resolve())
+        asset = pystac.Asset(href=f"./{file.name}" if file.parent == Path(path).parent else elsewhere,
                              media_type=media, roles=["mlm:model", "mlm:weights"], title=title)
         item.add_asset(key, asset)
         AssetDetailedMLMExtension.ext(asset, add_if_missing=True).artifact_type = artifact
