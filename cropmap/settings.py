@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_tiles: int | None = Field(None, ge=1)  # a country run's cap (cropmap.jobs.plan.check_limits)
     max_dollars: float | None = Field(None, gt=0)
     catalog_timeout_s: float = Field(5.0, gt=0)  # cropmap.jobs.plan.probe_catalog
-    # cropmap.flows.tasks: enforced inside the work (cropmap.io.stac.time_limit), not by Prefect's
+    # cropmap.flows.tasks: enforced inside the work (cropmap.io.time_limits.time_limit), not by Prefect's
     # timeout_seconds, which cannot interrupt a task on a Dask worker thread
     search_timeout_s: float = Field(900.0, gt=0)
     cube_timeout_s: float = Field(10800.0, gt=0)  # a 1024 px tile of a cloudy season reads ~50 items x 11 bands

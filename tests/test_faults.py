@@ -477,7 +477,7 @@ def test_prefect_retries_io_errors_only_and_the_io_tasks_carry_no_prefect_timeou
     assert tasks.predict_tile.retries == 0  # compute on local files: a failure is not transient
     from cropmap.jobs import tiles
 
-    # the time limits are enforced inside the work (cropmap.io.stac.time_limit; test_hostile_catalogs):
+    # the time limits are enforced inside the work (cropmap.io.time_limits.time_limit; test_hostile_catalogs):
     # Prefect's timeout cannot interrupt a task on a Dask worker thread and only logs a warning per tile
     assert tasks.executor().tasks[tiles.cube_tile].timeout_seconds is None
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from cropmap import errors
-from cropmap.io import stac
+from cropmap.io import stac, time_limits
 from cropmap.io.config import CatalogConfig
 from conftest import use_prefect_env
 from http_servers import counting_proxy, stac_api_server
@@ -114,7 +114,7 @@ def test_a_search_slower_than_its_time_limit_stops_at_the_limit_naming_it(api):
     """A STAC API that holds its answer back 3 s under a 0.5 s limit: the search stops at ~0.5 s, named."""
     with counting_proxy(api, delay_s=3.0) as (url, _):
         t0 = time.monotonic()
-        with stac.time_limit(0.5, what="search of block 32633_5_51", setting="CROPMAP_SEARCH_TIMEOUT_S"), \
+        with time_limits.time_limit(0.5, what="search of block 32633_5_51", setting="CROPMAP_SEARCH_TIMEOUT_S"), \
                 pytest.raises(errors.TimeLimitError) as err:
             _search(url, retries=3, backoff_s=0.05)
         elapsed = time.monotonic() - t0
@@ -127,17 +127,17 @@ def test_a_search_slower_than_its_time_limit_stops_at_the_limit_naming_it(api):
 def test_time_limits_nest_and_stay_in_their_own_thread():
     """An inner limit that would outlast the outer one ends with it; another thread sees no limit."""
     seen: list[float | None] = []
-    with stac.time_limit(0.05, what="tile A", setting="CROPMAP_CUBE_TIMEOUT_S"):
-        with stac.time_limit(3600, what="search of block B", setting="CROPMAP_SEARCH_TIMEOUT_S"):
-            assert stac.time_left() < 0.06
-        worker = threading.Thread(target=lambda: seen.append(stac.time_left()))
+    with time_limits.time_limit(0.05, what="tile A", setting="CROPMAP_CUBE_TIMEOUT_S"):
+        with time_limits.time_limit(3600, what="search of block B", setting="CROPMAP_SEARCH_TIMEOUT_S"):
+            assert time_limits.time_left() < 0.06
+        worker = threading.Thread(target=lambda: seen.append(time_limits.time_left()))
         worker.start()
         worker.join()
         time.sleep(0.06)
         with pytest.raises(errors.TimeLimitError, match=r"^tile A ran past its time limit of 0\.05 s"):
-            stac.check_time_limit()
-    assert seen == [None] and stac.time_left() is None
-    stac.check_time_limit()  # no limit any more: nothing to raise
+            time_limits.check_time_limit()
+    assert seen == [None] and time_limits.time_left() is None
+    time_limits.check_time_limit()  # no limit any more: nothing to raise
 
 
 def test_stac_api_requests_keep_to_the_polite_rate(api, monkeypatch):

@@ -183,7 +183,7 @@ def test_a_run_whose_tiles_map_no_pixel_reports_them_empty_and_fails(demo_run, d
 def test_a_cube_past_its_time_limit_stops_between_reads_and_publishes_nothing(twm_items, tmp_path):
     """A read loop past the task's time limit (a hung or slow asset): the cube stops naming the tile and the
     setting, nothing is published; Prefect's own timeout cannot interrupt a task on a Dask worker thread."""
-    from cropmap.io.stac import time_limit
+    from cropmap.io.time_limits import time_limit
     from cropmap.stages.cube import cube_path, is_finished
 
     with time_limit(0.0, what=f"tile {TILE.id}", setting="CROPMAP_CUBE_TIMEOUT_S"):

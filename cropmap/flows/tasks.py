@@ -3,7 +3,7 @@ id, paths). Only the tasks that read remote data retry (STAC searches and asset 
 and only on I/O-shaped errors (:func:`cropmap.errors.is_transient`): a ConfigError or a season that does
 not fit fails at once. Those two have a time limit too (``$CROPMAP_SEARCH_TIMEOUT_S``,
 ``$CROPMAP_CUBE_TIMEOUT_S``, read where the task runs), checked inside the work between search pages and
-between reads (:func:`cropmap.io.stac.time_limit`): past it the task fails with a
+between reads (:func:`cropmap.io.time_limits.time_limit`): past it the task fails with a
 :class:`~cropmap.errors.TimeLimitError` naming the block or tile, is retried, and a later run starts it
 again. Not Prefect's ``timeout_seconds``: on the Dask task runner a task runs in a worker thread, where
 Prefect cannot interrupt a blocking read (it logs a warning per task run and raises only once the read
@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from cropmap.errors import is_transient
-from cropmap.io.stac import time_limit
+from cropmap.io.time_limits import time_limit
 from cropmap.jobs import mapping, searches, tiles, training
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.training import CheckpointResult, TrainingSetResult

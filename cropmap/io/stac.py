@@ -17,23 +17,18 @@ neither geometry nor bbox) are skipped, each named in a :class:`MalformedItemWar
 finds only malformed items is a :class:`~cropmap.errors.MalformedItemError`, never retried as if the
 network had failed.
 
-Time limits: :func:`time_limit` bounds the work of a block (a flow's task: a search, a tile's cube) in
-the calling thread; :func:`check_time_limit`, called between search pages here and between reads by the
-tile reader, raises :class:`~cropmap.errors.TimeLimitError` once it has passed. Prefect's own
-``timeout_seconds`` cannot stop a task on the Dask task runner's worker threads.
+Searches keep to the caller's time limit (:mod:`cropmap.io.time_limits`): checked before each attempt and
+between pages, a request's timeout and the backoff capped at the time left.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import datetime as dt
 import re
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pystac
@@ -43,13 +38,13 @@ from shapely.geometry import shape
 
 from cropmap.core.bands import canonical_band
 from cropmap.core.season import Season
-from cropmap.errors import CatalogError, CropmapError, MalformedItemError, TimeLimitError, one_line
+from cropmap.errors import CatalogError, CropmapError, MalformedItemError, one_line
 from cropmap.settings import get_settings
 from cropmap.io.catalogs import ASSET_ROOTS_PROPERTY, PROFILE_PROPERTY, ROOT_PROPERTY, asset_scale_offset, item_profile
 from cropmap.io.config import CatalogConfig
+from cropmap.io.time_limits import check_time_limit, time_left
 
-__all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset", "MalformedItemWarning",
-           "time_limit", "check_time_limit", "time_left"]
+__all__ = ["search_items", "season_search_window", "band_assets", "asset_scale_offset", "MalformedItemWarning"]
 
 #: Seconds one request to a STAC API may wait for its answer (less when a time limit ends sooner).
 REQUEST_TIMEOUT_S = 60.0
@@ -59,48 +54,6 @@ NAMED_MALFORMED = 10
 
 class MalformedItemWarning(UserWarning):
     """A catalog item could not be read as a STAC item (its id and why); the search goes on without it."""
-
-
-@dataclass(frozen=True)
-class _Limit:
-    deadline: float  # time.monotonic()
-    seconds: float
-    what: str
-    setting: str
-
-
-_LIMIT: contextvars.ContextVar[_Limit | None] = contextvars.ContextVar("cropmap_time_limit", default=None)
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float, *, what: str, setting: str) -> Iterator[None]:
-    """Within the block, :func:`check_time_limit` raises once ``seconds`` have passed; ``what`` (``tile
-    33TWL_...``) and ``setting`` (the variable that sets the limit) name it in the error. A limit
-    inside another ends no later than the outer one. Per thread of control (a context variable): the
-    tiles a Dask worker's threads build at once each keep their own."""
-    outer = _LIMIT.get()
-    limit = _Limit(time.monotonic() + seconds, seconds, what, setting)
-    token = _LIMIT.set(limit if outer is None or limit.deadline < outer.deadline else outer)
-    try:
-        yield
-    finally:
-        _LIMIT.reset(token)
-
-
-def time_left() -> float | None:
-    """Seconds left of the current :func:`time_limit` (may be negative), or None without one."""
-    limit = _LIMIT.get()
-    return None if limit is None else limit.deadline - time.monotonic()
-
-
-def check_time_limit() -> None:
-    """Raise :class:`~cropmap.errors.TimeLimitError` when the current :func:`time_limit` has passed."""
-    limit = _LIMIT.get()
-    if limit is not None and time.monotonic() >= limit.deadline:
-        raise TimeLimitError(
-            f"{limit.what} ran past its time limit of {limit.seconds:g} s ({limit.setting}): a read hung or "
-            f"answered too slowly; the task is retried and a later run starts it again (raise {limit.setting} "
-            "if the work is just large)")
 
 
 def season_search_window(season: Season, year: int, margin_days: int) -> tuple[dt.date, dt.date]:

@@ -37,7 +37,8 @@ from cropmap.core.bands import SCL
 from cropmap.core.grid import Tile
 from cropmap.errors import AssetReadError, CropmapError, MissingBandError
 from cropmap.io.catalogs import asset_href, implausible_band, item_profile, rasterio_env, reflectance_problem
-from cropmap.io.stac import asset_scale_offset, band_assets, check_time_limit
+from cropmap.io.stac import asset_scale_offset, band_assets
+from cropmap.io.time_limits import check_time_limit
 
 __all__ = ["AssetUnavailableWarning", "NoObservations", "TileReader", "GDAL_ENV", "gdal_env"]
 
