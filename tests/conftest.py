@@ -21,6 +21,29 @@ os.environ.setdefault("CROPMAP_STAC_REQUESTS_PER_SECOND", "1000")
 DATA = data_dir()
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(folder)``'s value, computed ONCE per test run even under pytest-xdist: the first worker to ask
+    builds it in a folder every worker sees (beside the workers' own temporary folders) under a file lock
+    and pickles the value; the others wait on the lock and unpickle it. What it built is shared: read it,
+    never write into it. Without xdist it is an ordinary session-scoped build."""
+    import fcntl
+    import pickle
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, holding every worker's basetemp
+    folder = root / f"shared-{name}"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        value_file = folder / "value.pickle"
+        if value_file.exists():
+            return pickle.loads(value_file.read_bytes())
+        folder.mkdir(exist_ok=True)
+        value = build(folder)
+        value_file.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder (../shared/data or $CROPMAP_DATA_DIR); tests need it, CI has it."""
@@ -43,44 +66,54 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def demo_paths(tmp_path_factory, shared_data):
-    """The DEMO country (cropmap.scenarios.demo) built once per session from the real Victoria series (~5-10 s)."""
+    """The DEMO country (cropmap.scenarios.demo) built ONCE per test run (``built_once``) from the real Victoria
+    series (~5-10 s). Shared by every worker: read only."""
     from cropmap.scenarios.demo import build_demo
 
-    return build_demo(tmp_path_factory.mktemp("demo") / "demo")
+    return built_once(tmp_path_factory, "demo", lambda folder: build_demo(folder / "demo"))
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
-    """A small CropNet checkpoint trained for seconds on the real Victoria train split (predict, mosaic)."""
+    """A small CropNet checkpoint trained for seconds on the real Victoria train split (predict, mosaic), once per
+    test run (``built_once``)."""
     from builders import train_tiny_model
 
-    return train_tiny_model(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+    return built_once(tmp_path_factory, "tiny_checkpoint", lambda folder: train_tiny_model(folder / "tiny.pt"))
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, demo_paths):
     """The DEMO country resolved into a run (cropmap.scenarios.resolve_run) over the session's demo,
     outputs in a temporary folder."""
+    return _resolve_demo_run(demo_paths, tmp_path_factory.mktemp("demo_run"))
+
+
+def _resolve_demo_run(demo_paths, out_root: Path):
     from cropmap.jobs.country_run import resolve_country_run
     from cropmap.scenarios.demo import demo_country, prepare
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
         config, scenario = prepare(demo_country(demo_paths))
-    return resolve_country_run(config, out_root=tmp_path_factory.mktemp("demo_run"), scenario=scenario)
+    return resolve_country_run(config, out_root=out_root, scenario=scenario)
 
 
 @pytest.fixture(scope="session")
-def demo_model(demo_run) -> str:
-    """A real DEMO checkpoint trained ONCE per session (~15 s) by the train-model job on the west half
+def demo_model(tmp_path_factory, demo_paths) -> str:
+    """A real DEMO checkpoint trained ONCE per test run, for every xdist worker (``built_once``; ~15 s) by the train-model job on the west half
     (cropmap.jobs.mapping.train_country, run inline) with the scenario's slim CropNet, but 10 epochs
     instead of 30: the end-to-end tests pass it to map-country (``model=``) so that no test trains
     inside a flow."""
     from cropmap.jobs.executors import InlineExecutor
     from cropmap.jobs.mapping import train_country
 
-    settings = demo_run.scenario.training.model_copy(update={"epochs": 10})
-    return train_country(demo_run, InlineExecutor(), settings=settings).checkpoint.path
+    def train(folder: Path) -> str:
+        run = _resolve_demo_run(demo_paths, folder)
+        settings = run.scenario.training.model_copy(update={"epochs": 10})
+        return train_country(run, InlineExecutor(), settings=settings).checkpoint.path
+
+    return built_once(tmp_path_factory, "demo_model", train)
 
 
 TWO_ZONES = """name: DEMO astride the UTM 54/55 border (synthetic layout, real Victoria spectra)
@@ -117,18 +150,21 @@ def zone_configs(tmp_path_factory, demo_paths):
 
 @pytest.fixture(scope="session")
 def two_zone_run(zone_configs, demo_paths, demo_model, tmp_path_factory):
-    """The two-zone country mapped ONCE per session by the map-country job (inline, no Prefect) with the
+    """The two-zone country mapped ONCE per test run (``built_once``: every xdist worker; read only) by the map-country job (inline, no Prefect) with the
     session's DEMO model: ``(run, MapResult)``; tests/test_national.py checks it, tests/test_cluster_flows.py
     compares the same run on a cluster writing to S3 with it."""
     from cropmap.jobs.executors import InlineExecutor
     from cropmap.jobs.mapping import map_country
     from cropmap.scenarios import resolve_run
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))
-        mp.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
-        run = resolve_run("DMZ", out_dir=str(tmp_path_factory.mktemp("dmz")))
-        return run, map_country(run, InlineExecutor(), model=demo_model)
+    def build(folder: Path):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))
+            mp.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
+            run = resolve_run("DMZ", out_dir=str(folder))
+            return run, map_country(run, InlineExecutor(), model=demo_model)
+
+    return built_once(tmp_path_factory, "two_zone_run", build)
 
 
 
