@@ -127,3 +127,61 @@ def test_the_check_fails_when_a_module_is_added_without_a_row(tmp_path):
         target.write_text(path.read_text())
     (copy / "stages" / "new_product.py").write_text('"""A product without a row."""\n')
     assert "module without a row: stages/new_product" in check_architecture(DOC.read_text(), copy)
+
+
+TESTS = ROOT / "tests"
+
+
+def check_test_index(index: str, package: Path = PACKAGE, tests: Path = TESTS) -> list[str]:
+    """tests/README.md's rule against the folders: a module's tests are ``test_<name>.py`` (leading ``_``
+    dropped) or ``test_<folder>.py`` for the modules of a package inside a layer (``ml/models/``), else the index's first table names the
+    files that test it; a test file not named after a module or folder has a row in its second table."""
+    modules = [p for p in package.rglob("*.py") if p.name != "__init__.py"]
+
+    def by_name(path: Path) -> set[str]:  # a layer's folder (jobs/) is not a package of its own: test_jobs.py is cli/jobs.py's
+        inner = path.parent.parent != package and path.parent != package
+        return {f"test_{path.stem.lstrip('_')}.py"} | ({f"test_{path.parent.name}.py"} if inner else set())
+
+    own = set().union(*map(by_name, modules))
+    files = {p.name for p in tests.glob("test_*.py")}
+    tables = index.split("\n## ")
+    listed = dict(re.findall(r"^\| `cropmap/(\S+)` \| (.*) \|$", tables[1], re.M))
+    behaviours = set(re.findall(r"^\| (test_\w+\.py) \|", tables[2], re.M))
+    problems = []
+    for path in modules:
+        rel = path.relative_to(package).as_posix()
+        found_by_name = by_name(path) & files
+        if rel in listed and found_by_name:
+            problems.append(f"{rel} has {sorted(found_by_name)[0]}: drop its row")
+        elif not found_by_name and rel not in listed:
+            problems.append(f"module without tests by name or a row: {rel}")
+    for rel, cited in listed.items():
+        if not (package / rel).exists():
+            problems.append(f"row of a module that does not exist: {rel}")
+        for name in re.findall(r"test_\w+\.py", cited):
+            if name not in files:
+                problems.append(f"{rel}'s row cites {name}, which does not exist")
+    for name in sorted(files - own - behaviours):
+        problems.append(f"test file named after no module and without a row: {name}")
+    for name in sorted(behaviours - files):
+        problems.append(f"row of a test file that does not exist: {name}")
+    for name in sorted(behaviours & own):
+        problems.append(f"{name} is named after a module: drop its row")
+    return problems
+
+
+def test_a_modules_tests_are_found_by_its_name_or_the_index():
+    assert check_test_index((TESTS / "README.md").read_text()) == []
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda text: text.replace("| `cropmap/jobs/tiles.py` |", "| `cropmap/jobs/tile.py` |"),
+     "module without tests by name or a row: jobs/tiles.py"),
+    (lambda text: text.replace("| test_faults.py |", "| test_fault.py |"),
+     "test file named after no module and without a row: test_faults.py"),
+    (lambda text: text.replace("| `cropmap/io/locks.py` | test_killed_runs.py |",
+                               "| `cropmap/io/locks.py` | test_locks_gone.py |"), "cites test_locks_gone.py"),
+])
+def test_the_index_check_fails_when_the_tests_drift(edit, expected):
+    problems = check_test_index(edit((TESTS / "README.md").read_text()))
+    assert any(expected in p for p in problems), problems
