@@ -311,7 +311,7 @@ def main() -> None:
             services = dict(zip(("prefect_server", "scheduler", "workers"), procs))
             before = {name: cpu_seconds(p) for name, p in services.items()}
             start = time.time()
-            cmd = [py, "-m", "cropmap.flows.map_country", "--country", "SYN", "--model", model, "--tile-limit", str(n),
+            cmd = [str(Path(py).with_name("cropmap")), "map", "SYN", "--prefect", "--model", model, "--tile-limit", str(n),
                    "--out", str(out / f"runs-{label}-{n}")]
             log = open(out / f"flow-{label}-{n}.log", "w")
             proc = subprocess.Popen(cmd, env=run_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)

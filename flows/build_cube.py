@@ -1,8 +1,6 @@
-"""``python -m flows.build_cube`` in a checkout: the flow of :mod:`cropmap.flows.build_cube`, run in this process."""
+"""The build-cube flow of :mod:`cropmap.flows.build_cube` (deployments run it; ``cropmap cube`` builds cubes from the
+command line)."""
 
 from cropmap.flows.build_cube import build_cube
 
 __all__ = ["build_cube"]
-
-if __name__ == "__main__":
-    build_cube()

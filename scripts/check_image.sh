@@ -277,7 +277,7 @@ local_run() {  # local_run LABEL MODULE [args]: the same flow from .venv, a loca
 
 deployment_run demo map-country/map-country --param country=DEMO
 deployment_run transfer transfer/transfer
-local_run demo -m flows.map_country --country DEMO
+local_run demo -m flows.map_country DEMO
 local_run transfer -m flows.transfer
 
 # ------------------------------------------------------------------ compare the maps

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: install (once), then the main job on the offline TRANSFER scenario, as two
-# Prefect flows (python -m flows.transfer): train-model on the labelled northern source TSRC (real Victoria
+# Prefect flows (cropmap transfer): train-model on the labelled northern source TSRC (real Victoria
 # train spectra in the May-Nov season; a slim CPU CropNet), then map-country on the southern target TTGT
 # (two UTM zones, Victoria test spectra 15 days late, never trained on) with that checkpoint: cubes through
 # the STAC code, predictions in the model's window moved six months, zone and national COG mosaics, a STAC
@@ -19,4 +19,4 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=${PREFECT_SERVER_EPHEMER
 export CROPMAP_DOWNLOAD=${CROPMAP_DOWNLOAD:-1}
 # Dask's scheduler/worker INFO lines would bury the flow's own log; warnings still show
 export DASK_LOGGING__DISTRIBUTED=${DASK_LOGGING__DISTRIBUTED:-warning}
-exec .venv/bin/python -m flows.transfer "$@"
+exec .venv/bin/cropmap transfer "$@"

@@ -35,6 +35,7 @@ BAD_INPUTS: dict[str, tuple[list[str], str]] = {
     "demo build": (["demo", "build", "--out", "{t}/bad.pt/demo"], "bad.pt"),
     "demo run": (["demo", "run", "--out", "{t}/bad.pt/runs"], "cannot write outputs"),
     "scenario-model": (["scenario-model", "DEMO", "--out", "{t}/m.pt"], "trains no model of its own"),
+    "transfer": (["transfer", "--training", "[1]"], "--training must be a JSON object"),
 }
 
 
@@ -153,3 +154,25 @@ def test_an_unexpected_error_is_one_line_exit_1_with_the_traceback_kept(tmp_path
     assert "unexpected ZeroDivisionError: division by zero (a cropmap bug" in lines[0]
     report = Path(lines[0].split("the traceback is in ")[1].rstrip(")"))
     assert report.parent == tmp_path and "ZeroDivisionError" in report.read_text()
+
+
+@pytest.mark.parametrize("module, command", [("flows.map_country", ["map", "--prefect"]),
+                                             ("flows.train_model", ["train", "--prefect"]),
+                                             ("flows.transfer", ["transfer"])])
+def test_python_m_flows_is_the_cropmap_command(module, command, tmp_path):
+    """One command line per job: ``python -m flows.X ARGS`` in a checkout is ``cropmap <command> ARGS`` (the
+    same options and the same one-line errors), not a parser of its own."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    own = CliRunner().invoke(app, [*command, "XYZ" if command[0] != "transfer" else "--source=XYZ"])
+    ran = subprocess.run([sys.executable, "-m", module, "XYZ" if command[0] != "transfer" else "--source=XYZ"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert own.exit_code == ran.returncode == 2, (own.output, ran.stderr)
+    errors = [[line for line in out.splitlines() if line.startswith("error:")] for out in (own.output, ran.stderr)]
+    assert errors[0] == errors[1] and len(errors[0]) == 1 and "unknown country 'XYZ'" in errors[0][0], errors
+    helps = [subprocess.run([sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True,
+                            timeout=120).stdout, CliRunner().invoke(app, [command[0], "--help"]).output]
+    options = [set(re.findall(r"--[a-z][a-z-]+", h)) for h in helps]
+    assert options[0] == options[1] and len(options[0]) > 3, options

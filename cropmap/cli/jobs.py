@@ -1,7 +1,10 @@
-"""The country jobs on this machine, without a Prefect server: ``plan``, ``map``, ``train`` and ``demo run``.
+"""The country jobs from the command line: ``plan``, ``map``, ``train``, ``transfer`` and ``demo run``.
 
 They run the same job functions as the flows (:mod:`cropmap.jobs.mapping`) on a local Dask cluster
-(or the one at ``$CROPMAP_DASK_ADDRESS``), with a progress display of the tiles.
+(or the one at ``$CROPMAP_DASK_ADDRESS``), with a progress display of the tiles; with ``--prefect``, ``map`` and
+``train`` run the same job as their Prefect flow in this process (:mod:`cropmap.flows`: tasks, artifacts and
+a flow run recorded by the server at ``$PREFECT_API_URL``, else a temporary one). This is the one command-line
+entry point of each job: ``python -m flows.X`` in a checkout calls it.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def _plan(run, *, tile_limit: int | None = None, model=None, labels: str | None 
 def _map(country: str, *, model: str | None, year: int | None, out: str | None, tile_limit: int | None,
          threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
          area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None,
-         dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None) -> None:
+         dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None,
+         prefect: bool = False) -> None:
     """Every check that needs no tile comes before the local Dask cluster starts (tests/test_cli_startup.py):
     the country, the checkpoint (read before the scenario is prepared: a missing --model does not wait for
     the DEMO's build), the output location, the options, the plan's limits and the catalog (preflight).
@@ -83,6 +87,12 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
     if model is not None:  # the country, then the checkpoint (read once: resolve_run takes it from the cache)
         run_bands(load_country(country), model=model)
     run = resolve_run(country, year=year, out_dir=out, parts=parts, model=model)  # the checkpoint's bands
+    if prefect:
+        _map_flow(threads, country=country, year=year, model=model, tile_limit=tile_limit, out_dir=out,
+                  gpu_workers=gpu_workers, parts=parts, overwrite=overwrite, area_samples=area_samples,
+                  admin_units=admin_units, admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles,
+                  max_dollars=max_dollars)
+        return
     from cropmap.jobs.cluster import gpu_workers_enabled
     from cropmap.jobs.executors import local_executor
     from cropmap.jobs.mapping import map_country
@@ -111,6 +121,35 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
                              overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
                              admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
     _print_map(result, started)
+
+
+def _map_flow(threads: int, **parameters) -> None:
+    """``map`` through the map-country flow in this process, its Dask runner of ``threads`` threads."""
+    from cropmap.flows._runner import task_runner
+    from cropmap.flows.map_country import map_country
+
+    result = map_country.with_options(task_runner=task_runner(threads=threads))(**parameters)
+    if not parameters["dry_run"]:
+        _print_flow_map(result)
+
+
+def _print_flow_map(result: dict) -> None:
+    """Where the products of a map-country flow's ``result`` are, and its score if the run was scored."""
+    typer.echo(f"national class COG: {result['cogs']['class']}")
+    typer.echo(f"confidence COG:     {result['cogs'].get('confidence')}")
+    typer.echo(f"STAC item:          {result['item']}")
+    typer.echo(f"quicklook:          {result['quicklook']}")
+    typer.echo(f"model:              {result['model']}")
+    if result.get("season_offsets"):
+        typer.echo("season offset:      " + ", ".join(f"{h}: {m} months" for h, m in result["season_offsets"].items()))
+    if result["accuracy"] is not None:
+        acc = result["accuracy"]
+        typer.echo(f"accuracy report:    {result['accuracy_path']}")
+        if acc["n"]:
+            typer.echo(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
+            typer.echo("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
+        else:
+            typer.echo("not scored:         the mapped tiles hold no pixel of the scored area")
 
 
 @app.command("plan")
@@ -164,12 +203,14 @@ def map_(
     max_tiles: int = typer.Option(None, "--max-tiles", min=1, help="Refuse a plan of more tiles ($CROPMAP_MAX_TILES)."),
     max_dollars: float = typer.Option(None, "--max-dollars", help="Refuse a plan estimated above this "
                                       "($CROPMAP_MAX_DOLLARS)."),
+    prefect: bool = typer.Option(False, "--prefect", help="Run it as the map-country Prefect flow in this process "
+                                 "(the server at $PREFECT_API_URL, else a temporary one): what a deployment runs."),
 ) -> None:
     """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
          parts=parts or None, overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-         admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars)
+         admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars, prefect=prefect)
 
 
 @app.command("train")
@@ -189,6 +230,8 @@ def train(
     threads: int = typer.Option(2, "--threads", min=1, help="Local Dask threads (tiles at once)."),
     bands: str = typer.Option(None, "--bands", help="Comma-separated bands of the cubes and the model, e.g. "
                               "B02,B03,B04,B08 (default: the config's bands:, else the ten)."),
+    prefect: bool = typer.Option(False, "--prefect", help="Run it as the train-model Prefect flow in this process "
+                                 "(the server at $PREFECT_API_URL, else a temporary one): what a deployment runs."),
 ) -> None:
     """Train a country's model from reference labels (the train-model job, locally, with a progress display of
     the tiles cubed); prints the checkpoint."""
@@ -199,8 +242,8 @@ def train(
     from cropmap.scenarios import resolve_run
 
     started = time.perf_counter()
-    run = resolve_run(country, year=year, out_dir=out,
-                      bands=[b.strip() for b in bands.split(",") if b.strip()] if bands else None)
+    band_list = [b.strip() for b in bands.split(",") if b.strip()] if bands else None
+    run = resolve_run(country, year=year, out_dir=out, bands=band_list)
     base = run.scenario.training if run.scenario is not None and labels is None else TrainingSettings()
     given = {"epochs": epochs, "cell_deg": cell_deg, "per_cell": per_cell}
     overrides = {k: v for k, v in given.items() if v is not None}
@@ -210,10 +253,20 @@ def train(
     if labels is not None:  # column, legend, codes, season year and tiles checked here, before any cluster
         checked = check_training_labels(run, labels, label_column=label_column, legend=legend)
         n = len(checked.tile_ids)
-        if checked.summary:
+        if checked.summary and not prefect:  # the flow prints it
             typer.echo(checked.summary)
     else:
         n = len(training_tiles(run))
+    if prefect:
+        from cropmap.flows._runner import task_runner
+        from cropmap.flows.train_model import train_model
+
+        flow = train_model.with_options(task_runner=task_runner(threads=threads))
+        path = flow(country=country, reference=labels, legend=legend, year=year, out_dir=out, label_column=label_column,
+                    bands=band_list, training=overrides or None)
+        typer.echo(f"checkpoint: {path}")
+        typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+        return
     with local_executor(threads=threads) as executor, tile_progress(n, ("cube",)) as progress:
         result = train_country(run, executor, reference=labels, legend=legend, settings=settings,
                                label_column=label_column, progress=progress)
@@ -223,6 +276,38 @@ def train(
     typer.echo(f"checkpoint: {ckpt.path} ({ckpt.status}; {ckpt.n_parameters:,} parameters; validation macro-F1 "
                f"{ckpt.scores.get('val_macro_f1', float('nan')):.3f})")
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+
+
+@app.command("transfer")
+@command
+def transfer_(
+    source: str = typer.Option("TSRC", "--source", help="Labelled source country (default: the offline TRANSFER "
+                               "scenario's TSRC)."),
+    target: str = typer.Option("TTGT", "--target", help="Target country mapped with the source's model."),
+    augment: str = typer.Option(None, "--augment", help="Phenology augmentation (none, all, ...; default: the "
+                                "source's setting)."),
+    out: str = typer.Option(None, "--out", help="Output root (as for `cropmap map`)."),
+    training: str = typer.Option(None, "--training", help='TrainingSettings fields as JSON, e.g. \'{"epochs": 50}\'.'),
+) -> None:
+    """Train on a source country, then map a target with that checkpoint: the transfer Prefect flow (train-model,
+    then map-country) in this process."""
+    import json
+
+    from cropmap.io.config import load_country
+
+    for country in (source, target):  # before the flow starts its server and cluster
+        load_country(country)
+    try:
+        settings = json.loads(training) if training else None
+    except json.JSONDecodeError as err:
+        raise fail(f"--training is not JSON: {err}") from err
+    if settings is not None and not isinstance(settings, dict):
+        raise fail(f"--training must be a JSON object of TrainingSettings fields, not {training!r}")
+    from cropmap.flows.transfer import transfer as transfer_flow
+
+    result = transfer_flow(source=source, target=target, augment=augment, out_dir=out, training=settings)
+    typer.echo(f"\ntrained on {result['source']}, mapped {result['target']}")
+    _print_flow_map(result)
 
 
 @demo_app.command("run")

@@ -32,6 +32,3 @@ def build_cube(country: str = DEFAULT_COUNTRY, year: int | None = None, tile_lim
     print(f"{summary.describe()}; cubes in {run.cube_dir}")
     return {"cube_dir": str(run.cube_dir), "tiles": summary.rows()}
 
-
-if __name__ == "__main__":
-    build_cube()

@@ -16,18 +16,15 @@ and, when the scenario holds back an area, the map is scored there.
 ``gpu_workers`` parameter, else ``$CROPMAP_GPU_WORKERS`` (:func:`cropmap.jobs.cluster.gpu_workers_enabled`).
 
     prefect deployment run map-country/map-country --param country=DEMO
-    python -m cropmap.flows.map_country --country DEMO [--out DIR] [--tile-limit N]     (the same, in-process)
+    cropmap map DEMO --prefect [--out DIR] [--tile-limit N]     (the same flow, in this process)
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cropmap.errors import CropmapError, IncompatibleInputError
+from cropmap.errors import IncompatibleInputError
 from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.plan import check_limits, plan_lines, plan_run
@@ -37,7 +34,7 @@ from cropmap.scenarios import DEFAULT_COUNTRY, resolve_run
 from cropmap.flows import tasks
 from cropmap.flows._runner import task_runner
 
-__all__ = ["map_country", "print_map_result"]
+__all__ = ["map_country"]
 
 
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
@@ -93,52 +90,3 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
             "accuracy": accuracy, "accuracy_path": result.accuracy_path, "tiles": summary.rows(),
             "model": result.model, "key": result.key, "season_offsets": result.season_offsets, "area": result.area}
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cropmap.flows.map_country``: the flow in this process (a temporary Prefect server when no
-    ``PREFECT_API_URL`` is set); one-line error and exit code 2 on a cropmap error."""
-    parser = argparse.ArgumentParser(prog="python -m cropmap.flows.map_country", description=__doc__.splitlines()[0])
-    parser.add_argument("--country", default=DEFAULT_COUNTRY)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--year", type=int, default=None)
-    parser.add_argument("--out", default=None, help="output root: a folder or an fsspec URL")
-    parser.add_argument("--tile-limit", type=int, default=None)
-    parser.add_argument("--parts", nargs="+", default=None, help="outline parts to map (default: the config's)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild finished cubes and predictions too")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and stop before any tile")
-    args = parser.parse_args(argv)
-    try:
-        result = map_country(country=args.country, model=args.model, year=args.year, out_dir=args.out,
-                             tile_limit=args.tile_limit, parts=args.parts, overwrite=args.overwrite,
-                             dry_run=args.dry_run)
-    except CropmapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        return 0
-    print("")
-    print_map_result(result)
-    return 0
-
-
-def print_map_result(result: dict) -> None:
-    """Where the products of a map-country ``result`` are, and its score if the run was scored."""
-    print(f"national class COG: {result['cogs']['class']}")
-    print(f"confidence COG:     {result['cogs'].get('confidence')}")
-    print(f"STAC item:          {result['item']}")
-    print(f"quicklook:          {result['quicklook']}")
-    print(f"model:              {result['model']}")
-    if result.get("season_offsets"):
-        print("season offset:      " + ", ".join(f"{h}: {m} months" for h, m in result["season_offsets"].items()))
-    if result["accuracy"] is not None:
-        acc = result["accuracy"]
-        print(f"accuracy report:    {result['accuracy_path']}")
-        if acc["n"]:
-            print(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
-            print("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
-        else:
-            print("not scored:         the mapped tiles hold no pixel of the scored area")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -52,6 +52,3 @@ def train_model(country: str = DEFAULT_COUNTRY, reference: str | None = None, le
           f"{result.samples.n_samples} samples; validation macro-F1 {ckpt.scores.get('val_macro_f1', float('nan')):.3f})")
     return ckpt.path
 
-
-if __name__ == "__main__":
-    train_model()

@@ -7,20 +7,14 @@ The default pair is the offline TRANSFER scenario (``configs/countries/TSRC.yaml
 Victoria spectra, the source in the northern May-Nov season, the target in the south across two UTM zones
 with a 15-day phenology shift; the target's map is scored against a reference training never saw.
 
-    python -m cropmap.flows.transfer [--source TSRC] [--target TTGT] [--augment all|none|...] [--out DIR]
-                             [--training '{"seed": 1}']
+    cropmap transfer [--source TSRC] [--target TTGT] [--augment all|none|...] [--out DIR] [--training '{"seed": 1}']
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
 from prefect import flow
 
-from cropmap.errors import CropmapError
-from cropmap.flows.map_country import map_country, print_map_result
+from cropmap.flows.map_country import map_country
 from cropmap.flows.train_model import train_model
 
 __all__ = ["transfer"]
@@ -40,27 +34,3 @@ def transfer(source: str = SOURCE, target: str = TARGET, augment: str | None = N
     result = map_country(country=target, model=checkpoint, out_dir=out_dir)
     return {**result, "source": source, "target": target}
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cropmap.flows.transfer``: both flows in this process; one-line error, exit code 2, on a cropmap error."""
-    parser = argparse.ArgumentParser(prog="python -m cropmap.flows.transfer", description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default=SOURCE)
-    parser.add_argument("--target", default=TARGET)
-    parser.add_argument("--augment", default=None, help="phenology augmentation (default: the source's setting)")
-    parser.add_argument("--out", default=None, help="output root: a folder or an fsspec URL")
-    parser.add_argument("--training", type=json.loads, default=None,
-                        help='TrainingSettings fields as JSON, e.g. \'{"epochs": 50}\'')
-    args = parser.parse_args(argv)
-    try:
-        result = transfer(source=args.source, target=args.target, augment=args.augment, out_dir=args.out,
-                          training=args.training)
-    except CropmapError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"\ntrained on {result['source']}, mapped {result['target']}")
-    print_map_result(result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
