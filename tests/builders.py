@@ -17,7 +17,7 @@ from cropmap.core.composite import median_composite
 from cropmap.core.features import compute_features
 from cropmap.core.grid import Grid
 from cropmap.core.season import Season
-from cropmap.jobs.tiles import predict_cubes
+from cropmap.jobs.tiles import check_predict_inputs, predict_cubes
 from cropmap.ml.checkpoint import save_checkpoint
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import fit_normalisation
@@ -34,10 +34,13 @@ EPSG = 32755  # UTM 55S covers Victoria
 ORIGIN = (300000.0, 5900000.0)  # upper-left corner of tile (0, 0), metres
 
 
-def predict_tiles(model, cubes, out, **options):
-    """Every cube predicted through the job layer (:func:`cropmap.jobs.tiles.predict_cubes`); the first
-    failure raised, as a caller that needs every tile would."""
-    outcomes = predict_cubes(model, cubes, out, **options)
+def predict_tiles(model, cubes, out, *, options=None, **keywords):
+    """Every cube checked and predicted through the job layer (:func:`cropmap.jobs.tiles.check_predict_inputs`,
+    :func:`~cropmap.jobs.tiles.predict_cubes`; ``keywords``: ``force``, ``executor``); the first failure raised,
+    as a caller that needs every tile would."""
+    from cropmap.stages.predict_options import PredictOptions
+
+    outcomes = predict_cubes(*check_predict_inputs(model, cubes, options=options or PredictOptions()), out, **keywords)
     for outcome in outcomes:
         if not outcome.ok:
             raise outcome.error

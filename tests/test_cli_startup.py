@@ -105,12 +105,15 @@ EARLY: dict[str, tuple[list[str], dict[str, str], str]] = {
                                              "neither a raster GDAL reads nor a vector file"),
     "train, unknown band": (["train", "BEL", "--bands", "B02,B99"], {}, "B99"),
     "demo run, unwritable output": (["demo", "run", "--out", "{t}/bad.pt/runs"], {}, "cannot write outputs"),
+    "map --prefect, missing model": (["map", "DEMO", "--prefect", "--model", "{t}/none.pt"], {}, "none.pt not found"),
+    "predict, missing cube": (["predict", "{t}/bad.pt", "{t}/none.zarr", "--out", "{t}/o"], {}, "none.zarr not found"),
+    "transfer, unknown target": (["transfer", "--target", "XYZ"], {}, "unknown country 'XYZ'"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(EARLY))
 def test_cheap_checks_refuse_before_any_cluster_starts(case, tmp_path, monkeypatch, no_cluster):
-    """``map``, ``train`` and ``demo run`` start their local Dask cluster only after the checks
+    """``map`` (``--prefect`` too), ``train``, ``predict``, ``transfer`` and ``demo run`` start their local Dask cluster (or flow) only after the checks
     that need no tile: a bad input is one line and exit 2 with no cluster started (the demo is not built)."""
     args, environment, fragment = EARLY[case]
     (tmp_path / "bad.pt").write_text("not a checkpoint\n")

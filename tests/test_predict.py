@@ -19,7 +19,6 @@ from cropmap.core.features import compute_features
 from cropmap.core.season import Season
 from cropmap.errors import IncompatibleInputError
 from cropmap.jobs.executors import DaskExecutor
-from cropmap.jobs.tiles import predict_cubes
 from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
 from cropmap.ml.models import build_model
 from cropmap.ml.normalisation import fit_normalisation

@@ -121,11 +121,12 @@ def predict(
                              memory_budget_mb=memory_budget_mb, probabilities=probabilities, ood=ood, device=device,
                              precision=precision)
     from cropmap.jobs.executors import local_executor
-    from cropmap.jobs.tiles import predict_cubes, tile_annotations
+    from cropmap.jobs.tiles import check_predict_inputs, predict_cubes, tile_annotations
 
+    model, checked = check_predict_inputs(checkpoint, paths, options=options)  # before the cluster starts
     gpu = options.device == "cuda"
     with local_executor(threads=threads, annotations=tile_annotations(gpu)) as executor:
-        outcomes = predict_cubes(checkpoint, paths, out, options=options, force=force, executor=executor)
+        outcomes = predict_cubes(model, checked, out, force=force, executor=executor)
     for o in outcomes:
         if o.ok:
             typer.echo(f"{o.value.tile_id}: {o.value.status}")

@@ -9,7 +9,8 @@
   (:func:`cropmap.stages.predict.write_tile_predictions`); a finished tile is skipped, one whose every pixel would
   be nodata is not written (:class:`~cropmap.errors.EmptyMapError`: status ``empty`` in a run's summary);
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
-  (every cube checked first, then one call per cube through an executor: the CLI's ``predict``);
+  (every cube checked first by :func:`check_predict_inputs`, then one call per cube through an executor: the
+  CLI's ``predict``);
 - :func:`mosaic_zone`: one UTM zone's tiles -> its COGs; :func:`mosaic_country`: the zones' COGs -> the
   national COGs in the country's output CRS, STAC item, quicklook;
 - :func:`area_products`: the national class map -> area estimates from a labelled sample and/or mapped
@@ -44,7 +45,7 @@ from cropmap.stages.predict_inputs import check_cube, open_cube
 from cropmap.stages.predict_options import PredictOptions
 from cropmap.stages.predict_provenance import write_run_file
 
-__all__ = ["cube_tile", "run_model", "predict_tile", "predict_cube", "predict_cubes", "zones_of", "mosaic_zone",
+__all__ = ["cube_tile", "run_model", "predict_tile", "predict_cube", "check_predict_inputs", "predict_cubes", "zones_of", "mosaic_zone",
            "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
@@ -83,18 +84,23 @@ def predict_cube(model: ModelRef, cube: storage.Location, out_dir: storage.Locat
     return write_tile_predictions(model, cube, out_dir, force=force)
 
 
-def predict_cubes(model: storage.Location, cubes: Sequence[storage.Location], out_dir: storage.Location, *,
-                  options: PredictOptions = PredictOptions(), force: bool = False,
-                  executor: Executor | None = None) -> list[Outcome]:
-    """Predict many cubes into ``out_dir`` with the checkpoint at ``model`` (resolved once here:
-    :func:`~cropmap.stages.model_ref.resolve_model`): all are checked against it first
-    (:func:`check_cubes_fit`: nothing is written when one does not fit), then ``run.json`` and one
-    :func:`predict_cube` call per cube on ``executor`` (default: inline). Outcomes in the cubes' order."""
-    opened = _open_cubes(cubes)  # a missing cube or a bad tile id is named before the checkpoint is read
+def check_predict_inputs(model: storage.Location, cubes: Sequence[storage.Location], *,
+                         options: PredictOptions = PredictOptions()) -> tuple[ModelRef, dict[str, storage.Location]]:
+    """The checkpoint at ``model`` resolved once (:func:`~cropmap.stages.model_ref.resolve_model`) and every cube
+    checked against it (:func:`check_cubes_fit`): ``(model, {tile id: cube})``. Reads metadata only and writes
+    nothing, so a caller runs it before it starts a cluster; a missing cube or a bad tile id is named before
+    the checkpoint is read."""
+    opened = _open_cubes(cubes)
     ref = resolve_model(location=model, options=options)
-    found = _cubes_fit(ref, opened)
-    write_run_file(ref, out_dir, cube_paths=list(found.values()))
-    calls = [((ref, path, out_dir), {"force": force}) for path in found.values()]
+    return ref, _cubes_fit(ref, opened)
+
+
+def predict_cubes(model: ModelRef, cubes: Mapping[str, storage.Location], out_dir: storage.Location, *,
+                  force: bool = False, executor: Executor | None = None) -> list[Outcome]:
+    """Predict the checked ``cubes`` (:func:`check_predict_inputs`) into ``out_dir``: ``run.json``, then one
+    :func:`predict_cube` call per cube on ``executor`` (default: inline). Outcomes in the cubes' order."""
+    write_run_file(model, out_dir, cube_paths=list(cubes.values()))
+    calls = [((model, path, out_dir), {"force": force}) for path in cubes.values()]
     return run_all(executor or InlineExecutor(), predict_cube, calls)
 
 
