@@ -138,7 +138,7 @@ def check_test_index(index: str, package: Path = PACKAGE, tests: Path = TESTS) -
     files that test it; a test file not named after a module or folder has a row in its second table."""
     modules = [p for p in package.rglob("*.py") if p.name != "__init__.py"]
 
-    def by_name(path: Path) -> set[str]:  # a layer's folder (jobs/) is not a package of its own: test_jobs.py is cli/jobs.py's
+    def by_name(path: Path) -> set[str]:  # a layer's folder (jobs/) is not a package: test_jobs.py would be cli/jobs.py's
         inner = path.parent.parent != package and path.parent != package
         return {f"test_{path.stem.lstrip('_')}.py"} | ({f"test_{path.parent.name}.py"} if inner else set())
 
