@@ -77,9 +77,19 @@ def demo_paths(tmp_path_factory, shared_data):
 def tiny_checkpoint(tmp_path_factory, shared_data) -> Path:
     """A small CropNet checkpoint trained for seconds on the real Victoria train split (predict, mosaic), once per
     test run (``built_once``)."""
+    import torch
+
     from builders import train_tiny_model
 
-    return built_once(tmp_path_factory, "tiny_checkpoint", lambda folder: train_tiny_model(folder / "tiny.pt"))
+    def train(folder: Path) -> Path:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # see one_torch_thread: 3.9 s on one thread, 23.5 s on two shared cores
+        try:
+            return train_tiny_model(folder / "tiny.pt")
+        finally:
+            torch.set_num_threads(before)
+
+    return built_once(tmp_path_factory, "tiny_checkpoint", train)
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +124,16 @@ def demo_model(tmp_path_factory, demo_paths) -> str:
         return train_country(run, InlineExecutor(), settings=settings).checkpoint.path
 
     return built_once(tmp_path_factory, "demo_model", train)
+
+
+@pytest.fixture(scope="session")
+def slim_model(demo_model, tmp_path_factory) -> str:
+    """The session's DEMO model cut to 4 channels a block (builders.slim_copy: untrained, same bands, season,
+    classes, normalisation and card), once per test run: for tests of how a run handles its model, not of what
+    the model says (a 128 px tile in ~1 s instead of 10-20 s)."""
+    from builders import slim_copy
+
+    return built_once(tmp_path_factory, "slim_model", lambda folder: slim_copy(demo_model, folder / "slim.pt"))
 
 
 TWO_ZONES = """name: DEMO astride the UTM 54/55 border (synthetic layout, real Victoria spectra)

@@ -228,22 +228,42 @@ def test_cross_hemisphere_target_is_composited_on_its_own_season(tiny_config, tm
 
 @pytest.mark.slow
 def test_cropglobe_fra_arg_grid_runs_unchanged_on_files_in_the_authors_layout(shared_data, tmp_path):
-    """The shipped FRA -> ARG config (all networks, the soybean minority axis) on tiny files in the
-    CropGlobe layout: only the data folder, the seeds and the training length are changed."""
+    """The shipped FRA -> ARG config on tiny files in the CropGlobe layout: with only the data folder changed it
+    loads and expands to its whole grid (4 networks' augmentations and 2 forests x 2 minority variants x 3
+    seeds). Then a cut of that grid runs: every network at its shipped size once, every augmentation at least
+    once, both forests, on the soybean minority variant, with one seed, one epoch at batch 64 and 10 trees
+    (the runs' other settings are the shipped ones)."""
     _cropglobe_file(tmp_path, "FRA", "train", 5)
     _cropglobe_file(tmp_path, "ARG", "test", 4)
     raw = yaml.safe_load((CONFIGS / "cropglobe-fra-arg.yaml").read_text())
     for side, iso3 in (("source", "FRA"), ("target", "ARG")):
         raw[side]["path"] = str(tmp_path / f"median_S2_{iso3}_month1-12_day5.npz")
-    raw.update(seeds=[0], output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), forest={"n_estimators": 10},
-               train={**raw["train"], "epochs": 1, "batch_size": 64, "progress": False})
     path = tmp_path / "fra-arg.yaml"
     path.write_text(yaml.safe_dump(raw))
+    shipped = load_experiment(path)  # as shipped, but for the data folder
+    assert [dict(v.values)["minority"] for v in variants(shipped)] == ["none", "soybeans-1pct"]
+    assert [(r.features, r.model, a) for r in shipped.runs for a in r.augment] == [
+        *(("2d", "cropnet", a) for a in ("none", "shift", "shift+scale", "all")),
+        *(("2d", net, a) for net in ("cropnet1d", "resnet50", "effnetv2-s") for a in ("none", "all")),
+        ("1d", "rf", "none"), ("harmonic", "rf", "none")]
+    assert shipped.seeds == [0, 1, 2] and shipped.season.n_bins == 73 and shipped.forest["n_estimators"] == 500
+    assert (shipped.train["epochs"], shipped.train["lr"], shipped.train["batch_size"]) == (50, 1e-4, 256)
+    # the cut: each network's run keeps one or two of its shipped augmentations, together all four
+    cut = {"cropnet": ["shift", "shift+scale"], "cropnet1d": ["none"], "resnet50": ["none"], "effnetv2-s": ["all"],
+           "rf": ["none"]}
+    runs = [{**run, "augment": cut[run["model"]]} for run in raw["runs"]]
+    assert all(set(r["augment"]) <= set(s.augment) for r, s in zip(runs, shipped.runs))
+    assert {a for r in runs for a in r["augment"]} == {a for r in shipped.runs for a in r.augment}
+    raw.update(seeds=[0], output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"), forest={"n_estimators": 10},
+               train={**raw["train"], "epochs": 1, "batch_size": 64, "progress": False}, runs=runs,
+               axes={"minority": {k: v for k, v in raw["axes"]["minority"].items() if v}})
+    path.write_text(yaml.safe_dump(raw))
     frame = run_experiment(load_experiment(path), log=lambda _: None)
-    assert set(frame.model) == {"cropnet", "cropnet1d", "resnet50", "effnetv2-s", "rf"}
-    assert set(frame.minority) == {"none", "soybeans-1pct"} and frame.oa.between(0, 1).all()
-    cut = frame[frame.minority == "soybeans-1pct"].n_train.iloc[0]
-    assert cut == 30 + 2  # 5 soybeans among 35 cut to k / (30 + k) ~ 1 %: the floor of 2
+    assert list(zip(frame.model, frame.augment)) == [("cropnet", "shift"), ("cropnet", "shift+scale"),
+                                                     ("cropnet1d", "none"), ("resnet50", "none"),
+                                                     ("effnetv2-s", "all"), ("rf", "none"), ("rf", "none")]
+    assert set(frame.minority) == {"soybeans-1pct"} and frame.oa.between(0, 1).all()
+    assert (frame.n_train == 30 + 2).all()  # 5 soybeans among 35 cut to k / (30 + k) ~ 1 %: the floor of 2
 
 
 def test_target_year_axis_trains_on_one_season_and_scores_each_years_held_out_samples(shared_data, tmp_path):

@@ -16,6 +16,8 @@ from cropmap.jobs.executors import InlineExecutor
 from cropmap.jobs.mapping import map_country
 from cropmap.stages import predict_provenance
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class _Recording(InlineExecutor):
     """Inline, keeping the ``model`` argument of every predict task."""
@@ -45,11 +47,12 @@ def _count(monkeypatch) -> Counter:
     return calls
 
 
-def test_a_map_run_resolves_its_model_once_and_hands_it_to_every_task(demo_run, demo_model, tmp_path, monkeypatch):
+def test_a_map_run_resolves_its_model_once_and_hands_it_to_every_task(demo_run, slim_model, tmp_path, monkeypatch):
+    """With the slim DEMO model: the counts do not depend on the weights."""
     run = demo_run.model_copy(update={"root": str(tmp_path / "run"), "cube_root": str(demo_run.cube_dir)})
     calls = _count(monkeypatch)
     executor = _Recording()
-    result = map_country(run, executor, model=demo_model, tile_limit=2)
+    result = map_country(run, executor, model=slim_model, tile_limit=2)
     done = sum(s.get("predict") == "done" for s in result.tiles.status.values())
     scored = result.accuracy is not None  # the score's model card reads the checkpoint once more
     assert done == 2
@@ -57,7 +60,7 @@ def test_a_map_run_resolves_its_model_once_and_hands_it_to_every_task(demo_run, 
     assert calls["load"] == 1 + done + scored, calls  # resolved once; the weights once per computed tile
 
     calls.clear()  # a rerun: every tile skipped without a look at the checkpoint
-    again = map_country(run, _Recording(), model=demo_model, tile_limit=2)
+    again = map_country(run, _Recording(), model=slim_model, tile_limit=2)
     assert {s.get("predict") for s in again.tiles.status.values()} == {"skipped"}
     assert calls["sha256"] == 1 and calls["load"] == 1 + scored, calls
 

@@ -118,14 +118,15 @@ def test_the_national_map_has_an_ood_cog_with_its_flagged_share_in_the_item_and_
 
 
 @pytest.mark.slow
-def test_equator_country_gets_each_sides_season_and_one_national_map(zone_configs, demo_paths, demo_model, tmp_path,
+def test_equator_country_gets_each_sides_season_and_one_national_map(zone_configs, demo_paths, slim_model, tmp_path,
                                                                       monkeypatch):
+    """Mapped with the slim DEMO model: seasons, zones and the national map do not depend on the weights."""
     monkeypatch.setenv("CROPMAP_CONFIGS_DIR", str(zone_configs))
     monkeypatch.setenv("CROPMAP_DEMO_DIR", str(demo_paths.root))
     run = resolve_run("DEQ", out_dir=str(tmp_path))
     plans = {p.hemisphere: p for p in run.parts_plan()}
     assert plans["south"].season == run.config.season and plans["north"].season.start == "05-01"
-    result = map_country(run, InlineExecutor(), model=demo_model)
+    result = map_country(run, InlineExecutor(), model=slim_model)
     assert set(result.zones) == {32636, 32736} and result.season_offsets == {"north": 6, "south": 0}
     north_tile = next(Path(run.tile_dir(result.key)).glob("32636-*.class.tif"))
     with rasterio.open(north_tile) as src:

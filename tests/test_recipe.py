@@ -21,8 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_recipes_side_by_side(shared_data, tmp_path):
     raw = yaml.safe_load((CONFIGS / "victoria-recipe.yaml").read_text())
     small = {"model_options": {"channels": [8] * 4}, "progress": False}
-    raw.update(seeds=[0], target_shifts_days=[0], output=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
-               train={**raw["train"], **small}, forest={"n_estimators": 10},
+    # workers=1: trained in this process (the config's 2 worker processes cost more than the 3 tiny nets;
+    # tests/test_experiment.py's axes grid checks parallel training)
+    raw.update(seeds=[0], target_shifts_days=[0], workers=1, output=str(tmp_path / "out"),
+               cache_dir=str(tmp_path / "cache"), train={**raw["train"], **small}, forest={"n_estimators": 10},
                runs=[{"features": "2d", "model": "cropnet1d", "augment": ["none"], "recipe": "paper",
                       "train": {"lr": 1e-4, "batch_size": 256, "epochs": 2}},
                      {"features": "2d", "model": "cropnet1d", "augment": ["none"], "recipe": "current",

@@ -222,7 +222,7 @@ def test_train_country_from_vector_parcels(demo_run, demo_paths, tmp_path):
     classes = _demo_parcels(demo_paths, gpkg)
     legend = tmp_path / "legend.yaml"
     legend.write_text(yaml.safe_dump({"name": "demo", "classes": classes}))
-    settings = demo_run.scenario.training.model_copy(update={"epochs": 2})
+    settings = demo_run.scenario.training.model_copy(update={"epochs": 1, "cell_deg": 0.001})  # ~500 points
     result = train_country(demo_run, InlineExecutor(), reference=str(gpkg), label_column="crop",
                            legend=str(legend), settings=settings)
     samples = xr.load_dataset(result.samples.path, engine="h5netcdf")
