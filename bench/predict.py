@@ -26,8 +26,21 @@ With ``--end-to-end``, also ``cropmap.stages.predict.infer_cube`` (features, mod
 series laid out as a 20 x 40 composite cube, ``precision="fp32"`` against ``"bf16"`` (the CPU fast path
 wired into predict: bf16 autocast on channels_last weights).
 
+With ``--host``, only the host work AROUND the forward pass of ``infer_cube`` (issue 35): a real-shaped tile
+cube (43 bins x 10 bands, ``--rows`` rows of a 1,024 px wide tile, reflectance quantised to 1e-4 like the
+scenes' digital numbers, a few NaN and over-filled pixels) written as a Zarr store in the layout of
+``cropmap cube`` into a fresh folder, predicted by ``infer_cube`` (state: the checkpoint loaded from disk) on
+one thread with the model's forward pass REPLACED by a stub of the same output shapes (logits ``(n, C)``,
+penultimate features ``(n, 512)``, CropNet v1's; the stub's own few array ops are counted, not
+subtracted), in batches of CropNet v1's size for the default memory budget (2,383 px). Cases ``ood``,
+``no_ood`` and ``ood_prefetch`` (the next block read by a second thread) take turns, ``--repeat`` times;
+CPU-s per megapixel from the process's CPU time (every thread, so a prefetch thread counts) of the median
+run. For context the real CropNet v1 forward pass is timed alone on 2,048 of the pixels (same thread
+count), in CPU-s per megapixel.
+
 Run: .venv/bin/python bench/predict.py [--batch 256] [--threads 2] [--repeat 3] [--paths eager_fp32,bf16]
      [--checkpoint ckpt.pt | --train-epochs 3 --save ckpt.pt] [--end-to-end]
+     .venv/bin/python bench/predict.py --host [--rows 128] [--repeat 3]   (always one thread)
 Prints one JSON line per path (machine, threads, batch, N, load average) and a Markdown table.
 """
 
@@ -199,6 +212,126 @@ def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list
     return rows
 
 
+class _StubNet(torch.nn.Module):
+    """Same outputs as CropNet v1 (``embed`` -> ``(n, features)``, ``head`` -> ``(n, classes)``) for almost
+    no compute: the bench's host cases time everything around the forward pass."""
+
+    def __init__(self, n_classes: int, n_features: int = 512) -> None:
+        super().__init__()
+        self.n_classes, self.n_features = n_classes, n_features
+        self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, n_features), requires_grad=False)
+        self.drop = torch.nn.Identity()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1)[:, :1].float() * self.scale  # (n, F), depends on the pixel
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        return f[:, :self.n_classes] * torch.arange(1, self.n_classes + 1, dtype=f.dtype, device=f.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def _host_cube(folder: Path, rows: int, width: int = 1024, seed: int = 0) -> Path:
+    """A real-shaped tile cube store (43 bins, 10 bands, ``rows x width``) in ``cropmap cube``'s layout."""
+    import xarray as xr
+
+    season = Season(start="09-01", end="03-31", hemisphere="north")  # 43 bins of 5 days
+    bands = ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, np.pi, season.n_bins, dtype=np.float32)
+    base = rng.uniform(0.02, 0.3, (len(bands), rows, width)).astype(np.float32)
+    green = rng.uniform(0, 0.3, (rows, width)).astype(np.float32)
+    refl = base[None] + np.sin(t)[:, None, None, None] * green[None, None]
+    refl += rng.normal(0, 0.01, refl.shape).astype(np.float32)
+    refl = np.round(np.clip(refl, 0, 1) * 1e4) / np.float32(1e4)
+    refl[:, :, rng.integers(0, rows, 50), rng.integers(0, width, 50)] = np.nan  # a few no-data series
+    filled = rng.uniform(0, 0.9, (rows, width)).astype(np.float32)  # ~11 % over the 0.8 default
+    ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), refl.astype(np.float32)),
+                     "filled_fraction": (("y", "x"), filled)},
+                    coords={"time": season.bin_starts(2021), "band": np.array(bands, dtype=object),
+                            "y": 1e6 - (np.arange(rows) + 0.5) * 10, "x": 5e5 + (np.arange(width) + 0.5) * 10})
+    ds = ds.chunk({"time": -1, "band": 1, "y": 256, "x": 256})  # cropmap cube's chunks
+    ds.attrs = {**season.to_attrs(), "season_year": 2021, "tile_id": "bench", "tile_crs": "EPSG:32720",
+                "tile_transform": [10.0, 0.0, 5e5, 0.0, -10.0, 1e6], "source_items": ["bench"], "status": "complete"}
+    ds.to_zarr(folder / "cube.zarr", mode="w", consolidated=False)
+    return folder / "cube.zarr"
+
+
+def _host(args) -> None:
+    """``--host``: CPU-s per megapixel of infer_cube around a stubbed forward pass, OOD on and off."""
+    import tempfile
+
+    from cropmap.ml.checkpoint import save_checkpoint
+    from cropmap.stages.inference import infer_cube
+    from cropmap.stages.predict import PredictOptions, open_cube
+
+    from threadpoolctl import threadpool_limits
+
+    args.threads = 1  # one thread, torch and BLAS alike: host CPU-s are what one core spends
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    folder = Path(tempfile.mkdtemp(prefix="cropmap-bench-host-"))  # fresh every run
+    t0 = time.perf_counter()
+    path = _host_cube(folder, args.rows)
+    print(f"# cube {args.rows} x 1024 px written to {path} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    cube = open_cube(path)
+    season = Season.from_attrs(cube.attrs)
+    classes = [f"c{i}" for i in range(8)]
+    rng = np.random.default_rng(1)
+    n_feat = 512
+    w = np.linalg.cholesky(np.cov(rng.normal(size=(n_feat, 4 * n_feat))) + np.eye(n_feat))
+    ood = {"kind": "penultimate-mahalanobis", "whitening": w.tolist(),
+           "class_means": rng.normal(size=(8, n_feat)).tolist(), "classes": list(range(8)), "threshold": 30.0,
+           "quantile": 0.99, "shrinkage": 0.1}
+    norm = {"method": "log1p_standard", "scale": 10000.0, "mean": [6.5] * 10, "std": [1.0] * 10}
+    common = dict(model_config={"n_bands": 10, "n_classes": 8}, feature_kind="2d",
+                  bands=[str(b) for b in cube.band.values], season=season, n_bins=season.n_bins, normalisation=norm,
+                  class_names=classes, class_colours=None, config={}, scores={}, temperature=1.3, ood=ood)
+    real = build_model("cropnet", n_bands=10, n_classes=8).eval()
+    # the state as a predict task has it (loaded, OOD statistics included)
+    ckpt = load_checkpoint(save_checkpoint(folder / "model.pt", model=real, model_name="cropnet", **common))
+    batch = ckpt.batch_size_for(PredictOptions().memory_budget_mb * 2**20)  # CropNet v1's, not the stub's
+    object.__setattr__(ckpt, "model", _StubNet(8).eval())  # loading built a CropNet: swap the stub back in
+    # the real forward pass, for context: 2,048 pixels of the cube
+    x = torch.from_numpy(np.nan_to_num(cube.isel(y=slice(0, 2), x=slice(0, 1024)).values.transpose(2, 3, 1, 0)
+                                       .reshape(-1, 10, season.n_bins)))
+    with torch.inference_mode():
+        real.embed(x[:64])
+        c0 = time.process_time()
+        for i in range(0, len(x), 256):
+            real.head(real.embed(x[i:i + 256]))
+        forward_cpu_s_per_mpx = (time.process_time() - c0) / len(x) * 1e6
+    cases = {"ood": PredictOptions(device="cpu", precision="fp32", ood=True, batch_size=batch),
+             "no_ood": PredictOptions(device="cpu", precision="fp32", ood=False, batch_size=batch)}
+    if "prefetch" in PredictOptions.model_fields:  # the next block read by a second thread, or not
+        cases["ood_prefetch"] = PredictOptions(device="cpu", precision="fp32", ood=True, batch_size=batch,
+                                               prefetch=True)
+    infer_cube(ckpt, cube, options=cases["ood"])  # warm-up (imports, allocator)
+    cpu = {c: [] for c in cases}
+    wall = {c: [] for c in cases}
+    maps = {}
+    for _ in range(args.repeat):
+        for name, opts in cases.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            maps[name] = infer_cube(ckpt, open_cube(path), options=opts)
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    mpx = args.rows * 1024 / 1e6
+    context = {"cpu": _cpu_name(), "threads": args.threads, "rows": args.rows, "batch": batch,
+               "bins": season.n_bins, "bands": 10,
+               "load_avg_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+    for name in cases:
+        row = {"case": name, "host_cpu_s_per_mpx": round(statistics.median(cpu[name]) / mpx, 2),
+               "wall_s_per_mpx": round(statistics.median(wall[name]) / mpx, 2),
+               "forward_cpu_s_per_mpx_cropnet_v1": round(forward_cpu_s_per_mpx, 1),
+               "nodata_share": round(float((maps[name]["label"].values == 255).mean()), 4), **context}
+        print(json.dumps(row), flush=True)
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", help="a CropNet checkpoint (default: train one here)")
@@ -210,7 +343,12 @@ def main() -> None:
     ap.add_argument("--paths", default=",".join(PATHS))
     ap.add_argument("--end-to-end", action="store_true",
                     help="also time cropmap.stages.predict.infer_cube (features + model + maps) fp32 vs bf16")
+    ap.add_argument("--host", action="store_true",
+                    help="only the host CPU-s per megapixel around a stubbed forward pass of infer_cube (issue 35)")
+    ap.add_argument("--rows", type=int, default=128, help="--host: rows of the 1,024 px wide tile")
     args = ap.parse_args()
+    if args.host:
+        return _host(args)
     torch.set_num_threads(args.threads)
 
     x_train, y_train = _features("train")

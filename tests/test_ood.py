@@ -72,6 +72,8 @@ def test_score_matches_an_independent_mahalanobis(trained):
         f_val = ckpt.model.features(torch.from_numpy(z_val)).mean(-1).numpy().astype(np.float64)
     ref_val = np.sqrt(np.min([lw.mahalanobis(f_val - means[c]) for c in classes], axis=0))
     threshold = np.quantile(ref_val, 0.99)
+    # the checkpoint scores in float32 on the device (normalisation in torch, one whitening product, the
+    # nearest class's |w - m| direct): measured within 5e-6 of this float64 reference, 1e-4 leaves 20x
     np.testing.assert_allclose(ckpt.ood_score(x[result.train_index]), ref / threshold, rtol=1e-4)
     assert abs((ckpt.ood_score(x[result.val_index]) > 1).mean() - 0.01) < 0.01
     assert np.median(ref_val) > np.median(ref)  # why the threshold is not set on the training pixels
@@ -168,3 +170,41 @@ def test_statistics_of_an_earlier_kind_are_dropped_with_a_warning(trained, tmp_p
     from cropmap.errors import ConfigError
     with pytest.raises(ConfigError, match="no training-distribution statistics of kind 'penultimate-mahalanobis'"):
         ckpt.ood_score(np.zeros((1, 10, VIC_SEASON.n_bins), np.float32))
+
+
+def test_device_path_matches_a_float64_reference_of_the_host_computation(trained, tmp_path):
+    """infer_cube's device path (normalisation, OOD score and softmax in float32 on the device, the pixels
+    gathered there) against the host computation it replaced, in float64: NumPy features and normalisation,
+    :func:`cropmap.ml.models.forward_pass`, float64 softmax and :func:`cropmap.ml.ood.ood_distance`. Same
+    classes on every usable pixel; confidence, probabilities and OOD percent within one unit of rounding
+    (a float32 value a hair either side of an x.5); the same nodata pixels, NaN and ±inf series included."""
+    from cropmap.core.features import compute_features
+    from cropmap.ml.models import forward_pass
+    from cropmap.stages.inference import NODATA, infer_cube
+
+    path, _, _ = trained
+    ckpt = load_checkpoint(path)
+    cubes, _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={7: slice(None), 8: slice(0, 66)})
+    cube = open_cube(cubes[0]).load()
+    cube.values[3, 2, 0, 5] = np.inf  # pixel 5: +inf in one bin; pixel 6: -inf (no data, not a dark pixel)
+    cube.values[9, 0, 0, 6] = -np.inf
+    got = infer_cube(ckpt, cube, options=PredictOptions(ood=True, probabilities=True, precision="fp32",
+                                                        batch_size=64, block_pixels=140))
+    # the reference, in float64 after the model
+    x = compute_features(cube, "2d").transpose("y", "x", "band", "time").values.reshape(400, 10, -1)
+    usable = (cube["filled_fraction"].values.reshape(-1) <= 0.8) & np.isfinite(x).all(axis=(1, 2))
+    assert usable.sum() == 396  # 5 and 6 (±inf), 7 (no observation), 8 (90 % filled) are nodata
+    logits, features = forward_pass(ckpt.model, apply_normalisation(x[usable], ckpt.normalisation))
+    z = logits.astype(np.float64) / ckpt.temperature
+    proba = np.exp(z - z.max(1, keepdims=True))
+    proba /= proba.sum(1, keepdims=True)
+    ood = ood_distance(features, ckpt.ood) / ckpt.ood["threshold"]
+    label = got["label"].values.reshape(-1)
+    np.testing.assert_array_equal(label[usable], proba.argmax(1))
+    assert (label[~usable] == NODATA).all() and (got["ood"].values.reshape(-1)[~usable] == NODATA).all()
+    for name, expect in (("confidence", proba.max(1) * 100), ("ood", np.minimum(ood * 100, 254))):
+        values = got[name].values.reshape(-1)[usable].astype(np.float64)
+        assert np.abs(values - np.rint(expect)).max() <= 1, name
+        assert np.mean(values == np.rint(expect)) > 0.99, name
+    prob = got["probability"].values.reshape(len(ckpt.class_names), -1)[:, usable].astype(np.float64)
+    assert np.abs(prob - np.rint(proba.T * 100)).max() <= 1

@@ -151,6 +151,10 @@ def test_row_blocks_bound_memory_without_changing_the_map(tiny_checkpoint, tmp_p
     np.testing.assert_array_equal(blocks["label"].values, whole["label"].values)
     assert np.abs(blocks["confidence"].values.astype(int) - whole["confidence"].values).max() <= 1
     assert blocks["label"].values.reshape(-1)[7] == NODATA
+    # the next block read by a prefetch thread or in the calling thread (the default): the same maps
+    ahead = infer_cube(ckpt, open_cube(cube), options=PredictOptions(precision="fp32", block_pixels=70, prefetch=True))
+    for name in ("label", "confidence"):
+        np.testing.assert_array_equal(ahead[name].values, blocks[name].values)
 
 
 @pytest.mark.parametrize("bands,bins", [(10, 43), (10, 73), (4, 37)])

@@ -28,11 +28,10 @@ from cropmap.core.season import Season
 from cropmap.errors import CheckpointError, ConfigError, DataNotFoundError, IncompatibleInputError
 from cropmap.io import downloads, outputs, storage
 from cropmap.ml.checkpoint_checks import checked_model
-from cropmap.ml.models import forward_pass
+from cropmap.ml.device_pass import device_pass
 from cropmap.ml.normalisation import apply_normalisation
 from cropmap.ml.calibration import softmax_t
 from cropmap.ml.ood import KIND as OOD_KIND
-from cropmap.ml.ood import ood_score
 
 __all__ = [
     "Checkpoint",
@@ -104,8 +103,9 @@ class Checkpoint:
     temperature: float = 1.0  # softmax(logits / temperature): fitted on validation at training
     ood: dict | None = field(default=None, repr=False)  # cropmap.ml.ood statistics of the training features
     card: dict = field(default_factory=dict)
-    # copies of ``model`` prepared per (device, memory format), made once and never changed afterwards:
-    # prediction threads share them, and ``model`` itself is never moved or converted
+    # copies of ``model`` prepared per (device, memory format), and the device constants of
+    # :func:`cropmap.ml.device_pass.device_pass` per device, made once and never changed afterwards: prediction threads share
+    # them, and ``model`` itself is never moved or converted
     _variants: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
@@ -166,34 +166,44 @@ class Checkpoint:
         """One forward pass over ``x`` ``(N, band, time)`` reflectance 0..1: the logits ``(N, n_classes)``
         float32 and, with ``ood``, the out-of-distribution score ``(N,)`` float32 of the same pass's
         penultimate features (:func:`cropmap.ml.ood.ood_score`: > 1 = out of the training distribution),
-        else None. Rows holding any NaN (no valid observation) come back NaN.
+        else None. Rows holding any NaN or ±inf (no valid observation) come back NaN.
 
-        ``device`` defaults to CUDA when available; the forward pass uses :meth:`inference_model`. Raises
+        ``device`` defaults to CUDA when available; the forward pass uses :meth:`inference_model`, and the
+        normalisation and the score run on the device too (:func:`cropmap.ml.device_pass.device_pass`). Raises
         :class:`ConfigError` for ``ood`` with a checkpoint saved without usable statistics."""
         if ood and self.ood is None:
             raise ConfigError("this checkpoint holds no training-distribution statistics of kind "
                               f"{OOD_KIND!r} (retrain it with this cropmap version)")
-        z = self.normalise(x)
-        logits = np.full((len(z), len(self.class_names)), np.nan, dtype=np.float32)
-        score = np.full(len(z), np.nan, dtype=np.float32) if ood else None
-        ok = np.flatnonzero(~np.isnan(z).any(axis=(1, 2)))
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1:] != (len(self.bands), self.n_bins):
+            raise IncompatibleInputError(
+                f"expected (N, {len(self.bands)} bands, {self.n_bins} bins), got {x.shape}"
+            )
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = self.inference_model(dev, channels_last=channels_last)
-        for i in range(0, len(ok), batch_size):  # batch by batch: a tile's features never sit whole in memory
-            rows = ok[i:i + batch_size]
-            logits[rows], features = forward_pass(model, z[rows], batch_size=len(rows), device=dev)
+        logits = np.full((len(x), len(self.class_names)), np.nan, dtype=np.float32)
+        score = np.full(len(x), np.nan, dtype=np.float32) if ood else None
+        host = torch.from_numpy(x)
+        for i in range(0, len(x), batch_size):  # batch by batch: a tile's features never sit whole in memory
+            out_logits, out_score = device_pass(self, host[i:i + batch_size].to(dev), ood=ood, model=model)
+            logits[i:i + batch_size] = out_logits.cpu().numpy()
             if score is not None:
-                score[rows] = ood_score(features, self.ood)
+                score[i:i + batch_size] = out_score.cpu().numpy()
         return logits, score
 
     def ood_score(self, x: np.ndarray, **kwargs: Any) -> np.ndarray:
         """``(N,)`` float32 out-of-distribution score of ``x`` ``(N, band, time)``: :meth:`infer` ``(ood=True)``."""
         return self.infer(x, ood=True, **kwargs)[1]
 
-    def probabilities(self, logits: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+    def probabilities(self, logits: np.ndarray | torch.Tensor, *, calibrated: bool = True) -> np.ndarray | torch.Tensor:
         """``softmax(logits / temperature)`` ``(N, n_classes)`` float32 of :meth:`infer`'s logits, with the
-        checkpoint's temperature (``calibrated=False``: T = 1). NaN rows stay NaN."""
-        return softmax_t(logits, self.temperature if calibrated else 1.0)
+        checkpoint's temperature (``calibrated=False``: T = 1). NaN rows stay NaN. A tensor (from
+        :func:`~cropmap.ml.device_pass.device_pass`) stays on its device, in float32; an array goes through float64."""
+        t = self.temperature if calibrated else 1.0
+        if isinstance(logits, torch.Tensor):
+            softmax_t(np.zeros((0, 1), np.float32), t)  # the temperature's checks
+            return torch.softmax(logits.float() / t, dim=1)
+        return softmax_t(logits, t)
 
     def predict_proba(self, x: np.ndarray, *, calibrated: bool = True, **kwargs: Any) -> np.ndarray:
         """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1:

@@ -1,10 +1,13 @@
 """One composite cube in memory -> its maps (:func:`infer_cube`), no file written.
 
 Features are built exactly as in training: the cube is the output of
-:func:`cropmap.core.composite.median_composite`, :func:`cropmap.core.features.compute_features` turns it into
-the checkpoint's feature kind, :meth:`Checkpoint.infer` runs the forward pass (normalisation, model, and the
-OOD score from the same pass) and :meth:`Checkpoint.probabilities` calibrates. The cube is loaded
-``PredictOptions.block_pixels`` (whole rows) at a time, in the calling thread.
+:func:`cropmap.core.composite.median_composite`; the 2D/1D features of
+:func:`cropmap.core.features.compute_features` are its band x time matrix per pixel, which the device reads
+straight from the block (other kinds go through ``compute_features``). :func:`~cropmap.ml.device_pass.device_pass` runs
+the normalisation, the model and the OOD score from the same pass, and the softmax with the checkpoint's
+temperature calibrates, all on the device. The cube is loaded ``PredictOptions.block_pixels`` (whole rows)
+at a time, within the call: in the calling thread, or with ``PredictOptions.prefetch`` in a second thread
+that reads the next block while the device computes this one.
 
 The maps are uint8 with one nodata value, :data:`NODATA` (255), for every product; why a tile's map would
 hold nothing else is :func:`empty_map_reason`. Files: :mod:`cropmap.stages.tile_geotiffs`.
@@ -13,6 +16,7 @@ hold nothing else is :func:`empty_map_reason`. Files: :mod:`cropmap.stages.tile_
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -20,6 +24,7 @@ import xarray as xr
 
 from cropmap.core.features import compute_features
 from cropmap.errors import IncompatibleInputError
+from cropmap.ml.device_pass import device_pass
 from cropmap.stages.predict_inputs import check_cube
 from cropmap.stages.predict_options import PredictOptions
 
@@ -67,15 +72,23 @@ def infer_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pred
 
     Nodata: pixels whose ``filled_fraction`` exceeds ``options.max_filled_fraction`` or whose series
     holds a NaN or ±inf. On CUDA the forward pass runs under bf16 autocast (``options.precision``).
+
+    The host reads a block and sends it whole to the device (pinned memory, non-blocking on CUDA); the
+    gather of the usable pixels, the normalisation, the model, the OOD score (float32), the softmax and the
+    uint8 products are computed there (:func:`~cropmap.ml.device_pass.device_pass`), and only the uint8 products come back.
     """
     check_cube(checkpoint, cube, what=f"tile {cube.attrs.get('tile_id', '?')}")
     ny, nx = cube.sizes["y"], cube.sizes["x"]
     device = _device(options)
     bf16 = options.precision == "bf16" or (options.precision == "auto" and device == "cuda")
-    proba = np.full((ny * nx, len(checkpoint.class_names)), np.nan, dtype=np.float32)
     options = options.for_checkpoint(checkpoint)
-    ood = np.full(ny * nx, np.nan, dtype=np.float32) if options.ood else None
-    # blocks of whole rows: a 1024 px tile's cube is 3 GB (73 bins x 10 bands float32), a block ~200 MB
+    n_classes = len(checkpoint.class_names)
+    maps = {"label": np.full(ny * nx, NODATA, np.uint8), "confidence": np.full(ny * nx, NODATA, np.uint8)}
+    if options.probabilities:
+        maps["probability"] = np.full((n_classes, ny * nx), NODATA, np.uint8)
+    if options.ood:
+        maps["ood"] = np.full(ny * nx, NODATA, np.uint8)
+    # blocks of whole rows: a 1024 px tile's cube is 1.8 GB (43 bins x 10 bands float32), a block ~113 MB
     step = max(1, options.block_pixels // nx)
     # the cube is read here, in this call, whatever cluster runs it: a tile is one task (torch uses the
     # cores for the forward pass). The scheduler is passed to each load, never set in dask.config: that
@@ -83,27 +96,16 @@ def infer_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pred
     filled = _load(cube["filled_fraction"]).values.reshape(-1)
     # oneDNN's bf16 convolutions are fastest on channels_last weights: 3.5x eager fp32 against 2.3x
     # for bf16 alone (bench/predict.py, docs/performance.md); the fp32 path keeps the model as it is
-    _predict_blocks(checkpoint, cube, proba, filled, step=step, options=options, device=device, bf16=bf16,
-                    channels_last=bf16 and device == "cpu", ood=ood)
-
-    ok = ~np.isnan(proba).any(axis=1)
-    cls = np.where(ok, np.argmax(np.nan_to_num(proba, nan=-1.0), axis=1), NODATA).astype(np.uint8)
-    conf = np.where(ok, np.rint(np.nanmax(np.where(ok[:, None], proba, 0), axis=1) * 100), NODATA)
-    coords = {"y": cube["y"], "x": cube["x"]}
-    out = xr.Dataset(
-        {
-            "label": (("y", "x"), cls.reshape(ny, nx)),
-            "confidence": (("y", "x"), conf.astype(np.uint8).reshape(ny, nx)),
-        },
-        coords=coords,
-    )
+    _predict_blocks(checkpoint, cube, maps, filled, step=step, options=options, device=device, bf16=bf16,
+                    channels_last=bf16 and device == "cpu")
+    out = xr.Dataset({"label": (("y", "x"), maps["label"].reshape(ny, nx)),
+                      "confidence": (("y", "x"), maps["confidence"].reshape(ny, nx))},
+                     coords={"y": cube["y"], "x": cube["x"]})
     if options.probabilities:
-        pct = np.where(ok[:, None], np.rint(np.nan_to_num(proba) * 100), NODATA).astype(np.uint8)
-        out["probability"] = (("class", "y", "x"), pct.T.reshape(-1, ny, nx))
+        out["probability"] = (("class", "y", "x"), maps["probability"].reshape(-1, ny, nx))
         out = out.assign_coords({"class": list(checkpoint.class_names)})
-    if ood is not None:
-        pct = np.where(ok & np.isfinite(ood), np.minimum(np.rint(np.nan_to_num(ood) * 100), 254), NODATA)
-        out["ood"] = (("y", "x"), pct.astype(np.uint8).reshape(ny, nx))
+    if options.ood:
+        out["ood"] = (("y", "x"), maps["ood"].reshape(ny, nx))
     out.attrs = {"tile_id": cube.attrs.get("tile_id", ""), "nodata": NODATA}
     return out
 
@@ -113,27 +115,94 @@ def _load(array: xr.DataArray) -> xr.DataArray:
     return array.load(scheduler="synchronous") if array.chunks else array
 
 
-def _predict_blocks(checkpoint, cube: xr.DataArray, proba: np.ndarray, filled: np.ndarray, *, step: int,
-                    options: PredictOptions, device: str, bf16: bool, channels_last: bool,
-                    ood: np.ndarray | None = None) -> None:
-    """Fill ``proba`` ``(y * x, class)`` (and ``ood`` ``(y * x,)`` if given) block of ``step`` rows by
-    block; unusable pixels stay NaN."""
+def _block_input(checkpoint, block: xr.DataArray) -> np.ndarray:
+    """``(time, band, y * x)`` float32 (a view where it can) of a loaded block: the model's input matrix
+    per pixel, band x time, is read from it transposed on the device. The 2D/1D features are this same
+    matrix (±inf made NaN on the device); other kinds go through :func:`_model_input`."""
+    if checkpoint.feature_kind not in ("2d", "1d"):
+        x = _model_input(checkpoint, block)  # (y * x, band, time)
+        return np.ascontiguousarray(x.transpose(2, 1, 0))
+    values = block.transpose("time", "band", "y", "x").values
+    return np.asarray(values, dtype=np.float32).reshape(*values.shape[:2], -1)
+
+
+def _predict_blocks(checkpoint, cube: xr.DataArray, maps: dict, filled: np.ndarray, *, step: int,
+                    options: PredictOptions, device: str, bf16: bool, channels_last: bool) -> None:
+    """Fill ``maps`` (uint8 ``label``, ``confidence``, and ``probability``/``ood`` if present) block of
+    ``step`` rows by block; unusable pixels stay :data:`NODATA`.
+
+    The host reads a block and finds its usable pixels (filled fraction, a finite series: one sum per
+    pixel), pinned on CUDA; with ``options.prefetch`` a second thread does that for the next block while
+    this one computes. On the device, batch by batch over consecutive pixels: one transposing copy to
+    ``(pixel, band, time)`` of the usable ones (:func:`_gather`), :func:`~cropmap.ml.device_pass.device_pass` in place on
+    it, softmax and the uint8 products (:func:`_products`); one copy back of those per block, the only sync."""
     nx = cube.sizes["x"]
     batch_size = options.batch_size or checkpoint.batch_size_for(options.memory_budget_mb * 2**20)
-    for y0 in range(0, cube.sizes["y"], step):
-        block = cube.isel(y=slice(y0, y0 + step))
-        x = _model_input(checkpoint, _load(block))
+    dev = torch.device(device)
+    model = checkpoint.inference_model(dev, channels_last=channels_last)
+    ood = "ood" in maps
+    starts = list(range(0, cube.sizes["y"], step))
+
+    def read(y0: int):
+        """The block of rows ``y0..`` as ``(time, band, px)`` and its usable pixels' indices, on the host."""
+        x = _block_input(checkpoint, _load(cube.isel(y=slice(y0, y0 + step))))
         first = y0 * nx
-        # ±inf is no data like NaN (the features make it NaN; a cube written elsewhere may still hold it)
-        usable = (filled[first:first + len(x)] <= options.max_filled_fraction) & np.isfinite(x).all(axis=(1, 2))
-        rows = np.flatnonzero(usable)
-        if rows.size:
-            with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                logits, score = checkpoint.infer(x[rows], ood=ood is not None, batch_size=batch_size,
-                                                 device=device, channels_last=channels_last)
-            proba[first + rows] = checkpoint.probabilities(logits)
-            if ood is not None:
-                ood[first + rows] = score
+        # ±inf is no data like NaN: the sum of a series is finite only if every value is
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN: no data all the same
+            finite = np.isfinite(x.sum(axis=(0, 1)))
+        usable = (filled[first:first + x.shape[2]] <= options.max_filled_fraction) & finite
+        host = torch.from_numpy(x)
+        return (host.pin_memory() if dev.type == "cuda" else host), np.flatnonzero(usable)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="cropmap-prefetch") if options.prefetch else \
+            contextlib.nullcontext() as pool:
+        pending = pool.submit(read, starts[0]) if pool else None
+        for k, y0 in enumerate(starts):
+            host, rows = pending.result() if pool else read(y0)
+            if pool and k + 1 < len(starts):
+                pending = pool.submit(read, starts[k + 1])
+            if not rows.size:
+                continue
+            block = host.to(dev, non_blocking=True)
+            index = torch.from_numpy(rows).to(dev, non_blocking=True)
+            outs = {key: [] for key in maps}
+            for i in range(0, len(rows), batch_size):
+                xb = _gather(block, index[i:i + batch_size], chunk=batch_size if dev.type == "cuda" else 1024)
+                with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+                    logits, score = device_pass(checkpoint, xb, ood=ood, model=model, scratch=True)
+                _products(checkpoint, logits, score, outs)
+            target = y0 * nx + rows
+            for key, parts in outs.items():
+                maps[key][..., target] = torch.cat(parts, dim=-1).cpu().numpy()
+
+
+def _gather(block: torch.Tensor, rows: torch.Tensor, *, chunk: int) -> torch.Tensor:
+    """``block[:, :, rows]`` of a ``(time, band, px)`` block as a new contiguous ``(rows, band, time)``
+    float32 batch, transposed ``chunk`` pixels at a time (on a CPU a chunk's source stays in the cache:
+    measured ~2x faster than one transposing copy of the whole batch)."""
+    n_time, n_band = block.shape[:2]
+    flat = block.reshape(n_time * n_band, -1)  # a view of the contiguous block
+    out = torch.empty((len(rows), n_band, n_time), dtype=torch.float32, device=block.device)
+    for i in range(0, len(rows), chunk):
+        part = flat[:, rows[i:i + chunk]]  # (time * band, n) gathered pixels
+        out[i:i + chunk].copy_(part.view(n_time, n_band, -1).permute(2, 1, 0))
+    return out
+
+
+def _products(checkpoint, logits: torch.Tensor, score: torch.Tensor | None, outs: dict) -> None:
+    """Append one batch's uint8 products to ``outs`` (on the device): the calibrated softmax's winning class
+    and its percent, the per-class percents if asked, the OOD percent (capped at 254); NODATA where the
+    logits or the score are not finite."""
+    proba = checkpoint.probabilities(logits)  # float32 on the device
+    top, cls = proba.max(dim=1)
+    ok = ~torch.isnan(top)
+    outs["label"].append(torch.where(ok, cls, NODATA).to(torch.uint8))
+    outs["confidence"].append(torch.where(ok, torch.round(top * 100), NODATA).to(torch.uint8))
+    if "probability" in outs:
+        outs["probability"].append(torch.where(ok[:, None], torch.round(proba * 100), NODATA).to(torch.uint8).T)
+    if "ood" in outs:
+        pct = torch.clamp(torch.round(score * 100), max=254)
+        outs["ood"].append(torch.where(ok & torch.isfinite(score), pct, NODATA).to(torch.uint8))
 
 
 def empty_map_reason(tile_id: str, cube: xr.DataArray, options: PredictOptions) -> str:

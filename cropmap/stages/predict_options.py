@@ -33,8 +33,14 @@ class PredictOptions(BaseModel):
     #: of 2,383 pixels.
     memory_budget_mb: int = Field(1024, ge=1)
     #: Pixels loaded and featurised at once (whole rows of the tile): bounds memory per tile task,
-    #: about ``block_pixels x bins x bands x 4 bytes x 3`` (65536 px, 73 bins, 10 bands: ~0.6 GB).
+    #: about ``block_pixels x bins x bands x 4 bytes`` twice (the block read and its gathered batches), twice
+    #: again with ``prefetch`` (65536 px, 43 bins, 10 bands: ~0.45 GB).
     block_pixels: int = Field(65536, ge=1)
+    #: Read (and on CUDA pin) the next block in a second thread while the device computes this one
+    #: (:func:`cropmap.stages.inference.infer_cube`): two blocks in host memory at once. Off by default:
+    #: on the CPU it measured no better (bench/predict.py --host: the forward pass and the read share the
+    #: cores); meant for a GPU, where it is still to be measured.
+    prefetch: bool = False
     #: Also write per-class probabilities (uint8 percent, one band per class).
     probabilities: bool = False
     #: ``"cuda"``, ``"cpu"`` or None (CUDA when available).
@@ -55,6 +61,6 @@ class PredictOptions(BaseModel):
         return self if self.ood is not None else self.model_copy(update={"ood": checkpoint.ood is not None})
 
     def output_key(self) -> dict:
-        """The options that change the written pixels (the device and batch size do not)."""
+        """The options that change the written pixels (the device, batch size, blocks and prefetch do not)."""
         return {"max_filled_fraction": self.max_filled_fraction, "probabilities": self.probabilities,
                 "precision": self.precision, **({"ood": True} if self.ood else {})}
