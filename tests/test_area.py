@@ -155,22 +155,27 @@ def test_cli_area_sample_and_estimate(demo_class_map, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_map_area_cis_cover_the_reference_areas(demo_run, demo_model, demo_paths, tmp_path):
-    """The DEMO map of map-country, sampled (seed 0) and labelled by the reference map: every class's
-    95 % CI covers its reference area (reference pixels over the map's valid pixels, counted in NumPy)."""
+def test_demo_map_area_cis_cover_the_reference_areas(two_zone_run, demo_model, tmp_path):
+    """The session's two-zone DEMO map of map-country (conftest ``two_zone_run``: two UTM zones warped to
+    the national equal-area CRS), sampled (seed 0) and labelled by its reference map: every class's 95 % CI
+    covers its reference area (reference pixels over the map's valid pixels, counted in NumPy). Then the
+    labelled sample and admin units as parameters of a map-country rerun on a copy of that run."""
+    import shutil
+
     from cropmap.jobs.executors import InlineExecutor
     from cropmap.jobs.mapping import map_country
 
-    result = map_country(demo_run, InlineExecutor(), model=demo_model)
+    run, result = two_zone_run
+    reference = run.scenario.reference
     class_map = result.mosaic.cogs["class"]
     strata = map_strata(class_map)
     sample = label_from_reference(draw_sample(strata, allocate(strata.pixels, 800, minimum=50), seed=0), strata,
-                                  demo_paths.reference)
+                                  reference)
     est, notes = estimate_areas(strata, sample)
     from rasterio.vrt import WarpedVRT
 
     # the national map is in an equal-area CRS: the reference read onto its grid (nearest neighbour)
-    with rasterio.open(class_map) as m, rasterio.open(demo_paths.reference) as r, \
+    with rasterio.open(class_map) as m, rasterio.open(reference) as r, \
             WarpedVRT(r, crs=m.crs, transform=m.transform, width=m.width, height=m.height,
                       resampling=rasterio.enums.Resampling.nearest, nodata=255) as vrt:
         ref = vrt.read(1)
@@ -192,14 +197,17 @@ def test_demo_map_area_cis_cover_the_reference_areas(demo_run, demo_model, demo_
         assert abs(est.area[k] - ref_ha.get(name, 0.0)) <= Z95 * est.area_se[k], lines[k]
 
     # the same inside map-country: the labelled sample and admin units as parameters of a rerun (its
-    # tiles are skipped), the products beside the maps, equal to the stage functions' on the same inputs
+    # tiles are skipped), the products beside the maps, equal to the stage functions' on the same inputs.
+    # The session's run is shared read only: the rerun works on a copy of its folder.
     import pandas as pd
 
     from cropmap.stages.area import area_table, zonal_areas
 
+    copy = run.model_copy(update={"root": str(tmp_path / "run")})
+    shutil.copytree(run.root, copy.root)
     write_sample(sample, tmp_path / "labelled.gpkg")
     _units(tmp_path / "units.gpkg", class_map)
-    again = map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "labelled.gpkg"),
+    again = map_country(copy, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "labelled.gpkg"),
                         admin_units=str(tmp_path / "units.gpkg"), admin_field="NAME")
     assert all(r["predict"] == "skipped" for r in again.tiles.rows())
     assert set(again.area) == {"estimates", "error_matrix", "markdown", "by_unit", "by_unit_markdown",
@@ -211,11 +219,11 @@ def test_demo_map_area_cis_cover_the_reference_areas(demo_run, demo_model, demo_
     # a sample whose strata are not this map's is refused, naming why
     other = draw_sample(map_strata(class_map), allocate(strata.pixels, 400, minimum=20), seed=1)
     other["map_class"] = (other["map_class"] + 1) % len(strata.names)
-    write_sample(label_from_reference(other, strata, demo_paths.reference), tmp_path / "other.gpkg")
+    write_sample(label_from_reference(other, strata, reference), tmp_path / "other.gpkg")
     with pytest.raises(InvalidInputError, match="drawn on another map"):
-        map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "other.gpkg"))
+        map_country(copy, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "other.gpkg"))
     with pytest.raises(Exception, match="not found"):
-        map_country(demo_run, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "none.gpkg"))
+        map_country(copy, InlineExecutor(), model=demo_model, area_samples=str(tmp_path / "none.gpkg"))
 
 
 def _units(path, class_map, *, crs="EPSG:4326"):

@@ -1,7 +1,8 @@
 """Whole runs under faults, as real processes: ``cropmap map DEMO`` SIGKILLed at every stage in turn
-(the STAC search, a cube, a tile prediction, the zone mosaic, the national mosaic, the STAC item), each
-time just before a finished output would be renamed into place, then run again to the end; and a
-second run started on the same folder while the first is working.
+(the STAC search, the cube, the tile prediction, the national mosaic, the STAC item), each time just before
+a finished output would be renamed into place, then run again to the end; and a second run started on the
+same folder while the first is working (held, with the folder's lock, just before it publishes its cube).
+The runs map one tile with the session's slim model: how a run resumes is looked at, not what the model says.
 
 The killed chain must end with the same map bytes as an undisturbed run and no temporary left; the
 concurrent run must fail at once with one line naming the first, and write nothing.
@@ -46,12 +47,33 @@ from cropmap.cli import app
 app(argv, prog_name="cropmap")
 """
 
-#: one pattern per stage, in the order a run reaches them
+# the same, but the process waits instead (its lock held) at the first matching output: it writes the file
+# ``held`` and goes on once the file ``go`` exists
+_HOLD_AT = """
+import contextlib, fnmatch, os, sys, time
+import cropmap.io.outputs as outputs
+pattern, held, go, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+publish = outputs.atomic_path
+@contextlib.contextmanager
+def held_before_rename(path):
+    with publish(path) as tmp:
+        yield tmp
+        if fnmatch.fnmatch(str(path), pattern) and not os.path.exists(held):
+            open(held, "w").close()
+            while not os.path.exists(go):
+                time.sleep(0.05)
+outputs.atomic_path = held_before_rename
+from cropmap.cli import app
+app(argv, prog_name="cropmap")
+"""
+
+#: one pattern per stage, in the order a run reaches them. The zone mosaic's COGs are published as the
+#: national mosaic's are (a COG file through ``atomic_path``, rewritten by every run): a kill there would
+#: take the same path as the national one, so the chain kills only there; the zone COGs are still compared.
 STAGES = {
     "search": "*/searches/*.json",
     "cube": "*/cubes/*.zarr",
     "predict": "*/tiles/*/*.class.tif",
-    "zone mosaic": "*/maps/*/DEMO_32754_class.tif",
     "national mosaic": "*/maps/*/DEMO_class.tif",
     "STAC item": "*/maps/*/DEMO.json",
 }
@@ -59,13 +81,16 @@ PRODUCTS = ("DEMO_class.tif", "DEMO_confidence.tif", "DEMO_32754_class.tif", "DE
             "accuracy.json")
 
 
-def _env(demo_paths) -> dict:
+@pytest.fixture(scope="module")
+def env(demo_paths) -> dict:
+    """The CLI's environment: the session's DEMO."""
     return {**os.environ, "CROPMAP_DEMO_DIR": str(demo_paths.root), "PYTHONPATH": str(ROOT),
             "DASK_LOGGING__DISTRIBUTED": "error"}
 
 
 def _map_args(model: str, out: Path) -> list[str]:
-    return ["map", "DEMO", "--model", model, "--out", str(out), "--threads", "2", "--tile-limit", "2"]
+    # one tile: every stage of the chain is reached
+    return ["map", "DEMO", "--model", model, "--out", str(out), "--threads", "2", "--tile-limit", "1"]
 
 
 def _cli(args: list[str], env: dict, **kwargs) -> subprocess.Popen:
@@ -83,21 +108,27 @@ def _temporaries(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def first_and_second(demo_paths, demo_model, tmp_path_factory):
-    """An undisturbed run, and a second one started on its folder once the first holds the lock."""
+def first_and_second(env, slim_model, tmp_path_factory):
+    """An undisturbed run, and a second one started on its folder while the first holds the lock (the first
+    waits, just before it publishes its cube, until the second has ended)."""
     out = tmp_path_factory.mktemp("undisturbed")
-    env = _env(demo_paths)
-    first = _cli(_map_args(demo_model, out), env)
-    deadline = time.monotonic() + 120
-    while not any(p.read_text().startswith("pid") for p in out.rglob(LOCK_NAME)):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.05)
-    second = subprocess.run([CROPMAP, *_map_args(demo_model, out)], env=env,
-                            capture_output=True, text=True, timeout=300)
-    still_running = first.poll() is None
+    held, go = out / "held", out / "go"
+    first = subprocess.Popen([sys.executable, "-c", _HOLD_AT, STAGES["cube"], str(held), str(go),
+                              *_map_args(slim_model, out / "runs")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (held.exists() and any(p.read_text().startswith("pid") for p in out.rglob(LOCK_NAME))):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run([CROPMAP, *_map_args(slim_model, out / "runs")], env=env,
+                                capture_output=True, text=True, timeout=300)
+        still_running = first.poll() is None
+    finally:
+        go.touch()
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stdout + stderr
-    return out, second, still_running, stdout
+    return out / "runs", second, still_running, stdout
 
 
 def test_a_second_run_on_a_busy_folder_fails_at_once_naming_the_first(first_and_second):
@@ -109,17 +140,16 @@ def test_a_second_run_on_a_busy_folder_fails_at_once_naming_the_first(first_and_
     assert _temporaries(out) == []
 
 
-def test_a_run_killed_at_every_stage_resumes_to_the_same_maps(first_and_second, demo_paths, demo_model, tmp_path):
+def test_a_run_killed_at_every_stage_resumes_to_the_same_maps(first_and_second, env, slim_model, tmp_path):
     undisturbed, *_ = first_and_second
     out = tmp_path / "killed"
-    env = _env(demo_paths)
     for stage, pattern in STAGES.items():
-        proc = subprocess.run([sys.executable, "-c", _KILL_AT, pattern, *_map_args(demo_model, out)], env=env,
+        proc = subprocess.run([sys.executable, "-c", _KILL_AT, pattern, *_map_args(slim_model, out)], env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == -signal.SIGKILL, f"{stage}: {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
         assert "killed at" in proc.stdout, stage
     # every stage's output was left as a temporary once; the plain rerun removes them and finishes
-    final = _cli(_map_args(demo_model, out), env)
+    final = _cli(_map_args(slim_model, out), env)
     stdout, stderr = final.communicate(timeout=600)
     assert final.returncode == 0, stdout + stderr
     assert _temporaries(out) == []
