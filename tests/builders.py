@@ -82,8 +82,11 @@ def raster_obs(series: np.ndarray, times: np.ndarray, bands, *, ny: int, nx: int
 
 
 def write_tile_cube(path: Path, obs: xr.DataArray, *, tile_id: str, row: int, col: int,
-                    season: Season = VIC_SEASON) -> Path:
-    """Composite observations with cropmap's one compositing function and store them as a tile cube."""
+                    season: Season = VIC_SEASON, encoding: str = "float32") -> Path:
+    """Composite observations with cropmap's one compositing function and store them as a tile cube,
+    reflectance as ``encoding`` ("int16": :data:`cropmap.stages.cube.INT16_ENCODING`, as `cropmap cube` stores it)."""
+    from cropmap.stages.cube import INT16_ENCODING
+
     ny, nx = obs.sizes["y"], obs.sizes["x"]
     transform = Affine(10.0, 0.0, ORIGIN[0] + col * nx * 10.0, 0.0, -10.0, ORIGIN[1] - row * ny * 10.0)
     xs = transform.c + (np.arange(nx) + 0.5) * 10.0
@@ -94,12 +97,13 @@ def write_tile_cube(path: Path, obs: xr.DataArray, *, tile_id: str, row: int, co
     ds = ds.rio.write_crs(EPSG).rio.write_transform(transform)
     ds.attrs = {**season.to_attrs(), "season_year": VIC_YEAR, "tile_id": tile_id, "tile_crs": f"EPSG:{EPSG}",
                 "tile_transform": list(transform)[:6], "source_items": [f"victoria-{tile_id}"], "status": "complete"}
-    ds.to_zarr(path, mode="w", consolidated=False)
+    ds.to_zarr(path, mode="w", consolidated=False,
+               encoding={"reflectance": INT16_ENCODING} if encoding == "int16" else None)
     return path
 
 
 def victoria_tiles(folder: Path, *, rows: int, cols: int, ny: int, nx: int, split: str = "test",
-                   blank: dict[int, slice] | None = None) -> tuple[list[Path], xr.Dataset]:
+                   blank: dict[int, slice] | None = None, encoding: str = "float32") -> tuple[list[Path], xr.Dataset]:
     """The real Victoria series cut into ``rows x cols`` tiles of ``ny x nx`` pixels (sample order is
     tile-major, then row-major inside a tile). ``blank`` maps a sample to the time steps set to NaN."""
     samples = read_victoria("test") if split == "test" else xr.concat(
@@ -112,7 +116,7 @@ def victoria_tiles(folder: Path, *, rows: int, cols: int, ny: int, nx: int, spli
     for k in range(rows * cols):
         obs = raster_obs(refl[k * n:(k + 1) * n], samples.time.values, samples.band.values, ny=ny, nx=nx)
         paths.append(write_tile_cube(folder / f"T{k // cols}_{k % cols}.zarr", obs, tile_id=f"T{k // cols}_{k % cols}",
-                                     row=k // cols, col=k % cols))
+                                     row=k // cols, col=k % cols, encoding=encoding))
     return paths, samples.assign(reflectance=(samples["reflectance"].dims, refl))
 
 

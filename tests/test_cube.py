@@ -89,7 +89,16 @@ def _interp_reference(series: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_cube_equals_numpy_rasterio_reference(built, twm_items):
+@pytest.fixture(scope="module")
+def built_float32(twm_items, tmp_path_factory):
+    """The tile of ``built`` with reflectance stored as float32 (the composite's values as computed)."""
+    out = tmp_path_factory.mktemp("cubes_float32")
+    return build_tile_cube(TILE, twm_items, AUG, 2023, out, options=CubeOptions(bands=BANDS, chunk=128,
+                                                                               encoding="float32"))
+
+
+def test_cube_equals_numpy_rasterio_reference(built_float32, twm_items):
+    built = built_float32
     assert built.status == "written" and built.n_items == 5 and built.reason == ""
     cube = open_tile_cube(built.path)
     assert cube.dims == ("time", "band", "y", "x") and cube.dtype == np.float32
@@ -116,6 +125,27 @@ def test_cube_equals_numpy_rasterio_reference(built, twm_items):
     np.testing.assert_allclose(cube.filled_fraction.values, (~observed).mean(axis=(0, 1)), rtol=1e-6)
     # a real, plausible surface: no negative reflectance over summer vegetation
     assert np.nanmin(got[:, :3]) >= 0 and 0.1 < np.nanmedian(got[:, 3]) < 0.6
+
+
+def test_an_int16_cube_holds_the_float32_cube_within_half_a_count(built, built_float32):
+    """The default store: int16 counts of 1e-4 reflectance (CF scale_factor / _FillValue, decoded by plain
+    xarray), equal to the float32 composite within half a count (5e-5), no data where it has none, in fewer bytes."""
+    import zarr
+
+    stored = zarr.open_group(str(built.path), mode="r")["reflectance"]
+    assert stored.dtype == np.int16 and dict(stored.attrs) == {"scale_factor": 1e-4, "_FillValue": -32768}
+    exact = open_tile_cube(built_float32.path).values
+    for got in (open_tile_cube(built.path).values, xr.open_zarr(built.path, consolidated=False)["reflectance"].values):
+        assert got.shape == exact.shape and got.dtype in (np.float32, np.float64)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(exact))
+        assert np.nanmax(np.abs(got - exact)) <= 5e-5 + 1e-7  # the rounding, and float32's own step near 1
+    raw = open_tile_cube(built.path, stored=True)
+    assert raw.dtype == np.int16 and raw.attrs["scale_factor"] == 1e-4 and raw.attrs["_FillValue"] == -32768
+
+    def size(store):
+        return sum(p.stat().st_size for p in Path(store, "reflectance").rglob("*") if p.is_file())
+
+    assert size(built.path) < size(built_float32.path) / 1.5, (size(built.path), size(built_float32.path))
 
 
 def test_cube_metadata_and_georeferencing(built, twm_items):
@@ -213,7 +243,8 @@ def test_a_tile_is_built_without_any_dask_graph(twm_items, tmp_path):
     """A tile cube is one task to a cluster: reading, compositing and writing compute no Dask graph
     at all (the default scheduler raises here), and the result equals the lazy composite's."""
     with dask.config.set(scheduler=_raise_on_compute):
-        res = build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path, options=CubeOptions(bands=BANDS, chunk=64))
+        res = build_tile_cube(TILE, twm_items, AUG, 2023, tmp_path, options=CubeOptions(bands=BANDS, chunk=64,
+                                                                                    encoding="float32"))
     refl, scl, _ = load_observations(TILE, twm_items, bands=BANDS, chunk=128)
     lazy = composite_observations(refl.chunk({"y": 128, "x": 128}), scl.chunk({"y": 128, "x": 128}), AUG, 2023)
     built = open_tile_cube(res.path)

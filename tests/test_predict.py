@@ -75,6 +75,45 @@ def test_tile_classes_equal_the_model_on_the_samples(tiny_checkpoint, tmp_path):
     assert (classes[usable] == samples["label"].values[usable]).mean() > 0.5
 
 
+def test_an_int16_cube_is_decoded_on_the_device_as_xarray_decodes_it(tiny_checkpoint, tmp_path):
+    """The store as `cropmap cube` writes it (int16 counts, CF scale_factor / _FillValue), read as stored and
+    decoded on the device: the classes and confidences of the model on the cube's values decoded by plain
+    xarray on the host; a series holding the fill value is nodata."""
+    (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={7: slice(None)}, encoding="int16")
+    ckpt = load_checkpoint(tiny_checkpoint)
+    maps = infer_cube(ckpt, open_cube(cube, stored=True), options=PredictOptions(max_filled_fraction=1.0))
+    decoded = xr.open_zarr(cube, consolidated=False)["reflectance"]  # xarray's CF decoding, float64
+    assert decoded.dtype == np.float64 and int(decoded.isnull().any(("time", "band")).sum()) == 1
+    x = decoded.transpose("y", "x", "band", "time").values.reshape(400, 10, -1)
+    finite = np.isfinite(x).all(axis=(1, 2))
+    proba = ckpt.predict_proba(x[finite].astype(np.float32))
+    classes, confidence = maps["label"].values.reshape(-1), maps["confidence"].values.reshape(-1)
+    np.testing.assert_array_equal(classes[finite], proba.argmax(1))
+    assert np.abs(confidence[finite].astype(int) - np.rint(proba.max(1) * 100)).max() <= 1
+    assert classes[~finite].tolist() == [NODATA] and not finite[7]
+
+
+def test_blocks_are_whole_chunks_of_the_store_covering_the_tile_once(tmp_path):
+    """A window never cuts a chunk of the store (each is decompressed once), stays within the pixel budget
+    when a chunk does, and the windows cover every pixel exactly once."""
+    from cropmap.stages.inference import block_windows
+
+    cube = xr.DataArray(np.zeros((2, 3, 100, 90), np.int16), dims=("time", "band", "y", "x"))
+    cube.to_dataset(name="reflectance").to_zarr(tmp_path / "c.zarr", consolidated=False,
+                                                encoding={"reflectance": {"chunks": (2, 1, 32, 32)}})
+    stored = xr.open_zarr(tmp_path / "c.zarr", consolidated=False, chunks=None)["reflectance"]
+    for budget, array in [(3000, stored), (3000, stored.chunk({"y": 32, "x": 32})), (500, stored), (10**6, cube)]:
+        cover = np.zeros((100, 90), int)
+        for ys, xs in block_windows(array, budget):
+            cover[ys, xs] += 1
+            size = (ys.stop - ys.start) * (xs.stop - xs.start)
+            if array is not cube and budget >= 32 * 32:  # whole chunks: windows start on chunk borders
+                assert ys.start % 32 == 0 and xs.start % 32 == 0 and size <= budget
+            elif array is not cube:  # a chunk over the budget: rows of it, within its columns
+                assert size <= budget and xs.start % 32 == 0 and xs.stop - xs.start <= 32
+        assert (cover == 1).all()
+
+
 def test_threshold_decides_nodata(tiny_checkpoint, tmp_path):
     (cube,), _ = victoria_tiles(tmp_path, rows=1, cols=1, ny=20, nx=20, blank={8: slice(0, 66)})
     filled = open_cube(cube)["filled_fraction"].values.reshape(-1)[8]

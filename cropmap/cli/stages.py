@@ -51,6 +51,8 @@ def cube(
                                             "next run, refused by predict); 0 accepts any tile with data."),
     configs_dir: str = typer.Option(None, "--configs-dir", help="Folder of country YAMLs (default configs/countries)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Tiles built at once (local Dask threads)."),
+    encoding: str = typer.Option("int16", "--encoding", help="Reflectance stored as int16 counts of 1e-4 (half "
+                                 "the bytes, error <= 5e-5) or float32."),
 ) -> None:
     """Build 5-day median cubes (one Zarr per tile) for a country or an area inside it."""
     from cropmap.core.bands import S2_BANDS
@@ -68,7 +70,8 @@ def cube(
             max_cloud_cover=cfg.catalog.max_cloud_cover,
             margin_days=cfg.catalog.margin_days)})
     opts = CubeOptions(bands=tuple(b.strip() for b in bands.split(",")) if bands else S2_BANDS, chunk=chunk,
-                       on_asset_error="fail" if fail_on_asset_error else "warn", min_observed_fraction=min_observed)
+                       on_asset_error="fail" if fail_on_asset_error else "warn", min_observed_fraction=min_observed,
+                       encoding=encoding)
     area = bbox if bbox else geojson
     # an area is checked against the country and the tile cap (--max-tiles is the explicit override)
     planned = (tiles_for_area(cfg, area, limit=None if max_tiles is None else 10**9) if area

@@ -29,7 +29,7 @@ def device_pass(checkpoint: Checkpoint, x: torch.Tensor, *, ood: bool = False, m
     The normalisation is :func:`~cropmap.ml.normalisation.apply_normalisation`'s in float32, in place
     on one contiguous copy of ``x`` (``x`` is not changed), where rows that are not finite go through
     the model as zeros and are blanked after. ``scratch=True``: ``x`` is a contiguous float32 batch the
-    caller gives up, every row finite: it is normalised in place, no copy, no check.
+    caller gives up: the same, in place on ``x``, no copy.
     ``model``: the forward pass (default the checkpoint's ``inference_model`` on ``x``'s device). The score is
     ``min_c |f W - m_c| / threshold`` (:func:`cropmap.ml.ood.ood_distance`) in float32, outside any
     autocast: one ``(n, F) x (F, F)`` product ``w = f W``, the nearest class by ``|m_c|^2 - 2 w.m_c``, and
@@ -41,19 +41,17 @@ def device_pass(checkpoint: Checkpoint, x: torch.Tensor, *, ood: bool = False, m
         raise ConfigError(f"unknown normalisation method {checkpoint.normalisation.get('method')!r}")
     model = model if model is not None else checkpoint.inference_model(x.device)
     consts = _device_constants(checkpoint, x.device)
-    bad = None
     if scratch:
         z = x
     else:
         z = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         z.copy_(x)  # the (n, band, time) contiguous input, whatever x's strides
-        bad = ~torch.isfinite(z.sum(dim=(1, 2)))  # NaN or ±inf anywhere (reflectance never overflows)
-        z.nan_to_num_(0.0, 0.0, 0.0)
+    bad = ~torch.isfinite(z.sum(dim=(1, 2)))  # NaN or ±inf anywhere (reflectance never overflows)
+    z.nan_to_num_(0.0, 0.0, 0.0)
     z.clamp_(min=0).mul_(consts["scale"]).log1p_().sub_(consts["mean"]).div_(consts["std"])
     f = model.embed(z)
     logits = model.head(model.drop(f)).float()
-    if bad is not None:
-        logits[bad] = float("nan")
+    logits.masked_fill_(bad[:, None], float("nan"))  # masked, not indexed: no device sync
     if not ood:
         return logits, None
     with torch.autocast(x.device.type, enabled=False):  # the score in float32 even under bf16 autocast
@@ -63,8 +61,7 @@ def device_pass(checkpoint: Checkpoint, x: torch.Tensor, *, ood: bool = False, m
         nearest = torch.addmm(consts["means_sq"], w, consts["means_t"]).argmin(dim=1)
         d2 = w.sub_(consts["means"][nearest]).square_().sum(dim=1)
         score = d2.sqrt_().div_(consts["threshold"])
-    if bad is not None:
-        score[bad] = float("nan")
+    score.masked_fill_(bad, float("nan"))
     return logits, score
 
 

@@ -4,7 +4,9 @@ Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage
 
     <out_dir>/<tile id>.zarr            e.g. 32633-10m-1024px_r0473c0054.zarr (exists = complete;
                                         in an object store: the marker <tile id>.zarr.complete exists)
-        reflectance  (time, band, y, x) float32, surface reflectance 0..1, NaN = no data
+        reflectance  (time, band, y, x) surface reflectance 0..1, NaN = no data, stored as int16
+                     reflectance x 10,000 (CF scale_factor 1e-4, _FillValue -32768: xarray decodes it;
+                     rounding error <= 5e-5) or, with CubeOptions(encoding="float32"), as float32
         filled_fraction (y, x) float32  share of (bin, band) values interpolated; 1 = never observed
         time  bin start dates (datetime64[ns]), band  canonical names (B02 ... B12)
         y, x  pixel-centre coordinates in metres of the tile's UTM CRS; spatial_ref (CF grid mapping)
@@ -39,6 +41,7 @@ import pystac
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 import zarr
+from zarr.codecs import BloscCodec
 
 from cropmap import __version__
 from cropmap.core.bands import S2_BANDS, SCL, canonical_band
@@ -52,8 +55,15 @@ from cropmap.io.storage import stable_hash
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "degraded_reason", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
+           "open_tile_cube", "INT16_ENCODING", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
            "AssetUnavailableWarning"]
+
+#: ``reflectance`` as int16 (CF): stored = round(reflectance / scale_factor), no data = _FillValue; Blosc zstd
+#: over byte-shuffled counts (smaller and faster to read than zarr's default zstd: bench/cube_encoding.py).
+INT16_ENCODING = {"dtype": "int16", "scale_factor": 1e-4, "_FillValue": -32768,
+                  "compressors": (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2),)}
+ENCODINGS = ("int16", "float32")
+
 
 @dataclass(frozen=True)
 class CubeOptions:
@@ -67,7 +77,9 @@ class CubeOptions:
     observed (not interpolated) values, a tile with observations is ``degraded`` (as is one with a band
     that has no valid value at all): predict refuses it and the next run rebuilds it. 5-day bins are
     often 60-85 % observed over farmland; 0.02 (less than one clear date in a 43-bin season) catches a
-    tile that is nodata or cloud nearly throughout.
+    tile that is nodata or cloud nearly throughout. encoding: how ``reflectance`` is stored: ``"int16"``
+    (reflectance x 10,000 rounded, :data:`INT16_ENCODING`; half the bytes of float32 to write, store and read)
+    or ``"float32"`` (the composite's values as computed).
     """
 
     bands: tuple[str, ...] = S2_BANDS
@@ -77,15 +89,17 @@ class CubeOptions:
     on_asset_error: Literal["warn", "fail"] = "warn"
     threads: int = 1
     min_observed_fraction: float = 0.02
+    encoding: Literal["int16", "float32"] = "int16"
 
     def __post_init__(self) -> None:
         bad = [b for b in self.bands if canonical_band(b) != b or b == SCL]
         if bad or not self.bands:
             raise ConfigError(f"bands must be canonical reflectance bands like {', '.join(S2_BANDS)}; got {bad or 'none'}")
-        if (self.chunk < 16 or self.on_asset_error not in ("warn", "fail") or self.dilate_pixels < 0 or self.threads < 1
+        if (self.chunk < 16 or self.on_asset_error not in ("warn", "fail") or self.encoding not in ENCODINGS or self.dilate_pixels < 0 or self.threads < 1
                 or not 0 <= self.min_observed_fraction <= 1):
             raise ConfigError(f"bad cube options: chunk={self.chunk} (>= 16), on_asset_error="
-                              f"{self.on_asset_error!r} ('warn' or 'fail'), dilate_pixels={self.dilate_pixels} (>= 0), "
+                              f"{self.on_asset_error!r} ('warn' or 'fail'), encoding={self.encoding!r} "
+                              f"({' or '.join(map(repr, ENCODINGS))}), dilate_pixels={self.dilate_pixels} (>= 0), "
                               f"min_observed_fraction={self.min_observed_fraction} (0..1)")
 
 
@@ -206,20 +220,21 @@ def build_tile_cube(
                 "source_hrefs": [it.get_self_href() or "" for it in in_season],
                 "bin_edges": [str(d) for d in edges], "unavailable_assets": dropped,
                 "bands": list(options.bands), "invalid_scl": list(options.invalid_scl),
-                "dilate_pixels": options.dilate_pixels}
+                "dilate_pixels": options.dilate_pixels, "encoding": options.encoding}
     # local: a hidden temporary store renamed when complete; remote: written in place, then marked
     # complete (cropmap.io.outputs.output_dir). The tile is computed HERE, in this call, band by band
     # and strip by strip, whatever cluster runs it: one task to the cluster (docs/scaling.md)
     # every chunk is written, all-NaN ones too: a chunk missing from the store is then detectable
     with outputs.output_dir(target) as tmp, zarr.config.set({"array.write_empty_chunks": True}):
-        ds.to_zarr(str(tmp), mode="w", consolidated=False, compute=False)  # metadata and coordinates
+        encoding = {"reflectance": INT16_ENCODING} if options.encoding == "int16" else {}
+        ds.to_zarr(str(tmp), mode="w", consolidated=False, compute=False, encoding=encoding)  # metadata, coordinates
         group = zarr.open_group(str(tmp), mode="r+")
         if reader is not None:
             filled, blank = _composite_bands(reader, group, season, year, options)
             dropped = reader.dropped
         else:
             filled, blank = np.ones(tile.shape, dtype=np.float32), []
-            group["reflectance"][:] = np.nan
+            group["reflectance"][:] = _stored(np.full((1,), np.nan, np.float32), options)[0]
         group["filled_fraction"][:] = filled
         if not reason and np.all(filled >= 1.0):
             reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
@@ -319,10 +334,21 @@ def _composite_bands(reader: TileReader, group, season: Season, year: int,
             out[:, rows] = composite.values
             # a band's filled fraction is its gap count / bins: counted back exactly to sum over bands
             gaps[rows] += np.rint(composite["filled_fraction"].values.astype(np.float64) * n_bins).astype(np.int64)
-        group["reflectance"][:, b] = out
+        group["reflectance"][:, b] = _stored(out, options)
         if not np.isfinite(out).any():
             blank.append(band)
     return (gaps / (n_bins * len(options.bands))).astype(np.float32), blank
+
+
+def _stored(reflectance: np.ndarray, options: CubeOptions) -> np.ndarray:
+    """``reflectance`` (float32, NaN = no data) as the store holds it under ``options.encoding``: int16 per
+    :data:`INT16_ENCODING`, values beyond its range clipped (|reflectance| > 3.27 is no surface), or as is."""
+    if options.encoding == "float32":
+        return reflectance
+    scale, fill = INT16_ENCODING["scale_factor"], INT16_ENCODING["_FillValue"]
+    with np.errstate(invalid="ignore"):
+        counts = np.clip(np.rint(reflectance / np.float32(scale)), fill + 1, np.iinfo(np.int16).max)
+    return np.where(np.isfinite(reflectance), counts, fill).astype(np.int16)
 
 
 def _cube_template(tile: Tile, season: Season, year: int, options: CubeOptions) -> xr.Dataset:
@@ -344,21 +370,32 @@ def _centres(tile: Tile, dim: str) -> np.ndarray:
     return (xmin + (np.arange(n) + 0.5) * r) if dim == "x" else (ymax - (np.arange(n) + 0.5) * r)
 
 
-def open_tile_cube(path: storage.Location) -> xr.DataArray:
+def open_tile_cube(path: storage.Location, *, stored: bool = False) -> xr.DataArray:
     """A tile cube written by :func:`build_tile_cube` (a folder or a URL): ``(time, band, y, x)``
-    float32, lazy (Dask).
+    float32 reflectance, lazy (Dask).
 
     ``.rio.crs`` / ``.rio.transform()`` give the tile's grid; ``.attrs`` the metadata listed in the
     module docstring; coordinate ``filled_fraction`` ``(y, x)``. Use
-    ``Season.from_attrs(cube.attrs)`` to check the season against a checkpoint.
+    ``Season.from_attrs(cube.attrs)`` to check the season against a checkpoint. ``stored=True``: the values
+    as the store holds them, not decoded (int16 counts of an int16 cube, with its CF ``scale_factor`` and
+    ``_FillValue`` in ``.attrs``; a float32 cube's values as they are), lazily indexed without Dask (the
+    store's chunk shape in ``.encoding["preferred_chunks"]``): for a reader that takes windows of whole
+    chunks and decodes them itself, e.g. on a GPU (:func:`cropmap.stages.inference.infer_cube`).
     """
     zarr_meta = any(storage.exists(storage.join(path, m)) for m in ("zarr.json", ".zgroup"))
     if not (zarr_meta and storage.is_complete(path)):
         raise DataNotFoundError(f"{path} is not a tile cube (no complete Zarr store there); "
                                 "build it with `cropmap cube`")
-    ds = xr.open_zarr(str(storage.as_location(path)), consolidated=False)
-    cube = ds["reflectance"].assign_coords(filled_fraction=ds["filled_fraction"])
-    cube.attrs = dict(ds.attrs)
+    # as stored: lazily indexed, no Dask (a window's chunks go straight from the store into one array)
+    ds = xr.open_zarr(str(storage.as_location(path)), consolidated=False, mask_and_scale=not stored,
+                      **({"chunks": None} if stored else {}))
+    refl = ds["reflectance"]
+    if stored:
+        scaling = {k: refl.attrs[k] for k in ("scale_factor", "_FillValue") if k in refl.attrs}
+    else:  # xarray decodes int16 with a float64 scale_factor to float64: the layout is float32
+        refl, scaling = refl.astype(np.float32), {}
+    cube = refl.assign_coords(filled_fraction=ds["filled_fraction"])
+    cube.attrs = {**ds.attrs, **scaling}
     return cube.rio.write_crs(ds.attrs["tile_crs"]).rio.write_transform(_affine(ds.attrs["tile_transform"]))
 
 

@@ -5,8 +5,8 @@ Features are built exactly as in training: the cube is the output of
 :func:`cropmap.core.features.compute_features` are its band x time matrix per pixel, which the device reads
 straight from the block (other kinds go through ``compute_features``). :func:`~cropmap.ml.device_pass.device_pass` runs
 the normalisation, the model and the OOD score from the same pass, and the softmax with the checkpoint's
-temperature calibrates, all on the device. The cube is loaded ``PredictOptions.block_pixels`` (whole rows)
-at a time, within the call: in the calling thread, or with ``PredictOptions.prefetch`` in a second thread
+temperature calibrates, all on the device. The cube is loaded about ``PredictOptions.block_pixels`` at a
+time, in windows of whole store chunks (:func:`block_windows`), within the call: in the calling thread, or with ``PredictOptions.prefetch`` in a second thread
 that reads the next block while the device computes this one.
 
 The maps are uint8 with one nodata value, :data:`NODATA` (255), for every product; why a tile's map would
@@ -28,7 +28,7 @@ from cropmap.ml.device_pass import device_pass
 from cropmap.stages.predict_inputs import check_cube
 from cropmap.stages.predict_options import PredictOptions
 
-__all__ = ["NODATA", "infer_cube", "empty_map_reason"]
+__all__ = ["NODATA", "infer_cube", "block_windows", "host_block", "empty_map_reason"]
 
 #: Nodata value of every uint8 product (class, confidence, probability).
 NODATA = 255
@@ -59,7 +59,9 @@ def infer_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pred
     """Classify every pixel of one composite cube.
 
     ``cube``: ``(time, band, y, x)`` float32 reflectance 0..1 from
-    :func:`~cropmap.core.composite.median_composite` (NumPy or Dask; loaded ``options.block_pixels`` at a time),
+    :func:`~cropmap.core.composite.median_composite`, or a cube store's int16 counts as stored (with CF
+    ``scale_factor`` / ``_FillValue`` attrs: :func:`~cropmap.stages.cube.open_tile_cube` ``stored=True``),
+    NumPy or Dask, loaded ``options.block_pixels`` at a time,
     with its ``filled_fraction`` ``(y, x)`` coordinate and season attrs. Returns a Dataset on the
     cube's ``y``/``x`` coords:
 
@@ -88,15 +90,13 @@ def infer_cube(checkpoint, cube: xr.DataArray, *, options: PredictOptions = Pred
         maps["probability"] = np.full((n_classes, ny * nx), NODATA, np.uint8)
     if options.ood:
         maps["ood"] = np.full(ny * nx, NODATA, np.uint8)
-    # blocks of whole rows: a 1024 px tile's cube is 1.8 GB (43 bins x 10 bands float32), a block ~113 MB
-    step = max(1, options.block_pixels // nx)
     # the cube is read here, in this call, whatever cluster runs it: a tile is one task (torch uses the
     # cores for the forward pass). The scheduler is passed to each load, never set in dask.config: that
     # config is global, and another thread's set/restore (Client.as_current) would leak into this one
-    filled = _load(cube["filled_fraction"]).values.reshape(-1)
+    filled = _load(cube["filled_fraction"]).values
     # oneDNN's bf16 convolutions are fastest on channels_last weights: 3.5x eager fp32 against 2.3x
     # for bf16 alone (bench/predict.py, docs/performance.md); the fp32 path keeps the model as it is
-    _predict_blocks(checkpoint, cube, maps, filled, step=step, options=options, device=device, bf16=bf16,
+    _predict_blocks(checkpoint, cube, maps, filled, options=options, device=device, bf16=bf16,
                     channels_last=bf16 and device == "cpu")
     out = xr.Dataset({"label": (("y", "x"), maps["label"].reshape(ny, nx)),
                       "confidence": (("y", "x"), maps["confidence"].reshape(ny, nx))},
@@ -116,76 +116,136 @@ def _load(array: xr.DataArray) -> xr.DataArray:
 
 
 def _block_input(checkpoint, block: xr.DataArray) -> np.ndarray:
-    """``(time, band, y * x)`` float32 (a view where it can) of a loaded block: the model's input matrix
-    per pixel, band x time, is read from it transposed on the device. The 2D/1D features are this same
-    matrix (±inf made NaN on the device); other kinds go through :func:`_model_input`."""
+    """``(time, band, y * x)`` (a view where it can) of a loaded block, as stored (int16 counts or float32):
+    the model's input matrix per pixel, band x time, is read from it transposed and decoded on the device.
+    The 2D/1D features are this same matrix; other kinds are computed here from the decoded block
+    (:func:`_model_input`), float32."""
     if checkpoint.feature_kind not in ("2d", "1d"):
-        x = _model_input(checkpoint, block)  # (y * x, band, time)
+        x = _model_input(checkpoint, _decoded(block))  # (y * x, band, time)
         return np.ascontiguousarray(x.transpose(2, 1, 0))
     values = block.transpose("time", "band", "y", "x").values
-    return np.asarray(values, dtype=np.float32).reshape(*values.shape[:2], -1)
+    return values.reshape(*values.shape[:2], -1)
 
 
-def _predict_blocks(checkpoint, cube: xr.DataArray, maps: dict, filled: np.ndarray, *, step: int,
+def _scaling(cube: xr.DataArray) -> tuple[float, float | None]:
+    """``(scale_factor, _FillValue)`` of a cube opened as stored (:func:`~cropmap.stages.cube.open_tile_cube`
+    ``stored=True``); ``(1.0, None)`` for float reflectance (NaN is its no data)."""
+    if np.issubdtype(cube.dtype, np.floating):
+        return 1.0, None
+    if "scale_factor" not in cube.attrs or "_FillValue" not in cube.attrs:
+        raise IncompatibleInputError(f"tile {cube.attrs.get('tile_id', '?')}: an integer cube without its CF "
+                                     "scale_factor and _FillValue; open it with open_tile_cube")
+    return float(cube.attrs["scale_factor"]), float(cube.attrs["_FillValue"])
+
+
+def _decoded(block: xr.DataArray) -> xr.DataArray:
+    """Float32 reflectance of a block as stored (NaN where the fill value is)."""
+    scale, fill = _scaling(block)
+    if fill is None:
+        return block.astype(np.float32, copy=False)
+    values = np.where(block.values == fill, np.float32(np.nan), block.values * np.float32(scale))
+    return block.copy(data=values.astype(np.float32))
+
+
+def block_windows(cube: xr.DataArray, block_pixels: int) -> list[tuple[slice, slice]]:
+    """The ``(y, x)`` windows a cube is read in: whole chunks of its store (each chunk is decompressed once),
+    as many as fit in ``block_pixels``, x first; when one chunk is larger than that, rows of at most
+    ``block_pixels`` within the chunk's columns. A NumPy cube: whole rows. The chunks are Dask's, or a lazily
+    indexed store's (``encoding["preferred_chunks"]``)."""
+    ny, nx = cube.sizes["y"], cube.sizes["x"]
+    stored = cube.encoding.get("preferred_chunks", {})  # a lazily indexed store's own chunks
+    if cube.chunks:
+        cy, cx = cube.chunksizes["y"][0], cube.chunksizes["x"][0]
+    else:
+        cy, cx = min(stored.get("y", ny), ny), min(stored.get("x", nx), nx)
+    if cy * cx <= block_pixels:
+        per_block = block_pixels // (cy * cx)
+        kx = min(per_block, -(-nx // cx))
+        wy, wx = cy * max(1, per_block // kx), cx * kx
+    else:
+        wx = min(nx, cx)
+        wy = max(1, block_pixels // wx)
+    return [(slice(y0, min(y0 + wy, ny)), slice(x0, min(x0 + wx, nx)))
+            for y0 in range(0, ny, wy) for x0 in range(0, nx, wx)]
+
+
+def _predict_blocks(checkpoint, cube: xr.DataArray, maps: dict, filled: np.ndarray, *,
                     options: PredictOptions, device: str, bf16: bool, channels_last: bool) -> None:
-    """Fill ``maps`` (uint8 ``label``, ``confidence``, and ``probability``/``ood`` if present) block of
-    ``step`` rows by block; unusable pixels stay :data:`NODATA`.
+    """Fill ``maps`` (uint8 ``label``, ``confidence``, and ``probability``/``ood`` if present, flat ``y * x``)
+    window by window (:func:`block_windows`); unusable pixels stay :data:`NODATA`.
 
-    The host reads a block and finds its usable pixels (filled fraction, a finite series: one sum per
-    pixel), pinned on CUDA; with ``options.prefetch`` a second thread does that for the next block while
-    this one computes. On the device, batch by batch over consecutive pixels: one transposing copy to
-    ``(pixel, band, time)`` of the usable ones (:func:`_gather`), :func:`~cropmap.ml.device_pass.device_pass` in place on
-    it, softmax and the uint8 products (:func:`_products`); one copy back of those per block, the only sync."""
+    The host reads a block as stored (int16 counts: half the bytes of float32) and finds the pixels within
+    the filled-fraction bound (one value per pixel), pinned on CUDA; with ``options.prefetch`` a second thread
+    does that for the next block while this one computes. On the device, batch by batch over consecutive
+    pixels: one transposing, decoding copy to ``(pixel, band, time)`` float32 reflectance of those pixels
+    (:func:`_gather`), :func:`~cropmap.ml.device_pass.device_pass` in place on it (a series holding no data
+    comes back NaN, hence nodata), softmax and the uint8 products (:func:`_products`); one copy back of
+    those per block, the only sync."""
     nx = cube.sizes["x"]
     batch_size = options.batch_size or checkpoint.batch_size_for(options.memory_budget_mb * 2**20)
     dev = torch.device(device)
     model = checkpoint.inference_model(dev, channels_last=channels_last)
     ood = "ood" in maps
-    starts = list(range(0, cube.sizes["y"], step))
+    windows = block_windows(cube, options.block_pixels)
+    scale, fill = _scaling(cube) if checkpoint.feature_kind in ("2d", "1d") else (1.0, None)
 
-    def read(y0: int):
-        """The block of rows ``y0..`` as ``(time, band, px)`` and its usable pixels' indices, on the host."""
-        x = _block_input(checkpoint, _load(cube.isel(y=slice(y0, y0 + step))))
-        first = y0 * nx
-        # ±inf is no data like NaN: the sum of a series is finite only if every value is
-        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN: no data all the same
-            finite = np.isfinite(x.sum(axis=(0, 1)))
-        usable = (filled[first:first + x.shape[2]] <= options.max_filled_fraction) & finite
-        host = torch.from_numpy(x)
-        return (host.pin_memory() if dev.type == "cuda" else host), np.flatnonzero(usable)
+    def read(window: tuple[slice, slice]):
+        return host_block(checkpoint, cube, filled, window=window, max_filled_fraction=options.max_filled_fraction,
+                          pin=dev.type == "cuda")
 
     with ThreadPoolExecutor(1, thread_name_prefix="cropmap-prefetch") if options.prefetch else \
             contextlib.nullcontext() as pool:
-        pending = pool.submit(read, starts[0]) if pool else None
-        for k, y0 in enumerate(starts):
-            host, rows = pending.result() if pool else read(y0)
-            if pool and k + 1 < len(starts):
-                pending = pool.submit(read, starts[k + 1])
+        pending = pool.submit(read, windows[0]) if pool else None
+        for k, window in enumerate(windows):
+            host, rows = pending.result() if pool else read(window)
+            if pool and k + 1 < len(windows):
+                pending = pool.submit(read, windows[k + 1])
             if not rows.size:
                 continue
             block = host.to(dev, non_blocking=True)
             index = torch.from_numpy(rows).to(dev, non_blocking=True)
             outs = {key: [] for key in maps}
             for i in range(0, len(rows), batch_size):
-                xb = _gather(block, index[i:i + batch_size], chunk=batch_size if dev.type == "cuda" else 1024)
+                xb = _gather(block, index[i:i + batch_size], scale=scale, fill=fill,
+                             chunk=batch_size if dev.type == "cuda" else 1024)
                 with torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                     logits, score = device_pass(checkpoint, xb, ood=ood, model=model, scratch=True)
                 _products(checkpoint, logits, score, outs)
-            target = y0 * nx + rows
+            (ys, xs), width = window, window[1].stop - window[1].start
+            target = (ys.start + rows // width) * nx + xs.start + rows % width  # flat index in the tile
             for key, parts in outs.items():
                 maps[key][..., target] = torch.cat(parts, dim=-1).cpu().numpy()
 
 
-def _gather(block: torch.Tensor, rows: torch.Tensor, *, chunk: int) -> torch.Tensor:
-    """``block[:, :, rows]`` of a ``(time, band, px)`` block as a new contiguous ``(rows, band, time)``
-    float32 batch, transposed ``chunk`` pixels at a time (on a CPU a chunk's source stays in the cache:
-    measured ~2x faster than one transposing copy of the whole batch)."""
+def host_block(checkpoint, cube: xr.DataArray, filled: np.ndarray, *, window: tuple[slice, slice],
+               max_filled_fraction: float, pin: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """The host's whole share of one block: the ``(y, x)`` ``window`` of ``cube`` read as stored, as a
+    ``(time, band, px)`` tensor (pixels row-major in the window; pinned with ``pin``, for a non-blocking copy
+    to a GPU), and the indices in it of the pixels whose ``filled`` fraction (``(y, x)`` of the tile) is at
+    most ``max_filled_fraction``. Whether a series is finite is found on the device."""
+    ys, xs = window
+    host = torch.from_numpy(_block_input(checkpoint, _load(cube.isel(y=ys, x=xs))))
+    usable = filled[ys, xs].reshape(-1) <= max_filled_fraction
+    return (host.pin_memory() if pin else host), np.flatnonzero(usable)
+
+
+def _gather(block: torch.Tensor, rows: torch.Tensor, *, scale: float = 1.0, fill: float | None = None,
+            chunk: int) -> torch.Tensor:
+    """``block[:, :, rows]`` of a ``(time, band, px)`` block (as stored) as a new contiguous ``(rows, band, time)``
+    float32 reflectance batch: times ``scale``, NaN where the value is ``fill``; transposed and decoded ``chunk``
+    pixels at a time (on a CPU a chunk's source stays in the cache: measured ~2x faster than one transposing
+    copy of the whole batch)."""
     n_time, n_band = block.shape[:2]
     flat = block.reshape(n_time * n_band, -1)  # a view of the contiguous block
     out = torch.empty((len(rows), n_band, n_time), dtype=torch.float32, device=block.device)
     for i in range(0, len(rows), chunk):
         part = flat[:, rows[i:i + chunk]]  # (time * band, n) gathered pixels
-        out[i:i + chunk].copy_(part.view(n_time, n_band, -1).permute(2, 1, 0))
+        dst = out[i:i + chunk]
+        dst.copy_(part.view(n_time, n_band, -1).permute(2, 1, 0))  # int16 counts are exact in float32
+        if fill is not None:
+            dst.masked_fill_(dst == fill, float("nan"))
+        if scale != 1.0:
+            dst.mul_(scale)
     return out
 
 

@@ -91,7 +91,7 @@ def write_tile_predictions(
     the next run tries the tile again.
     """
     out_dir = storage.as_location(out_dir)
-    cube = open_cube(cube_path)
+    cube = open_cube(cube_path, stored=True)  # decoded on the device (stages.inference)
     tile_id = storage.safe_name(cube.attrs.get("tile_id", ""), "tile id")  # it names the outputs
     options, key = model.output_options, model.key
     paths = {p: tile_path(out_dir, tile_id, p) for p in tile_products(options)}

@@ -19,11 +19,12 @@ from cropmap.stages.cube import FINISHED, check_chunks, cube_status, open_tile_c
 __all__ = ["open_cube", "check_cube"]
 
 
-def open_cube(path: storage.Location) -> xr.DataArray:
+def open_cube(path: storage.Location, *, stored: bool = False) -> xr.DataArray:
     """A tile cube store (folder or URL) as a lazy ``(time, band, y, x)`` DataArray:
     :func:`cropmap.stages.cube.open_tile_cube` (the layout is documented in :mod:`cropmap.stages.cube`), with a clear
     error when the store is missing, lacks a chunk (:func:`~cropmap.stages.cube.check_chunks`) or its
-    status is not complete or empty (an ``incomplete`` cube, built without some asset, is refused)."""
+    status is not complete or empty (an ``incomplete`` cube, built without some asset, is refused).
+    ``stored``: the values as stored, not decoded (:func:`~cropmap.stages.cube.open_tile_cube`)."""
     status, reason = cube_status(path)
     if status == "missing":
         raise DataNotFoundError(f"tile cube {path} not found; build it first (cropmap cube ...)")
@@ -31,7 +32,7 @@ def open_cube(path: storage.Location) -> xr.DataArray:
         raise DataNotFoundError(f"tile cube {path} is {status} ({reason}); rebuild it (cropmap cube, or rerun "
                                 "the flow) before predicting")
     check_chunks(path)
-    return open_tile_cube(path)
+    return open_tile_cube(path, stored=stored)
 
 
 def check_cube(checkpoint, cube: xr.DataArray, *, what: str) -> int:

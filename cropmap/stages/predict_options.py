@@ -32,9 +32,10 @@ class PredictOptions(BaseModel):
     #: None. The paper's CropNet on 10 bands x 43 bins peaks at 225 kB a pixel, so 1,024 MiB gives batches
     #: of 2,383 pixels.
     memory_budget_mb: int = Field(1024, ge=1)
-    #: Pixels loaded and featurised at once (whole rows of the tile): bounds memory per tile task,
-    #: about ``block_pixels x bins x bands x 4 bytes`` twice (the block read and its gathered batches), twice
-    #: again with ``prefetch`` (65536 px, 43 bins, 10 bands: ~0.45 GB).
+    #: Pixels loaded at once (whole chunks of the cube's store where they fit:
+    #: :func:`cropmap.stages.inference.block_windows`): bounds memory per tile task, about
+    #: ``block_pixels x bins x bands`` x 2 bytes (the int16 block read) + x 4 bytes (its gathered float32
+    #: batches), the block twice with ``prefetch`` (65536 px, 43 bins, 10 bands: ~0.17-0.23 GB).
     block_pixels: int = Field(65536, ge=1)
     #: Read (and on CUDA pin) the next block in a second thread while the device computes this one
     #: (:func:`cropmap.stages.inference.infer_cube`): two blocks in host memory at once. Off by default:
