@@ -13,9 +13,10 @@ read timings):
   re-stored both ways.
 
 Per case and encoding: reflectance bytes per pixel on disk, the ratio float32 / int16, the largest absolute
-difference of the decoded int16 values from the float32 ones (reflectance), and the CPU-s per megapixel of
+difference of the decoded int16 values from the float32 ones (reflectance), the CPU-s per megapixel of
 reading the store's reflectance whole as stored (zarr, one thread: what the predict stage's host does per
-pixel, :func:`cropmap.stages.inference.host_block`).
+pixel, :func:`cropmap.stages.inference.host_block`) and of encoding and compressing it from float32 in memory
+(what the cube stage spends on storage).
 
     .venv/bin/python bench/cube_encoding.py [--rows 256] [--repeat 3] [--cube PATH.zarr]
 
@@ -41,6 +42,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/predict.py's r
 
 def _reflectance_bytes(store: Path) -> int:
     return sum(p.stat().st_size for p in (store / "reflectance").rglob("*") if p.is_file())
+
+
+def _write_cpu_s(store: Path) -> float:
+    """CPU-s to encode and compress the store's reflectance again from float32 in memory, with its codecs and
+    chunks, into memory (what the cube stage spends per pixel on storage)."""
+    import xarray as xr
+    import zarr
+
+    from cropmap.stages.cube import CubeOptions, _stored
+
+    array = zarr.open_group(str(store), mode="r")["reflectance"]
+    values = xr.open_zarr(store, consolidated=False)["reflectance"].values.astype(np.float32)
+    target = zarr.create_array(zarr.storage.MemoryStore(), shape=array.shape, chunks=array.chunks, dtype=array.dtype,
+                               compressors=array.compressors)
+    c0 = time.process_time()
+    target[...] = _stored(values, CubeOptions(encoding="int16" if array.dtype == np.int16 else "float32"))
+    return time.process_time() - c0
 
 
 def _read_cpu_s(store: Path) -> float:
@@ -80,7 +98,7 @@ def _restored(source: Path, folder: Path) -> dict[str, Path]:
     """A float32 cube store written again both ways (same chunks, the cube stage's codec)."""
     import xarray as xr
 
-    from cropmap.stages.cube import INT16_ENCODING
+    from cropmap.stages.cube import int16_store_encoding
 
     ds = xr.open_zarr(source, consolidated=False)
     out = {}
@@ -90,7 +108,7 @@ def _restored(source: Path, folder: Path) -> dict[str, Path]:
         for name in clean.variables:
             clean[name].encoding = {}
         chunks = ds["reflectance"].encoding["chunks"]
-        encoding = {"reflectance": {**(INT16_ENCODING if enc == "int16" else {}), "chunks": chunks}}
+        encoding = {"reflectance": int16_store_encoding(chunks) if enc == "int16" else {"chunks": chunks}}
         clean.to_zarr(out[enc], mode="w", consolidated=False, encoding=encoding)
     return out
 
@@ -116,10 +134,12 @@ def main() -> None:
         (root / "cube").mkdir()
         cases["cube"] = _restored(Path(args.cube), root / "cube")
     reads = {(c, e): [] for c in cases for e in cases[c]}
+    writes = {key: [] for key in reads}
     for _ in range(args.repeat):  # the stores take turns
         for case, stores in cases.items():
             for enc, store in stores.items():
                 reads[(case, enc)].append(_read_cpu_s(store))
+                writes[(case, enc)].append(_write_cpu_s(store))
     for case, stores in cases.items():
         exact = xr.open_zarr(stores["float32"], consolidated=False)["reflectance"].values
         decoded = xr.open_zarr(stores["int16"], consolidated=False)["reflectance"].values
@@ -133,6 +153,7 @@ def main() -> None:
                               "float32_over_int16": round(sizes["float32"] / sizes["int16"], 2),
                               "max_abs_error": error if enc == "int16" else 0.0, "same_nodata": same_nodata,
                               "read_cpu_s_per_mpx": round(statistics.median(reads[(case, enc)]) / px * 1e6, 2),
+                              "write_cpu_s_per_mpx": round(statistics.median(writes[(case, enc)]) / px * 1e6, 2),
                               "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
 
 

@@ -129,7 +129,9 @@ def test_cube_equals_numpy_rasterio_reference(built_float32, twm_items):
 
 def test_an_int16_cube_holds_the_float32_cube_within_half_a_count(built, built_float32):
     """The default store: int16 counts of 1e-4 reflectance (CF scale_factor / _FillValue, decoded by plain
-    xarray), equal to the float32 composite within half a count (5e-5), no data where it has none, in fewer bytes."""
+    xarray), equal to the float32 composite within half a count (5e-5), no data where it has none. (Its size
+    against float32 is measured on real-shaped cubes by bench/cube_encoding.py: this tile's 120 m data on a 10 m
+    grid is no guide.)"""
     import zarr
 
     stored = zarr.open_group(str(built.path), mode="r")["reflectance"]
@@ -141,11 +143,6 @@ def test_an_int16_cube_holds_the_float32_cube_within_half_a_count(built, built_f
         assert np.nanmax(np.abs(got - exact)) <= 5e-5 + 1e-7  # the rounding, and float32's own step near 1
     raw = open_tile_cube(built.path, stored=True)
     assert raw.dtype == np.int16 and raw.attrs["scale_factor"] == 1e-4 and raw.attrs["_FillValue"] == -32768
-
-    def size(store):
-        return sum(p.stat().st_size for p in Path(store, "reflectance").rglob("*") if p.is_file())
-
-    assert size(built.path) < size(built_float32.path) / 1.5, (size(built.path), size(built_float32.path))
 
 
 def test_cube_metadata_and_georeferencing(built, twm_items):

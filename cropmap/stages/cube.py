@@ -55,13 +55,22 @@ from cropmap.io.storage import stable_hash
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "degraded_reason", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "INT16_ENCODING", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
+           "open_tile_cube", "INT16_ENCODING", "int16_store_encoding", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
            "AssetUnavailableWarning"]
 
-#: ``reflectance`` as int16 (CF): stored = round(reflectance / scale_factor), no data = _FillValue; Blosc zstd
-#: over byte-shuffled counts (smaller and faster to read than zarr's default zstd: bench/cube_encoding.py).
-INT16_ENCODING = {"dtype": "int16", "scale_factor": 1e-4, "_FillValue": -32768,
-                  "compressors": (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2),)}
+#: ``reflectance`` as int16 (CF): stored = round(reflectance / scale_factor), no data = _FillValue.
+INT16_ENCODING = {"dtype": "int16", "scale_factor": 1e-4, "_FillValue": -32768}
+
+
+def int16_store_encoding(chunks: Sequence[int]) -> dict:
+    """:data:`INT16_ENCODING` with the cube stage's codec for a store of ``chunks``: Blosc zstd level 1 over
+    byte-shuffled counts, one Blosc block per chunk (smaller, cheaper to write and to read than zarr's default
+    zstd on real-shaped cubes; the choice is measured in docs/performance.md, bench/cube_encoding.py)."""
+    block = 2 * int(np.prod(chunks))
+    return {**INT16_ENCODING, "chunks": tuple(chunks),
+            "compressors": (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2, blocksize=block),)}
+
+
 ENCODINGS = ("int16", "float32")
 
 
@@ -226,7 +235,8 @@ def build_tile_cube(
     # and strip by strip, whatever cluster runs it: one task to the cluster (docs/scaling.md)
     # every chunk is written, all-NaN ones too: a chunk missing from the store is then detectable
     with outputs.output_dir(target) as tmp, zarr.config.set({"array.write_empty_chunks": True}):
-        encoding = {"reflectance": INT16_ENCODING} if options.encoding == "int16" else {}
+        chunks = (season.n_bins, 1, options.chunk, options.chunk)
+        encoding = {"reflectance": int16_store_encoding(chunks)} if options.encoding == "int16" else {}
         ds.to_zarr(str(tmp), mode="w", consolidated=False, compute=False, encoding=encoding)  # metadata, coordinates
         group = zarr.open_group(str(tmp), mode="r+")
         if reader is not None:
