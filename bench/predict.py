@@ -24,23 +24,29 @@ Agreement = share of the N pixels whose argmax class equals eager fp32's (goal >
 
 With ``--end-to-end``, also ``cropmap.stages.predict.infer_cube`` (features, model, maps) on the same 800
 series laid out as a 20 x 40 composite cube, ``precision="fp32"`` against ``"bf16"`` (the CPU fast path
-wired into predict: bf16 autocast on channels_last weights).
+wired into predict: bf16 autocast on channels_last weights), taking turns with the paths in the same round
+robin: every ratio the table prints divides figures of one run (speed-ups against this run's eager_fp32).
 
-With ``--host``, only the host work AROUND the forward pass of ``infer_cube`` (issue 35): a real-shaped tile
-cube (43 bins x 10 bands, ``--rows`` rows of a 1,024 px wide tile, reflectance quantised to 1e-4 like the
-scenes' digital numbers, a few NaN and over-filled pixels) written as a Zarr store in the layout of
-``cropmap cube`` into a fresh folder, predicted by ``infer_cube`` (state: the checkpoint loaded from disk) on
-one thread with the model's forward pass REPLACED by a stub of the same output shapes (logits ``(n, C)``,
-penultimate features ``(n, 512)``, CropNet v1's; the stub's own few array ops are counted, not
-subtracted), in batches of CropNet v1's size for the default memory budget (2,383 px). Cases ``ood``,
-``no_ood`` and ``ood_prefetch`` (the next block read by a second thread) take turns, ``--repeat`` times;
+With ``--host``, only the host work AROUND the forward pass of ``infer_cube`` (issue 35): real-shaped tile
+cubes (43 bins x 10 bands, ``--rows`` rows of a 1,024 px wide tile, reflectance quantised to 1e-4 like the
+scenes' digital numbers, a few NaN and over-filled pixels) written as Zarr stores in the layout of
+``cropmap cube``, reflectance stored as int16 (the default) and as float32, into a fresh folder, opened as
+the predict stage opens them (as stored) and predicted by ``infer_cube`` (state: the checkpoint loaded from
+disk) on one thread with the model's forward pass REPLACED by a stub of the same output shapes (logits
+``(n, C)``, penultimate features ``(n, 512)``, CropNet v1's; the stub's own few array ops are counted, not
+subtracted), in batches of CropNet v1's size for the default memory budget (2,383 px). Cases: ``ood``,
+``no_ood``, ``ood_prefetch`` (the next block read by a second thread) on the int16 cube, ``ood_float32_cube``;
+on a CPU these include the device's share (decoding gather, normalisation, OOD score, softmax). The host's
+share alone, what a GPU's host does: ``host_block`` / ``host_block_float32_cube``
+(:func:`cropmap.stages.inference.host_block` over every block). All cases take turns, ``--repeat`` times;
 CPU-s per megapixel from the process's CPU time (every thread, so a prefetch thread counts) of the median
-run. For context the real CropNet v1 forward pass is timed alone on 2,048 of the pixels (same thread
-count), in CPU-s per megapixel.
+run; classes compared with the float32 cube's. For context the real CropNet v1 forward pass is timed alone
+on 2,048 of the pixels (same thread count), in CPU-s per megapixel.
 
 Run: .venv/bin/python bench/predict.py [--batch 256] [--threads 2] [--repeat 3] [--paths eager_fp32,bf16]
      [--checkpoint ckpt.pt | --train-epochs 3 --save ckpt.pt] [--end-to-end]
      .venv/bin/python bench/predict.py --host [--rows 128] [--repeat 3]   (always one thread)
+     with --host, ``--record`` writes the host figure into the cost model (cropmap.jobs.cost_model)
 Prints one JSON line per path (machine, threads, batch, N, load average) and a Markdown table.
 """
 
@@ -180,8 +186,10 @@ def _prepare(path: str, model: torch.nn.Module, calib: torch.Tensor, batch: int)
     return fn, time.perf_counter() - t0
 
 
-def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list[dict]:
-    """``infer_cube`` on the 800 real series laid out as a 20 x 40 composite cube, fp32 vs bf16."""
+def _end_to_end_cases(model: torch.nn.Module, norm: dict, args) -> tuple[dict, int]:
+    """``--end-to-end``: ``infer_cube`` on the 800 real series laid out as a 20 x 40 composite cube, fp32 and
+    bf16, as callables returning the label map ``(y, x)``, and the cube's pixel count. The caller times them
+    in the same round robin as the forward-pass paths, so that their ratios share the machine's load."""
     import xarray as xr
 
     from cropmap.ml.checkpoint import Checkpoint
@@ -195,21 +203,12 @@ def _end_to_end(model: torch.nn.Module, norm: dict, args, context: dict) -> list
                       bands=tuple(str(b) for b in s.band.values), season=SEASON, n_bins=SEASON.n_bins,
                       normalisation=norm, class_names=tuple(str(c) for c in s.class_name.values), class_colours=None,
                       config={}, scores={}, version="bench")
-    out, times = {}, {"fp32": [], "bf16": []}
-    for _ in range(args.repeat):
-        for precision in times:
-            opts = PredictOptions(precision=precision, batch_size=args.batch, device="cpu")
-            t0 = time.perf_counter()
-            out[precision] = infer_cube(ckpt, cube, options=opts)["label"].values
-            times[precision].append(time.perf_counter() - t0)
-    rows = []
-    for precision, t in times.items():
-        row = {"path": f"predict_cube_{precision}", "px_per_s": round(cube.sizes["y"] * cube.sizes["x"] / statistics.median(t), 1),
-               "setup_s": 0.0, "agreement": round(float((out[precision] == out["fp32"]).mean()), 4),
-               "load_avg_1min": round(os.getloadavg()[0], 2), **context}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+
+    def case(precision: str):
+        opts = PredictOptions(precision=precision, batch_size=args.batch, device="cpu")
+        return lambda: infer_cube(ckpt, cube, options=opts)["label"].values.reshape(-1)
+
+    return {f"predict_cube_{p}": case(p) for p in ("fp32", "bf16")}, cube.sizes["y"] * cube.sizes["x"]
 
 
 class _StubNet(torch.nn.Module):
@@ -232,8 +231,11 @@ class _StubNet(torch.nn.Module):
         return self.head(self.embed(x))
 
 
-def _host_cube(folder: Path, rows: int, width: int = 1024, seed: int = 0) -> Path:
-    """A real-shaped tile cube store (43 bins, 10 bands, ``rows x width``) in ``cropmap cube``'s layout."""
+def _host_cube(folder: Path, rows: int, width: int = 1024, seed: int = 0, *, encoding: str = "int16") -> Path:
+    """A real-shaped tile cube store (43 bins, 10 bands, ``rows x width``) in ``cropmap cube``'s layout,
+    reflectance stored as ``encoding`` (:data:`cropmap.stages.cube.INT16_ENCODING` or float32)."""
+    from cropmap.stages.cube import int16_store_encoding
+
     import xarray as xr
 
     season = Season(start="09-01", end="03-31", hemisphere="north")  # 43 bins of 5 days
@@ -254,16 +256,18 @@ def _host_cube(folder: Path, rows: int, width: int = 1024, seed: int = 0) -> Pat
     ds = ds.chunk({"time": -1, "band": 1, "y": 256, "x": 256})  # cropmap cube's chunks
     ds.attrs = {**season.to_attrs(), "season_year": 2021, "tile_id": "bench", "tile_crs": "EPSG:32720",
                 "tile_transform": [10.0, 0.0, 5e5, 0.0, -10.0, 1e6], "source_items": ["bench"], "status": "complete"}
-    ds.to_zarr(folder / "cube.zarr", mode="w", consolidated=False)
-    return folder / "cube.zarr"
+    path = folder / f"cube-{encoding}.zarr"
+    ds.to_zarr(path, mode="w", consolidated=False,
+               encoding={"reflectance": int16_store_encoding((season.n_bins, 1, 256, 256))} if encoding == "int16" else None)
+    return path
 
 
-def _host(args) -> None:
+def _host(args) -> list[dict]:
     """``--host``: CPU-s per megapixel of infer_cube around a stubbed forward pass, OOD on and off."""
     import tempfile
 
     from cropmap.ml.checkpoint import save_checkpoint
-    from cropmap.stages.inference import infer_cube
+    from cropmap.stages.inference import block_windows, host_block, infer_cube
     from cropmap.stages.predict import PredictOptions, open_cube
 
     from threadpoolctl import threadpool_limits
@@ -273,8 +277,9 @@ def _host(args) -> None:
     threadpool_limits(1)
     folder = Path(tempfile.mkdtemp(prefix="cropmap-bench-host-"))  # fresh every run
     t0 = time.perf_counter()
-    path = _host_cube(folder, args.rows)
-    print(f"# cube {args.rows} x 1024 px written to {path} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    paths = {enc: _host_cube(folder, args.rows, encoding=enc) for enc in ("int16", "float32")}
+    path = paths["int16"]
+    print(f"# cubes {args.rows} x 1024 px written to {folder} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     cube = open_cube(path)
     season = Season.from_attrs(cube.attrs)
     classes = [f"c{i}" for i in range(8)]
@@ -302,34 +307,74 @@ def _host(args) -> None:
         for i in range(0, len(x), 256):
             real.head(real.embed(x[i:i + 256]))
         forward_cpu_s_per_mpx = (time.process_time() - c0) / len(x) * 1e6
-    cases = {"ood": PredictOptions(device="cpu", precision="fp32", ood=True, batch_size=batch),
-             "no_ood": PredictOptions(device="cpu", precision="fp32", ood=False, batch_size=batch)}
-    if "prefetch" in PredictOptions.model_fields:  # the next block read by a second thread, or not
-        cases["ood_prefetch"] = PredictOptions(device="cpu", precision="fp32", ood=True, batch_size=batch,
-                                               prefetch=True)
-    infer_cube(ckpt, cube, options=cases["ood"])  # warm-up (imports, allocator)
-    cpu = {c: [] for c in cases}
-    wall = {c: [] for c in cases}
+    def opts(**kw) -> PredictOptions:
+        return PredictOptions(device="cpu", precision="fp32", batch_size=batch, **kw)
+
+    # (cube encoding, options): infer_cube with the stubbed forward pass, cube opened as predict opens it
+    cases = {"ood": ("int16", opts(ood=True)), "no_ood": ("int16", opts(ood=False)),
+             "ood_prefetch": ("int16", opts(ood=True, prefetch=True)), "ood_float32_cube": ("float32", opts(ood=True))}
+    # the host's share alone (stages.inference.host_block over every block): what a GPU's host does
+    host_only = {"host_block": "int16", "host_block_float32_cube": "float32"}
+
+    def host_pass(encoding: str) -> None:
+        cube = open_cube(paths[encoding], stored=True)
+        filled = cube["filled_fraction"].values
+        for window in block_windows(cube, PredictOptions().block_pixels):
+            host_block(ckpt, cube, filled, window=window, max_filled_fraction=0.8)
+
+    infer_cube(ckpt, open_cube(path, stored=True), options=cases["ood"][1])  # warm-up (imports, allocator)
+    cpu = {c: [] for c in [*cases, *host_only]}
+    wall = {c: [] for c in cpu}
     maps = {}
-    for _ in range(args.repeat):
-        for name, opts in cases.items():
+    for _ in range(args.repeat):  # the cases take turns
+        for name, (encoding, options) in cases.items():
             c0, w0 = time.process_time(), time.perf_counter()
-            maps[name] = infer_cube(ckpt, open_cube(path), options=opts)
+            maps[name] = infer_cube(ckpt, open_cube(paths[encoding], stored=True), options=options)
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - w0)
+        for name, encoding in host_only.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            host_pass(encoding)
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    same = {name: round(float((maps[name]["label"].values == maps["ood_float32_cube"]["label"].values).mean()), 5)
+            for name in cases}
     mpx = args.rows * 1024 / 1e6
     context = {"cpu": _cpu_name(), "threads": args.threads, "rows": args.rows, "batch": batch,
                "bins": season.n_bins, "bands": 10,
                "load_avg_1min": round(os.getloadavg()[0], 2), "torch": torch.__version__}
-    for name in cases:
+    rows = []
+    for name in cpu:
         row = {"case": name, "host_cpu_s_per_mpx": round(statistics.median(cpu[name]) / mpx, 2),
                "wall_s_per_mpx": round(statistics.median(wall[name]) / mpx, 2),
-               "forward_cpu_s_per_mpx_cropnet_v1": round(forward_cpu_s_per_mpx, 1),
-               "nodata_share": round(float((maps[name]["label"].values == 255).mean()), 4), **context}
+               "forward_cpu_s_per_mpx_cropnet_v1": round(forward_cpu_s_per_mpx, 1), **context}
+        if name in maps:
+            row.update(nodata_share=round(float((maps[name]["label"].values == 255).mean()), 4),
+                       classes_equal_float32_cube=same[name])
+        rows.append(row)
         print(json.dumps(row), flush=True)
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def _record_host(rows: list[dict] | None, args) -> None:
+    """``--host --record``: the host's share of a GPU's work (case ``host_block``, else ``ood``), in CPU-s per
+    megapixel, as ``predict_host_cpu_s_per_mpx`` of the cost model."""
+    from cropmap.jobs.cost_model import record_figure
+
+    by_case = {r.get("case"): r for r in rows or []}
+    row = by_case.get("host_block") or by_case.get("ood")
+    if row is None:
+        raise SystemExit("--record: _host returned no rows with a host_block or ood case; nothing recorded")
+    where = record_figure("predict_host_cpu_s_per_mpx", row["host_cpu_s_per_mpx"],
+                          unit="host CPU-s per megapixel around the forward pass (host_block: the window read as "
+                               "stored; a GPU's kernel launches not measured here)",
+                          source=f"bench/predict.py --host, case {row['case']}, 1 thread, {args.rows} x 1,024 px of a "
+                                 f"43-bin cube, load {row.get('load_avg_1min')}",
+                          command="python bench/predict.py " + " ".join(sys.argv[1:]))
+    print(f"# recorded predict_host_cpu_s_per_mpx = {row['host_cpu_s_per_mpx']} in {where}", file=sys.stderr)
 
 
 def main() -> None:
@@ -346,9 +391,14 @@ def main() -> None:
     ap.add_argument("--host", action="store_true",
                     help="only the host CPU-s per megapixel around a stubbed forward pass of infer_cube (issue 35)")
     ap.add_argument("--rows", type=int, default=128, help="--host: rows of the 1,024 px wide tile")
+    ap.add_argument("--record", action="store_true", help="--host: write predict_host_cpu_s_per_mpx into the "
+                    "cost figures (cropmap.jobs.cost_model.record_figure)")
     args = ap.parse_args()
     if args.host:
-        return _host(args)
+        rows = _host(args)
+        if args.record:
+            _record_host(rows, args)
+        return None
     torch.set_num_threads(args.threads)
 
     x_train, y_train = _features("train")
@@ -387,8 +437,13 @@ def main() -> None:
         except Exception as err:  # one path failing (no compiler, no onnxruntime) must not hide the others
             print(json.dumps({"path": path, "error": f"{type(err).__name__}: {err}"[:300]}), flush=True)
             prepared.pop(path, None)
-    # round robin: on a shared machine the load drifts; each path sees the same drift
-    times: dict[str, list[float]] = {p: [] for p in prepared}
+    # end to end (features, model, maps), if asked: timed in the same round robin as the paths
+    cubes, cube_px = _end_to_end_cases(model, norm, args) if args.end_to_end else ({}, 0)
+    for fn in cubes.values():
+        fn()  # warm-up
+    # round robin: on a shared machine the load drifts; each case sees the same drift, so every ratio
+    # printed below divides figures of this one run
+    times: dict[str, list[float]] = {p: [] for p in [*prepared, *cubes]}
     preds: dict[str, np.ndarray] = {}
     loads = []
     for _ in range(args.repeat):
@@ -399,26 +454,34 @@ def main() -> None:
                 times[path].append(time.perf_counter() - t0)
             preds[path] = logits.argmax(1)
             loads.append(os.getloadavg()[0])
+        for name, fn in cubes.items():
+            t0 = time.perf_counter()
+            preds[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+            loads.append(os.getloadavg()[0])
     rows = []
     reference = preds.get("eager_fp32", next(iter(preds.values()), None))
-    for path, (_, setup_s) in prepared.items():
+    setups = {**{p: s_ for p, (_, s_) in prepared.items()}, **{n: 0.0 for n in cubes}}
+    for path, setup_s in setups.items():
+        # end-to-end maps agree with the end-to-end fp32 map (same pixels, the cube's order)
+        ref = preds["predict_cube_fp32"] if path in cubes else reference
         row = {
-            "path": path, "px_per_s": round(len(x) / statistics.median(times[path]), 1),
-            "setup_s": round(setup_s, 1), "agreement": round(float((preds[path] == reference).mean()), 4),
-            "accuracy_vs_labels": round(float((preds[path] == labels).mean()), 4),
+            "path": path, "px_per_s": round((cube_px if path in cubes else len(x)) / statistics.median(times[path]), 1),
+            "setup_s": round(setup_s, 1), "agreement": round(float((preds[path] == ref).mean()), 4),
             "load_avg_1min": round(statistics.mean(loads), 2), **context,
         }
+        if path not in cubes:
+            row["accuracy_vs_labels"] = round(float((preds[path] == labels).mean()), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if args.end_to_end:
-        rows += _end_to_end(model, norm, args, context)
-    base = rows[0]["px_per_s"] if rows else 1.0
+    eager = [r["px_per_s"] for r in rows if r["path"] == "eager_fp32"]
     print(f"\nCPU: {context['cpu']}, {context['cores']} cores, torch {context['torch']}, "
           f"{args.threads} threads, batch {args.batch}, {context['pixels']} real Victoria pixels\n")
-    print("| path | pixels/s | speed-up vs eager fp32 | identical classes | setup s | load avg |")
+    print("| path | pixels/s | speed-up vs eager fp32 (same run) | identical classes | setup s | load avg |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['path']} | {r['px_per_s']:.0f} | {r['px_per_s'] / base:.2f}x | {r['agreement']:.2%} | "
+        ratio = f"{r['px_per_s'] / eager[0]:.2f}x" if eager else "n/a (eager_fp32 not run)"
+        print(f"| {r['path']} | {r['px_per_s']:.0f} | {ratio} | {r['agreement']:.2%} | "
               f"{r['setup_s']} | {r['load_avg_1min']} |")
 
 

@@ -18,7 +18,12 @@ tile with the catalog behind a local STAC API (rustac) and the COGs behind a loc
 server (tests/http_servers.py), on ``--http-tiles`` tiles.
 
     .venv/bin/python bench/scale.py [--out DIR] [--tiles-x 40 --tiles-y 25 --tile-px 16]
-                                    [--counts 100 300 1000] [--workers 2] [--model CKPT]
+                                    [--counts 100 300 1000] [--workers 2] [--model CKPT] [--record]
+
+Each run writes its outputs in a fresh folder under ``--out`` (``run-<time>-*``), so that no run times
+another's finished tiles; the configs, the synthetic country and the model are shared. ``--record``
+writes the overhead per tile of the largest count as ``orchestration_s_per_tile`` into the cost figures
+(:func:`cropmap.jobs.cost_model.record_figure`; ``$CROPMAP_COST_FIGURES`` or the package's file).
 
 Prints one JSON line per measurement and a summary table.
 """
@@ -32,6 +37,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -132,7 +138,8 @@ def train_model(out: Path, env: dict) -> str:
 
 
 def alone(model: str, out: Path) -> dict:
-    """One tile's cube and prediction, inline in this process: the compute a tile costs."""
+    """One tile's cube and prediction, inline in this process: the compute a tile costs. ``out``: a folder
+    of this run's own (an earlier run's finished tiles would be skipped, not timed)."""
     from cropmap.jobs.searches import search_block, search_blocks
     from cropmap.jobs.tiles import cube_tile, predict_tile, run_model
     from cropmap.scenarios import resolve_run
@@ -248,6 +255,8 @@ def main() -> None:
     parser.add_argument("--baseline-counts", type=int, nargs="*", default=[],
                         help="counts run first with CROPMAP_PREFECT_REUSE=0 (every Prefect task run rebuilds its "
                              "settings and TLS contexts, Prefect's own behaviour), on their own fresh workers")
+    parser.add_argument("--record", action="store_true",
+                        help="write orchestration_s_per_tile (largest count) into the cost figures")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -257,8 +266,12 @@ def main() -> None:
            "DASK_LOGGING__DISTRIBUTED": "warning", "OMP_NUM_THREADS": "1",
            "DASK_DISTRIBUTED__SCHEDULER__DASHBOARD__STATUS__TASK_STREAM_LENGTH": "1000000"}
     os.environ.update({k: env[k] for k in ("CROPMAP_CONFIGS_DIR", "CROPMAP_DEMO_DIR")})
+    # every run's outputs in a fresh folder: a run reusing an earlier one's would time finished tiles
+    # (a country run resumes: it skips tiles whose outputs exist); the inputs above are shared
+    fresh = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=out))
     print(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                      "tiles": args.tiles_x * args.tiles_y, "tile_px": args.tile_px, "workers": args.workers}))
+                      "tiles": args.tiles_x * args.tiles_y, "tile_px": args.tile_px, "workers": args.workers,
+                      "outputs": str(fresh), "load_avg_1min": round(os.getloadavg()[0], 2)}))
 
     from cropmap.scenarios import resolve_run
 
@@ -312,8 +325,8 @@ def main() -> None:
             before = {name: cpu_seconds(p) for name, p in services.items()}
             start = time.time()
             cmd = [str(Path(py).with_name("cropmap")), "map", "SYN", "--prefect", "--model", model, "--tile-limit", str(n),
-                   "--out", str(out / f"runs-{label}-{n}")]
-            log = open(out / f"flow-{label}-{n}.log", "w")
+                   "--out", str(fresh / f"runs-{label}-{n}")]
+            log = open(fresh / f"flow-{label}-{n}.log", "w")
             proc = subprocess.Popen(cmd, env=run_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             stop, flow = threading.Event(), {"rss": 0, "cpu": 0.0}
             sampler = threading.Thread(target=sample_flow, args=(proc, stop, flow), daemon=True)
@@ -345,11 +358,11 @@ def main() -> None:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    compute = alone(model, out)
+    compute = alone(model, fresh)
     print(json.dumps({"alone": compute}), flush=True)
     for row in rows:
         row["overhead_per_tile_s"] = round(row["wall_s"] * args.workers / row["tiles"] - compute["compute_s"], 3)
-    http = http_counts(model, out, args.http_tiles)
+    http = http_counts(model, fresh, args.http_tiles)
     print(json.dumps({"http": http}), flush=True)
     main_rows = [r for r in rows if r["variant"] == "reuse"]
     if len(main_rows) > 1:  # the fixed cost (server start, searches, mosaic, scoring) drops out of the slope
@@ -358,6 +371,15 @@ def main() -> None:
         print(json.dumps({"marginal_wall_per_tile_s": round(slope, 3),
                           "marginal_overhead_per_tile_s": round(slope * args.workers - compute["compute_s"], 3),
                           "flow_rss_growth_mib": b["flow_peak_rss_mib"] - a["flow_peak_rss_mib"]}))
+    if args.record and main_rows:
+        from cropmap.jobs.cost_model import record_figure
+
+        r = main_rows[-1]
+        where = record_figure("orchestration_s_per_tile", r["overhead_per_tile_s"], unit="worker-s per tile",
+                              source=f"bench/scale.py, {r['tiles']:,} tiles of {args.tile_px} px, {args.workers} "
+                                     f"workers: wall x workers / tiles - one tile alone ({compute['compute_s']} s)",
+                              command="python bench/scale.py " + " ".join(sys.argv[1:]))
+        print(f"# recorded orchestration_s_per_tile = {r['overhead_per_tile_s']} in {where}", file=sys.stderr)
     print("\n| variant | tiles | wall s | wall/tile s | overhead/tile s | tasks/tile | flow peak RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -7,7 +7,9 @@ and 2 torch threads (this machine has 2 cores; a Kubernetes CPU worker thread = 
 CUDA too when torch sees a GPU (bf16 autocast, as cropmap.stages.predict does). Also counts the FLOPs of one
 pixel's forward pass (torch.utils.flop_counter), from which a GPU's rate can be bounded.
 
-Run: .venv/bin/python bench/throughput_quick.py [--seconds 3] [--batch 4096]
+Run: .venv/bin/python bench/throughput_quick.py [--seconds 3] [--batch 4096] [--record]
+``--record`` writes CropNet v1's 1-thread CPU rate (``cpu_px_per_s_per_vcpu``) and FLOPs per pixel
+(``cropnet_gflop_per_px``) into the cost figures (cropmap.jobs.cost_model.record_figure).
 Prints a table and one JSON line per configuration (with the context: machine, torch, threads).
 """
 
@@ -67,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per configuration")
     ap.add_argument("--batch", type=int, default=4096, help="pixels per forward pass (PredictOptions default)")
+    ap.add_argument("--record", action="store_true", help="write CropNet v1's figures into the cost model")
     args = ap.parse_args()
     host = _batch(args.batch)
     context = {"machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -90,6 +93,23 @@ def main() -> None:
             print(f"{name:<13} {rec['params']:>9} {device:>6} {threads:>7} {rate:>11,.0f} "
                   f"{rec['gflop_per_pixel']:>9}")
             print(json.dumps(rec))
+            if args.record and name == "cropnet" and device == "cpu" and threads == 1:
+                _record(rec, args)
+
+
+def _record(rec: dict, args) -> None:
+    """CropNet v1's fp32 px/s on one thread and its GFLOP per pixel, as cost-model figures."""
+    import sys
+
+    from cropmap.jobs.cost_model import record_figure
+
+    command = "python bench/throughput_quick.py " + " ".join(sys.argv[1:])
+    load = round(os.getloadavg()[0], 2)
+    record_figure("cpu_px_per_s_per_vcpu", rec["pixels_per_s"], unit="px/s per vCPU, CropNet v1 fp32, 43 bins",
+                  source=f"bench/throughput_quick.py, 1 thread, batch {args.batch}, forward pass only, load {load}",
+                  command=command)
+    record_figure("cropnet_gflop_per_px", rec["gflop_per_pixel"], unit="GFLOP per pixel, CropNet v1, 43 bins x 10 bands",
+                  source="torch.utils.flop_counter in bench/throughput_quick.py", command=command)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ The pixel values are real: the 12 raw acquisitions of ../shared/data/openeo_gfma
 (66 x 64 px, bands B01 B04 B08 B11) tiled in space, cycled over the 10 band slots and the 60 dates;
 each Dask chunk is made inside its task, so the input is never held whole, as when reading from COGs.
 
-Run: .venv/bin/python bench/tile_memory_quick.py            (prints a table and one JSON line per run)
+Run: .venv/bin/python bench/tile_memory_quick.py [--record]   (prints a table and one JSON line per run)
+``--record`` writes the 1-thread chunk-256 run's process CPU seconds per megapixel as
+``composite_vcpu_s_per_mpx`` into the cost figures (cropmap.jobs.cost_model.record_figure).
 """
 
 from __future__ import annotations
@@ -68,11 +70,12 @@ def _one(chunk: int, threads: int) -> dict:
     comp = median_composite(obs, season, 2023, valid=valid)
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    c = time.process_time()  # every thread of this process: the vCPU-s the tile costs
     t = time.perf_counter()
     # Written chunk by chunk to Zarr as cropmap.stages.cube does: the tile is never gathered in memory.
     with tempfile.TemporaryDirectory() as tmp, dask.config.set(scheduler="threads", num_workers=threads):
         comp.to_dataset(name="reflectance").to_zarr(f"{tmp}/tile.zarr", mode="w", consolidated=False)
-        elapsed = time.perf_counter() - t
+        elapsed, cpu = time.perf_counter() - t, time.process_time() - c
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         out = xr.open_zarr(f"{tmp}/tile.zarr", consolidated=False)["reflectance"].load()
     return {
@@ -80,14 +83,17 @@ def _one(chunk: int, threads: int) -> dict:
         "bins": season.n_bins, "input_bytes": DATES * (N_BANDS * 4 + 2) * TILE * TILE,
         "output_bytes": int(out.nbytes), "baseline_rss_mib": round(base / 1024),
         "peak_rss_mib": round(peak / 1024), "graph_peak_mib": round((peak - base) / 1024),
-        "seconds": round(elapsed, 2), "finite_fraction": round(float(np.isfinite(out.values).mean()), 3),
+        "seconds": round(elapsed, 2), "cpu_s": round(cpu, 2),
+        "cpu_s_per_mpx": round(cpu / (TILE * TILE / 1e6), 1), "load_avg_1min": round(os.getloadavg()[0], 2),
+        "finite_fraction": round(float(np.isfinite(out.values).mean()), 3),
     }
 
 
 def main() -> None:
-    if len(sys.argv) == 3:
+    if len(sys.argv) == 3 and sys.argv[1].isdigit():
         print(json.dumps(_one(int(sys.argv[1]), int(sys.argv[2]))))
         return
+    record = "--record" in sys.argv[1:]
     context = {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
     print(json.dumps({"context": context}))
     print(f"{'chunk':>6} {'threads':>7} {'graph peak MiB':>14} {'peak RSS MiB':>12} {'s':>6}")
@@ -97,6 +103,14 @@ def main() -> None:
         rec = json.loads(run.stdout.strip().splitlines()[-1])
         print(f"{chunk:>6} {threads:>7} {rec['graph_peak_mib']:>14} {rec['peak_rss_mib']:>12} {rec['seconds']:>6}")
         print(json.dumps(rec))
+        if record and (chunk, threads) == (256, 1):
+            from cropmap.jobs.cost_model import record_figure
+
+            record_figure("composite_vcpu_s_per_mpx", rec["cpu_s_per_mpx"], unit="vCPU-s per megapixel",
+                          source=f"bench/tile_memory_quick.py: median composite of a {TILE} px tile, {DATES} dates x "
+                                 f"{N_BANDS} bands + SCL, chunk 256, 1 thread, process CPU time, load "
+                                 f"{rec['load_avg_1min']}",
+                          command="python bench/tile_memory_quick.py --record")
 
 
 if __name__ == "__main__":

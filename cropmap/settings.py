@@ -22,6 +22,7 @@ a Dask worker, a test) sees the variables as they are then. Empty values count a
 | ``CROPMAP_MAX_PLAN_TILES`` | tiles any plan (an outline, an area, a ``--tile-limit``) may hold, estimated from its area before a tile is made; above it the plan is refused (default 1,000,000) |
 | ``CROPMAP_MAX_TILES`` | tiles a country run may plan before it is refused before any tile (default: no limit; ``max_tiles`` overrides) |
 | ``CROPMAP_MAX_DOLLARS`` | the estimated dollars (``cropmap plan``) a country run may cost before it is refused (default: no limit) |
+| ``CROPMAP_COST_FIGURES`` | a JSON file of cost figures (``bench/*.py --record`` writes one) that ``cropmap plan`` uses instead of the shipped ``cropmap/jobs/cost_figures.json`` |
 | ``CROPMAP_CATALOG_TIMEOUT_S`` | seconds a run's first check waits for the STAC catalog to answer before it fails (default 5) |
 | ``CROPMAP_SEARCH_TIMEOUT_S`` | seconds a flow's search-block task may run: checked before each attempt and between pages, each request waits no longer; past it the task fails naming the block and is retried (default 900) |
 | ``CROPMAP_CUBE_TIMEOUT_S`` | seconds a flow's cube-tile task may run: checked between its search's pages and between its reads; past it the task fails naming the tile and is retried (default 10800). Both are read where the task runs (a Dask worker: ``deploy/`` gives every pod the same variables) |
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
 
     configs_dir: Path | None = None
     data_dir: Path | None = None
+    cost_figures: Path | None = None
     download: str = ""
     data_url_base: str = "https://raw.githubusercontent.com"
     cache_dir: Path | None = None
@@ -80,13 +82,14 @@ class Settings(BaseSettings):
     cdse_access_key_id: str | None = None
     cdse_secret_access_key: str | None = None
 
-    @field_validator("configs_dir", "data_dir", "cache_dir", "demo_dir", "output_url", "output_dir", "dask_address",
+    @field_validator("configs_dir", "data_dir", "cost_figures", "cache_dir", "demo_dir", "output_url", "output_dir",
+                     "dask_address",
                      "cdse_access_key_id", "cdse_secret_access_key", "max_tiles", "max_dollars", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("configs_dir", "cache_dir", "demo_dir", "data_dir", mode="after")
+    @field_validator("configs_dir", "cache_dir", "demo_dir", "data_dir", "cost_figures", mode="after")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()

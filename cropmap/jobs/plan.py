@@ -3,7 +3,8 @@
 - :func:`plan_run`: tiles per UTM zone and hemisphere, each hemisphere's season and search window, the
   100 km block searches (:func:`cropmap.jobs.searches.search_blocks`), the checkpoint's bands and season
   alignment (:func:`cropmap.jobs.tiles.check_model_fits`), whether the catalog answers
-  (:func:`probe_catalog`, a few seconds at most) and an :class:`Estimate` from :data:`COST_FIGURES`;
+  (:func:`probe_catalog`, a few seconds at most) and a :class:`cropmap.jobs.cost_model.Estimate` from the
+  measured cost figures (:func:`cropmap.jobs.cost_model.estimate_cost`);
   :func:`plan_lines` says it as text (after :func:`cropmap.jobs.reports.plan_table`'s lines);
 - :func:`check_limits`: ``max_tiles`` / ``max_dollars`` (or ``$CROPMAP_MAX_TILES`` / ``$CROPMAP_MAX_DOLLARS``)
   refuse a plan that exceeds them;
@@ -28,6 +29,8 @@ from cropmap.io import storage
 from cropmap.io.catalogs import asset_href, implausible_band, item_profile, reflectance_problem
 from cropmap.io.config import CatalogConfig
 from cropmap.io.stac import band_assets, season_search_window
+from cropmap.jobs.cost_model import (DEFAULT_GPUS, DEFAULT_VCPUS, Estimate, estimate_cost, estimate_lines,
+                                     figures_path)
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.searches import items_for_tile, search_block, search_blocks
 from cropmap.jobs.tiles import check_model_fits, zones_of
@@ -35,81 +38,8 @@ from cropmap.settings import get_settings
 from cropmap.stages.model_ref import ModelRef
 from cropmap.stages.reading import gdal_env
 
-__all__ = ["Figure", "COST_FIGURES", "Estimate", "ModelFit", "RunPlan", "estimate_cost", "plan_run", "plan_lines",
-           "check_limits", "probe_catalog", "check_catalog", "preflight"]
-
-
-@dataclass(frozen=True)
-class Figure:
-    value: float
-    unit: str
-    kind: str  # "measured" | "assumed"
-    source: str  # the doc and bench that give it, and when
-
-
-# The figures the estimate uses, each as docs/scaling.md ("The arithmetic of a country: Argentina
-# 2023/24", "Orchestration, measured") and docs/performance.md ("Country scale") state them; update
-# them there first. Rates of the 2-vCPU shared development VM (pessimistic, see those pages).
-COST_FIGURES: dict[str, Figure] = {
-    "composite_vcpu_s_per_mpx": Figure(
-        90.1, "vCPU-s per megapixel", "measured",
-        "11,100 px/s per vCPU, bench/tile_memory_quick.py, docs/scaling.md (2-vCPU dev VM)"),
-    "read_vcpu_s_per_mpx": Figure(
-        28.6, "vCPU-s per megapixel", "assumed",
-        "30 vCPU-s per 1024 px tile, docs/scaling.md (local decode measured at 17, bench/scale.py 2026-12-04)"),
-    "cube_overhead": Figure(
-        0.30, "fraction of the cube work", "assumed", "masking, Zarr writes: docs/scaling.md work table"),
-    "orchestration_s_per_tile": Figure(
-        0.924, "worker-s per tile", "measured", "bench/scale.py 2026-12-04, docs/performance.md 'Country scale'"),
-    "gpu_px_per_s": Figure(
-        200_000, "px/s per GPU, CropNet v1 bf16", "assumed",
-        "H100-class at ~10 % of bf16 peak, docs/scaling.md (no GPU measured)"),
-    "cpu_px_per_s_per_vcpu": Figure(
-        80, "px/s per vCPU, CropNet v1 fp32", "measured", "67-88, bench/throughput_quick.py, docs/scaling.md"),
-    "dollars_per_vcpu_h": Figure(0.05, "$ per vCPU-hour", "assumed", "on demand, docs/scaling.md 'Hours and cost'"),
-    "dollars_per_gpu_h": Figure(4.0, "$ per GPU-hour", "assumed", "H100, docs/scaling.md 'Hours and cost'"),
-    "dollars_per_wall_h": Figure(
-        0.40, "$ per hour of the run", "assumed", "scheduler, Prefect worker, idle: ~$10 per 25 h, docs/scaling.md"),
-}
-#: The cluster of ``deploy/overlays/arg`` (32 CPU workers x 4 vCPU, 4 GPU workers): the default wall time.
-DEFAULT_VCPUS, DEFAULT_GPUS = 128, 4
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Work and cost of a plan: CPU hours of the cubes, GPU hours of inference (0 for training), the wall
-    hours on ``vcpus`` and ``gpus`` with the stages overlapping, dollars."""
-
-    cpu_hours: float
-    gpu_hours: float
-    wall_hours: float
-    dollars: float
-    vcpus: int
-    gpus: int
-    figures: tuple[str, ...]  # the COST_FIGURES keys used
-
-
-def estimate_cost(tiles: int, tile_px: int, *, inference: bool = True, vcpus: int = DEFAULT_VCPUS,
-                  gpus: int = DEFAULT_GPUS) -> Estimate:
-    """The :class:`Estimate` of ``tiles`` tiles of ``tile_px`` x ``tile_px`` pixels; inference on ``gpus``
-    GPUs, or on the ``vcpus`` when ``gpus`` is 0."""
-    f = {k: v.value for k, v in COST_FIGURES.items()}
-    mpx = tiles * tile_px**2 / 1e6
-    cube_s = mpx * (f["composite_vcpu_s_per_mpx"] + f["read_vcpu_s_per_mpx"]) * (1 + f["cube_overhead"])
-    cpu_h = (cube_s + tiles * f["orchestration_s_per_tile"]) / 3600
-    used = ["composite_vcpu_s_per_mpx", "read_vcpu_s_per_mpx", "cube_overhead", "orchestration_s_per_tile",
-            "dollars_per_vcpu_h", "dollars_per_wall_h"]
-    gpu_h = 0.0
-    if inference and gpus > 0:
-        gpu_h = mpx * 1e6 / f["gpu_px_per_s"] / 3600
-        used += ["gpu_px_per_s", "dollars_per_gpu_h"]
-    elif inference:
-        cpu_h += mpx * 1e6 / f["cpu_px_per_s_per_vcpu"] / 3600
-        used.append("cpu_px_per_s_per_vcpu")
-    # a tile is predicted as soon as its cube exists, so the stages overlap (docs/scaling.md)
-    wall_h = max(cpu_h / max(vcpus, 1), gpu_h / gpus if gpus else 0.0)
-    dollars = cpu_h * f["dollars_per_vcpu_h"] + gpu_h * f["dollars_per_gpu_h"] + wall_h * f["dollars_per_wall_h"]
-    return Estimate(cpu_h, gpu_h, wall_h, dollars, vcpus, gpus, tuple(used))
+__all__ = ["DEFAULT_VCPUS", "DEFAULT_GPUS", "ModelFit", "RunPlan", "plan_run", "plan_lines", "check_limits",
+           "probe_catalog", "check_catalog", "preflight"]
 
 
 @dataclass(frozen=True)
@@ -200,6 +130,7 @@ def plan_run(run: CountryRun, *, tile_limit: int | None = None, model: ModelRef 
         tile_ids = training_tiles(run, reference=labels)[:tile_limit]
     else:
         tile_ids = run.tiles(tile_limit=tile_limit)
+    zones = {e: len(ids) for e, ids in zones_of(tile_ids).items()}
     catalog = run.config.catalog
     seasons = {}
     for hemisphere, season in run.seasons(tile_ids).items():
@@ -215,14 +146,14 @@ def plan_run(run: CountryRun, *, tile_limit: int | None = None, model: ModelRef 
         fit = ModelFit(model.location, model.model_name, model.bands, model.season.describe(), model.n_bins,
                        offsets, problem)
     return RunPlan(run.code, run.year, "train" if labels is not None else "map", len(tile_ids), run.config.tile_size,
-                   {e: len(ids) for e, ids in zones_of(tile_ids).items()}, seasons, len(search_blocks(tile_ids)),
-                   _catalog_name(catalog), probe_catalog(catalog) if probe else None,
+                   zones, seasons, len(search_blocks(tile_ids)), _catalog_name(catalog),
+                   probe_catalog(catalog) if probe else None,
                    estimate_cost(len(tile_ids), run.config.tile_size, inference=labels is None, vcpus=vcpus,
-                                 gpus=gpus), fit)
+                                 gpus=gpus, zone_tiles=list(zones.values())), fit)
 
 
 def plan_lines(plan: RunPlan) -> list[str]:
-    """The plan as text, one fact a line; the cost figures with their sources."""
+    """The plan as text, one fact a line; the cost figures with their sources (``estimate_lines``)."""
     hemis = {e: "south" if e // 100 == 327 else "north" for e in plan.zones}
     lines = [f"{plan.purpose} {plan.code} {plan.year}: {plan.tiles:,} tiles of {plan.tile_px} px in "
              f"{len(plan.zones)} UTM zone(s)"]
@@ -240,14 +171,8 @@ def plan_lines(plan: RunPlan) -> list[str]:
         fits = (f"fits: season offset " + ", ".join(f"{h} {o} months" for h, o in m.offsets.items())
                 if not m.problem else f"DOES NOT FIT: {m.problem}")
         lines.append(f"model: {m.path}: {m.name}, bands {', '.join(m.bands)}, season {m.season}, {m.n_bins} bins; {fits}")
-    e = plan.estimate
-    infer = (f", inference {e.gpu_hours:,.1f} GPU-h on {e.gpus} GPU(s)" if e.gpu_hours
-             else ", inference on the CPUs" if plan.purpose == "map" else ", training not estimated")
-    lines.append(f"estimate: cubes {e.cpu_hours:,.0f} vCPU-h{infer}; ~{e.wall_hours:,.1f} h on {e.vcpus} vCPU"
-                 f"{f' + {e.gpus} GPU' if e.gpu_hours else ''}; ~${e.dollars:,.0f}")
-    for key in e.figures:
-        f = COST_FIGURES[key]
-        lines.append(f"  {key} = {f.value:g} {f.unit} ({f.kind}: {f.source})")
+    lines.append(f"cost figures: {figures_path()}")
+    lines += estimate_lines(plan.estimate, plan.purpose)
     return lines
 
 
