@@ -181,3 +181,108 @@ def test_a_part_across_the_equator_gets_the_six_month_offset_season():
     assert kenya.season.require_aligned(south, what="KEN") == 6
     tiles = tiles_for_aoi(kenya)
     assert {t.grid.epsg // 100 for t in tiles} == {326, 327}
+
+
+def _zone_pair(folder: Path) -> dict[int, Path]:
+    """Two class COGs at 20 m astride 144 E (EPSG:32754 and 32755), overlapping over ~10 km around the
+    meridian, random classes with holes: the zones disagree on almost every overlap pixel."""
+    from cropmap.stages.mosaic import write_cog
+
+    rng = np.random.default_rng(35)
+    cogs = {}
+    for epsg, left in ((32754, 762_000.0), (32755, 224_000.0)):
+        data = rng.integers(0, 8, (1, 600, 600), dtype=np.uint8)
+        data[:, 100:160, 200:400] = 255  # a hole the other zone fills
+        raw = folder / f"raw_{epsg}.tif"
+        with rasterio.open(raw, "w", driver="GTiff", width=600, height=600, count=1, dtype="uint8", nodata=255,
+                           crs=f"EPSG:{epsg}", transform=rasterio.transform.from_origin(left, 5_950_000, 20, 20),
+                           tiled=True, blockxsize=256, blockysize=256) as dst:
+            dst.write(data)
+        cogs[epsg] = write_cog(raw, folder / f"Z_{epsg}_class.tif", resampling="mode")
+    return cogs
+
+
+def _reference_combine(cogs: dict[int, Path], crs: str, resolution: float, window: int) -> np.ndarray:
+    """The zone rule pixel by pixel (the computation before issue 35): every zone's GDAL warp (read by the
+    same windows: GDAL's approximate transform is fitted per request), the lowest EPSG's value where the
+    others have none, and in the overlap the value of the zone whose UTM zone holds the pixel's centre, by
+    pyproj for every centre."""
+    from rasterio.vrt import WarpedVRT
+
+    from cropmap.stages.national import national_grid
+
+    transform, width, height = national_grid(list(cogs.values()), crs, resolution=resolution)
+    warped = {}
+    for epsg, path in cogs.items():
+        with rasterio.open(path) as src, WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
+                                                   resampling=rasterio.enums.Resampling.nearest, nodata=255,
+                                                   src_nodata=255, tolerance=0.125) as vrt:
+            warped[epsg] = np.block([[vrt.read(1, window=rasterio.windows.Window(c, r, min(window, width - c),
+                                                                                 min(window, height - r)))
+                                      for c in range(0, width, window)] for r in range(0, height, window)])
+    owner = _owner(*_lonlat(transform, (height, width), crs))
+    out = np.full((height, width), 255, np.uint8)
+    for epsg in sorted(warped, reverse=True):  # the lowest EPSG's value last, so it wins ...
+        out = np.where(warped[epsg] != 255, warped[epsg], out)
+    both = np.sum([w != 255 for w in warped.values()], axis=0) >= 2
+    for epsg, values in warped.items():  # ... and in the overlap, the owner zone's
+        out = np.where(both & (owner == epsg), values, out)
+    return out
+
+
+def test_national_windows_in_parallel_give_one_threads_bytes_and_the_zone_rule_pixel_by_pixel(tmp_path):
+    """Many small windows warped by 3 threads: the same COG bytes as one thread, and the same pixels as
+    the zone rule applied to every pixel centre by pyproj (so the lattice lookup of the owner zone is exact)."""
+    from cropmap.stages.national import write_national_cog
+
+    cogs = _zone_pair(tmp_path)
+    crs = "EPSG:3577"
+    one = write_national_cog(cogs, tmp_path / "one" / "N_class.tif", crs=crs, product="class", resolution=20,
+                             window=96, threads=1)
+    many = write_national_cog(cogs, tmp_path / "many" / "N_class.tif", crs=crs, product="class", resolution=20,
+                              window=96, threads=3)
+    assert one.read_bytes() == many.read_bytes()
+    expected = _reference_combine(cogs, crs, 20, 96)
+    with rasterio.open(many) as n:
+        got, transform = n.read(1), n.transform
+    strip = _in_both_zones(cogs, transform, got.shape, crs)
+    lon, lat = _lonlat(transform, got.shape, crs)
+    assert strip.sum() > 10_000 and set(np.unique(_owner(lon[strip], lat[strip]))) == {32754, 32755}
+    np.testing.assert_array_equal(got, expected)
+
+
+def _lonlat(transform, shape: tuple[int, int], crs: str) -> tuple[np.ndarray, np.ndarray]:
+    """Lon and lat (degrees, ``shape``) of the pixel centres of a raster."""
+    cols, rows = np.meshgrid(np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
+    return Transformer.from_crs(crs, 4326, always_xy=True).transform(*(transform * (cols, rows)))
+
+
+def _in_both_zones(cogs: dict[int, Path], transform, shape: tuple[int, int], crs: str) -> np.ndarray:
+    """Where both zone rasters have data at a national pixel centre (the zone pixel holding it, by pyproj)."""
+    cols, rows = np.meshgrid(np.arange(shape[1]) + 0.5, np.arange(shape[0]) + 0.5)
+    xs, ys = transform * (cols, rows)
+    inside = np.ones(shape, bool)
+    for path in cogs.values():
+        with rasterio.open(path) as src:
+            data, t = src.read(1), src.transform
+            zx, zy = Transformer.from_crs(crs, src.crs, always_xy=True).transform(xs, ys)
+        c, r = np.floor((zx - t.c) / t.a).astype(int), np.floor((zy - t.f) / t.e).astype(int)
+        ok = (c >= 0) & (c < data.shape[1]) & (r >= 0) & (r < data.shape[0])
+        inside &= ok & (data[np.clip(r, 0, data.shape[0] - 1), np.clip(c, 0, data.shape[1] - 1)] != 255)
+    return inside
+
+
+def test_the_owner_lattice_equals_the_owner_of_every_centre_across_a_meridian_and_the_equator():
+    """:func:`_owner_map` against pyproj at every pixel centre, on windows where 144 E (EPSG:3577), 30 E,
+    and 36 E and the equator (EPSG:6933) cross the window, and on a one-row window."""
+    from cropmap.stages.national import _owner_map, owner_zone
+
+    for crs, lon, lat in (("EPSG:3577", 144.0, -36.6), ("EPSG:6933", 36.0, 0.0), ("EPSG:6933", 30.0, 0.0)):
+        x, y = Transformer.from_crs(4326, crs, always_xy=True).transform(lon, lat)
+        transform = rasterio.transform.from_origin(x - 7_013.0, y + 5_021.0, 10.0, 10.0)  # the point inside
+        to_lonlat = Transformer.from_crs(crs, 4326, always_xy=True)
+        for h, w in ((1000, 1401), (1, 1400)):
+            cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+            exact = owner_zone(*to_lonlat.transform(*(transform * (cols, rows))))
+            assert len(np.unique(exact)) >= 2  # the boundary crosses the window
+            np.testing.assert_array_equal(_owner_map(transform, h, w, to_lonlat), exact)

@@ -2,11 +2,12 @@
 
 Every UTM zone's tiles are mosaicked on their own grid first (:func:`cropmap.stages.mosaic.mosaic_tiles`);
 this stage warps those zone COGs into the output CRS (an equal-area CRS by default, so that pixel counts
-are areas) with GDAL (``rasterio.vrt.WarpedVRT``), one window of ``window`` x ``window`` output pixels at
-a time: memory is bounded by a window, whatever the country's size. The coordinate transformation is
-GDAL's approximation within ``tolerance`` source pixels (GDAL's default, 1/8: exact transforms of every
-pixel would cost hours for a large country); the windows are fixed by the grid, so a rerun or another
-machine writes the same bytes. Classes are resampled with
+are areas) with GDAL (``rasterio.vrt.WarpedVRT``), by windows of ``window`` x ``window`` output pixels,
+several at once in threads (:func:`_warped_windows`) and written in order: memory is bounded by a few
+windows, whatever the country's size. The coordinate transformation is GDAL's approximation within
+``tolerance`` source pixels (GDAL's default, 1/8: exact transforms of every pixel would cost hours for a
+large country); the windows are fixed by the grid, so a rerun, another thread count or another machine
+writes the same bytes. Classes are resampled with
 ``nearest``, continuous products (confidence, probabilities) with ``bilinear``; the COG's overviews are
 ``mode`` and ``average`` (:data:`cropmap.stages.mosaic.OVERVIEW_RESAMPLING`); colour table, class names
 and tags come from the zone COGs.
@@ -15,14 +16,20 @@ and tags come from the zone COGs.
 the zone whose plain 6-degree UTM zone (and hemisphere) contains the pixel's centre, the same rule that
 cut the country into zones when it was tiled (:func:`cropmap.core.grid.tiles_for_geometry`). Where that
 zone has no value (its tiles stop short, or it failed), the other zones fill in, lowest EPSG code first.
+The owner zones of the overlap's pixels are looked up on a lattice (:func:`_owner_map`), the same as
+transforming every pixel centre, which made the time per pixel grow with the overlap's share.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +58,10 @@ __all__ = ["WARP_RESAMPLING", "national_grid", "owner_zone", "write_national_cog
 
 #: GDAL block cache of a national mosaic (MB): with it, peak memory stays flat whatever the area.
 GDAL_CACHE_MB = 128
+#: Most windows warped at once by default: each thread holds two windows and its own zone handles.
+MAX_THREADS = 8
+#: Lattice step (pixels) of the zone-rule lookup (:func:`_owner_map`): cells of 320 m at 10 m.
+OWNER_STEP = 32
 #: Warping of each product: a class is never interpolated.
 WARP_RESAMPLING = {"class": Resampling.nearest, "confidence": Resampling.bilinear,
                    "probability": Resampling.bilinear, "ood": Resampling.bilinear}
@@ -95,9 +106,10 @@ def national_grid(zone_cogs: Sequence[str | Path], crs: str, *, resolution: floa
 
 def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *, crs: str, product: str,
                        resolution: float = 10.0, window: int = 2048, blocksize: int = 512,
-                       tolerance: float = 0.125) -> Path:
+                       tolerance: float = 0.125, threads: int | None = None) -> Path:
     """Warp the zone COGs of one product (``{epsg: path}``) into a validated COG at ``path`` in ``crs``
-    (see the module docstring for the zone rule); returns ``path``."""
+    (see the module docstring for the zone rule); returns ``path``. ``threads`` windows are warped at
+    once (default: the machine's CPUs, at most :data:`MAX_THREADS`); the bytes do not depend on it."""
     if not zone_cogs:
         raise MosaicError(f"no zone COG of {product} to make a national map from")
     epsgs = sorted(zone_cogs)
@@ -117,7 +129,6 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
         band_tags = [src.tags(b) for b in range(1, count + 1)]
         descriptions = list(src.descriptions)
     colormap = colormap_of(first) if product == "class" else None
-    to_lonlat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True)
     path = Path(path)
     # the warped raster is a step, not an output: a hidden temporary name beside the COG, removed after
     staged = path.with_name(f".{path.stem}.warped{TEMP_MARK}{path.suffix}")
@@ -126,22 +137,13 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
                "blockysize": blocksize, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
     with atomic_path(staged) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
-            vrts = {}
-            try:
-                for e in epsgs:
-                    src = rasterio.open(zone_cogs[e])
-                    vrts[e] = (src, WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                                              resampling=WARP_RESAMPLING.get(product, Resampling.bilinear),
-                                              nodata=NODATA, src_nodata=NODATA, tolerance=tolerance))
-                    vrts[e] += (_footprint(src, crs),)
-                for row in range(0, height, window):
-                    for col in range(0, width, window):
-                        win = Window(col, row, min(window, width - col), min(window, height - row))
-                        dst.write(_combine(vrts, win, transform, to_lonlat, count), window=win)
-            finally:
-                for src, vrt, _ in vrts.values():
-                    vrt.close()
-                    src.close()
+            warp = {"crs": crs, "transform": transform, "width": width, "height": height, "nodata": NODATA,
+                    "resampling": WARP_RESAMPLING.get(product, Resampling.bilinear), "src_nodata": NODATA,
+                    "tolerance": tolerance}
+            windows = [Window(col, row, min(window, width - col), min(window, height - row))
+                       for row in range(0, height, window) for col in range(0, width, window)]
+            for win, data in _warped_windows(zone_cogs, warp, windows, count, threads=threads):
+                dst.write(data, window=win)
             dst.update_tags(**tags)
             for b in range(1, count + 1):
                 dst.update_tags(b, **band_tags[b - 1])
@@ -159,6 +161,52 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
     return path
 
 
+def _warped_windows(zone_cogs: Mapping[int, str | Path], warp: dict, windows: Sequence[Window], count: int, *,
+                    threads: int | None = None) -> Iterator[tuple[Window, np.ndarray]]:
+    """``(window, (count, h, w) uint8)`` of every window, in order, ``threads`` windows warped at once.
+
+    GDAL releases the GIL while it reads and warps, so the threads run at once; a GDAL dataset is not
+    thread-safe, so each thread opens its own zone COGs and ``WarpedVRT`` (``warp``: its keywords) and its
+    own lon/lat transformer. GDAL fits its approximate transformation per read request, so a pixel's value
+    depends on the windows (fixed by the grid), never on which thread reads one or when. At most two
+    windows per thread are in flight: memory stays bounded by the window."""
+    threads = max(1, threads or min(os.cpu_count() or 1, MAX_THREADS))
+    footprints = {}
+    for e, cog in zone_cogs.items():
+        with rasterio.open(cog) as src:
+            footprints[e] = _footprint(src, warp["crs"])
+    local, opened, lock = threading.local(), [], threading.Lock()
+
+    def one(win: Window) -> np.ndarray:
+        if not hasattr(local, "vrts"):  # this thread's first window
+            vrts = {}
+            for e in sorted(zone_cogs):
+                src = rasterio.open(zone_cogs[e])
+                with lock:
+                    opened.append(src)
+                vrt = WarpedVRT(src, **warp)
+                with lock:
+                    opened.append(vrt)
+                vrts[e] = (src, vrt, footprints[e])
+            local.vrts, local.to_lonlat = vrts, pyproj.Transformer.from_crs(warp["crs"], 4326, always_xy=True)
+        return _combine(local.vrts, win, warp["transform"], local.to_lonlat, count)
+
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="cropmap-national") as pool:
+            pending: deque = deque()
+            for win in windows:
+                pending.append((win, pool.submit(one, win)))
+                if len(pending) >= 2 * threads:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+    finally:
+        for handle in reversed(opened):  # each VRT before its source
+            handle.close()
+
+
 def _combine(vrts: dict, win: Window, transform: Affine, to_lonlat: pyproj.Transformer, count: int) -> np.ndarray:
     """One output window: each zone's warped values, the owner zone's where it has one."""
     out = np.full((count, int(win.height), int(win.width)), NODATA, dtype=np.uint8)
@@ -171,15 +219,44 @@ def _combine(vrts: dict, win: Window, transform: Affine, to_lonlat: pyproj.Trans
     for e in sorted(reads):  # any zone, lowest EPSG first, where the pixel is still empty ...
         data = reads[e]
         out = np.where((out == NODATA) & (data != NODATA), data, out)
-    valid = [(data != NODATA).any(axis=0) for data in reads.values()]
-    rows, cols = np.nonzero(np.sum(valid, axis=0) >= 2)  # ... and the owner zone's in the overlap
-    if rows.size:
-        xs, ys = rasterio.windows.transform(win, transform) * (cols + 0.5, rows + 0.5)
-        owner = owner_zone(*to_lonlat.transform(xs, ys))
+    valid = {e: (data != NODATA).any(axis=0) for e, data in reads.items()}
+    overlap = np.sum(list(valid.values()), axis=0) >= 2  # ... and the owner zone's in the overlap
+    rows, cols = np.flatnonzero(overlap.any(axis=1)), np.flatnonzero(overlap.any(axis=0))
+    if rows.size:  # the overlap's bounding box within the window: a strip along the border
+        box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        at = rasterio.windows.transform(win, transform) * Affine.translation(int(cols[0]), int(rows[0]))
+        owner = _owner_map(at, int(rows[-1] + 1 - rows[0]), int(cols[-1] + 1 - cols[0]), to_lonlat)
         for e, data in reads.items():
-            take = (owner == e) & (data[:, rows, cols] != NODATA).any(axis=0)
-            out[:, rows[take], cols[take]] = data[:, rows[take], cols[take]]
+            take = overlap[box] & (owner == e) & valid[e][box]
+            out[(slice(None), *box)] = np.where(take, data[(slice(None), *box)], out[(slice(None), *box)])
     return out
+
+
+def _owner_map(transform: Affine, height: int, width: int, to_lonlat: pyproj.Transformer,
+               step: int = OWNER_STEP) -> np.ndarray:
+    """``(height, width)`` int32: :func:`owner_zone` of every pixel centre of a raster at ``transform``,
+    the same as transforming every centre, at the cost of a lattice and the boundary's cells.
+
+    The centres on a lattice every ``step`` pixels are transformed; a lattice cell whose four corners share
+    one owner is that owner's throughout (a zone boundary is a meridian or the equator: within a few
+    hundred metres a straight line in the output CRS, which cannot enter and leave a cell through one
+    edge without changing a corner's owner); the centres of the other cells are transformed one by one."""
+    def exact(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return owner_zone(*to_lonlat.transform(*(transform * (c + 0.5, r + 0.5)))).astype(np.int32)
+
+    lat_rows = np.unique(np.r_[np.arange(0, height, step), height - 1])
+    lat_cols = np.unique(np.r_[np.arange(0, width, step), width - 1])
+    if lat_rows.size < 2 or lat_cols.size < 2:  # one row or column: every centre
+        return exact(*np.indices((height, width), dtype=float))
+    grid = exact(*np.meshgrid(lat_rows.astype(float), lat_cols.astype(float), indexing="ij"))
+    same = (grid[:-1, :-1] == grid[1:, :-1]) & (grid[:-1, :-1] == grid[:-1, 1:]) & (grid[:-1, :-1] == grid[1:, 1:])
+    cell = np.ix_(np.minimum(np.searchsorted(lat_rows, np.arange(height), side="right") - 1, lat_rows.size - 2),
+                  np.minimum(np.searchsorted(lat_cols, np.arange(width), side="right") - 1, lat_cols.size - 2))
+    owner = grid[cell]
+    rows, cols = np.nonzero(~same[cell])
+    if rows.size:
+        owner[rows, cols] = exact(rows.astype(float), cols.astype(float))
+    return owner
 
 
 def _footprint(src, crs: str):
@@ -236,13 +313,14 @@ def _model_link(out_dir: storage.Location) -> dict | None:
 
 def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]], out_dir: storage.Location, *,
                     name: str, crs: str, resolution: float = 10.0, window: int = 2048,
-                    missing: Mapping[str, str] | None = None) -> MosaicResult:
+                    missing: Mapping[str, str] | None = None, threads: int | None = None) -> MosaicResult:
     """The national COG of every product the zones share (``{epsg: {product: zone COG}}``), then its STAC
     item and quicklook, in ``out_dir`` (a folder or an fsspec URL: remote zone COGs are read from local
     copies and the outputs built in a scratch folder, then uploaded whole, the item last). ``missing``
     (tile or zone -> why): what the run could not map, recorded in the item as a ``partial`` map. The item
     carries the provenance of the zones' items (:func:`_zone_provenance`; zones of different runs are refused
-    before any warp) and links the model's MLM item when ``out_dir`` holds one (:data:`MODEL_ITEM`)."""
+    before any warp) and links the model's MLM item when ``out_dir`` holds one (:data:`MODEL_ITEM`).
+    ``threads``: windows warped at once (:func:`write_national_cog`)."""
     products = [p for p in OVERVIEW_RESAMPLING if all(p in zp for zp in zone_products.values())]
     if "class" not in products:
         raise MosaicError(f"{name}: the zones share no class COG to make a national map from")
@@ -258,7 +336,7 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
         for product in products:
             zones = {e: downloads.local_copy(zp[product]) for e, zp in zone_products.items()}
             cogs[product] = write_national_cog(zones, local_out / f"{name}_{product}.tif", crs=crs, product=product,
-                                               resolution=resolution, window=window)
+                                               resolution=resolution, window=window, threads=threads)
         years = season_years(provenance.start, provenance.end) if provenance.start and provenance.end else None
         png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png", years=years)
         item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png, missing=missing,
