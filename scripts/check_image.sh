@@ -270,7 +270,7 @@ local_run() {  # local_run LABEL MODULE [args]: the same flow from .venv, a loca
      export CROPMAP_DATA_DIR="$DATA" CROPMAP_DEMO_DIR="$WORK/local-out/demo"
      timeout "$RUN_TIMEOUT" "$PY" "$@" --out "$WORK/local-out/runs") > "$LOGS/local-$label.log" 2>&1 || rc=$?
     local wall=$(( $(date +%s) - t0 ))
-    grep -E "OA on|class COG" "$LOGS/local-$label.log" || true
+    grep -E "national class|accuracy:" "$LOGS/local-$label.log" || true
     note "local run $label (python $*): exit $rc, wall ${wall} s"
     [ "$rc" = 0 ] || { tail -40 "$LOGS/local-$label.log"; fail "local run $label exited $rc"; }
 }

@@ -134,22 +134,9 @@ def _map_flow(threads: int, **parameters) -> None:
 
 
 def _print_flow_map(result: dict) -> None:
-    """Where the products of a map-country flow's ``result`` are, and its score if the run was scored."""
-    typer.echo(f"national class COG: {result['cogs']['class']}")
-    typer.echo(f"confidence COG:     {result['cogs'].get('confidence')}")
-    typer.echo(f"STAC item:          {result['item']}")
-    typer.echo(f"quicklook:          {result['quicklook']}")
-    typer.echo(f"model:              {result['model']}")
-    if result.get("season_offsets"):
-        typer.echo("season offset:      " + ", ".join(f"{h}: {m} months" for h, m in result["season_offsets"].items()))
-    if result["accuracy"] is not None:
-        acc = result["accuracy"]
-        typer.echo(f"accuracy report:    {result['accuracy_path']}")
-        if acc["n"]:
-            typer.echo(f"OA on the scored area: {acc['oa']:.3f} (macro-F1 {acc['macro_f1']:.3f}, {acc['n']} pixels)")
-            typer.echo("per-class F1:       " + ", ".join(f"{k} {v:.2f}" for k, v in acc["f1"].items()))
-        else:
-            typer.echo("not scored:         the mapped tiles hold no pixel of the scored area")
+    """A map-country flow's ``result``: the summary the flow wrote (:func:`cropmap.jobs.reports.map_lines`)."""
+    for line in result["summary"]:
+        typer.echo(line)
 
 
 @app.command("plan")

@@ -77,7 +77,8 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
         create_table_artifact(key=f"accuracy-{run.code.lower()}", description=(
             f"{run.scenario.description}: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
             table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
-    for line in map_lines(result):
+    summary_lines = map_lines(result)
+    for line in summary_lines:
         print(line)
     if result.mosaic is not None:
         create_markdown_artifact(key=f"map-{run.code.lower()}", markdown="\n".join(
@@ -88,5 +89,6 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
             "quicklook": str(result.mosaic.quicklook),
             "zones": {e: {k: str(v) for k, v in z.cogs.items()} for e, z in result.zones.items()},
             "accuracy": accuracy, "accuracy_path": result.accuracy_path, "tiles": summary.rows(),
-            "model": result.model, "key": result.key, "season_offsets": result.season_offsets, "area": result.area}
+            "model": result.model, "key": result.key, "season_offsets": result.season_offsets, "area": result.area,
+            "summary": summary_lines}
 
