@@ -21,18 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- cost: begin (bench/cost_table.py writes this section) -->", "<!-- cost: end -->"
 #: what-if rows: (what changes, the figures changed)
 WHAT_IF = (
-    ("host work around the forward pass at issue 35's target (1.5 CPU-s/Mpx)", {"predict_host_cpu_s_per_mpx": 1.5}),
-    ("the same, and 2 predict tasks (host threads) per GPU", {"predict_host_cpu_s_per_mpx": 1.5,
-                                                              "predict_host_threads_per_gpu": 2}),
-    ("the same, and the mosaics linear at the 1x rate (0.41 s/Mpx), the national one over 16 processes", {
-        "predict_host_cpu_s_per_mpx": 1.5, "predict_host_threads_per_gpu": 2, "mosaic_national_s_per_mpx": 0.41,
-        "mosaic_zone_s_per_mpx": 0.41, "mosaic_national_processes": 16}),
+    # the unmeasured GPU rate is the input that moves the estimate most: at a quarter of the assumed
+    # utilisation the GPU-hours quadruple
+    ("the GPU at 10 % of its bf16 peak instead of 40 % (not measured: no GPU lent)", {"gpu_utilisation": 0.1}),
+    ("the same on 8 GPUs", {"gpu_utilisation": 0.1, "gpus": 8}),
+    ("the host work at issue 35's bound (1.5 CPU-s/Mpx) instead of the measured 0.85", {"predict_host_cpu_s_per_mpx": 1.5}),
+    ("no GPU: inference on the 128 vCPU (`--gpus 0`)", {"gpus": 0}),
 )
 
 
 def section(code: str = "ARG") -> str:
     """The Markdown between the markers: the plan's estimate, the tables, the what-if rows."""
-    from cropmap.jobs.cost_model import estimate_cost, estimate_lines, estimate_table, load_figures
+    from cropmap.jobs.cost_model import (derived_gpu_px_per_s, estimate_cost, estimate_lines, estimate_table,
+                                         load_figures)
     from cropmap.jobs.plan import plan_run
     from cropmap.scenarios import resolve_run
 
@@ -43,13 +44,16 @@ def section(code: str = "ARG") -> str:
     head = estimate_lines(e, plan.purpose, figures)[:3]
     out = [BEGIN, "", f"`cropmap plan {code}` ({plan.tiles:,} tiles of {plan.tile_px} px; zones {zones}), "
            "its estimate lines:", "", *(f"    {line}" for line in head), "", *estimate_table(e, figures), "",
-           "What stands between (the same plan, figures changed as named):", "",
+           "What moves the estimate (the same plan, one input changed as named):", "",
            "| change | GPU-h | wall h | $ on demand | $ spot |", "|---|---:|---:|---:|---:|",
            f"| none (the figures above) | {e.gpu_hours:,.1f} | {e.wall_hours:,.1f} | ${e.dollars:,.0f} | "
            f"${e.spot_dollars:,.0f} |"]
     for what, changes in WHAT_IF:
         changed = {k: replace(v, value=changes.get(k, v.value)) for k, v in figures.items()}
-        w = estimate_cost(plan.tiles, plan.tile_px, zone_tiles=list(plan.zones.values()), figures=changed)
+        if changed["gpu_px_per_s"].kind == "derived":  # its inputs may have changed
+            changed["gpu_px_per_s"] = replace(changed["gpu_px_per_s"], value=derived_gpu_px_per_s(changed))
+        cluster = {"gpus": changes["gpus"]} if "gpus" in changes else {}  # the cluster, not a figure
+        w = estimate_cost(plan.tiles, plan.tile_px, zone_tiles=list(plan.zones.values()), figures=changed, **cluster)
         out.append(f"| {what} | {w.gpu_hours:,.1f} | {w.wall_hours:,.1f} | ${w.dollars:,.0f} | ${w.spot_dollars:,.0f} |")
     out += ["", f"Regenerate: `.venv/bin/python bench/cost_table.py` (after a bench's `--record`).", "", END]
     return "\n".join(out)
