@@ -50,14 +50,14 @@ def _write_cpu_s(store: Path) -> float:
     import xarray as xr
     import zarr
 
-    from cropmap.stages.cube import CubeOptions, _stored
+    from cropmap.stages.cube_encoding import stored_reflectance
 
     array = zarr.open_group(str(store), mode="r")["reflectance"]
     values = xr.open_zarr(store, consolidated=False)["reflectance"].values.astype(np.float32)
     target = zarr.create_array(zarr.storage.MemoryStore(), shape=array.shape, chunks=array.chunks, dtype=array.dtype,
                                compressors=array.compressors)
     c0 = time.process_time()
-    target[...] = _stored(values, CubeOptions(encoding="int16" if array.dtype == np.int16 else "float32"))
+    target[...] = stored_reflectance(values, "int16" if array.dtype == np.int16 else "float32")
     return time.process_time() - c0
 
 
@@ -98,7 +98,7 @@ def _restored(source: Path, folder: Path) -> dict[str, Path]:
     """A float32 cube store written again both ways (same chunks, the cube stage's codec)."""
     import xarray as xr
 
-    from cropmap.stages.cube import int16_store_encoding
+    from cropmap.stages.cube_encoding import int16_store_encoding
 
     ds = xr.open_zarr(source, consolidated=False)
     out = {}

@@ -2,7 +2,7 @@
 confidence and OOD, the forward pass alone, and GPU utilisation, in one call of a few minutes.
 
 A real-shaped 1,024 px tile cube (43 bins x 10 bands, reflectance on the 1e-4 grid of the scenes' digital
-numbers, stored as ``cropmap cube`` stores it: int16, :func:`cropmap.stages.cube.int16_store_encoding`) is
+numbers, stored as ``cropmap cube`` stores it: int16, :func:`cropmap.stages.cube_encoding.int16_store_encoding`) is
 written to local disk; a CropNet v1 checkpoint (untrained weights: the speed does not depend on them; OOD
 statistics fitted on its own features) is saved and loaded as a predict task loads it. Cases, each timed
 ``--repeat`` times after a warm-up, taking turns:

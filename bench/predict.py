@@ -233,8 +233,8 @@ class _StubNet(torch.nn.Module):
 
 def _host_cube(folder: Path, rows: int, width: int = 1024, seed: int = 0, *, encoding: str = "int16") -> Path:
     """A real-shaped tile cube store (43 bins, 10 bands, ``rows x width``) in ``cropmap cube``'s layout,
-    reflectance stored as ``encoding`` (:data:`cropmap.stages.cube.INT16_ENCODING` or float32)."""
-    from cropmap.stages.cube import int16_store_encoding
+    reflectance stored as ``encoding`` (:data:`cropmap.stages.cube_encoding.INT16_ENCODING` or float32)."""
+    from cropmap.stages.cube_encoding import int16_store_encoding
 
     import xarray as xr
 

@@ -84,8 +84,8 @@ def raster_obs(series: np.ndarray, times: np.ndarray, bands, *, ny: int, nx: int
 def write_tile_cube(path: Path, obs: xr.DataArray, *, tile_id: str, row: int, col: int,
                     season: Season = VIC_SEASON, encoding: str = "float32") -> Path:
     """Composite observations with cropmap's one compositing function and store them as a tile cube,
-    reflectance as ``encoding`` ("int16": :data:`cropmap.stages.cube.INT16_ENCODING`, as `cropmap cube` stores it)."""
-    from cropmap.stages.cube import INT16_ENCODING
+    reflectance as ``encoding`` ("int16": :data:`cropmap.stages.cube_encoding.INT16_ENCODING`, as `cropmap cube` stores it)."""
+    from cropmap.stages.cube_encoding import INT16_ENCODING
 
     ny, nx = obs.sizes["y"], obs.sizes["x"]
     transform = Affine(10.0, 0.0, ORIGIN[0] + col * nx * 10.0, 0.0, -10.0, ORIGIN[1] - row * ny * 10.0)

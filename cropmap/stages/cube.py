@@ -41,7 +41,6 @@ import pystac
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
 
 from cropmap import __version__
 from cropmap.core.bands import S2_BANDS, SCL, canonical_band
@@ -52,26 +51,13 @@ from cropmap.core.season import Season
 from cropmap.errors import ConfigError, DataNotFoundError
 from cropmap.io import outputs, storage
 from cropmap.io.storage import stable_hash
+from cropmap.stages.cube_encoding import ENCODINGS, int16_store_encoding, stored_reflectance
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "degraded_reason", "load_observations", "composite_observations", "build_tile_cube",
-           "open_tile_cube", "INT16_ENCODING", "int16_store_encoding", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
+           "open_tile_cube", "cube_path", "cube_status", "check_chunks", "cube_stores", "is_finished", "incomplete_reason", "FINISHED",
            "AssetUnavailableWarning"]
 
-#: ``reflectance`` as int16 (CF): stored = round(reflectance / scale_factor), no data = _FillValue.
-INT16_ENCODING = {"dtype": "int16", "scale_factor": 1e-4, "_FillValue": -32768}
-
-
-def int16_store_encoding(chunks: Sequence[int]) -> dict:
-    """:data:`INT16_ENCODING` with the cube stage's codec for a store of ``chunks``: Blosc zstd level 1 over
-    byte-shuffled counts, one Blosc block per chunk (smaller, cheaper to write and to read than zarr's default
-    zstd on real-shaped cubes; the choice is measured in docs/performance.md, bench/cube_encoding.py)."""
-    block = 2 * int(np.prod(chunks))
-    return {**INT16_ENCODING, "chunks": tuple(chunks),
-            "compressors": (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2, blocksize=block),)}
-
-
-ENCODINGS = ("int16", "float32")
 
 
 @dataclass(frozen=True)
@@ -87,7 +73,7 @@ class CubeOptions:
     that has no valid value at all): predict refuses it and the next run rebuilds it. 5-day bins are
     often 60-85 % observed over farmland; 0.02 (less than one clear date in a 43-bin season) catches a
     tile that is nodata or cloud nearly throughout. encoding: how ``reflectance`` is stored: ``"int16"``
-    (reflectance x 10,000 rounded, :data:`INT16_ENCODING`; half the bytes of float32 to write, store and read)
+    (reflectance x 10,000 rounded, :data:`~cropmap.stages.cube_encoding.INT16_ENCODING`; half the bytes of float32 to write, store and read)
     or ``"float32"`` (the composite's values as computed).
     """
 
@@ -244,7 +230,7 @@ def build_tile_cube(
             dropped = reader.dropped
         else:
             filled, blank = np.ones(tile.shape, dtype=np.float32), []
-            group["reflectance"][:] = _stored(np.full((1,), np.nan, np.float32), options)[0]
+            group["reflectance"][:] = stored_reflectance(np.full((1,), np.nan, np.float32), options.encoding)[0]
         group["filled_fraction"][:] = filled
         if not reason and np.all(filled >= 1.0):
             reason = "every observation is masked (cloud, shadow, snow or no data) over the whole season"
@@ -344,21 +330,10 @@ def _composite_bands(reader: TileReader, group, season: Season, year: int,
             out[:, rows] = composite.values
             # a band's filled fraction is its gap count / bins: counted back exactly to sum over bands
             gaps[rows] += np.rint(composite["filled_fraction"].values.astype(np.float64) * n_bins).astype(np.int64)
-        group["reflectance"][:, b] = _stored(out, options)
+        group["reflectance"][:, b] = stored_reflectance(out, options.encoding)
         if not np.isfinite(out).any():
             blank.append(band)
     return (gaps / (n_bins * len(options.bands))).astype(np.float32), blank
-
-
-def _stored(reflectance: np.ndarray, options: CubeOptions) -> np.ndarray:
-    """``reflectance`` (float32, NaN = no data) as the store holds it under ``options.encoding``: int16 per
-    :data:`INT16_ENCODING`, values beyond its range clipped (|reflectance| > 3.27 is no surface), or as is."""
-    if options.encoding == "float32":
-        return reflectance
-    scale, fill = INT16_ENCODING["scale_factor"], INT16_ENCODING["_FillValue"]
-    with np.errstate(invalid="ignore"):
-        counts = np.clip(np.rint(reflectance / np.float32(scale)), fill + 1, np.iinfo(np.int16).max)
-    return np.where(np.isfinite(reflectance), counts, fill).astype(np.int16)
 
 
 def _cube_template(tile: Tile, season: Season, year: int, options: CubeOptions) -> xr.Dataset:
