@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
             started = time.time()
             result = transfer(augment=augment, out_dir=args.out, training={"seed": seed})
             acc = result["accuracy"]
-            rows.append({"augment": augment, "seed": seed, "oa": acc["oa"], "macro_f1": acc["macro_f1"],
-                         **{f"f1_{k}": v for k, v in acc["f1"].items()}, "pixels": acc["n"],
+            rows.append({"augment": augment, "seed": seed, "oa": acc["oa"],
+                         "balanced_accuracy": acc["balanced_accuracy"], "macro_f1": acc["macro_f1"],
+                         **{f"f1_{k}": v for k, v in acc["f1"].items()},
+                         **{f"recall_{k}": v for k, v in acc["recall"].items()}, "pixels": acc["n"],
                          **{f"{layer}_{k}": v for layer, d in acc.get("error_detection", {}).items()
                             for k, v in d.items()}, "ood_flagged": acc.get("ood_flagged"),
                          "season_offset": ",".join(f"{h}:{m}" for h, m in result["season_offsets"].items()),
@@ -53,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(table: pd.DataFrame, argv: list[str]) -> str:
-    scores = [c for c in table.columns if c == "oa" or c == "macro_f1" or c.startswith("f1_")]
+    scores = [c for c in table.columns if c in ("oa", "balanced_accuracy", "macro_f1") or c.startswith(("f1_", "recall_"))]
     numeric = scores + [c for c in table.columns if c.startswith(("confidence_", "ood_"))]
     mean, std = table.groupby("augment")[numeric].mean(), table.groupby("augment")[numeric].std()
     cell = lambda a, c: f"{mean.loc[a, c]:.3f} ± {std.loc[a, c]:.3f}" if len(table[table.augment == a]) > 1 \
         else f"{mean.loc[a, c]:.3f}"  # noqa: E731
-    head = ["augment", *[c.removeprefix("f1_") if c.startswith("f1_") else c for c in scores]]
+    head = ["augment", *[c.replace("f1_", "F1 ").replace("recall_", "recall ") for c in scores]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join([a, *[cell(a, c) for c in scores]]) + " |" for a in table["augment"].unique()]
     per_seed = ["| augment | seed | OA | macro-F1 | seconds |", "|---|---|---|---|---|"]

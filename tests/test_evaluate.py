@@ -38,6 +38,24 @@ def test_scores_match_sklearn(real_predictions):
     assert [s["f1"][n] for n in names] == pytest.approx(list(ref))
 
 
+def test_balanced_accuracy_and_recall_from_the_confusion_rows(real_predictions):
+    """Per-class recall = the diagonal over the reference rows of the confusion matrix, balanced accuracy their
+    mean over the target's classes (computed here by hand, not by scikit-learn); a majority-class model's OA is
+    its class share, its balanced accuracy 1 / classes."""
+    y, pred, names = real_predictions
+    keep = y != 2  # a target without cereals: its classes only
+    s = scores(y[keep], pred[keep], class_names=names)
+    cm = np.asarray(s["confusion"], dtype=float)
+    rows = cm.sum(1)
+    recall = {names[i]: cm[i, i] / rows[i] for i in range(len(names)) if rows[i] > 0}
+    assert s["recall"] == pytest.approx(recall) and "cereals" not in s["recall"]
+    assert s["balanced_accuracy"] == pytest.approx(np.mean(list(recall.values())))
+    majority = np.bincount(y).argmax()
+    lazy = scores(y, np.full_like(y, majority), class_names=names)
+    assert lazy["balanced_accuracy"] == pytest.approx(1 / len(set(y)))
+    assert lazy["oa"] == pytest.approx(np.mean(y == majority))
+
+
 def test_macro_f1_averages_over_the_targets_classes_only(real_predictions):
     y, pred, names = real_predictions
     keep = y != 2  # a target without cereals; the model may still predict cereals there

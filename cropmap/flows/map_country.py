@@ -75,8 +75,10 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
                           description=f"{run.code} {run.year}: {summary.describe()}")
     if accuracy is not None and accuracy["n"]:  # n 0: the mapped tiles miss the scored area
         create_table_artifact(key=f"accuracy-{run.code.lower()}", description=(
-            f"{run.scenario.description}: OA {accuracy['oa']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
-            table=[{"class": k, "f1": round(v, 4)} for k, v in accuracy["f1"].items()])
+            f"{run.scenario.description}: OA {accuracy['oa']:.3f}, balanced accuracy "
+            f"{accuracy['balanced_accuracy']:.3f}, macro-F1 {accuracy['macro_f1']:.3f}"),
+            table=[{"class": k, "f1": round(v, 4), "recall": round(accuracy["recall"][k], 4)}
+                   for k, v in accuracy["f1"].items()])
     summary_lines = map_lines(result)
     for line in summary_lines:
         print(line)

@@ -186,7 +186,7 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
         from cropmap.stages.predict import load_model
 
         checkpoint = load_model(model)
-        score = {k: round(float(result[k]), 4) for k in ("oa", "macro_f1", "kappa") if k in result}
+        score = {k: round(float(result[k]), 4) for k in ("oa", "balanced_accuracy", "macro_f1", "kappa") if k in result}
         score.update(pixels=int(result["n"]), map=storage.basename(class_map), season=run.season.describe())
         offsets = season_offsets or {}
         if len(offsets) == 1:

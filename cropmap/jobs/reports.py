@@ -75,8 +75,11 @@ def map_lines(result: MapResult) -> list[str]:
     if result.accuracy is not None:
         acc = result.accuracy
         lines.append(f"accuracy:            {result.accuracy_path}: " + (
-            f"OA {acc['oa']:.3f}, macro-F1 {acc['macro_f1']:.3f} ({acc['n']} pixels of the scored area)" if acc["n"]
+            f"OA {acc['oa']:.3f}, balanced accuracy {acc['balanced_accuracy']:.3f}, macro-F1 {acc['macro_f1']:.3f} "
+            f"({acc['n']} pixels of the scored area)" if acc["n"]
             else "not scored: the mapped tiles hold no pixel of the scored area"))
+        if acc["n"] and acc.get("recall"):
+            lines.append("recall by class:     " + ", ".join(f"{k} {v:.2f}" for k, v in acc["recall"].items()))
         for layer, d in acc.get("error_detection", {}).items():
             lines.append(f"errors by {layer}:{' ' * max(1, 10 - len(layer))}AUROC {d['auroc_errors']:.3f}; OA of the "
                          f"80 % most trusted pixels {d['oa_at_80']:.3f}, of 95 % {d['oa_at_95']:.3f}")

@@ -32,7 +32,8 @@ def score_class_map(class_map: storage.Location, reference: storage.Location, *,
                     bounds: tuple[float, float, float, float] | None = None,
                     legend_path: str | Path | None = None, warp: bool = False,
                     layers: Mapping[str, storage.Location] | None = None) -> dict:
-    """OA, macro-F1, kappa, per-class F1 and confusion of a class map against a reference map.
+    """OA, balanced accuracy, macro-F1, kappa, per-class F1 and recall, and the confusion of a class map against a
+    reference map (:func:`cropmap.ml.evaluate.scores`).
 
     Both rasters (files or URLs) must share CRS and pixel size, unless ``warp``: then the map is read
     onto the reference's grid with nearest-neighbour resampling (GDAL's warper), e.g. a national map

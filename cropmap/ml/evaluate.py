@@ -1,5 +1,5 @@
-"""Accuracy figures of a classification (scikit-learn's): OA, macro-F1, per-class F1, Cohen's kappa, confusion,
-and how well a per-pixel score picks out the errors.
+"""Accuracy figures of a classification (scikit-learn's): OA, balanced accuracy, macro-F1, per-class F1 and
+recall, Cohen's kappa, confusion, and how well a per-pixel score picks out the errors.
 
 Labels are integer indices into one class list. Macro-F1 averages over the TARGET's classes (those
 present in the reference labels, or an explicit ``classes`` list): a class the target does not have
@@ -36,27 +36,33 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, *, classes: Sequence[int] |
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, *, class_names: Sequence[str]) -> dict:
-    """OA, macro-F1 over the target's classes, Cohen's kappa, per-class F1 and the confusion matrix.
+    """OA, balanced accuracy and macro-F1 over the target's classes, Cohen's kappa, per-class F1 and recall,
+    and the confusion matrix.
 
-    Returns a JSON-able dict: ``oa``, ``macro_f1``, ``kappa`` (floats), ``f1`` (class name -> F1, target
-    classes only), ``confusion`` (list of lists), ``n`` (samples). With no sample, the figures are NaN.
+    Returns a JSON-able dict: ``oa``, ``balanced_accuracy`` (the mean of the target classes' recalls: a model
+    that calls everything the majority class scores 1 / classes, however high its OA), ``macro_f1``,
+    ``kappa`` (floats), ``f1`` and ``recall`` (class name -> value, target classes only), ``confusion``
+    (list of lists), ``n`` (samples). With no sample, the figures are NaN.
     """
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     if y_true.size == 0:
         empty = np.zeros((len(class_names), len(class_names)), dtype=np.int64)
-        return {"oa": float("nan"), "macro_f1": float("nan"), "kappa": float("nan"), "f1": {},
-                "confusion": empty.tolist(), "n": 0}
+        return {"oa": float("nan"), "balanced_accuracy": float("nan"), "macro_f1": float("nan"),
+                "kappa": float("nan"), "f1": {}, "recall": {}, "confusion": empty.tolist(), "n": 0}
     cm = confusion_matrix(y_true, y_pred, len(class_names))
     n = int(cm.sum())
     present = np.flatnonzero(cm.sum(1) > 0)
     f1 = metrics.f1_score(y_true, y_pred, labels=present, average=None, zero_division=0)
+    recall = metrics.recall_score(y_true, y_pred, labels=present, average=None, zero_division=0)
     with np.errstate(divide="ignore", invalid="ignore"):  # one class everywhere: kappa is undefined (NaN)
         kappa = metrics.cohen_kappa_score(y_true, y_pred)
     return {
         "oa": float(metrics.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(np.mean(recall)),
         "macro_f1": float(np.mean(f1)),
         "kappa": float(kappa),
         "f1": {class_names[i]: float(v) for i, v in zip(present, f1)},
+        "recall": {class_names[i]: float(v) for i, v in zip(present, recall)},
         "confusion": cm.tolist(),
         "n": n,
     }

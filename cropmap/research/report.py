@@ -47,6 +47,16 @@ def _trust_table(frame: pd.DataFrame, keys: list[str], shifts: list[int]) -> lis
     return lines
 
 
+def _lowest_recall(rows: pd.DataFrame) -> str:
+    """The class with the lowest mean recall over the seeds, and that recall (``recall_<class>`` columns)."""
+    recalls = rows[[c for c in rows.columns if c.startswith("recall_")]].mean()
+    recalls = recalls.dropna()
+    if recalls.empty:
+        return "—"
+    worst = recalls.idxmin()
+    return f"{worst.removeprefix('recall_')} {recalls[worst]:.3f}"
+
+
 def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame, out_dir: Path,
                    command: str) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +71,8 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
     keys = ["split", *axes, *recipe, "features", "model", "augment"]
     head = "| " + " | ".join(["split (test)"] + [a.replace("_", " ") for a in axes] + recipe
                              + ["features", "model", "augmentation"]) + " | " + \
-        " | ".join(f"OA {s:+d} d" if s else "OA" for s in shifts) + " | macro-F1 (0 d) | kappa (0 d) | s / model |"
+        " | ".join(f"OA {s:+d} d" if s else "OA" for s in shifts) + \
+        " | balanced acc. (0 d) | macro-F1 (0 d) | kappa (0 d) | lowest class recall (0 d) | s / model |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for key, g in frame.groupby(keys, sort=False):
         cells = []
@@ -70,8 +81,8 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         z = g[g.shift_days == (0 if 0 in shifts else shifts[0])]
         secs = g.drop_duplicates("seed")["train_seconds"].dropna()
         lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells)
-                     + f" | {_mean_std(z.macro_f1)} | {_mean_std(z.kappa)}"
-                     + f" | {secs.mean():.0f} |")
+                     + f" | {_mean_std(z.balanced_accuracy)} | {_mean_std(z.macro_f1)} | {_mean_std(z.kappa)}"
+                     + f" | {_lowest_recall(z)} | {secs.mean():.0f} |")
     lines += _trust_table(frame, keys, shifts)
     if axes:
         lines += ["", "Variants (season the samples are composited onto, and classes):", ""]
@@ -93,7 +104,8 @@ def write_report(cfg: ExperimentConfig, grid: list[Variant], frame: pd.DataFrame
         "Produced by:", "", "```", command or f"cropmap experiment configs/experiments/{cfg.name}.yaml", "```", "",
         (f"Mean ± std over seeds {cfg.seeds} ({len(frame.seed.unique())} seeds)" if len(frame.seed.unique()) > 1
          else f"One seed ({frame.seed.iloc[0]}, no spread)") + " of the test overall accuracy "
-        f"(OA), macro-F1 over the target's classes and Cohen's kappa. Per-seed and per-class figures: "
+        f"(OA), balanced accuracy (the mean of the classes' recalls) and macro-F1 over the target's classes, "
+        f"Cohen's kappa, and the class the model recalls least. Per-seed and per-class figures (F1, recall): "
         f"`{cfg.name}.csv`; confusion matrices (first seed, unshifted): `{cfg.name}/`.", "",
         *lines, "",
         "Settings:", "",

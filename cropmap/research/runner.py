@@ -192,8 +192,10 @@ def run_experiment(cfg: ExperimentConfig, *, command: str = "", log=print) -> pd
                                      "split": split, **({"recipe": spec.recipe} if spec.recipe else {}),
                                      "features": spec.features,
                                      "model": spec.model, "augment": aug, "seed": seed, "shift_days": shift,
-                                     "n_train": int(len(keep)), "oa": s["oa"], "macro_f1": s["macro_f1"],
-                                     "kappa": s["kappa"], **trust, **{f"f1_{k}": val for k, val in s["f1"].items()}, **info,
+                                     "n_train": int(len(keep)), "oa": s["oa"],
+                                     "balanced_accuracy": s["balanced_accuracy"], "macro_f1": s["macro_f1"],
+                                     "kappa": s["kappa"], **trust, **{f"f1_{k}": val for k, val in s["f1"].items()},
+                                     **{f"recall_{k}": val for k, val in s["recall"].items()}, **info,
                                      "seconds": time.perf_counter() - t0})
                         if seed == cfg.seeds[0] and shift == 0:
                             name = label.replace("/", "_") + (f"_{v.slug}" if v.values else "")
