@@ -126,10 +126,12 @@ def test_report_records_every_training_setting_as_run(tmp_path):
 
     cfg = _load_experiment(CONFIGS / "experiments" / "victoria.yaml")
     frame = pd.DataFrame([{"split": "source -> target", "features": "2d", "model": "cropnet", "augment": "none",
-                           "seed": s, "shift_days": 0, "oa": 0.9, "macro_f1": 0.8, "kappa": 0.7,
+                           "seed": s, "shift_days": 0, "oa": 0.9, "balanced_accuracy": 0.85, "macro_f1": 0.8,
+                           "kappa": 0.7, "recall_wheat": 0.6,
                            "train_seconds": 1.0} for s in (0, 1)])
     write_report(cfg, variants(cfg), frame, tmp_path, "cropmap experiment victoria.yaml")
     md = (tmp_path / "victoria.md").read_text()
+    assert "| 0.850 ± 0.000 | 0.800 ± 0.000 | 0.700 ± 0.000 | wheat 0.600 |" in md  # balanced acc., lowest recall
     assert ("- trained as (2d/cropnet, 2d/cropnet1d): epochs=12, lr=0.001, batch_size=32, weight_decay=0.0, "
             "schedule=constant, val_fraction=0.2, epoch_choice=best, batching=fixed, precision=fp32") in md
 
