@@ -15,6 +15,7 @@ perfectly calibrated model on as many samples (below it, no calibration can show
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,15 @@ __all__ = ["CALIBRATION_RULE", "fit_temperature", "softmax_t", "expected_calibra
 CALIBRATION_RULE = {"fit": "nll", "keep_if_bootstrap_gain": 0.95}
 
 
-def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def softmax_t(logits, temperature: float = 1.0):
     """``softmax(logits / temperature)`` row-wise, ``(N, C)`` float32; ``temperature`` must be positive
-    and finite (T = 0 would make every row NaN)."""
+    and finite (T = 0 would make every row NaN). An array goes through float64; a torch tensor stays a
+    tensor on its device, in float32 (the predict stage's products on a GPU)."""
     if not np.isfinite(temperature) or temperature <= 0:
         raise InvalidInputError(f"softmax temperature must be a positive number, got {temperature}")
+    torch = sys.modules.get("torch")  # a tensor exists only if torch is loaded: no import here for arrays
+    if torch is not None and isinstance(logits, torch.Tensor):
+        return torch.softmax(logits.float() / float(temperature), dim=1)
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     return np.exp(log_softmax(z, axis=1)).astype(np.float32)
 

@@ -199,11 +199,7 @@ class Checkpoint:
         """``softmax(logits / temperature)`` ``(N, n_classes)`` float32 of :meth:`infer`'s logits, with the
         checkpoint's temperature (``calibrated=False``: T = 1). NaN rows stay NaN. A tensor (from
         :func:`~cropmap.ml.device_pass.device_pass`) stays on its device, in float32; an array goes through float64."""
-        t = self.temperature if calibrated else 1.0
-        if isinstance(logits, torch.Tensor):
-            softmax_t(np.zeros((0, 1), np.float32), t)  # the temperature's checks
-            return torch.softmax(logits.float() / t, dim=1)
-        return softmax_t(logits, t)
+        return softmax_t(logits, self.temperature if calibrated else 1.0)
 
     def predict_proba(self, x: np.ndarray, *, calibrated: bool = True, **kwargs: Any) -> np.ndarray:
         """Class probabilities ``(N, n_classes)`` float32 for ``x`` ``(N, band, time)`` reflectance 0..1:
