@@ -59,7 +59,6 @@ __all__ = ["CubeOptions", "CubeResult", "degraded_reason", "load_observations", 
            "AssetUnavailableWarning"]
 
 
-
 @dataclass(frozen=True)
 class CubeOptions:
     """How a tile cube is built.
@@ -73,8 +72,8 @@ class CubeOptions:
     that has no valid value at all): predict refuses it and the next run rebuilds it. 5-day bins are
     often 60-85 % observed over farmland; 0.02 (less than one clear date in a 43-bin season) catches a
     tile that is nodata or cloud nearly throughout. encoding: how ``reflectance`` is stored: ``"int16"``
-    (reflectance x 10,000 rounded, :data:`~cropmap.stages.cube_encoding.INT16_ENCODING`; half the bytes of float32 to write, store and read)
-    or ``"float32"`` (the composite's values as computed).
+    (reflectance x 10,000 rounded, :data:`~cropmap.stages.cube_encoding.INT16_ENCODING`; half the bytes of
+    float32 to write, store and read) or ``"float32"`` (the composite's values as computed).
     """
 
     bands: tuple[str, ...] = S2_BANDS
@@ -90,8 +89,8 @@ class CubeOptions:
         bad = [b for b in self.bands if canonical_band(b) != b or b == SCL]
         if bad or not self.bands:
             raise ConfigError(f"bands must be canonical reflectance bands like {', '.join(S2_BANDS)}; got {bad or 'none'}")
-        if (self.chunk < 16 or self.on_asset_error not in ("warn", "fail") or self.encoding not in ENCODINGS or self.dilate_pixels < 0 or self.threads < 1
-                or not 0 <= self.min_observed_fraction <= 1):
+        if (self.chunk < 16 or self.on_asset_error not in ("warn", "fail") or self.encoding not in ENCODINGS
+                or self.dilate_pixels < 0 or self.threads < 1 or not 0 <= self.min_observed_fraction <= 1):
             raise ConfigError(f"bad cube options: chunk={self.chunk} (>= 16), on_asset_error="
                               f"{self.on_asset_error!r} ('warn' or 'fail'), encoding={self.encoding!r} "
                               f"({' or '.join(map(repr, ENCODINGS))}), dilate_pixels={self.dilate_pixels} (>= 0), "

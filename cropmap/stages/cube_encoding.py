@@ -1,7 +1,7 @@
 """How a tile cube stores its reflectance (:class:`cropmap.stages.cube.CubeOptions` ``encoding``): int16 counts of
 1e-4 reflectance with CF ``scale_factor`` / ``_FillValue`` (plain ``xr.open_zarr`` decodes them) and the cube
 stage's codec (:func:`int16_store_encoding`), or float32 as computed; the values as stored
-(:func:`stored_reflectance`)."""
+(:func:`stored_reflectance`) and back (:func:`decoded_reflectance`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from zarr.codecs import BloscCodec
 
-__all__ = ["ENCODINGS", "INT16_ENCODING", "int16_store_encoding", "stored_reflectance"]
+__all__ = ["ENCODINGS", "INT16_ENCODING", "int16_store_encoding", "stored_reflectance", "decoded_reflectance"]
 
 ENCODINGS = ("int16", "float32")
 
@@ -36,3 +36,12 @@ def stored_reflectance(reflectance: np.ndarray, encoding: str) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         counts = np.clip(np.rint(reflectance / np.float32(scale)), fill + 1, np.iinfo(np.int16).max)
     return np.where(np.isfinite(reflectance), counts, fill).astype(np.int16)
+
+
+def decoded_reflectance(stored: np.ndarray, scale_factor: float, fill_value: float | None) -> np.ndarray:
+    """Float32 reflectance of values as stored: ``stored x scale_factor``, NaN where it is ``fill_value``
+    (None: a float store, NaN already its no data). The device's twin is
+    :func:`cropmap.stages.inference._gather`."""
+    if fill_value is None:
+        return np.asarray(stored, dtype=np.float32)
+    return np.where(stored == fill_value, np.float32(np.nan), stored * np.float32(scale_factor)).astype(np.float32)

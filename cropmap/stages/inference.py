@@ -25,6 +25,7 @@ import xarray as xr
 from cropmap.core.features import compute_features
 from cropmap.errors import IncompatibleInputError
 from cropmap.ml.device_pass import device_pass
+from cropmap.stages.cube_encoding import decoded_reflectance
 from cropmap.stages.predict_inputs import check_cube
 from cropmap.stages.predict_options import PredictOptions
 
@@ -140,11 +141,7 @@ def _scaling(cube: xr.DataArray) -> tuple[float, float | None]:
 
 def _decoded(block: xr.DataArray) -> xr.DataArray:
     """Float32 reflectance of a block as stored (NaN where the fill value is)."""
-    scale, fill = _scaling(block)
-    if fill is None:
-        return block.astype(np.float32, copy=False)
-    values = np.where(block.values == fill, np.float32(np.nan), block.values * np.float32(scale))
-    return block.copy(data=values.astype(np.float32))
+    return block.copy(data=decoded_reflectance(block.values, *_scaling(block)))
 
 
 def block_windows(cube: xr.DataArray, block_pixels: int) -> list[tuple[slice, slice]]:
