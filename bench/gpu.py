@@ -101,9 +101,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the forward pass under torch.compile")
     ap.add_argument("--out", default=os.environ.get("OUT") or tempfile.mkdtemp(prefix="cropmap-bench-gpu-"))
     args = ap.parse_args()
-    from predict import _host_cube
+    from predict import _host_cube, host_pass
 
-    from cropmap.stages.inference import block_windows, host_block, infer_cube
+    from cropmap.stages.inference import infer_cube
     from cropmap.stages.predict import PredictOptions, open_cube
 
     cuda = torch.cuda.is_available()
@@ -145,11 +145,8 @@ def main() -> None:
                 sync()
                 times[name].append(time.perf_counter() - t)
             utilisation[name] += util.samples
-        cube = open_cube(path, stored=True)
-        filled = cube["filled_fraction"].values
         c0 = time.process_time()
-        for window in block_windows(cube, PredictOptions().block_pixels):
-            host_block(ckpt, cube, filled, window=window, max_filled_fraction=0.8, pin=cuda)
+        host_pass(ckpt, path, pin=cuda)
         host_times.append(time.process_time() - c0)
     for name, options in cases.items():
         best = statistics.median(times[name])

@@ -262,12 +262,25 @@ def _host_cube(folder: Path, rows: int, width: int = 1024, seed: int = 0, *, enc
     return path
 
 
+def host_pass(checkpoint, path: Path, *, pin: bool = False) -> None:
+    """The host's share of predicting the cube store at ``path``, alone: every window of
+    :func:`cropmap.stages.inference.block_windows` read by :func:`~cropmap.stages.inference.host_block`, as the
+    predict stage opens the store (as stored)."""
+    from cropmap.stages.inference import block_windows, host_block
+    from cropmap.stages.predict import PredictOptions, open_cube
+
+    cube = open_cube(path, stored=True)
+    filled = cube["filled_fraction"].values
+    for window in block_windows(cube, PredictOptions().block_pixels):
+        host_block(checkpoint, cube, filled, window=window, max_filled_fraction=0.8, pin=pin)
+
+
 def _host(args) -> list[dict]:
     """``--host``: CPU-s per megapixel of infer_cube around a stubbed forward pass, OOD on and off."""
     import tempfile
 
     from cropmap.ml.checkpoint import save_checkpoint
-    from cropmap.stages.inference import block_windows, host_block, infer_cube
+    from cropmap.stages.inference import infer_cube
     from cropmap.stages.predict import PredictOptions, open_cube
 
     from threadpoolctl import threadpool_limits
@@ -316,12 +329,6 @@ def _host(args) -> list[dict]:
     # the host's share alone (stages.inference.host_block over every block): what a GPU's host does
     host_only = {"host_block": "int16", "host_block_float32_cube": "float32"}
 
-    def host_pass(encoding: str) -> None:
-        cube = open_cube(paths[encoding], stored=True)
-        filled = cube["filled_fraction"].values
-        for window in block_windows(cube, PredictOptions().block_pixels):
-            host_block(ckpt, cube, filled, window=window, max_filled_fraction=0.8)
-
     infer_cube(ckpt, open_cube(path, stored=True), options=cases["ood"][1])  # warm-up (imports, allocator)
     cpu = {c: [] for c in [*cases, *host_only]}
     wall = {c: [] for c in cpu}
@@ -334,7 +341,7 @@ def _host(args) -> list[dict]:
             wall[name].append(time.perf_counter() - w0)
         for name, encoding in host_only.items():
             c0, w0 = time.process_time(), time.perf_counter()
-            host_pass(encoding)
+            host_pass(ckpt, paths[encoding])
             cpu[name].append(time.process_time() - c0)
             wall[name].append(time.perf_counter() - w0)
     same = {name: round(float((maps[name]["label"].values == maps["ood_float32_cube"]["label"].values).mean()), 5)
