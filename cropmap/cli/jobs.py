@@ -75,7 +75,7 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
          threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
          area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None,
          dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None,
-         prefect: bool = False) -> None:
+         prefect: bool = False, keep_cubes: bool = True) -> None:
     """Every check that needs no tile comes before the local Dask cluster starts (tests/test_cli_startup.py):
     the country, the checkpoint (read before the scenario is prepared: a missing --model does not wait for
     the DEMO's build), the output location, the options, the plan's limits and the catalog (preflight).
@@ -86,12 +86,13 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
     started = time.perf_counter()
     if model is not None:  # the country, then the checkpoint (read once: resolve_run takes it from the cache)
         run_bands(load_country(country), model=model)
-    run = resolve_run(country, year=year, out_dir=out, parts=parts, model=model)  # the checkpoint's bands
+    run = resolve_run(country, year=year, out_dir=out, parts=parts, model=model,  # the checkpoint's bands
+                      keep_cubes=keep_cubes)
     if prefect:
         _map_flow(threads, country=country, year=year, model=model, tile_limit=tile_limit, out_dir=out,
                   gpu_workers=gpu_workers, parts=parts, overwrite=overwrite, area_samples=area_samples,
                   admin_units=admin_units, admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles,
-                  max_dollars=max_dollars)
+                  max_dollars=max_dollars, keep_cubes=keep_cubes)
         return
     from cropmap.jobs.cluster import gpu_workers_enabled
     from cropmap.jobs.executors import local_executor
@@ -181,6 +182,9 @@ def map_(
                                      help="Inference only on workers with --resources GPU=1."),
     parts: list[str] = typer.Option(None, "--part", help="Outline part to map (repeatable; default: the config's)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild finished cubes and predictions too."),
+    keep_cubes: bool = typer.Option(True, "--keep-cubes/--no-keep-cubes", help="--no-keep-cubes: each mapped "
+                                    "tile's cube is built in its worker's scratch, predicted there and deleted (one "
+                                    "task per tile; no cube written to the output store)."),
     area_samples: str = typer.Option(None, "--area-samples", help="Labelled points drawn on this map (`cropmap "
                                      "area sample`): area estimates with 95 % CIs in maps/<key>/area/."),
     admin_units: str = typer.Option(None, "--admin-units", help="Polygons (provinces): mapped hectares per class "
@@ -197,7 +201,8 @@ def map_(
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
          parts=parts or None, overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-         admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars, prefect=prefect)
+         admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars, prefect=prefect,
+         keep_cubes=keep_cubes)
 
 
 @app.command("train")

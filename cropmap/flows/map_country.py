@@ -42,7 +42,7 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
                 tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
                 parts: list[str] | None = None, overwrite: bool = False, area_samples: str | None = None,
                 admin_units: str | None = None, admin_field: str | None = None, dry_run: bool = False,
-                max_tiles: int | None = None, max_dollars: float | None = None) -> dict:
+                max_tiles: int | None = None, max_dollars: float | None = None, keep_cubes: bool = True) -> dict:
     """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
     one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
     GPU workers; ``parts``: the outline parts to map (default: the config's default parts);
@@ -51,10 +51,12 @@ def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: 
     map (`cropmap area sample`) for area estimates with 95 % CIs; ``admin_units`` (a polygon file) and
     ``admin_field`` (its name column): mapped hectares per class per unit. Both land in ``maps/<key>/area/``.
     ``dry_run``: print the plan and its estimate (`cropmap plan`) and stop before any tile; ``max_tiles`` /
-    ``max_dollars`` (else ``$CROPMAP_MAX_TILES`` / ``$CROPMAP_MAX_DOLLARS``) refuse a larger plan."""
+    ``max_dollars`` (else ``$CROPMAP_MAX_TILES`` / ``$CROPMAP_MAX_DOLLARS``) refuse a larger plan; ``keep_cubes``
+    false: one ``map-tile`` task per tile builds its cube in the worker's scratch, predicts it there and deletes
+    it (no cube in the output store)."""
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
     # so do an unknown country and output; the cubes take the checkpoint's bands
-    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts, model=model)
+    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts, model=model, keep_cubes=keep_cubes)
     # and the checkpoint, once: its location, prediction key, bands, season and classes go to every task
     ref = run_model(run, model) if model is not None else None
     print(plan_table(run))

@@ -53,6 +53,15 @@ def cube_tile(run: CountryRun, tile_id: str, items: str | None = None, overwrite
         return tiles.cube_tile(run, tile_id, items=items, overwrite=overwrite)
 
 
+@task(name="map-tile", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_io_only,
+      cache_policy=NONE, task_run_name="map {tile_id}")
+def map_tile(run: CountryRun, model: ModelRef, tile_id: str, items: str | None = None,
+             overwrite: bool = False) -> tiles.TileMap:
+    # retried on the cube's I/O errors only: the prediction's come back in the result, never raised
+    with time_limit(get_settings().cube_timeout_s, what=f"tile {tile_id}", setting="CROPMAP_CUBE_TIMEOUT_S"):
+        return tiles.map_tile(run, model, tile_id, items=items, overwrite=overwrite)
+
+
 @task(name="predict-tile", cache_policy=NONE, task_run_name="predict {tile_id}")
 def predict_tile(run: CountryRun, model: ModelRef, tile_id: str, force: bool = False) -> TileResult:
     return tiles.predict_tile(run, model, tile_id, force=force)
@@ -103,7 +112,7 @@ def executor(*, gpu: bool = False) -> PrefectExecutor:
     when ``gpu``."""
     return PrefectExecutor(
         {searches.search_block: search_block, tiles.cube_tile: cube_tile,
-         tiles.predict_tile: predict_tile, tiles.mosaic_zone: mosaic_zone,
+         tiles.predict_tile: predict_tile, tiles.map_tile: map_tile, tiles.mosaic_zone: mosaic_zone,
          tiles.mosaic_country: mosaic_country, tiles.area_products: area_products,
          mapping.score_run: score_run, training.training_set: training_set,
          training.train_checkpoint: train_checkpoint},

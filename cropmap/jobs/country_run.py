@@ -75,6 +75,9 @@ class CountryRun(BaseModel):
     scenario: Scenario | None = None
     parts: tuple[str, ...] | None = None  # the outline parts mapped (None: the config's default ones)
     cube_root: str | None = None  # cubes elsewhere than <root>/cubes (the `cropmap cube --out` folder)
+    # False: a mapped tile's cube lives only in its worker's scratch while the tile is predicted
+    # (cropmap.jobs.tiles.map_tile); it changes where cubes are, never a pixel, so not the key
+    keep_cubes: bool = True
 
     @property
     def code(self) -> str:
@@ -203,15 +206,17 @@ def _plain(options: CubeOptions) -> dict:
 
 def resolve_country_run(config: CountryConfig, *, out_root: storage.Location, scenario: Scenario | None = None,
                         cube: CubeOptions = CubeOptions(), predict: PredictOptions = PredictOptions(),
-                        cube_dir: storage.Location | None = None, parts: Sequence[str] | None = None) -> CountryRun:
+                        cube_dir: storage.Location | None = None, parts: Sequence[str] | None = None,
+                        keep_cubes: bool = True) -> CountryRun:
     """The :class:`CountryRun` of ``config`` under ``out_root`` (checked writable by :func:`output_root`);
-    ``parts`` names the outline parts to map (default: the config's default parts)."""
+    ``parts`` names the outline parts to map (default: the config's default parts); ``keep_cubes`` false:
+    the mapped tiles' cubes are not written to the run's store (:attr:`CountryRun.keep_cubes`)."""
     selected = None if parts is None else tuple(p.name for p in config.outline.selected_parts(tuple(parts)))
     # the parts choose tiles, not what a tile holds: runs of other parts share the run folder (and
     # every finished tile), and each run's mosaics take the tiles of its own plan
     key = run_key(config, cube)
     return CountryRun(config=config, root=str(storage.join(out_root, config.code, key)), key=key, cube=cube,
-                      predict=predict, scenario=scenario, parts=selected,
+                      predict=predict, scenario=scenario, parts=selected, keep_cubes=keep_cubes,
                       cube_root=None if cube_dir is None else str(storage.as_location(cube_dir)))
 
 

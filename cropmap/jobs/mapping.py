@@ -278,7 +278,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
         offsets = check_model_fits(run, model, tile_ids)
     key = model.key
     check_existing_tiles(run, model, tile_ids)
-    write_run_file(model, run.tile_dir(key), cube_paths=[cube_path(run.cube_dir, run.tile(t)) for t in tile_ids])
+    kept = [cube_path(run.cube_dir, run.tile(t)) for t in tile_ids] if run.keep_cubes else []
+    write_run_file(model, run.tile_dir(key), cube_paths=kept)
     tiles = run_tiles(executor, run, tile_ids, model=model, progress=progress, overwrite=overwrite)
     predicted = [t for t in tile_ids if tiles.status.get(t, {}).get("predict") in ("done", "skipped")]
     if not predicted:

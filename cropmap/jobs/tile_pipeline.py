@@ -28,13 +28,14 @@ from cropmap.io import outputs, storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.searches import search_block, search_blocks
-from cropmap.jobs.tiles import cube_tile, predict_tile
+from cropmap.jobs.tiles import cube_tile, map_tile, predict_tile
 from cropmap.settings import get_settings
 from cropmap.stages.model_ref import ModelRef
 
 __all__ = ["TileFailure", "TileSummary", "run_tiles"]
 
-#: ``progress(stage, tile_id, status)`` after each tile and stage ("cube" / "predict").
+#: ``progress(stage, tile_id, status)`` after each tile and stage ("cube" / "predict"; a run that keeps no
+#: cubes reports both stages of a tile when its one :func:`~cropmap.jobs.tiles.map_tile` call returns).
 Progress = Callable[[str, str, str], None]
 #: Failures in a row with the same reason (tile ids aside) that stop a run: a dead catalog or a bad
 #: setting fails every tile alike, and 396 blocks x 3 tries took 551 s to say so (issue 32).
@@ -137,13 +138,18 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
     ready: deque[tuple[str, str]] = deque()  # (tile id, its block's items) waiting for a slot
     pending: dict[Any, tuple[str, str]] = {}  # handle -> (tile id or block, stage)
     in_flight = {"search": 0, "tiles": 0}
+    fused = model is not None and not run.keep_cubes  # one map_tile call per tile, its cube in scratch
 
     def fill() -> None:
         while in_flight["tiles"] < window and ready:
             tile_id, items = ready.popleft()
             summary.total += 1
             in_flight["tiles"] += 1
-            pending[executor.submit(cube_tile, run, tile_id, items=items, overwrite=overwrite)] = (tile_id, "cube")
+            if fused:
+                pending[executor.submit(map_tile, run, model, tile_id, items=items, overwrite=overwrite)] = \
+                    (tile_id, "tile")
+            else:
+                pending[executor.submit(cube_tile, run, tile_id, items=items, overwrite=overwrite)] = (tile_id, "cube")
         # the next searches while tiles wait for items: at most two at once (the catalog is shared)
         while in_flight["search"] < 2 and len(ready) < window:
             nxt = next(searches, None)
@@ -156,8 +162,18 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
     while pending:
         for handle in executor.wait_any(list(pending)):
             name, stage = pending.pop(handle)
+            one_call = stage == "tile"  # map_tile: the cube's status, then the prediction's (or its error)
+            stage = "cube" if one_call else stage
             try:
                 result = executor.result(handle)
+                if one_call:
+                    summary.record(name, "cube", result.cube.status)
+                    if progress is not None:
+                        progress("cube", name, result.cube.status)
+                    stage = "predict"
+                    if result.error is not None:
+                        raise result.error
+                    result = result.predict
             except Exception as err:  # noqa: BLE001 - one bad tile (or block) must not stop the others
                 if stage == "search":  # every tile of the block fails with the search's reason
                     in_flight["search"] -= 1
@@ -196,7 +212,7 @@ def run_tiles(executor: Executor, run: CountryRun, tile_ids: Iterable[str], *,
                 summary.record(name, stage, status)
             if progress is not None:
                 progress(stage, name, status)
-            if stage == "cube" and status != "failed" and model is not None:
+            if stage == "cube" and status != "failed" and model is not None and not fused:
                 pending[executor.submit(predict_tile, run, model, name, force=overwrite)] = (name, "predict")
             else:
                 in_flight["tiles"] -= 1

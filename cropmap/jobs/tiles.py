@@ -8,6 +8,8 @@
 - :func:`predict_tile`: the tile's cube + the run's model -> its class and confidence GeoTIFFs
   (:func:`cropmap.stages.predict.write_tile_predictions`); a finished tile is skipped, one whose every pixel would
   be nodata is not written (:class:`~cropmap.errors.EmptyMapError`: status ``empty`` in a run's summary);
+- :func:`map_tile`: both in one call on one worker, the cube in the worker's scratch and deleted after (a
+  run that keeps no cubes, ``CountryRun.keep_cubes`` false: no cube crosses the network or stays in the store);
 - :func:`predict_cube`: the same for a cube given by path, and :func:`predict_cubes` for many of them
   (every cube checked first by :func:`check_predict_inputs`, then one call per cube through an executor: the
   CLI's ``predict``);
@@ -23,8 +25,10 @@ not match, before any tile is computed.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +48,9 @@ from cropmap.stages.model_ref import ModelRef, resolve_model
 from cropmap.stages.predict_inputs import check_cube, open_cube
 from cropmap.stages.predict_options import PredictOptions
 from cropmap.stages.predict_provenance import write_run_file
+from cropmap.stages.tile_geotiffs import tile_is_finished
 
-__all__ = ["cube_tile", "run_model", "predict_tile", "predict_cube", "check_predict_inputs", "predict_cubes", "zones_of", "mosaic_zone",
+__all__ = ["cube_tile", "run_model", "predict_tile", "TileMap", "map_tile", "predict_cube", "check_predict_inputs", "predict_cubes", "zones_of", "mosaic_zone",
            "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
@@ -53,8 +58,13 @@ def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwr
     """Build one tile's cube in ``run.cube_dir`` (skipped when complete, unless ``overwrite``), from the
     items of its block's search (``items``: :func:`cropmap.jobs.searches.search_block`'s file), else from
     a search of its own."""
+    return _build_cube(run, tile_id, run.cube_dir, items=items, overwrite=overwrite)
+
+
+def _build_cube(run: CountryRun, tile_id: str, out_dir: storage.Location, *, items: str | None,
+                overwrite: bool) -> CubeResult:
     tile = run.tile(tile_id)
-    target = cube_path(run.cube_dir, tile)
+    target = cube_path(out_dir, tile)
     if is_finished(target) and not overwrite:
         return CubeResult(tile.id, target, "skipped", "already complete")
     catalog, season = run.config.catalog, run.season_of(tile)
@@ -63,7 +73,42 @@ def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwr
     else:
         start, end = season_search_window(season, run.year, catalog.margin_days)
         found = search_items(catalog, bbox=tile.lonlat_bbox(), start=start, end=end)
-    return build_tile_cube(tile, found, season, run.year, run.cube_dir, options=run.cube, overwrite=overwrite)
+    return build_tile_cube(tile, found, season, run.year, out_dir, options=run.cube, overwrite=overwrite)
+
+
+@dataclass(frozen=True)
+class TileMap:
+    """What :func:`map_tile` did: the cube stage's result (its ``path`` gone unless the cube was kept from an
+    earlier run), the prediction's, or the ``error`` that stopped the prediction (the cube's status stays)."""
+
+    cube: CubeResult
+    predict: TileResult | None = None
+    error: BaseException | None = None
+
+
+def map_tile(run: CountryRun, model: ModelRef, tile_id: str, *, items: str | None = None,
+             overwrite: bool = False) -> TileMap:
+    """Cube and predict one tile in this call, for a run that keeps no cubes: the composite goes to a Zarr
+    store in this worker's scratch (``$TMPDIR``), is predicted from there into ``run.tile_dir(model.key)``
+    and deleted, so nothing but the maps is written to the run's store. A finished tile (this key) is
+    skipped without compositing; a complete cube that an earlier run kept in ``run.cube_dir`` is predicted
+    from where it is. The cube's own failures (search, reads) raise; the prediction's are returned in
+    :attr:`TileMap.error` beside the cube's status."""
+    tile = run.tile(tile_id)
+    out_dir = run.tile_dir(model.key)
+    kept = cube_path(run.cube_dir, tile)
+    if not overwrite and tile_is_finished(out_dir, tile.id, model.output_options, model.key):
+        return TileMap(CubeResult(tile.id, kept, "skipped", "the tile's maps are finished"),
+                       TileResult(tile.id, "skipped", {}))
+    with tempfile.TemporaryDirectory(prefix=f"cropmap-{tile.id}-") as scratch:
+        if is_finished(kept) and not overwrite:
+            cube = CubeResult(tile.id, kept, "skipped", "already complete")
+        else:
+            cube = _build_cube(run, tile.id, scratch, items=items, overwrite=True)
+        try:
+            return TileMap(cube, write_tile_predictions(model, cube.path, out_dir, force=overwrite))
+        except Exception as err:  # noqa: BLE001 - reported as the tile's predict failure, like predict_tile's
+            return TileMap(cube, error=err)
 
 
 def run_model(run: CountryRun, location: storage.Location) -> ModelRef:
@@ -247,4 +292,4 @@ def tile_annotations(gpu: bool) -> dict[Callable, dict[str, Any]]:
     a prediction goes before any waiting cube (priority), so that a tile's map follows its cube and
     the stages overlap instead of running one after the other; it asks for a GPU worker when ``gpu``."""
     keywords = {"priority": 10, **inference_annotations(gpu)}
-    return {predict_tile: keywords, predict_cube: keywords}
+    return {predict_tile: keywords, predict_cube: keywords, map_tile: inference_annotations(gpu)}

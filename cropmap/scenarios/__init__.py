@@ -56,10 +56,11 @@ def resolve_run(country: str, *, year: int | None = None, out_dir: str | None = 
                 configs_dir: str | Path | None = None, cube: CubeOptions = CubeOptions(),
                 predict: PredictOptions = PredictOptions(), cube_dir: str | None = None,
                 parts: list[str] | None = None, bands: Sequence[str] | None = None,
-                model: str | None = None) -> CountryRun:
+                model: str | None = None, keep_cubes: bool = True) -> CountryRun:
     """The run of ``country`` (an ISO3 code with a config; ``year`` overrides the config's), outputs under
     ``out_dir`` (else the environment's output location, :func:`~cropmap.jobs.country_run.output_root`);
-    ``parts``: the outline parts to map (default: the config's default parts).
+    ``parts``: the outline parts to map (default: the config's default parts); ``keep_cubes`` false: the
+    mapped tiles' cubes are built in each worker's scratch and deleted once predicted.
 
     The cubes' bands (:func:`run_bands`): those of the checkpoint ``model`` when a run maps with one,
     else ``bands`` (``cropmap train --bands``), else the config's ``bands:``, else ``cube``'s (the ten).
@@ -75,7 +76,7 @@ def resolve_run(country: str, *, year: int | None = None, out_dir: str | None = 
     if chosen is not None and tuple(chosen) != cube.bands:
         cube = dataclasses.replace(cube, bands=tuple(chosen))  # CubeOptions checks the names
     return resolve_country_run(config, out_root=root, scenario=scenario, cube=cube, predict=predict,
-                               cube_dir=cube_dir, parts=parts)
+                               cube_dir=cube_dir, parts=parts, keep_cubes=keep_cubes)
 
 
 def run_bands(config: CountryConfig, *, bands: Sequence[str] | None = None,
