@@ -135,7 +135,7 @@ def test_an_int16_cube_holds_the_float32_cube_within_half_a_count(built, built_f
     import zarr
 
     stored = zarr.open_group(str(built.path), mode="r")["reflectance"]
-    assert stored.dtype == np.int16 and dict(stored.attrs) == {"scale_factor": 1e-4, "_FillValue": -32768}
+    assert stored.dtype == np.int16 and stored.attrs["scale_factor"] == 1e-4 and stored.attrs["_FillValue"] == -32768
     exact = open_tile_cube(built_float32.path).values
     for got in (open_tile_cube(built.path).values, xr.open_zarr(built.path, consolidated=False)["reflectance"].values):
         assert got.shape == exact.shape and got.dtype in (np.float32, np.float64)

@@ -9,15 +9,17 @@ Layout of a tile cube (what :func:`open_tile_cube` returns and the predict stage
                      rounding error <= 5e-5) or, with CubeOptions(encoding="float32"), as float32
         filled_fraction (y, x) float32  share of (bin, band) values interpolated; 1 = never observed
         time  bin start dates (datetime64[ns]), band  canonical names (B02 ... B12)
-        y, x  pixel-centre coordinates in metres of the tile's UTM CRS; spatial_ref (CF grid mapping)
+        y, x  pixel-centre coordinates in metres of the tile's UTM CRS; spatial_ref (CF grid mapping) a
+        coordinate: plain xr.open_zarr gives .rio.crs and .odc.geobox; CF units / long_name on the
+        variables, metadata consolidated (:mod:`cropmap.stages.cube_layout`)
         attrs: tile_id, tile_crs ("EPSG:32633"), tile_transform (6 floats a b c d e f of the
         rasterio Affine), season_* (Season.to_attrs), season_year, bin_edges (ISO dates),
         source_items (ids), source_hrefs (the items' self hrefs, "" where none), unavailable_assets
-        ("item/asset"), bands, invalid_scl, dilate_pixels,
-        config_hash (of the above but unavailable_assets), cropmap_version, filled_fraction (tile
-        mean), status ("complete" | "empty" | "incomplete": an asset could not be read | "degraded":
-        too little observed, or a band without a valid value; the next run rebuilds the last two and
-        predict refuses them), reason (why empty, incomplete or degraded)
+        ("item/asset"), bands, invalid_scl, dilate_pixels, encoding,
+        config_hash (of the above but unavailable_assets), cropmap_version, Conventions ("CF-1.8"),
+        filled_fraction (tile mean), status ("complete" | "empty" | "incomplete": an asset could not
+        be read | "degraded": too little observed, or a band without a valid value; the next run
+        rebuilds the last two and predict refuses them), reason (why empty, incomplete or degraded)
 
 Reading is :class:`cropmap.stages.reading.TileReader`: one band at a time, ``chunk`` rows at a time,
 each asset opened once per tile and band, no Dask graph (it replaced 11 odc-stac loads and a header
@@ -35,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import dask.array as da
 import numpy as np
 import pystac
 import rioxarray  # noqa: F401 - registers the .rio accessor
@@ -52,6 +53,7 @@ from cropmap.errors import ConfigError, DataNotFoundError
 from cropmap.io import outputs, storage
 from cropmap.io.storage import stable_hash
 from cropmap.stages.cube_encoding import ENCODINGS, int16_store_encoding, stored_reflectance
+from cropmap.stages.cube_layout import CONVENTIONS, consolidate, cube_template, open_store, pixel_centres
 from cropmap.stages.reading import AssetUnavailableWarning, ImplausibleAsset, NoObservations, TileReader, solar_day
 
 __all__ = ["CubeOptions", "CubeResult", "degraded_reason", "load_observations", "composite_observations", "build_tile_cube",
@@ -134,7 +136,7 @@ def load_observations(
     reader = _reader(tile, items, bands, on_asset_error, threads)
     layers = [np.concatenate([a for _, a in _strips(reader, band, chunk)], axis=1) for band in bands]
     scl = np.concatenate([a for _, a in _strips(reader, SCL, chunk)], axis=1)
-    coords = {"time": reader.times, "y": _centres(tile, "y"), "x": _centres(tile, "x")}
+    coords = {"time": reader.times, "y": pixel_centres(tile, "y"), "x": pixel_centres(tile, "x")}
     refl = xr.DataArray(np.stack(layers, axis=1), dims=("time", "band", "y", "x"),
                         coords={**coords, "band": list(bands)}, name="reflectance",
                         attrs={"units": "surface reflectance (0-1)"})
@@ -208,7 +210,7 @@ def build_tile_cube(
     except NoObservations as err:
         reason = err.reason if in_season else "no STAC item found for the tile and season"
         dropped = err.dropped
-    ds = _cube_template(tile, season, year, options)
+    ds = cube_template(tile, season, year, bands=options.bands, chunk=options.chunk)
     ds.attrs = {**season.to_attrs(), "season_year": year, "tile_id": tile.id, "tile_crs": tile.crs,
                 "tile_transform": list(tile.transform)[:6], "source_items": ids,
                 "source_hrefs": [it.get_self_href() or "" for it in in_season],
@@ -242,8 +244,9 @@ def build_tile_cube(
             reason = incomplete_reason(dropped)
         elif status == "complete" and (why := degraded_reason(filled, blank, options)):
             status, reason = "degraded", why
-        group.attrs.update({**attrs, "status": status, "reason": reason,
+        group.attrs.update({**attrs, **CONVENTIONS, "status": status, "reason": reason,
                             "filled_fraction": round(float(np.mean(filled, dtype=np.float64)), 6)})
+        consolidate(tmp)  # after the last attribute, before the rename (or the marker): one read opens it
         check_chunks(tmp)  # before the rename (or the marker): what is published is whole
     return CubeResult(tile.id, target, "written" if status == "complete" else status, reason, len(ids), tuple(dropped))
 
@@ -335,25 +338,6 @@ def _composite_bands(reader: TileReader, group, season: Season, year: int,
     return (gaps / (n_bins * len(options.bands))).astype(np.float32), blank
 
 
-def _cube_template(tile: Tile, season: Season, year: int, options: CubeOptions) -> xr.Dataset:
-    """The store's layout (coordinates, CRS, chunks: all bins, 1 band, chunk x chunk), data not computed."""
-    n, c = season.n_bins, options.chunk
-    refl = da.zeros((n, len(options.bands), *tile.shape), dtype=np.float32, chunks=(n, 1, c, c))
-    frac = da.zeros(tile.shape, dtype=np.float32, chunks=c)
-    # band names as variable-length strings: Zarr v3 has no stable fixed-width unicode type
-    ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), refl), "filled_fraction": (("y", "x"), frac)},
-                    coords={"time": season.bin_starts(year), "band": np.array(list(options.bands), dtype=object),
-                            "y": _centres(tile, "y"), "x": _centres(tile, "x")})
-    # not "crs"/"transform" attributes: rioxarray strips those as legacy georeferencing
-    return ds.rio.write_crs(tile.crs).rio.write_transform(tile.transform)
-
-
-def _centres(tile: Tile, dim: str) -> np.ndarray:
-    xmin, _, _, ymax = tile.bounds
-    r, n = tile.grid.resolution, tile.grid.tile_size
-    return (xmin + (np.arange(n) + 0.5) * r) if dim == "x" else (ymax - (np.arange(n) + 0.5) * r)
-
-
 def open_tile_cube(path: storage.Location, *, stored: bool = False) -> xr.DataArray:
     """A tile cube written by :func:`build_tile_cube` (a folder or a URL): ``(time, band, y, x)``
     float32 reflectance, lazy (Dask).
@@ -371,8 +355,7 @@ def open_tile_cube(path: storage.Location, *, stored: bool = False) -> xr.DataAr
         raise DataNotFoundError(f"{path} is not a tile cube (no complete Zarr store there); "
                                 "build it with `cropmap cube`")
     # as stored: lazily indexed, no Dask (a window's chunks go straight from the store into one array)
-    ds = xr.open_zarr(str(storage.as_location(path)), consolidated=False, mask_and_scale=not stored,
-                      **({"chunks": None} if stored else {}))
+    ds = open_store(path, mask_and_scale=not stored, **({"chunks": None} if stored else {}))
     refl = ds["reflectance"]
     if stored:
         scaling = {k: refl.attrs[k] for k in ("scale_factor", "_FillValue") if k in refl.attrs}
