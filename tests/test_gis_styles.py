@@ -1,5 +1,6 @@
 """GIS-native labels on the map COGs: GDAL category names and RAT, transparent unused colours, QGIS
-style, CF flags in rioxarray, percent units; read back by GDAL itself (``gdalinfo -json``)."""
+styles of every product (class, confidence, probability, OOD) checked against the values written, CF flags
+in rioxarray, percent units; read back by GDAL itself (``gdalinfo -json``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 import rioxarray
 from builders import predict_tiles, victoria_tiles
 
-from cropmap.stages.gis_styles import aux_path, qml_path
+from cropmap.stages.gis_styles import OOD_THRESHOLD, aux_path, qml_path
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.predict import NODATA, PredictOptions
 
@@ -45,15 +47,44 @@ def gdalinfo_json(path: Path) -> dict:
         lib.GDALClose(ds)
 
 
+def ood_copy(checkpoint: Path, path: Path) -> Path:
+    """``checkpoint`` with OOD statistics fitted as training fits them (:func:`cropmap.ml.ood.fit_ood` on its
+    own penultimate features of the real Victoria train split, threshold on the test split's): the tiny
+    model is saved without, and the maps then have no ``ood`` product."""
+    from builders import VIC_SEASON, VIC_YEAR
+
+    from cropmap.core.composite import median_composite
+    from cropmap.core.features import compute_features
+    from cropmap.ml.checkpoint import load_checkpoint, save_checkpoint
+    from cropmap.ml.models import forward_pass
+    from cropmap.ml.ood import fit_ood
+    from cropmap.samples.victoria import read_victoria
+
+    ckpt = load_checkpoint(checkpoint)
+    feats = {}
+    for split in ("train", "test"):
+        data = read_victoria(split)
+        x = compute_features(median_composite(data["reflectance"], VIC_SEASON, VIC_YEAR), "2d").values
+        feats[split] = (forward_pass(ckpt.model, ckpt.normalise(x))[1], data["label"].values)
+    ood = fit_ood(*feats["train"], held_out=feats["test"][0])
+    save_checkpoint(path, model=ckpt.model, model_name=ckpt.model_name, model_config=ckpt.model_config,
+                    feature_kind=ckpt.feature_kind, bands=list(ckpt.bands), season=ckpt.season, n_bins=ckpt.n_bins,
+                    normalisation=ckpt.normalisation, class_names=list(ckpt.class_names),
+                    class_colours=list(ckpt.class_colours), config=ckpt.config, scores=ckpt.scores, year=ckpt.year,
+                    temperature=ckpt.temperature, ood=ood, card=ckpt.card)
+    return path
+
+
 @pytest.fixture(scope="module")
 def labelled(tiny_checkpoint, tmp_path_factory):
     from cropmap.ml.checkpoint import load_checkpoint
 
     root = tmp_path_factory.mktemp("labels")
+    model = ood_copy(tiny_checkpoint, root / "ood.pt")
     cubes, _ = victoria_tiles(root / "cubes", rows=1, cols=2, ny=10, nx=10, split="all")
-    predict_tiles(tiny_checkpoint, cubes, root / "tiles", options=PredictOptions(probabilities=True))
+    predict_tiles(model, cubes, root / "tiles", options=PredictOptions(probabilities=True))
     result = mosaic_tiles(root / "tiles", root / "out", name="vic", blocksize=16)
-    return result, load_checkpoint(tiny_checkpoint)
+    return result, load_checkpoint(model)
 
 
 def test_gdal_reports_class_names_rat_and_transparent_unused_colours(labelled):
@@ -110,3 +141,88 @@ def test_labels_survive_a_rerun_byte_identical(labelled, tmp_path):
     for cog in result.cogs.values():
         assert aux_path(again.cogs[cog.name.split("_")[-1][:-4]]).read_bytes() == aux_path(cog).read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def _ramp(qml: Path) -> tuple[ET.Element, list[tuple[float, str]]]:
+    """The pseudocolour renderer of a QML and its (value, label) items, as QGIS reads them."""
+    root = ET.parse(qml).getroot()
+    renderer = root.find("./pipe/rasterrenderer[@type='singlebandpseudocolor']")
+    assert renderer is not None, qml
+    shader = renderer.find("./rastershader/colorrampshader")
+    items = [(float(i.get("value")), i.get("label")) for i in shader.findall("item")]
+    assert all(i.get("color", "").startswith("#") and len(i.get("color")) == 7 for i in shader.findall("item"))
+    assert shader.get("colorRampType") == "INTERPOLATED"
+    assert (float(shader.get("minimumValue")), float(shader.get("maximumValue"))) == (items[0][0], items[-1][0])
+    assert (float(renderer.get("classificationMin")), float(renderer.get("classificationMax"))) == (items[0][0], items[-1][0])
+    assert [v for v, _ in items] == sorted({v for v, _ in items})  # strictly increasing stops
+    return renderer, items
+
+
+def _aux_band(cog: Path, band: int = 1) -> dict[str, str]:
+    root = ET.parse(aux_path(cog)).getroot()
+    node = root.find(f"./PAMRasterBand[@band='{band}']")
+    return {"unit": node.findtext("UnitType"), **{m.get("key"): m.text for m in node.findall("./Metadata/MDI")}}
+
+
+def test_every_products_qml_covers_the_values_its_cog_holds(labelled):
+    """Each product's QML, read as XML: the class palette has an entry for every class value in the COG;
+    the confidence, probability and OOD ramps span their valid range, which holds every value written;
+    the OOD ramp marks the training threshold at 100, and its .aux.xml gives unit, valid range and threshold."""
+    result, ckpt = labelled
+    assert set(result.cogs) == {"class", "confidence", "probability", "ood"}
+    values = {}
+    for product, cog in result.cogs.items():
+        with rasterio.open(cog) as src:
+            data = src.read()
+        values[product] = data[data != NODATA]
+        assert values[product].size > 100, product
+    palette = ET.parse(qml_path(result.cogs["class"])).getroot().findall(".//paletteEntry")
+    assert set(np.unique(values["class"]).tolist()) <= {int(e.get("value")) for e in palette}
+    for product in ("confidence", "probability", "ood"):
+        cog = result.cogs[product]
+        assert qml_path(cog).name == f"vic_{product}.qml"
+        renderer, items = _ramp(qml_path(cog))
+        assert renderer.get("band") == "1"
+        aux = _aux_band(cog)
+        low, high = (float(v) for v in aux["valid_range"].split())
+        assert aux["unit"] == "percent" and aux["nodata"] == str(NODATA)
+        assert (items[0][0], items[-1][0]) == (low, high), product  # the ramp spans the valid range ...
+        assert low <= values[product].min() and values[product].max() <= high, product  # ... and the data
+    assert _ramp(qml_path(result.cogs["confidence"]))[1][-1][0] == 100
+    _, items = _ramp(qml_path(result.cogs["ood"]))
+    at = dict(items)
+    assert OOD_THRESHOLD == 100 and "threshold" in at[100.0]
+    above = [v for v, _ in items if v > 100]
+    assert above and min(above) <= 101 and max(above) == 254  # a break just past 100, up to the cap
+    aux = _aux_band(result.cogs["ood"])
+    assert aux["valid_range"] == "0 254" and aux["threshold"] == "100" and "threshold" in aux["long_name"]
+    for b, name in enumerate(ckpt.class_names, start=1):  # each probability band says its class
+        assert _aux_band(result.cogs["probability"], b)["long_name"] == f"probability of {name}"
+    with rasterio.open(result.cogs["probability"]) as src:
+        assert list(src.descriptions) == list(ckpt.class_names)
+
+
+def test_the_probability_cog_agrees_with_the_class_and_sums_to_100(labelled):
+    """Tiles and zone mosaic: the class is the most probable band at every mapped pixel (ties of rounded
+    percents aside: the class is one of the maxima), the confidence is that maximum, and the percents sum to
+    100 within the rounding of each band (n_classes / 2); nodata is the same pixels in every product."""
+    result, ckpt = labelled
+    n = len(ckpt.class_names)
+    tiles = result.cogs["class"].parent.parent / "tiles"
+    pairs = [(tiles / f"{t}.class.tif", tiles / f"{t}.probability.tif", tiles / f"{t}.confidence.tif")
+             for t in result.tile_ids]
+    pairs.append((result.cogs["class"], result.cogs["probability"], result.cogs["confidence"]))
+    for cls_path, prob_path, conf_path in pairs:
+        with rasterio.open(cls_path) as c, rasterio.open(prob_path) as p, rasterio.open(conf_path) as f:
+            cls, prob, conf = c.read(1), p.read().astype(np.int64), f.read(1)
+        assert prob.shape[0] == n
+        mapped = cls != NODATA
+        assert mapped.sum() > 50 and ((prob != NODATA) == mapped).all() and ((conf != NODATA) == mapped).all()
+        p = prob[:, mapped]
+        top = p.max(0)
+        assert (np.take_along_axis(p, cls[mapped][None].astype(np.int64), 0)[0] == top).all(), cls_path.name
+        assert (conf[mapped] == top).all()
+        assert (np.abs(p.sum(0) - 100) <= n / 2).all(), cls_path.name
+        single = (p == top).sum(0) == 1
+        assert single.sum() > 0.5 * mapped.sum()  # not vacuous: most pixels have one most probable class
+        assert (p.argmax(0)[single] == cls[mapped][single]).all()

@@ -15,6 +15,7 @@ from builders import predict_tiles, victoria_tiles
 
 from cropmap.errors import DataNotFoundError, InvalidInputError
 from cropmap.io.stac_validation import schema_file, validate_stac
+from cropmap.stages.gis_styles import sidecars
 from cropmap.stages.mosaic import mosaic_tiles
 from cropmap.stages.predict import NODATA, PredictOptions
 from cropmap.stages.stac_item import CLASSIFICATION_SCHEMA
@@ -24,11 +25,14 @@ SCENES = "https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/i
 
 @pytest.fixture(scope="module")
 def stac_run(tiny_checkpoint, tmp_path_factory, shared_data):
+    from test_gis_styles import ood_copy  # the tiny model with OOD statistics: all four products
+
     root = tmp_path_factory.mktemp("stac")
+    model = ood_copy(tiny_checkpoint, root / "ood.pt")
     cubes, _ = victoria_tiles(root / "cubes", rows=1, cols=2, ny=10, nx=10, split="all")
     for k, cube in enumerate(cubes):  # as cropmap.stages.cube records them: the scenes' self hrefs
         zarr.open_group(str(cube), mode="r+").attrs["source_hrefs"] = [f"{SCENES}S2A_{k}", f"{SCENES}S2B_{k}"]
-    predict_tiles(tiny_checkpoint, cubes, root / "tiles", options=PredictOptions(probabilities=True))
+    predict_tiles(model, cubes, root / "tiles", options=PredictOptions(probabilities=True))
     return mosaic_tiles(root / "tiles", root / "maps", name="vic", blocksize=16), shared_data / "stac_schemas"
 
 
@@ -62,6 +66,37 @@ def test_item_declares_files_nodata_sources_season_and_model(stac_run):
     props = data["properties"]
     assert props["cropmap:model_name"] == "cropnet" and isinstance(props["cropmap:season"], dict) and props["cropmap:season"]
     assert props["cropmap:season_year"] and props["license"]
+
+
+def test_every_sidecar_is_an_asset_with_its_role_and_the_probabilities_name_their_bands(stac_run):
+    """A bare download of the item's assets holds every COG's .qml and .aux.xml (names, colours, units), each
+    with its role and media type; the probability asset names its bands by class (raster bands, classes)."""
+    result, schemas = stac_run
+    data = json.loads(result.stac_item.read_text())
+    assets = data["assets"]
+    assert set(result.cogs) == {"class", "confidence", "probability", "ood"}
+    by_href = {a["href"]: (key, a) for key, a in assets.items()}
+    for product, cog in result.cogs.items():
+        files = sidecars(cog)
+        assert {f.suffix for f in files} == {".qml", ".xml"}, product
+        for f in files:
+            key, asset = by_href[f"./{f.name}"]
+            assert key == f"{product}_{'style' if f.suffix == '.qml' else 'aux'}"
+            assert "metadata" in asset["roles"] and asset["type"] in ("text/xml", "application/xml")
+            assert ("style" in asset["roles"]) == (f.suffix == ".qml")
+        assert assets[product]["roles"] == ["data"]
+    listed = {a["href"][2:] for a in assets.values()}
+    beside = {p.name for p in result.stac_item.parent.iterdir() if p.suffix in (".tif", ".qml", ".xml", ".png")}
+    assert beside <= listed  # nothing of the map folder left out of the item
+    prob = assets["probability"]
+    names = [c["description"] for c in assets["class"]["classification:classes"] if not c.get("nodata")]
+    bands = prob["raster:bands"]
+    assert [b["name"] for b in bands] == [c["name"] for c in assets["class"]["classification:classes"][:-1]]
+    assert [b["description"] for b in bands] == [f"probability of {n} (percent)" for n in names]
+    assert {b["unit"] for b in bands} == {"percent"} and prob["classification:classes"][:len(names)] == \
+        assets["class"]["classification:classes"][:len(names)]
+    assert assets["ood"]["raster:bands"][0]["unit"] == "percent"
+    validate_stac(result.stac_item, schemas)
 
 
 @pytest.mark.parametrize("remove", ["geometry", "assets.class.href", "assets.class.classification:classes.0.value",

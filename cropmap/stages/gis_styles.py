@@ -10,9 +10,15 @@ rasterio, rioxarray and QGIS read with the COG:
   nodata value) transparent, and CF ``flag_values``/``flag_meanings`` as band metadata (rioxarray
   puts them in ``DataArray.attrs``; no NetCDF is written, so these tags are the CF view);
 - confidence and probability: unit ``percent`` (scale 1, offset 0: a value of 87 is 87 %), the
-  valid range 0-100 and nodata 255;
+  valid range 0-100 and nodata 255; the probability COG's band ``i`` is class ``i - 1`` (its name in
+  ``long_name``);
+- OOD: unit ``percent`` of the training threshold (:func:`cropmap.ml.ood.ood_score` x 100, capped at
+  254), the valid range 0-254, ``threshold`` 100 (above it: out of the training distribution);
 - a QGIS style (``<cog stem>.qml``, which QGIS loads by itself for a raster of the same name) beside
-  the class map: a paletted renderer with the class names and colours.
+  every product: a paletted renderer with the class names and colours for the class map, a sequential
+  pseudocolour ramp (:data:`RAMPS`: viridis over 0-100 % for confidence and probability, yellow to red
+  over 0-254 for OOD with a break at the threshold, 100) for the others (band 1 for the probabilities:
+  QGIS draws one band, the user picks another class in the layer's properties).
 
 Sidecars are written to a temporary name and renamed, and hold no timestamps.
 """
@@ -27,10 +33,26 @@ from xml.sax.saxutils import escape, quoteattr
 from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA
 
-__all__ = ["aux_path", "qml_path", "sidecars", "class_colour_table", "cf_flags", "write_gis_styles"]
+__all__ = ["aux_path", "qml_path", "sidecars", "class_colour_table", "cf_flags", "write_gis_styles", "RAMPS",
+           "OOD_THRESHOLD", "VALID_RANGE"]
 
 #: Products whose values are percent (0-100, nodata 255).
 PERCENT_PRODUCTS = ("confidence", "probability")
+#: The OOD value of a pixel at the training threshold (:func:`cropmap.ml.ood.ood_score` = 1, in percent).
+OOD_THRESHOLD = 100
+#: Valid values of each continuous product (255 is nodata; OOD is capped at 254 by the inference).
+VALID_RANGE = {"confidence": (0, 100), "probability": (0, 100), "ood": (0, 254)}
+_VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")  # matplotlib's viridis at 0, 1/4 .. 1
+#: The QGIS colour ramp of each continuous product: ``(value, #rrggbb, label)`` stops, interpolated between
+#: them. OOD: light to orange up to the threshold, then a jump to red (the line QGIS shows at 100).
+RAMPS: dict[str, tuple[tuple[int, str, str], ...]] = {
+    "confidence": tuple((25 * i, c, f"{25 * i} %") for i, c in enumerate(_VIRIDIS)),
+    "probability": tuple((25 * i, c, f"{25 * i} %") for i, c in enumerate(_VIRIDIS)),
+    "ood": ((0, "#ffffcc", "0 (at a training class mean)"), (50, "#fed976", "50 % of the threshold"),
+            (OOD_THRESHOLD, "#fd8d3c", "100 = training threshold"),
+            (OOD_THRESHOLD + 1, "#e31a1c", "> 100: out of distribution"),
+            (254, "#800026", ">= 254 (capped)")),
+}
 
 
 def aux_path(cog: str | Path) -> Path:
@@ -106,7 +128,7 @@ def write_gis_styles(cog: str | Path, *, product: str, names: Sequence[str], col
 
     ``names``: the class names in value order (``class_names`` tag); ``colormap``: value -> RGB(A) of
     the classes; ``count``: the COG's band count (one per class for ``probability``).
-    Products other than class/confidence/probability get none.
+    Products other than class/confidence/probability/ood get none.
     """
     cog = Path(cog)
     head = ["<PAMDataset>"]
@@ -114,45 +136,81 @@ def write_gis_styles(cog: str | Path, *, product: str, names: Sequence[str], col
         table = class_colour_table(len(names), colormap)
         body = _class_band(names, table)
         written = [_write(aux_path(cog), "\n".join(head + body + ["</PAMDataset>"]) + "\n")]
-        written.append(_write(qml_path(cog), _qml(names, table)))
+        written.append(_write(qml_path(cog), _qml(_palette(names, table))))
         return written
-    if product not in PERCENT_PRODUCTS:
+    if product not in RAMPS:
         return []
+    low, high = VALID_RANGE[product]
     body = []
     for b in range(1, count + 1):
-        what = "confidence (winning class probability)" if product == "confidence" else f"probability of {names[b - 1]}"
+        items = {"units": "percent", "valid_range": f"{low} {high}", "nodata": str(NODATA)}
+        if product == "confidence":
+            items["long_name"] = "confidence (winning class probability)"
+        elif product == "probability":
+            items.update(long_name=f"probability of {names[b - 1]}", class_value=str(b - 1))
+        else:
+            items.update(long_name="distance from the training features in percent of the training threshold",
+                         threshold=str(OOD_THRESHOLD),
+                         comment=f"> {OOD_THRESHOLD}: out of the training distribution; {high}: {high} or more")
         body += [f'  <PAMRasterBand band="{b}">', "    <UnitType>percent</UnitType>"]
-        body += _metadata({"units": "percent", "valid_range": "0 100", "nodata": str(NODATA), "long_name": what})
+        body += _metadata(items)
         body.append("  </PAMRasterBand>")
-    return [_write(aux_path(cog), "\n".join(head + body + ["</PAMDataset>"]) + "\n")]
+    return [_write(aux_path(cog), "\n".join(head + body + ["</PAMDataset>"]) + "\n"),
+            _write(qml_path(cog), _qml(_pseudocolor(RAMPS[product])))]
 
 
-def _qml(names: Sequence[str], table: Mapping[int, tuple[int, int, int, int]]) -> str:
-    """A QGIS 3 paletted-renderer style: one entry per class, nodata not drawn."""
+def _palette(names: Sequence[str], table: Mapping[int, tuple[int, int, int, int]]) -> str:
+    """A paletted renderer: one entry per class."""
     entries = "\n".join(
         f'        <paletteEntry value="{i}" color="#{table[i][0]:02x}{table[i][1]:02x}{table[i][2]:02x}" '
         f'alpha="255" label={quoteattr(n)}/>' for i, n in enumerate(names))
-    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
-<qgis version="3.28.0" styleCategories="AllStyleCategories">
-  <pipe>
-    <provider>
-      <resampling enabled="false" maxOversampling="2" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour"/>
-    </provider>
-    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+    return f"""    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
       <rasterTransparency/>
-      <minMaxOrigin>
+{_MINMAX}
+      <colorPalette>
+{entries}
+      </colorPalette>
+      <colorramp type="randomcolors" name="[source]"/>
+    </rasterrenderer>"""
+
+
+def _pseudocolor(stops: Sequence[tuple[int, str, str]]) -> str:
+    """A single-band pseudocolour renderer of band 1: colours interpolated between ``stops`` (value,
+    colour, label), the first stop's value up to the last's (QGIS shows nodata transparent)."""
+    low, high = stops[0][0], stops[-1][0]
+    items = "\n".join(f'          <item alpha="255" value="{v}" color="{c}" label={quoteattr(label)}/>'
+                      for v, c, label in stops)
+    return f"""    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1" nodataColor="" classificationMin="{low}" classificationMax="{high}">
+      <rasterTransparency/>
+{_MINMAX}
+      <rastershader>
+        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0" minimumValue="{low}" maximumValue="{high}" labelPrecision="0">
+{items}
+        </colorrampshader>
+      </rastershader>
+    </rasterrenderer>"""
+
+
+_MINMAX = """      <minMaxOrigin>
         <limits>None</limits>
         <extent>WholeRaster</extent>
         <statAccuracy>Estimated</statAccuracy>
         <cumulativeCutLower>0.02</cumulativeCutLower>
         <cumulativeCutUpper>0.98</cumulativeCutUpper>
         <stdDevFactor>2</stdDevFactor>
-      </minMaxOrigin>
-      <colorPalette>
-{entries}
-      </colorPalette>
-      <colorramp type="randomcolors" name="[source]"/>
-    </rasterrenderer>
+      </minMaxOrigin>"""
+
+
+def _qml(renderer: str) -> str:
+    """A QGIS 3 style around one ``renderer`` (``<rasterrenderer>`` element), no resampling (a class, a
+    pixel's own value)."""
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28.0" styleCategories="AllStyleCategories">
+  <pipe>
+    <provider>
+      <resampling enabled="false" maxOversampling="2" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour"/>
+    </provider>
+{renderer}
     <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
     <huesaturation colorizeOn="0" saturation="0" grayscaleMode="0" invertColors="0"/>
     <rasterresampler maxOversampling="2"/>

@@ -8,8 +8,11 @@ Pipeline (memory bounded by a block, never by the country):
 3. :func:`write_cog`: rio-cogeo copies the VRT block by block into a COG (DEFLATE, internal
    overviews: ``mode`` for classes, ``average`` for confidence and probabilities, nodata ignored),
    validated with ``cog_validate(strict=True)``;
-4. :func:`write_stac_item` (projection, raster and classification extensions, provenance) and
-   :func:`write_quicklook` (PNG read from the overviews, with a legend).
+4. :func:`write_stac_item` (projection, raster and classification extensions, provenance, every COG's
+   label sidecars as assets) and :func:`write_quicklook` (PNG read from the overviews, with a legend).
+
+Products: ``class``, ``confidence``, ``probability`` (one band per class, when the tiles were predicted
+with ``PredictOptions.probabilities``) and ``ood``, each mosaicked when the tiles have it.
 
 Everything is written to a temporary name and renamed; the outputs hold no timestamps, so a rerun on
 the same tiles writes byte-identical files. With an object store (``s3://...``) for the tiles or the
@@ -185,8 +188,8 @@ def write_cog(source: str | Path, path: str | Path, *, resampling: str, blocksiz
 
     DEFLATE, ``blocksize`` x ``blocksize`` internal tiles (a multiple of 16), overviews by
     ``resampling`` down to one block, band tags and descriptions forwarded, dataset ``tags`` added.
-    With a ``product`` tag (class, confidence, probability) the GIS labels are written beside it
-    (:func:`cropmap.stages.gis_styles.write_gis_styles`: ``<path>.aux.xml``, and a ``.qml`` for classes).
+    With a ``product`` tag (class, confidence, probability, ood) the GIS labels are written beside it
+    (:func:`cropmap.stages.gis_styles.write_gis_styles`: ``<path>.aux.xml`` and a ``.qml`` style).
     Raises :class:`MosaicError` if ``rio_cogeo.cogeo.cog_validate(strict=True)`` rejects the result.
     """
     if blocksize % 16:

@@ -7,10 +7,13 @@ several at once in threads (:func:`_warped_windows`) and written in order: memor
 windows, whatever the country's size. The coordinate transformation is GDAL's approximation within
 ``tolerance`` source pixels (GDAL's default, 1/8: exact transforms of every pixel would cost hours for a
 large country); the windows are fixed by the grid, so a rerun, another thread count or another machine
-writes the same bytes. Classes are resampled with
-``nearest``, continuous products (confidence, probabilities) with ``bilinear``; the COG's overviews are
-``mode`` and ``average`` (:data:`cropmap.stages.mosaic.OVERVIEW_RESAMPLING`); colour table, class names
-and tags come from the zone COGs.
+writes the same bytes. Every product is warped
+with ``nearest`` (:data:`WARP_RESAMPLING`): a national pixel is one zone pixel's record, so its class is the
+most probable band of its probability COG and its confidence that band's percent, as in the tiles (bilinear
+probabilities keep the sum of 100 but broke both on 12 % of the pixels of the Victoria tiles:
+docs/outputs.md). The COG's overviews are ``mode`` and ``average``
+(:data:`cropmap.stages.mosaic.OVERVIEW_RESAMPLING`); colour table, class names, band descriptions and tags
+come from the zone COGs, the label sidecars are written anew (:mod:`cropmap.stages.gis_styles`).
 
 **Zone rule** (tiles of neighbouring zones overlap near the border): an output pixel takes the value of
 the zone whose plain 6-degree UTM zone (and hemisphere) contains the pixel's centre, the same rule that
@@ -62,9 +65,10 @@ GDAL_CACHE_MB = 128
 MAX_THREADS = 8
 #: Lattice step (pixels) of the zone-rule lookup (:func:`_owner_map`): cells of 320 m at 10 m.
 OWNER_STEP = 32
-#: Warping of each product: a class is never interpolated.
-WARP_RESAMPLING = {"class": Resampling.nearest, "confidence": Resampling.bilinear,
-                   "probability": Resampling.bilinear, "ood": Resampling.bilinear}
+#: Warping of each product: none is interpolated, so the products of a pixel stay one pixel's (the class
+#: the top probability, the confidence its percent).
+WARP_RESAMPLING = {"class": Resampling.nearest, "confidence": Resampling.nearest,
+                   "probability": Resampling.nearest, "ood": Resampling.nearest}
 
 
 def owner_zone(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -138,7 +142,7 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
     with atomic_path(staged) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             warp = {"crs": crs, "transform": transform, "width": width, "height": height, "nodata": NODATA,
-                    "resampling": WARP_RESAMPLING.get(product, Resampling.bilinear), "src_nodata": NODATA,
+                    "resampling": WARP_RESAMPLING.get(product, Resampling.nearest), "src_nodata": NODATA,
                     "tolerance": tolerance}
             windows = [Window(col, row, min(window, width - col), min(window, height - row))
                        for row in range(0, height, window) for col in range(0, width, window)]

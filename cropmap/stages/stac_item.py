@@ -15,19 +15,14 @@ credit that notice asks for (``cropmap:attribution``, also in ``providers``). Va
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pystac
 import rasterio
-from pystac.extensions.classification import Classification, ClassificationExtension
-from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
-from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 from rasterio.warp import transform_geom
 
 from cropmap import __version__
@@ -35,6 +30,7 @@ from cropmap.core.season import Season
 from cropmap.errors import IncompatibleInputError, MosaicError
 from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA, RUN_FILE
+from cropmap.stages.stac_assets import add_file_info, add_product_assets, multihash_sha256
 from cropmap.stages.tile_files import class_legend, list_tiles, tile_tags
 
 __all__ = ["write_stac_item", "ood_flagged_share", "has_mapped_pixel", "EMPTY", "write_stac_collection", "multihash_sha256", "CLASSIFICATION_SCHEMA",
@@ -58,25 +54,6 @@ SENTINEL_LEGAL_NOTICE = "https://sentinel.esa.int/documents/247904/690755/Sentin
 #: The STAC MLM item of a map folder's model (:func:`cropmap.stages.model_item.write_mlm_item`), beside
 #: the maps; a map folder holds the maps of one model and its options (``CountryRun.map_dir``).
 MODEL_ITEM = "model.mlm.json"
-
-
-def multihash_sha256(path: str | Path) -> str:
-    """The file extension's ``file:checksum``: a sha2-256 multihash (``1220`` + 64 hex digits)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "1220" + digest.hexdigest()
-
-
-def _add_file_info(asset: pystac.Asset, path: Path) -> None:
-    ext = FileExtension.ext(asset, add_if_missing=True)
-    ext.size, ext.checksum = path.stat().st_size, multihash_sha256(path)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_-]+", "-", text).strip("-") or "class"
-
 
 
 def season_years(start: str, end: str) -> list[int]:
@@ -207,8 +184,9 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
                     quicklook: Path | None = None, missing: Mapping[str, str] | None = None,
                     provenance: Provenance | None = None, model_link: Mapping | None = None) -> Path:
     """A STAC Item (JSON) describing the mosaics: geometry (EPSG:4326), season as start/end
-    datetimes, projection extension (code, shape, transform, bbox), raster extension (nodata, data
-    type, resolution) and classification extension (values, names, colours) on the assets, and the
+    datetimes, projection extension (code, shape, transform, bbox), the product COGs and their label
+    sidecars as assets (:func:`cropmap.stages.stac_assets.add_product_assets`: raster bands, classes,
+    QGIS styles and GDAL ``.aux.xml``), and the
     provenance under ``cropmap:*`` (model card, run options, source items, tiles, software version): from
     ``tile_dir``'s run file and tiles, or the ``provenance`` of the map's parts (:func:`merge_provenance`;
     their seasons widen the item's datetimes), with ``model_link`` (:func:`model_item_link`) to the model.
@@ -289,35 +267,11 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
     proj.shape, proj.transform = list(shape), list(transform)[:6]
     proj.bbox = [bounds.left, bounds.bottom, bounds.right, bounds.top]
     names, colours = class_legend(cogs["class"])
-    for product, cog in cogs.items():
-        with rasterio.open(cog) as src:
-            count = src.count
-        asset = pystac.Asset(href=f"./{cog.name}", media_type=pystac.MediaType.COG, roles=["data"],
-                             title={"class": "crop class", "confidence": "confidence (percent)",
-                                    "probability": "class probabilities (percent)",
-                                    "ood": "distance from the training features (percent of the training "
-                                           "threshold; > 100: out of distribution)"}.get(product, product))
-        item.add_asset(product, asset)
-        _add_file_info(asset, cog)
-        RasterExtension.ext(asset, add_if_missing=True).bands = [
-            RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, spatial_resolution=abs(transform.a),
-                              unit=None if product == "class" else "percent") for _ in range(count)]
-        if product == "class":
-            classes = [Classification.create(value=i, description=n, name=_slug(n),
-                                             color_hint="{:02X}{:02X}{:02X}".format(*colours.get(i, (0, 0, 0))[:3]))
-                       for i, n in enumerate(names)]
-            classes.append(Classification({"value": NODATA, "description": "no data", "name": "nodata",
-                                           "nodata": True}))
-            ClassificationExtension.ext(asset, add_if_missing=True).classes = classes
-            style = cog.with_suffix(".qml")
-            if style.exists():
-                item.add_asset("class_style", pystac.Asset(href=f"./{style.name}", media_type="text/xml",
-                                                           roles=["style"], title="QGIS style (class names, colours)"))
-                _add_file_info(item.assets["class_style"], style)
+    add_product_assets(item, cogs, resolution=abs(transform.a), names=names, colours=colours)
     if quicklook is not None:
         item.add_asset("quicklook", pystac.Asset(href=f"./{quicklook.name}", media_type=pystac.MediaType.PNG,
                                                  roles=["overview"], title="quicklook with legend"))
-        _add_file_info(item.assets["quicklook"], quicklook)
+        add_file_info(item.assets["quicklook"], quicklook)
     for href in sorted(source_hrefs):
         item.add_link(pystac.Link("derived_from", href, media_type=pystac.MediaType.JSON, title="source scene"))
     if model_link is not None:

@@ -7,7 +7,8 @@ nodata :data:`~cropmap.stages.inference.NODATA` (255), DEFLATE, 256 x 256 blocks
 that big, published whole (:func:`cropmap.io.outputs.output_file`: temporary name then rename locally,
 scratch file then one PUT in an object store) after a read-back check. The class map carries a colour
 table and the class names (band tags ``class_<i>``); :func:`cropmap.stages.predict.write_tile_predictions` writes it
-last, so its ``cropmap_run_key`` tag says the tile is complete.
+last, so its ``cropmap_run_key`` tag says the tile is complete. The other products are in ``percent`` (band
+unit); the probability GeoTIFF has one band per class, in class order, each described by its class name.
 """
 
 from __future__ import annotations
@@ -88,9 +89,12 @@ def write_tile_geotiff(path: storage.Location, data: np.ndarray, *, crs, transfo
                 dst.set_band_description(1, "confidence (max calibrated softmax, percent)")
             elif product == "ood":
                 dst.set_band_description(1, "distance from the training features (percent of the training threshold)")
-            else:
+            else:  # band i = class i - 1: its name, as GDAL, rioxarray (long_name) and QGIS show a band
                 for i, name in enumerate(checkpoint.class_names, start=1):
-                    dst.set_band_description(i, f"probability of {name} (percent)")
+                    dst.set_band_description(i, name)
+            if product != "class":
+                for i in range(1, data.shape[0] + 1):
+                    dst.set_band_unit(i, "percent")
         outputs.check_raster(tmp, data, what=str(path))  # before the rename: never a truncated final file
 
 
