@@ -17,7 +17,8 @@ from sklearn import metrics
 from cropmap.errors import InvalidInputError
 from cropmap.io.outputs import atomic_path
 
-__all__ = ["confusion_matrix", "error_detection", "macro_f1", "scores", "write_confusion", "write_matrix_png"]
+__all__ = ["confusion_matrix", "error_detection", "macro_f1", "scores", "write_confusion", "write_matrix_png",
+           "MATRIX_ROWS", "MATRIX_COLUMNS"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -99,15 +100,23 @@ def write_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path
     frame = pd.DataFrame(cm, index=[f"true:{c}" for c in class_names], columns=[f"pred:{c}" for c in class_names])
     with atomic_path(csv) as tmp:
         frame.to_csv(tmp)
-    write_matrix_png(cm, class_names, png, title=title, xlabel="predicted", ylabel="reference", fmt="{:d}")
+    write_matrix_png(cm, class_names, png, title=title, fmt="{:d}")
     return csv, png
 
 
+#: The axis labels of every class x class matrix cropmap draws: one orientation, said on the picture.
+MATRIX_ROWS, MATRIX_COLUMNS = "reference (rows)", "map / prediction (columns)"
+
+
 def write_matrix_png(matrix: np.ndarray, class_names: Sequence[str], png: str | Path, *, title: str = "",
-                     xlabel: str, ylabel: str, fmt: str) -> Path:
-    """A square class x class matrix (rows ``ylabel``, columns ``xlabel``) as a PNG heatmap: each cell
-    shaded by its share of its row (so rare classes read as well as common ones), every non-zero cell
-    written with ``fmt`` (``"{:d}"`` for counts, ``"{:.3f}"`` for area proportions)."""
+                     fmt: str) -> Path:
+    """A square class x class matrix as a PNG heatmap, ``matrix[i, j]`` = reference class ``i`` mapped
+    (predicted) as class ``j``: rows the reference, columns the map, as :func:`confusion_matrix` and
+    scikit-learn count them; the one orientation of ``confusion.png`` and the area error matrix (whose
+    Olofsson rows-map table is transposed to this before drawing), written on the axes
+    (:data:`MATRIX_ROWS`, :data:`MATRIX_COLUMNS`). Each cell is shaded by its share of its row (a
+    reference class's recall on the diagonal, so rare classes read as well as common ones); every
+    non-zero cell written with ``fmt`` (``"{:d}"`` for counts, ``"{:.3f}"`` for area proportions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,8 +134,8 @@ def write_matrix_png(matrix: np.ndarray, class_names: Sequence[str], png: str | 
                     color="white" if shade[i, j] > 0.6 else "black")
     ax.set_xticks(range(k), class_names, rotation=90)
     ax.set_yticks(range(k), class_names)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(MATRIX_COLUMNS)
+    ax.set_ylabel(MATRIX_ROWS)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     with atomic_path(Path(png)) as tmp:

@@ -7,8 +7,8 @@ Strata are the mapped classes; nodata pixels (255) are outside the population. T
 block by block (memory: one block), twice for a sample: once to count the pixels of each class,
 once to find the pixels drawn (uniformly without replacement among the pixels of each stratum,
 from ``numpy.random.default_rng(seed)``). Areas are per country (the map's whole extent);
-:func:`zonal_areas` gives the mapped (pixel-count) hectares per class in each polygon of any layer of
-admin units (provinces), read block by block as well.
+:func:`zonal_areas` (:mod:`cropmap.stages.area_zonal`) gives the mapped (pixel-count) hectares per
+class in each polygon of any layer of admin units (provinces) and the share of each unit mapped.
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from cropmap.core.area_estimation import Z95, AreaEstimate, allocate, stratified
 from cropmap.errors import DataNotFoundError, InvalidInputError
 from cropmap.io.outputs import atomic_path
 from cropmap.ml.evaluate import write_matrix_png
-from cropmap.stages.area_figures import class_colours, plot_area_estimates, plot_zonal_areas
+from cropmap.stages.area_figures import class_colours, plot_area_estimates
+# the zonal hectares live in their own module; named here too so that every area product is one import away
+from cropmap.stages.area_zonal import map_class_names, write_zonal_report, zonal_areas
 from cropmap.stages.predict import NODATA
 from cropmap.stages.tile_files import colormap_of
 
 __all__ = ["MapStrata", "map_strata", "draw_sample", "label_from_reference", "write_sample", "read_sample",
            "estimate_areas", "area_table", "write_area_report", "default_allocation", "check_sample_on_map",
-           "zonal_areas", "write_zonal_report"]
+           "zonal_areas", "write_zonal_report", "SUGGESTION_DESIGN", "refuse_suggestions"]
 
 SAMPLE_COLUMNS = ["id", "stratum", "map_class", "row", "col", "x", "y", "lon", "lat", "reference_class"]
 
@@ -55,13 +57,6 @@ class MapStrata:
         return self.pixels * self.pixel_ha
 
 
-def _names(src) -> tuple[str, ...]:
-    names = json.loads(src.tags().get("class_names", "[]"))
-    if not names:
-        raise InvalidInputError(f"{src.name} carries no class_names tag; is it a cropmap class map?")
-    return tuple(names)
-
-
 def _windows(src):
     for _, window in src.block_windows(1):
         yield window, src.read(1, window=window)
@@ -73,7 +68,7 @@ def map_strata(class_map: str | Path) -> MapStrata:
     if not path.exists():
         raise DataNotFoundError(f"class map {path} not found; run `cropmap mosaic` first")
     with rasterio.open(path) as src:
-        names = _names(src)
+        names = map_class_names(src)
         if not src.crs or not src.crs.is_projected:
             raise InvalidInputError(f"{path.name}: areas need a projected CRS in metres, got {src.crs}")
         counts = np.zeros(256, dtype=np.int64)
@@ -167,6 +162,11 @@ def write_sample(sample: pd.DataFrame, path: str | Path, crs: rasterio.crs.CRS |
     return path
 
 
+#: The ``design`` column of labelling suggestions (:mod:`cropmap.stages.label_suggestions`); the stratified
+#: random sample of :func:`draw_sample` has none.
+SUGGESTION_DESIGN = "uncertainty"
+
+
 def read_sample(path: str | Path) -> pd.DataFrame:
     """Read labelled samples (CSV or GeoPackage written by :func:`write_sample`, ``reference_class`` filled)."""
     path = Path(path)
@@ -186,6 +186,16 @@ def read_sample(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def refuse_suggestions(sample: pd.DataFrame) -> None:
+    """Raise :class:`InvalidInputError` if ``sample`` (as :func:`read_sample` reads it)
+    holds suggested points (a ``design`` column of :data:`SUGGESTION_DESIGN`): chosen where the map is least sure, they
+    are no probability sample, and the stratified estimator would count the map's errors many times over."""
+    if "design" in sample.columns and (sample["design"].astype(str) == SUGGESTION_DESIGN).any():
+        raise InvalidInputError("these are labelling suggestions (design uncertainty), not a probability sample: "
+                                "train on them (`cropmap train --labels`); estimate areas from a stratified "
+                                "sample (`cropmap area sample` without --design)")
+
+
 def estimate_areas(strata: MapStrata, sample: pd.DataFrame) -> tuple[AreaEstimate, dict]:
     """The Olofsson et al. (2014) estimates from a labelled sample of this map; also returns notes
     (``n_unlabelled``: samples left out for an empty label; ``unknown_labels``: reference names that
@@ -195,6 +205,7 @@ def estimate_areas(strata: MapStrata, sample: pd.DataFrame) -> tuple[AreaEstimat
     or a mapped class with fewer than two labelled sample units (its variance is undefined).
     """
     index = {n: i for i, n in enumerate(strata.names)}
+    refuse_suggestions(sample)
     labels = sample["reference_class"].fillna("").astype(str).str.strip()  # a GeoPackage's NULL: no label
     unlabelled = labels == ""
     if unlabelled.all():
@@ -234,12 +245,15 @@ def area_table(strata: MapStrata, est: AreaEstimate) -> pd.DataFrame:
 def write_area_report(strata: MapStrata, est: AreaEstimate, out_dir: str | Path, *, name: str = "area",
                       notes: dict | None = None) -> dict[str, Path]:
     """``<name>_estimates.csv`` (:func:`area_table`), ``<name>_error_matrix.csv`` (area proportions, rows
-    map, columns reference), each with its picture (``.png``, :mod:`cropmap.stages.area_figures`), and
-    ``<name>.md`` (both tables, OA with CI, the method) in ``out_dir``."""
+    the reference ``reference:<class>``, columns the map ``map:<class>``: the orientation of
+    ``confusion.csv`` and of every matrix picture, the transpose of Olofsson's table), each with its
+    picture (``.png``, :mod:`cropmap.stages.area_figures`, :func:`cropmap.ml.evaluate.write_matrix_png`),
+    and ``<name>.md`` (both tables, OA with CI, the method) in ``out_dir``."""
     out_dir = Path(out_dir)
     table = area_table(strata, est)
-    matrix = pd.DataFrame(np.round(est.proportions, 6), index=list(strata.names), columns=list(strata.names))
-    matrix.index.name = "map \\ reference"
+    by_reference = est.proportions.T  # est: rows map (the strata); every matrix cropmap writes: rows reference
+    matrix = pd.DataFrame(np.round(by_reference, 6), index=[f"reference:{c}" for c in strata.names],
+                          columns=[f"map:{c}" for c in strata.names])
     paths = {"estimates": out_dir / f"{name}_estimates.csv", "error_matrix": out_dir / f"{name}_error_matrix.csv",
              "markdown": out_dir / f"{name}.md", "estimates_png": out_dir / f"{name}_estimates.png",
              "error_matrix_png": out_dir / f"{name}_error_matrix.png"}
@@ -250,8 +264,8 @@ def write_area_report(strata: MapStrata, est: AreaEstimate, out_dir: str | Path,
     plot_area_estimates(table, paths["estimates_png"], colours=class_colours(strata.names, colormap_of(strata.path)),
                         title=f"{strata.path.name}: area per class, {int(est.counts.sum())} sample units, "
                               f"OA {est.overall:.3f} +- {Z95 * est.overall_se:.3f}")
-    write_matrix_png(est.proportions, strata.names, paths["error_matrix_png"], xlabel="reference", ylabel="map",
-                     fmt="{:.3f}", title=f"{strata.path.name}: error matrix in area proportions")
+    write_matrix_png(by_reference, strata.names, paths["error_matrix_png"], fmt="{:.3f}",
+                     title=f"{strata.path.name}: error matrix in area proportions")
     lines = [f"# Area estimates: {strata.path.name}", "",
              "Stratified estimator of Olofsson et al. (2014), strata = mapped classes; 95 % confidence "
              "intervals (estimate +- 1.96 SE). Areas in hectares over the whole map (per country: no "
@@ -265,9 +279,10 @@ def write_area_report(strata: MapStrata, est: AreaEstimate, out_dir: str | Path,
             "producers_accuracy", "producers_ci95"]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table[cols].itertuples(index=False)]
-    lines += ["", "Error matrix in area proportions (rows: map, columns: reference):", "",
-              "| map \\ reference | " + " | ".join(strata.names) + " |", "|" + "---|" * (len(strata.names) + 1)]
-    lines += [f"| {n} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for n, row in zip(strata.names, est.proportions)]
+    lines += ["", "Error matrix in area proportions (rows: reference, columns: map; a row sums to the class's "
+              "estimated area share):", "",
+              "| reference \\ map | " + " | ".join(strata.names) + " |", "|" + "---|" * (len(strata.names) + 1)]
+    lines += [f"| {n} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for n, row in zip(strata.names, by_reference)]
     with atomic_path(paths["markdown"]) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return paths
@@ -295,71 +310,6 @@ def check_sample_on_map(strata: MapStrata, sample: pd.DataFrame) -> None:
         raise InvalidInputError(f"{wrong} of {len(sample)} sample units do not lie on their stratum in "
                                 f"{strata.path.name}: the sample was drawn on another map; draw a new one "
                                 "with `cropmap area sample`")
-
-
-def zonal_areas(class_map: str | Path, units: str | Path, *, field: str) -> pd.DataFrame:
-    """Pixel-count areas (hectares) of each class of ``class_map`` in each polygon of ``units`` (any
-    vector file geopandas reads, any CRS: reprojected to the map's), one row per polygon named by its
-    ``field``, with ``nodata_ha`` (unmapped pixels inside it). A pixel belongs to the polygon holding
-    its centre (rasterio's rasterize rule); where polygons overlap, the later one. Read block by block.
-    """
-    import shapely
-    from pyproj import Transformer
-    from rasterio.features import rasterize
-
-    from cropmap.samples.reference_labels import read_label_vectors
-
-    path = Path(class_map)
-    if not path.exists():
-        raise DataNotFoundError(f"class map {path} not found; run `cropmap mosaic` first")
-    if not Path(units).exists():
-        raise DataNotFoundError(f"admin units {units} not found")
-    layer = read_label_vectors(units, field)  # any vector file; names a missing column or CRS
-    with rasterio.open(path) as src:
-        names = _names(src)
-        if not src.crs or not src.crs.is_projected:
-            raise InvalidInputError(f"{path.name}: areas need a projected CRS in metres, got {src.crs}")
-        to_map = Transformer.from_crs(layer.crs, src.crs.to_wkt(), always_xy=True)
-        geometry = shapely.transform(layer.geometry, lambda xy: np.column_stack(to_map.transform(xy[:, 0], xy[:, 1])))
-        shapes = [(geom, i + 1) for i, geom in enumerate(geometry) if geom is not None and not geom.is_empty]
-        k, n = len(names), len(geometry)
-        counts = np.zeros((n, k + 1), dtype=np.int64)  # the last column: nodata
-        for window, block in _windows(src):
-            ids = rasterize(shapes, out_shape=block.shape, transform=src.window_transform(window), fill=0,
-                            dtype="int32") if shapes else np.zeros(block.shape, np.int32)
-            inside = ids > 0
-            cls = np.where(block[inside] < k, block[inside], k)
-            counts += np.bincount((ids[inside] - 1) * (k + 1) + cls, minlength=n * (k + 1)).reshape(n, k + 1)
-        pixel_ha = abs(src.transform.a * src.transform.e) / 1e4
-    table = pd.DataFrame(np.round(counts[:, :k] * pixel_ha, 4), columns=[f"{c}_ha" for c in names])
-    table.insert(0, field, np.asarray(layer.values).astype(str))
-    table["mapped_ha"] = np.round(counts[:, :k].sum(axis=1) * pixel_ha, 4)
-    table["nodata_ha"] = np.round(counts[:, k] * pixel_ha, 4)
-    return table
-
-
-def write_zonal_report(table: pd.DataFrame, out_dir: str | Path, *, class_map: str | Path,
-                       name: str = "area") -> dict[str, Path]:
-    """``<name>_by_unit.csv``, ``<name>_by_unit.md`` (the table of :func:`zonal_areas` on ``class_map``)
-    and ``<name>_by_unit.png`` (stacked bars in the map's colours) in ``out_dir``."""
-    out_dir = Path(out_dir)
-    paths = {"by_unit": out_dir / f"{name}_by_unit.csv", "by_unit_markdown": out_dir / f"{name}_by_unit.md",
-             "by_unit_png": out_dir / f"{name}_by_unit.png"}
-    with atomic_path(paths["by_unit"]) as tmp:
-        table.to_csv(tmp, index=False)
-    with rasterio.open(class_map) as src:
-        names = _names(src)
-    plot_zonal_areas(table, table.columns[0], paths["by_unit_png"], class_names=names,
-                     colours=class_colours(names, colormap_of(class_map)),
-                     title=f"{Path(class_map).name}: mapped area per unit")
-    lines = ["# Mapped area per unit (hectares, pixel counts of the class map)", "",
-             "Pixel counts, not area-adjusted: the map's errors are in them (see the area estimates for "
-             "adjusted areas with confidence intervals).", "",
-             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    with atomic_path(paths["by_unit_markdown"]) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return paths
 
 
 def default_allocation(strata: MapStrata, total: int, minimum: int = 50) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""A quicklook PNG of a class map, read from its overviews: title (map, season, model), coordinates
-in kilometres of the map's CRS, a scale bar, a legend, and the credit line (the Copernicus Sentinel
-attribution and the map's licence) in a corner and in the PNG's ``Copyright`` text."""
+"""A quicklook PNG of a class map, read from its overviews: a title (country or map name, season, model,
+the score when the map was scored, and the credit line: the Copernicus Sentinel attribution and the
+map's licence), coordinates in kilometres of the map's CRS, a scale bar and a legend below the map.
+The credit is also the PNG's ``Copyright`` text. Nothing is drawn over the map but the scale bar."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,7 @@ from cropmap.stages.tile_files import class_legend
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 
-__all__ = ["write_quicklook"]
+__all__ = ["write_quicklook", "quicklook_title"]
 
 
 def _title(stem: str, tags: dict) -> str:
@@ -41,6 +42,29 @@ def _title(stem: str, tags: dict) -> str:
     return " - ".join(parts)
 
 
+def _score_line(score: Mapping) -> str:
+    """``scored: OA 0.912, macro-F1 0.845 on 12,345 reference pixels`` from a score of
+    :func:`cropmap.jobs.scoring.score_class_map` or ``accuracy.json`` (figures it lacks left out)."""
+    labels = {"oa": "OA", "macro_f1": "macro-F1", "kappa": "kappa"}
+    given = {key: float(score[key]) for key in labels if score.get(key) is not None}
+    # NaN: a map scored on no pixel, or kappa of one class everywhere
+    figures = [f"{labels[key]} {value:.3f}" for key, value in given.items() if math.isfinite(value)]
+    pixels = score.get("n", score.get("pixels"))
+    on = f" on {int(pixels):,} reference pixels" if pixels else ""
+    return f"scored: {', '.join(figures)}{on}" if figures else ""
+
+
+def quicklook_title(stem: str, tags: Mapping[str, str], *, place: str | None = None, score: Mapping | None = None,
+                    years: Sequence[int] | None = None) -> str:
+    """The quicklook's title, one item a line: ``<place or map> - season <start..end> <year> - model <name>``,
+    the score (``score``: OA, macro-F1, kappa, pixels) when the map was scored, and the credit line
+    (:func:`cropmap.stages.stac_item.credit_line`) of the scenes' ``years`` (default: those of the map's
+    season window, from its ``tags``)."""
+    lines = [_title(place or stem, dict(tags)), _score_line(score) if score else "",
+             credit_line(years if years else scene_years(tags))]
+    return "\n".join(line for line in lines if line)
+
+
 def scale_bar_length(width_m: float) -> float:
     """A round scale bar length (1, 2 or 5 x 10^k metres) of about a fifth of ``width_m``."""
     target = max(width_m / 5, 1e-9)
@@ -49,12 +73,13 @@ def scale_bar_length(width_m: float) -> float:
 
 
 def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int = 1024, title: str | None = None,
-                    years: Sequence[int] | None = None) -> Path:
+                    years: Sequence[int] | None = None, place: str | None = None,
+                    score: Mapping | None = None) -> Path:
     """A PNG of the class map (at most ``max_pixels`` on the long side, read from the overviews with
-    mode resampling): a title (``title`` or the map's name, its season and model from the tags), axes
-    in km of the map's CRS, a scale bar, a legend of the classes it shows, and the credit line
-    (:func:`cropmap.stages.stac_item.credit_line`) of the scenes' ``years`` (default: those of the
-    map's season window, from its tags)."""
+    mode resampling) under its :func:`quicklook_title` (``place``: the country's name, else the map's;
+    ``score``: the map's score, when scored; ``years``: the scenes' years for the credit) or ``title``
+    in its stead (the credit line still below it), axes in km of the map's CRS, a scale bar, and a
+    legend of the classes it shows below the map."""
     names, colours = class_legend(Path(class_cog))
     with rasterio.open(class_cog) as src:
         scale = max(src.width, src.height) / max_pixels
@@ -73,12 +98,12 @@ def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int 
     ax.set_xlabel(f"easting ({unit})", fontsize=8)
     ax.set_ylabel(f"northing ({unit})", fontsize=8)
     ax.tick_params(labelsize=7)
-    heading = title or _title(Path(class_cog).stem, tags)
-    ax.set_title(heading, fontsize=11)
-    # drawn on the image, not only in its metadata: a quicklook is shared alone, and its source must go with it
+    # the credit in the title, not only in the metadata: a quicklook is shared alone, and its source must
+    # go with it; in the title it covers no pixel of the map (a corner box hid the map's south-east)
     credit = credit_line(years if years else scene_years(tags))
-    ax.text(0.99, 0.01, credit, transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
-            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+    heading = (f"{title}\n{credit}" if title else
+               quicklook_title(Path(class_cog).stem, tags, place=place, score=score, years=years))
+    ax.set_title(heading, fontsize=10)
     bar = scale_bar_length(bounds.right - bounds.left) / 1e3
     x0 = km[0] + 0.05 * (km[1] - km[0])
     y0 = km[2] + 0.05 * (km[3] - km[2])
@@ -93,6 +118,7 @@ def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int 
                   frameon=False, fontsize=9)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None, "Title": heading, "Copyright": credit})
+        fig.savefig(tmp, bbox_inches="tight", metadata={"Software": None, "Copyright": credit,
+                                                     "Title": " - ".join(heading.split("\n")[:-1])})
     plt.close(fig)
     return path
