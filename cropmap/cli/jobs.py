@@ -75,7 +75,7 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
          threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
          area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None,
          dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None,
-         prefect: bool = False, keep_cubes: bool = True) -> None:
+         prefect: bool = False, keep_cubes: bool = True, predict: dict | None = None) -> None:
     """Every check that needs no tile comes before the local Dask cluster starts (tests/test_cli_startup.py):
     the country, the checkpoint (read before the scenario is prepared: a missing --model does not wait for
     the DEMO's build), the output location, the options, the plan's limits and the catalog (preflight).
@@ -87,12 +87,12 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
     if model is not None:  # the country, then the checkpoint (read once: resolve_run takes it from the cache)
         run_bands(load_country(country), model=model)
     run = resolve_run(country, year=year, out_dir=out, parts=parts, model=model,  # the checkpoint's bands
-                      keep_cubes=keep_cubes)
+                      keep_cubes=keep_cubes, predict=predict)
     if prefect:
         _map_flow(threads, country=country, year=year, model=model, tile_limit=tile_limit, out_dir=out,
                   gpu_workers=gpu_workers, parts=parts, overwrite=overwrite, area_samples=area_samples,
                   admin_units=admin_units, admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles,
-                  max_dollars=max_dollars, keep_cubes=keep_cubes)
+                  max_dollars=max_dollars, keep_cubes=keep_cubes, predict=predict or None)
         return
     from cropmap.jobs.cluster import gpu_workers_enabled
     from cropmap.jobs.executors import local_executor
@@ -196,13 +196,24 @@ def map_(
                                       "($CROPMAP_MAX_DOLLARS)."),
     prefect: bool = typer.Option(False, "--prefect", help="Run it as the map-country Prefect flow in this process "
                                  "(the server at $PREFECT_API_URL, else a temporary one): what a deployment runs."),
+    probabilities: bool = typer.Option(None, "--probabilities/--no-probabilities", help="Per-class probability "
+                                       "COGs (one band per class, percent) beside the class map (default: the "
+                                       "config's predict: section, else no)."),
+    ood: bool = typer.Option(None, "--ood/--no-ood", help="The out-of-distribution score COG (default: the "
+                             "config's, else when the checkpoint holds its statistics)."),
+    precision: str = typer.Option(None, "--precision", help="auto | fp32 | bf16 (default: the config's, else "
+                                  "auto: bf16 on CUDA, fp32 on CPU)."),
+    max_filled_fraction: float = typer.Option(None, "--max-filled-fraction", help="Pixels with a larger share of "
+                                              "interpolated bins are nodata (default: the config's, else 0.8)."),
 ) -> None:
     """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
          parts=parts or None, overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
          admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars, prefect=prefect,
-         keep_cubes=keep_cubes)
+         keep_cubes=keep_cubes, predict={k: v for k, v in {
+             "probabilities": probabilities, "ood": ood, "precision": precision,
+             "max_filled_fraction": max_filled_fraction}.items() if v is not None})
 
 
 @app.command("train")

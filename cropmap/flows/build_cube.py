@@ -24,7 +24,17 @@ __all__ = ["build_cube"]
 @flow(name="build-cube", task_runner=task_runner(), log_prints=True)
 def build_cube(country: str = DEFAULT_COUNTRY, year: int | None = None, tile_limit: int | None = None,
                out_dir: str | None = None) -> dict:
-    """Build the tile cubes of ``country`` (at most ``tile_limit`` tiles); returns the tile summary."""
+    """Build the tile cubes of a country.
+
+    Args:
+        country: ISO 3166 alpha-3 code with a config, or the path or URL of a country config (.yaml).
+        year: Season year; default: the config's.
+        tile_limit: Build at most this many tiles.
+        out_dir: Output root, a folder or an fsspec URL; default $CROPMAP_OUTPUT_URL, else $CROPMAP_OUTPUT_DIR.
+
+    Returns:
+        The tile summary.
+    """
     run = resolve_run(country, year=year, out_dir=out_dir)  # an unknown country fails here, before any task
     summary = run_tiles(tasks.executor(), run, run.tiles(tile_limit=tile_limit))
     create_table_artifact(key=f"cubes-{run.code.lower()}", table=summary.table(),

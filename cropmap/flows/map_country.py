@@ -21,10 +21,13 @@ and, when the scenario holds back an area, the map is scored there.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cropmap.errors import IncompatibleInputError
+from cropmap.io.config import known_countries
 from cropmap.jobs import mapping
 from cropmap.jobs.cluster import gpu_workers_enabled
 from cropmap.jobs.plan import check_limits, plan_lines, plan_run
@@ -37,26 +40,53 @@ from cropmap.flows._runner import task_runner
 __all__ = ["map_country"]
 
 
+#: The country codes with a config in the package (or ``$CROPMAP_CONFIGS_DIR``) when the flow is imported: the
+#: deployment's parameter schema offers them, and still takes any other string (a config file's path or URL).
+KnownCountry = Literal[tuple(known_countries()) or (DEFAULT_COUNTRY,)]  # type: ignore[valid-type]
+
+
 @flow(name="map-country", task_runner=task_runner(), log_prints=True)
-def map_country(country: str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
+def map_country(country: KnownCountry | str = DEFAULT_COUNTRY, year: int | None = None, model: str | None = None,
                 tile_limit: int | None = None, out_dir: str | None = None, gpu_workers: bool | None = None,
                 parts: list[str] | None = None, overwrite: bool = False, area_samples: str | None = None,
                 admin_units: str | None = None, admin_field: str | None = None, dry_run: bool = False,
-                max_tiles: int | None = None, max_dollars: float | None = None, keep_cubes: bool = True) -> dict:
-    """Map ``country``'s crops with the checkpoint ``model`` (a path or URL; a scenario's country without
-    one is trained first), outputs under ``out_dir`` (a folder or URL); ``gpu_workers``: inference on
-    GPU workers; ``parts``: the outline parts to map (default: the config's default parts);
-    ``overwrite``: rebuild the finished tiles' cubes and predictions too (e.g. after the catalog was
-    reprocessed; incomplete cubes are rebuilt without it); ``area_samples``: labelled points drawn on this
-    map (`cropmap area sample`) for area estimates with 95 % CIs; ``admin_units`` (a polygon file) and
-    ``admin_field`` (its name column): mapped hectares per class per unit. Both land in ``maps/<key>/area/``.
-    ``dry_run``: print the plan and its estimate (`cropmap plan`) and stop before any tile; ``max_tiles`` /
-    ``max_dollars`` (else ``$CROPMAP_MAX_TILES`` / ``$CROPMAP_MAX_DOLLARS``) refuse a larger plan; ``keep_cubes``
-    false: one ``map-tile`` task per tile builds its cube in the worker's scratch, predicts it there and deletes
-    it (no cube in the output store)."""
+                max_tiles: int | None = None, max_dollars: float | None = None, keep_cubes: bool = True,
+                predict: dict[str, Any] | None = None) -> dict:
+    """Map a country's crops: tile cubes, predictions, zone and national COGs, STAC items, quicklook.
+
+    Args:
+        country: ISO 3166 alpha-3 code with a config (ARG, FRA, ...), or the path or URL of a country config
+            (.yaml).
+        year: Season year (the calendar year in which the season starts); default: the config's.
+        model: Checkpoint (path or URL) trained elsewhere. Without one, a country whose scenario supplies
+            labels (the DEMO) is trained first.
+        tile_limit: Map at most this many tiles (a trial run).
+        out_dir: Output root, a folder or an fsspec URL (s3://bucket/runs); default $CROPMAP_OUTPUT_URL,
+            else $CROPMAP_OUTPUT_DIR.
+        gpu_workers: Run the predictions only on Dask workers started with --resources GPU=1; default
+            $CROPMAP_GPU_WORKERS, else no.
+        parts: Outline parts to map (default: the config's default parts).
+        overwrite: Rebuild the finished tiles' cubes and predictions too (e.g. after the catalog was
+            reprocessed); incomplete cubes are rebuilt without it.
+        area_samples: Labelled points drawn on this map (`cropmap area sample`): area estimates with 95 %
+            CIs in maps/<key>/area/.
+        admin_units: A polygon file (provinces): mapped hectares per class per unit in maps/<key>/area/.
+        admin_field: The column of admin_units that names each unit.
+        dry_run: Print the plan and its estimate (`cropmap plan`) and stop before any tile.
+        max_tiles: Refuse a plan of more tiles (else $CROPMAP_MAX_TILES).
+        max_dollars: Refuse a plan estimated above this many dollars (else $CROPMAP_MAX_DOLLARS).
+        keep_cubes: False: each tile's cube is built in its worker's scratch, predicted there and deleted
+            (one map-tile task per tile; no cube in the output store).
+        predict: Predict options over the config's predict section, e.g. {"probabilities": true, "ood":
+            false, "precision": "bf16", "max_filled_fraction": 0.8}.
+
+    Returns:
+        The COGs, STAC item, quicklook, zones, accuracy (when scored), tiles and the printed summary.
+    """
     gpu = gpu_workers_enabled(gpu_workers)  # a malformed $CROPMAP_GPU_WORKERS fails here
     # so do an unknown country and output; the cubes take the checkpoint's bands
-    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts, model=model, keep_cubes=keep_cubes)
+    run = resolve_run(country, year=year, out_dir=out_dir, parts=parts, model=model, keep_cubes=keep_cubes,
+                      predict=predict)
     # and the checkpoint, once: its location, prediction key, bands, season and classes go to every task
     ref = run_model(run, model) if model is not None else None
     print(plan_table(run))

@@ -30,11 +30,28 @@ def train_model(country: str = DEFAULT_COUNTRY, reference: str | None = None, le
                 epochs: int | None = None, out_dir: str | None = None, training: dict | None = None,
                 label_column: str | None = None, max_tiles: int | None = None,
                 max_dollars: float | None = None, bands: list[str] | None = None) -> str:
-    """Train a model for ``country`` from reference labels (a categorical crop map, or vector parcels/points
-    with their ``label_column`` and a ``legend``); returns the checkpoint path. ``training``:
-    any :class:`~cropmap.jobs.training.TrainingSettings` fields, over the defaults (the paper's, or the
-    scenario's when no reference is given). ``max_tiles`` / ``max_dollars`` refuse a larger plan before any tile.
-    ``bands``: the cubes' and the model's bands (default: the config's ``bands:``, else the ten)."""
+    """Train a model for a country from reference labels; returns the checkpoint path.
+
+    Args:
+        country: ISO 3166 alpha-3 code with a config, or the path or URL of a country config (.yaml).
+        reference: Reference labels: a categorical crop map (GeoTIFF), or vector parcels / points (GeoPackage,
+            GeoParquet, Shapefile) with label_column and legend. Default: the scenario's, if any.
+        legend: A legend YAML mapping the reference's classes (configs/legends).
+        year: Season year; default: the config's.
+        cell_deg: Side of the cells samples are balanced over, in degrees.
+        per_cell: Samples kept per class and cell.
+        epochs: Training epochs (default: the recipe's).
+        out_dir: Output root, a folder or an fsspec URL; default $CROPMAP_OUTPUT_URL, else $CROPMAP_OUTPUT_DIR.
+        training: Any TrainingSettings fields over the defaults (the paper's, or the scenario's when no
+            reference is given), e.g. {"model": "cropnet", "augment": "all", "seed": 1}.
+        label_column: The column of vector labels holding each parcel's class.
+        max_tiles: Refuse a plan of more tiles (else $CROPMAP_MAX_TILES).
+        max_dollars: Refuse a plan estimated above this many dollars (else $CROPMAP_MAX_DOLLARS).
+        bands: The cubes' and the model's bands (default: the config's bands, else the ten).
+
+    Returns:
+        The checkpoint's path or URL.
+    """
     run = resolve_run(country, year=year, out_dir=out_dir, bands=bands)  # an unknown country fails here
     base = run.scenario.training if run.scenario is not None and reference is None else TrainingSettings()
     overrides = {**(training or {}), **{k: v for k, v in {"cell_deg": cell_deg, "per_cell": per_cell,

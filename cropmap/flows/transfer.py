@@ -26,9 +26,19 @@ SOURCE, TARGET = "TSRC", "TTGT"
 @flow(name="transfer", log_prints=True)
 def transfer(source: str = SOURCE, target: str = TARGET, augment: str | None = None,
              out_dir: str | None = None, training: dict | None = None) -> dict:
-    """Train on ``source`` (its scenario's labels and settings; ``augment`` names the phenology
-    augmentation, e.g. ``none`` or ``all``; ``training``: other TrainingSettings fields), then map
-    ``target`` with that checkpoint; returns map-country's result with ``source`` added."""
+    """Train on a source country's scenario labels, then map a target country with that checkpoint.
+
+    Args:
+        source: The country trained on (its scenario's labels and settings).
+        target: The country mapped with the source's checkpoint (and scored when its scenario holds a
+            reference back).
+        augment: The phenology augmentation, e.g. none or all (default: the scenario's).
+        out_dir: Output root, a folder or an fsspec URL; default $CROPMAP_OUTPUT_URL, else $CROPMAP_OUTPUT_DIR.
+        training: Other TrainingSettings fields, e.g. {"seed": 1, "epochs": 10}.
+
+    Returns:
+        map-country's result with source added.
+    """
     overrides = {**(training or {}), **({"augment": augment} if augment is not None else {})}
     checkpoint = train_model(country=source, out_dir=out_dir, training=overrides or None)
     result = map_country(country=target, model=checkpoint, out_dir=out_dir)

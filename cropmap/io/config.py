@@ -29,11 +29,11 @@ from pydantic import (
 from cropmap.core.bands import S2_BANDS, SCL, canonical_band
 from cropmap.core.harmonise import Legend
 from cropmap.core.season import Season
-from cropmap.errors import ConfigError, UnknownCountryError, one_line
+from cropmap.errors import ConfigError, DataNotFoundError, UnknownCountryError, one_line
 from cropmap.io.catalogs import get_profile, profile_for_url
 from cropmap.settings import get_settings
 
-__all__ = ["CatalogConfig", "OutlinePart", "OutlineConfig", "ScenarioRef", "CountryConfig", "load_country", "known_countries", "configs_folder",
+__all__ = ["CatalogConfig", "OutlinePart", "OutlineConfig", "ScenarioRef", "CountryConfig", "load_country", "is_config_path", "known_countries", "configs_folder",
            "read_yaml_mapping", "load_legend", "DEFAULT_CONFIGS_DIR", "EARTH_SEARCH"]
 
 #: ``configs/countries`` of the installed package.
@@ -175,6 +175,11 @@ class CountryConfig(BaseModel):
     # B04, B08]); None: the ten of cropmap.core.bands.S2_BANDS. Training takes them; a map takes its
     # checkpoint's (cropmap.scenarios.resolve_run)
     bands: tuple[str, ...] | None = None
+    # how this country's maps are predicted: the fields of cropmap.stages.predict_options.PredictOptions
+    # (probabilities, ood, precision, max_filled_fraction, ...), checked when a run is resolved
+    # (cropmap.scenarios.resolve_run; this layer does not know the predict stage); a caller's options
+    # (CLI flags, the flow's ``predict`` parameter) override them key by key
+    predict: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("scenario", mode="before")
     @classmethod
@@ -308,25 +313,45 @@ def known_countries(configs_dir: str | Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if _CODE.match(p.stem))
 
 
+def is_config_path(country: object) -> bool:
+    """Whether ``country`` names a config file (``.yaml`` / ``.yml``, a path or an fsspec URL) rather than a code."""
+    return isinstance(country, str) and country.lower().endswith((".yaml", ".yml"))
+
+
 def load_country(code: str, configs_dir: str | Path | None = None) -> CountryConfig:
-    """The validated config of ``code`` (e.g. ``"ARG"``) from ``configs_dir`` (default :func:`configs_folder`).
+    """The validated config of ``code`` (e.g. ``"ARG"``) from ``configs_dir`` (default :func:`configs_folder`),
+    or of the config file ``code`` names (:func:`is_config_path`: a path, or a URL fetched once into the
+    cache; its ``code:`` field, else its file name, is the country's code).
 
     A malformed or unknown code raises :class:`UnknownCountryError` listing the known ones (the code
     is checked before it touches the file system, so ``"../x"`` never escapes the folder); a file
     that does not validate raises :class:`ConfigError` naming the file and the field.
     """
+    if is_config_path(code):
+        from cropmap.io import downloads, storage
+
+        if not storage.exists(code):
+            raise DataNotFoundError(f"country config {code} not found")
+        path = Path(downloads.local_copy(code)) if storage.is_remote(code) else Path(code).expanduser().resolve()
+        folder, raw = path.parent, read_yaml_mapping(path)
+        raw.setdefault("code", path.stem)
+        return _validated(raw, path, folder)
     folder = configs_folder(configs_dir)
     known = known_countries(folder)
     if not isinstance(code, str) or not _CODE.match(code) or code not in known:
         raise UnknownCountryError(
-            f"unknown country {code!r}: expected an upper-case ISO3 code with a config in {folder}; "
-            f"known: {', '.join(known) or 'none'}"
+            f"unknown country {code!r}: expected an upper-case ISO3 code with a config in {folder} or the path "
+            f"of a config file (.yaml); known: {', '.join(known) or 'none'}"
         )
     path = folder / f"{code}.yaml"
     raw = read_yaml_mapping(path)
     raw.setdefault("code", code)
     if raw["code"] != code:
         raise ConfigError(f"{path}: code {raw['code']!r} does not match the file name {code!r}")
+    return _validated(raw, path, folder)
+
+
+def _validated(raw: dict[str, Any], path: Path, folder: Path) -> CountryConfig:
     for section, key in (("outline", "geojson"), ("catalog", "path")):
         value = (raw.get(section) or {}).get(key)
         if value is not None:  # "~" expanded; relative paths are relative to the config file

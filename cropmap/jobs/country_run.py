@@ -193,6 +193,9 @@ def run_key(config: CountryConfig, cube: CubeOptions = CubeOptions()) -> str:
         dump.pop("bands", None)
     if not dump["catalog"].get("asset_roots"):
         dump["catalog"].pop("asset_roots", None)
+    # predict options name the predictions' own folder (cropmap.stages.predict_provenance.prediction_key),
+    # not the run's: cubes are the same whatever a map is predicted with
+    dump.pop("predict", None)
     parts: list[object] = [dump]
     if _plain(cube) != _plain(CubeOptions()):
         parts.append({"cube": _plain(cube)})

@@ -9,11 +9,14 @@ and CLI hand to every task. Nothing outside this package knows any scenario by n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from cropmap.core.bands import canonical_band
-from cropmap.errors import IncompatibleInputError, ScenarioError
+from cropmap.errors import ConfigError, IncompatibleInputError, ScenarioError
 from cropmap.io.config import CountryConfig, load_country
 from cropmap.jobs.country_run import (
     CountryRun,
@@ -27,7 +30,7 @@ from cropmap.stages.cube import CubeOptions
 from cropmap.stages.predict import PredictOptions, load_model
 
 __all__ = ["SCENARIOS", "SCENARIO_MODELS", "DEFAULT_COUNTRY", "prepare_scenario", "resolve_run", "run_bands",
-           "scenario_model"]
+           "run_predict_options", "scenario_model"]
 
 #: Scenario name -> how it prepares a config: ``(config, options) -> (config, Scenario or None)``.
 SCENARIOS: dict[str, Callable[[CountryConfig, dict], tuple[CountryConfig, Scenario | None]]] = {
@@ -54,13 +57,14 @@ def prepare_scenario(config: CountryConfig) -> tuple[CountryConfig, Scenario | N
 
 def resolve_run(country: str, *, year: int | None = None, out_dir: str | None = None,
                 configs_dir: str | Path | None = None, cube: CubeOptions = CubeOptions(),
-                predict: PredictOptions = PredictOptions(), cube_dir: str | None = None,
+                predict: Mapping[str, Any] | None = None, cube_dir: str | None = None,
                 parts: list[str] | None = None, bands: Sequence[str] | None = None,
                 model: str | None = None, keep_cubes: bool = True) -> CountryRun:
     """The run of ``country`` (an ISO3 code with a config; ``year`` overrides the config's), outputs under
     ``out_dir`` (else the environment's output location, :func:`~cropmap.jobs.country_run.output_root`);
     ``parts``: the outline parts to map (default: the config's default parts); ``keep_cubes`` false: the
-    mapped tiles' cubes are built in each worker's scratch and deleted once predicted.
+    mapped tiles' cubes are built in each worker's scratch and deleted once predicted; ``predict``: predict
+    options over the config's ``predict:`` section, key by key (:func:`run_predict_options`).
 
     The cubes' bands (:func:`run_bands`): those of the checkpoint ``model`` when a run maps with one,
     else ``bands`` (``cropmap train --bands``), else the config's ``bands:``, else ``cube``'s (the ten).
@@ -70,13 +74,28 @@ def resolve_run(country: str, *, year: int | None = None, out_dir: str | None = 
     config = load_country(country, configs_dir)
     if year is not None:
         config = config.model_copy(update={"year": int(year)})
+    options = run_predict_options(config, predict)  # a bad option fails before the output is probed
     root = output_root(out_dir)
     config, scenario = prepare_scenario(config)
     chosen = run_bands(config, bands=bands, model=model)
     if chosen is not None and tuple(chosen) != cube.bands:
         cube = dataclasses.replace(cube, bands=tuple(chosen))  # CubeOptions checks the names
-    return resolve_country_run(config, out_root=root, scenario=scenario, cube=cube, predict=predict,
+    return resolve_country_run(config, out_root=root, scenario=scenario, cube=cube, predict=options,
                                cube_dir=cube_dir, parts=parts, keep_cubes=keep_cubes)
+
+
+def run_predict_options(config: CountryConfig, given: Mapping[str, Any] | None = None) -> PredictOptions:
+    """The predict options of a run of ``config``: its ``predict:`` section, then ``given`` (CLI flags, the
+    flow's ``predict`` parameter; None values left out) key by key. An unknown key or a bad value raises
+    :class:`~cropmap.errors.ConfigError` naming it and the keys there are."""
+    merged = {**config.predict, **{k: v for k, v in (given or {}).items() if v is not None}}
+    try:
+        return PredictOptions(**merged)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "predict"
+        raise ConfigError(f"{config.code}: predict option {where}: {first['msg']} (given {first.get('input')!r}); "
+                          f"options: {', '.join(PredictOptions.model_fields)}") from None
 
 
 def run_bands(config: CountryConfig, *, bands: Sequence[str] | None = None,
