@@ -327,3 +327,21 @@ def test_the_national_probability_cog_keeps_the_class_its_confidence_and_its_sum
     assert [b["name"] for b in item["assets"]["probability"]["raster:bands"]] == \
         [k["name"] for k in item["assets"]["class"]["classification:classes"][:-1]]
     validate_stac(result.stac_item, shared_data / "stac_schemas")
+
+
+def test_the_national_quicklook_names_the_country_gives_the_score_and_its_item_describes_its_bytes(two_zone_run):
+    from PIL import Image
+
+    from cropmap.stages.stac_assets import multihash_sha256
+
+    run, result = two_zone_run
+    png = Path(result.mosaic.quicklook)
+    title = Image.open(png).text["Title"]
+    assert title.startswith(f"{run.config.name} (DMZ) - season "), title
+    if result.accuracy is not None and result.accuracy["n"]:  # scored after the mosaic: drawn again
+        assert f"scored: OA {result.accuracy['oa']:.3f}, macro-F1 {result.accuracy['macro_f1']:.3f}" in title, title
+    else:
+        assert "scored" not in title, title
+    asset = json.loads(Path(result.mosaic.stac_item).read_text())["assets"]["quicklook"]
+    assert asset["href"] == f"./{png.name}"
+    assert (asset["file:size"], asset["file:checksum"]) == (png.stat().st_size, multihash_sha256(png))

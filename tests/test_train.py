@@ -108,6 +108,17 @@ def test_epoch_choice_last_keeps_the_final_weights(victoria):
     assert last.val_scores["val_macro_f1"] == last.history[-1]["val_macro_f1"]
 
 
+def test_each_epoch_is_reported_with_its_history_row(victoria):
+    """``on_epoch`` (how a job shows training progress) gets each epoch's history row and the epoch count, in
+    order, once per epoch."""
+    x, y, _ = victoria
+    rows: list[dict] = []
+    cfg = TrainConfig(model="cropnet1d", model_options=SMALL, epochs=3, batch_size=64, progress=False, device="cpu")
+    result = fit_model(x[::4], y[::4], window_start=0, n_bins=73, n_classes=8, config=cfg, on_epoch=rows.append)
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and {r["epochs"] for r in rows} == {3}
+    assert [{k: v for k, v in r.items() if k != "epochs"} for r in rows] == result.history
+
+
 def _on_build(monkeypatch, hook) -> None:
     """Make fit_model's ``build_model`` call ``hook(model)`` on each model it builds (to register hooks)."""
     import cropmap.ml.train as train_module

@@ -1,4 +1,4 @@
-"""The Typer app the command modules register on, the one error handler, SIGTERM, and the tile progress display."""
+"""The Typer app the command modules register on, the one error handler, SIGTERM, and the progress display."""
 
 from __future__ import annotations
 
@@ -20,17 +20,21 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.progress import Progress as RichProgress  # not cropmap's Progress, the callback type
 
 from cropmap import __version__
 from cropmap.errors import CropmapError, one_line
 from cropmap.io import outputs
+from cropmap.jobs.progress import STARTED, Progress
 
-__all__ = ["app", "command", "fail", "tile_progress", "INTERRUPTED_EXIT"]
+__all__ = ["app", "command", "fail", "tile_progress", "INTERRUPTED_EXIT", "LOG_LINES"]
+
+#: Most lines a step writes where stderr is not a terminal (:func:`tile_progress`), starts and failures aside.
+LOG_LINES = 20
 
 #: Exit status of a command stopped by SIGTERM: 128 + 15, what a shell reports for a process that
 #: SIGTERM ended, so that a scheduler (Kubernetes, systemd, CI) sees an interruption, not 2, the status
@@ -144,19 +148,49 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def tile_progress(total: int, stages: tuple[str, ...]) -> Iterator[Callable[[str, str, str], None]]:
-    """A rich progress display of ``total`` tiles per stage; yields the ``progress(stage, tile, status)``
-    callback that the jobs call after each tile (:mod:`cropmap.jobs.tile_pipeline`)."""
+def tile_progress(total: int, stages: tuple[str, ...]) -> Iterator[Progress]:
+    """The one progress display of a job; yields the ``progress(stage, item, status, total=None)`` callback
+    (:class:`cropmap.jobs.progress.Progress`) that the jobs call after each tile of ``stages`` (``total``
+    tiles each: :mod:`cropmap.jobs.tile_pipeline`) and each unit of their other long steps, shown as they
+    come with the total the job gives (training epochs, the zones' and national mosaics, scoring).
+
+    On a terminal, a rich bar per stage (the elapsed time runs while a unit that was :data:`STARTED` works);
+    elsewhere (a log file, a pipe, a CI job) lines ``<stage> <item>: <status> (<k>/<n>)``, since a bar is drawn
+    there only when it ends: one per call of a step of at most :data:`LOG_LINES` units, else one a
+    :data:`LOG_LINES`-th of the step (and every start and failure), so that a country's windows or tiles do not
+    flood the log."""
+    console = Console(stderr=True)
+    totals = dict.fromkeys(stages, total)
+    seen: dict[str, set[str]] = {s: set() for s in stages}  # a tile cubed for training is not counted twice
+    lock = threading.Lock()  # calls come from the executor's threads
+
+    def count(stage: str, item: str, status: str, given: int | None) -> tuple[int, int]:
+        done = seen.setdefault(stage, set())
+        if status != STARTED:
+            done.add(item)
+        totals[stage] = max(given or totals.get(stage, 0), len(done))
+        return len(done), totals[stage]
+
+    if not console.is_terminal:
+        def line(stage: str, item: str, status: str, /, *, total: int | None = None) -> None:
+            with lock:
+                k, n = count(stage, item, status, total)
+                if status not in (STARTED, "failed") and k < n and k % -(-n // LOG_LINES):
+                    return
+                console.print(f"{stage} {item}: {status} ({k}/{n})", markup=False, highlight=False, soft_wrap=True)
+
+        yield line
+        return
     columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+    with RichProgress(*columns, console=console, transient=False) as bar:
         ids = {s: bar.add_task(s, total=total, last="") for s in stages}
-        seen: dict[str, set[str]] = {s: set() for s in stages}  # a tile cubed for training is not counted twice
 
-        def update(stage: str, tile_id: str, status: str) -> None:
-            if stage in ids:
-                new = tile_id not in seen[stage]
-                seen[stage].add(tile_id)
-                bar.update(ids[stage], advance=int(new), total=max(total, len(seen[stage])), last=f"{tile_id} {status}")
+        def update(stage: str, item: str, status: str, /, *, total: int | None = None) -> None:
+            with lock:
+                k, n = count(stage, item, status, total)
+                if stage not in ids:
+                    ids[stage] = bar.add_task(stage, total=n, last="")
+                bar.update(ids[stage], completed=k, total=n, last=f"{item} {status}")
 
         yield update

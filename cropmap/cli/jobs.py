@@ -1,7 +1,7 @@
 """The country jobs from the command line: ``plan``, ``map``, ``train``, ``transfer`` and ``demo run``.
 
 They run the same job functions as the flows (:mod:`cropmap.jobs.mapping`) on a local Dask cluster
-(or the one at ``$CROPMAP_DASK_ADDRESS``), with a progress display of the tiles; with ``--prefect``, ``map`` and
+(or the one at ``$CROPMAP_DASK_ADDRESS``), with a progress display of every long step (tiles, epochs, mosaics, scoring); with ``--prefect``, ``map`` and
 ``train`` run the same job as their Prefect flow in this process (:mod:`cropmap.flows`: tasks, artifacts and
 a flow run recorded by the server at ``$PREFECT_API_URL``, else a temporary one). This is the one command-line
 entry point of each job: ``python -m flows.X`` in a checkout calls it.
@@ -237,7 +237,7 @@ def train(
                                  "(the server at $PREFECT_API_URL, else a temporary one): what a deployment runs."),
 ) -> None:
     """Train a country's model from reference labels (the train-model job, locally, with a progress display of
-    the tiles cubed); prints the checkpoint."""
+    the tiles cubed and the training's epochs); prints the checkpoint."""
     from cropmap.jobs.executors import local_executor
     from cropmap.jobs.labels import check_training_labels
     from cropmap.jobs.mapping import train_country, training_tiles

@@ -29,10 +29,11 @@ from cropmap.jobs.country_run import Bounds, CountryRun
 from cropmap.jobs.executors import Executor
 from cropmap.jobs.labels import check_training_labels
 from cropmap.jobs.plan import preflight
+from cropmap.jobs.progress import STARTED, Progress, relay_argument, tell
 from cropmap.jobs.scoring import score_class_map
-from cropmap.jobs.tile_pipeline import Progress, TileSummary, run_tiles
+from cropmap.jobs.tile_pipeline import TileSummary, run_tiles
 from cropmap.jobs.tiles import (area_products, check_area_inputs, check_existing_tiles, check_model_fits, mosaic_country, mosaic_zone,
-                                run_model, zones_of)
+                                quicklook_place, run_model, zones_of)
 from cropmap.jobs.training import (
     CheckpointResult,
     TrainingSetResult,
@@ -48,6 +49,7 @@ from cropmap.stages.stac_item import (EMPTY, LICENSE, MODEL_ITEM, SENTINEL_LEGAL
                                       scene_years, season_years)
 from cropmap.stages.model_ref import ModelRef
 from cropmap.stages.predict import write_run_file
+from cropmap.stages.quicklook import rescore_quicklook
 
 __all__ = ["TrainResult", "MapResult", "training_tiles", "train_country", "map_country", "score_run",
            "check_complete", "check_not_empty", "write_model_item"]
@@ -122,7 +124,9 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     then ``label_column`` and ``legend`` are needed); only labels on the country's tiles are used.
 
     Outputs under ``run.training_dir`` and ``run.model_dir``, named by a hash of everything that defines
-    them, so a rerun reuses a finished sample set and checkpoint.
+    them, so a rerun reuses a finished sample set and checkpoint. ``progress`` (:mod:`cropmap.jobs.progress`):
+    told each tile cubed, the sample set (``samples``) and each epoch (``train``, through a relay into the
+    executor's call: :func:`cropmap.jobs.progress.relayed`).
     """
     scenario = run.scenario
     if reference is None:
@@ -151,12 +155,17 @@ def train_country(run: CountryRun, executor: Executor, *, reference: str | None 
     boxes = np.array([run.tile(t).lonlat_bbox() for t in tile_ids])
     area = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))  # lon/lat box of the tiles
     key = storage.stable_hash([run.key, reference, legend, bounds, label_column, settings.key_fields(mode="json")])
+    tell(progress, "samples", "sample set", STARTED)
     samples = _run(executor, training_set, reference, cubes, str(storage.join(run.training_dir, f"samples-{key}.nc")),
                    region=run.code, legend_path=legend, settings=settings, bounds=bounds, label_column=label_column,
                    area=tuple(float(v) for v in area), tiles=tile_ids)
-    # one torch thread: small nets train fastest that way on cores shared with the Dask workers
-    checkpoint = _run(executor, train_checkpoint, samples.path,
-                      str(storage.join(run.model_dir, f"{settings.model}-{key}.pt")), settings=settings, threads=1)
+    tell(progress, "samples", "sample set", f"{samples.n_samples} samples")
+    tell(progress, "train", settings.model, STARTED, total=settings.epochs)
+    with relay_argument(progress) as told:  # each epoch
+        # one torch thread: small nets train fastest that way on cores shared with the Dask workers
+        checkpoint = _run(executor, train_checkpoint, samples.path,
+                          str(storage.join(run.model_dir, f"{settings.model}-{key}.pt")), settings=settings, threads=1,
+                          **told)
     return TrainResult(checkpoint, samples, tiles)
 
 
@@ -167,7 +176,9 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
     (:func:`~cropmap.jobs.scoring.score_class_map`); writes ``accuracy.json``
     and ``confusion.csv`` / ``confusion.png`` beside the maps and, given the checkpoint ``model``, ``model_card.md``: its card with this score
     among the transfer scores (a reference the model was not trained on), with ``season_offsets``
-    (hemisphere -> months from the model's window, as :func:`map_country` checked them)."""
+    (hemisphere -> months from the model's window, as :func:`map_country` checked them). The national map's
+    quicklook, when there is one, is drawn again with the score in its title, over the same file
+    (:func:`cropmap.stages.quicklook.rescore_quicklook`: its STAC item's file size and checksum follow)."""
     scenario = run.scenario
     assert scenario is not None and scenario.score_bounds is not None
     class_map = maps["class"]
@@ -176,6 +187,8 @@ def score_run(run: CountryRun, key: str, maps: dict[str, str], model: str | None
                              layers={p: maps[p] for p in ("confidence", "ood") if p in maps})
     path = storage.join(run.map_dir(key), "accuracy.json")
     outputs.write_text(path, json.dumps(result, indent=1))
+    if result["n"]:  # the national quicklook, when there is one, drawn again with its score in the title
+        rescore_quicklook(run.map_dir(key), run.code, score=result, place=quicklook_place(run))
     with tempfile.TemporaryDirectory() as tmp:  # confusion.csv / .png beside it (the folder may be a bucket)
         for local in write_confusion(np.asarray(result["confusion"]), result["class_names"], Path(tmp) / "confusion.csv",
                                      title=f"{run.code} {run.year}: {storage.basename(class_map)} against "
@@ -245,6 +258,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
     the CLI and the flow pass that :class:`~cropmap.stages.model_ref.ModelRef`; a path or URL is resolved here)
     and handed to every check and task; see the module docstring.
     ``overwrite``: rebuild the finished cubes and predictions too (a rerun otherwise skips them).
+    ``progress`` (:mod:`cropmap.jobs.progress`): told each tile, and each step of the training, the mosaics
+    (``mosaic``: the zones', then the national one), the scoring (``score``) and the area products.
     ``area_samples`` (labelled points drawn on this map) and ``admin_units`` (polygons named by their
     ``admin_field``): the area products of the national map (:func:`~cropmap.jobs.tiles.area_products`),
     made only when no tile or zone failed.
@@ -289,6 +304,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
     zones, failures = {}, {}
     missing = {f.tile_id: f"{f.stage}: {f.reason}" for f in tiles.failures}  # recorded in the STAC items
     missing_by_zone = zones_of(sorted(missing))
+    mosaics = len(zones_of(predicted)) + 1  # the zones', then the national one
+    tell(progress, "mosaic", f"{mosaics - 1} zone(s)", STARTED, total=mosaics)
     handles = {executor.submit(mosaic_zone, run, key, epsg, ids, {t: missing[t] for t in missing_by_zone.get(epsg, [])}):
                epsg for epsg, ids in zones_of(predicted).items()}
     while handles:  # the zones' mosaics run side by side
@@ -298,23 +315,31 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
                 zones[epsg] = executor.result(handle)
             except Exception as err:  # noqa: BLE001 - one zone must not stop the others' products
                 failures[epsg] = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            tell(progress, "mosaic", f"EPSG:{epsg}", "failed" if epsg in failures else "done", total=mosaics)
     zones = dict(sorted(zones.items()))
     national = None
     if zones:  # the national item links the model's MLM item and takes the zones' provenance from their items
         write_model_item(model.location, run.map_dir(key))
-        national = _run(executor, mosaic_country, run, key,
-                        {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()},
-                        missing | {f"EPSG:{e}": f"zone mosaic: {r}" for e, r in failures.items()})
+        tell(progress, "mosaic", "national", STARTED, total=mosaics)
+        with relay_argument(progress) as told:  # each window
+            national = _run(executor, mosaic_country, run, key,
+                            {e: {p: str(c) for p, c in z.cogs.items()} for e, z in zones.items()},
+                            missing | {f"EPSG:{e}": f"zone mosaic: {r}" for e, r in failures.items()}, **told)
+        tell(progress, "mosaic", "national", "done", total=mosaics)
     accuracy = accuracy_path = None
     # a map with holes is not scored: its accuracy would read as the run's
     if (run.scenario is not None and run.scenario.score_bounds is not None and (zones or national)
             and not tiles.failures and not failures):
+        tell(progress, "score", "map", STARTED)
         accuracy, accuracy_path = _run(executor, score_run, run, key, _maps_to_score(run, zones, national),
                                        model=model.location, season_offsets=offsets)
+        tell(progress, "score", "map", f"OA {accuracy['oa']:.3f} on {accuracy['n']:,} px")
     area = {}
     if (area_samples or admin_units) and national is not None and not tiles.failures and not failures:
+        tell(progress, "area", "area products", STARTED)
         area = _run(executor, area_products, run, key, str(national.cogs["class"]), samples=area_samples,
                     units=admin_units, field=admin_field)
+        tell(progress, "area", "area products", "done")
     return MapResult(model.location, key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training,
                      area)
 

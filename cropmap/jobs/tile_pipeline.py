@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from cropmap.errors import CubeBuildError, EmptyMapError
 from cropmap.io import outputs, storage
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor
+from cropmap.jobs.progress import Progress
 from cropmap.jobs.searches import search_block, search_blocks
 from cropmap.jobs.tiles import cube_tile, map_tile, predict_tile
 from cropmap.settings import get_settings
@@ -34,9 +35,8 @@ from cropmap.stages.model_ref import ModelRef
 
 __all__ = ["TileFailure", "TileSummary", "run_tiles"]
 
-#: ``progress(stage, tile_id, status)`` after each tile and stage ("cube" / "predict"; a run that keeps no
-#: cubes reports both stages of a tile when its one :func:`~cropmap.jobs.tiles.map_tile` call returns).
-Progress = Callable[[str, str, str], None]
+# ``progress(stage, tile_id, status)`` after each tile and stage ("cube" / "predict"; a run that keeps no
+# cubes reports both stages of a tile when its one :func:`~cropmap.jobs.tiles.map_tile` call returns)
 #: Failures in a row with the same reason (tile ids aside) that stop a run: a dead catalog or a bad
 #: setting fails every tile alike, and 396 blocks x 3 tries took 551 s to say so (issue 32).
 SAME_FAILURES_TO_STOP = 3

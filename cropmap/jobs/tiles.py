@@ -39,6 +39,7 @@ from cropmap.io.stac import search_items, season_search_window
 from cropmap.jobs.cluster import inference_annotations
 from cropmap.jobs.country_run import CountryRun
 from cropmap.jobs.executors import Executor, InlineExecutor, Outcome, run_all
+from cropmap.jobs.progress import Progress
 from cropmap.jobs.searches import items_for_tile
 from cropmap.stages.cube import CubeResult, build_tile_cube, cube_path, is_finished
 from cropmap.stages.mosaic import MosaicResult, mosaic_tiles
@@ -51,7 +52,7 @@ from cropmap.stages.predict_provenance import write_run_file
 from cropmap.stages.tile_geotiffs import tile_is_finished
 
 __all__ = ["cube_tile", "run_model", "predict_tile", "TileMap", "map_tile", "predict_cube", "check_predict_inputs", "predict_cubes", "zones_of", "mosaic_zone",
-           "mosaic_country", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
+           "mosaic_country", "quicklook_place", "check_area_inputs", "area_products", "check_model_fits", "check_cubes_fit", "check_existing_tiles", "tile_annotations"]
 
 
 def cube_tile(run: CountryRun, tile_id: str, *, items: str | None = None, overwrite: bool = False) -> CubeResult:
@@ -166,10 +167,20 @@ def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: Sequence[str],
 
 
 def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]],
-                   missing: Mapping[str, str] | None = None) -> MosaicResult:
+                   missing: Mapping[str, str] | None = None, progress: Progress | None = None) -> MosaicResult:
     """The zones' COGs -> ``<code>_{class,confidence}.tif`` in the country's output CRS, STAC item and
-    quicklook (:func:`cropmap.stages.national.national_mosaic`); ``missing``: failed tiles and zones."""
-    return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs, missing=missing)
+    quicklook titled by :func:`quicklook_place` (:func:`cropmap.stages.national.national_mosaic`); ``missing``:
+    failed tiles and zones; ``progress``: told each window warped (stage ``national``, item ``window k/n``
+    over all products)."""
+    on_window = None if progress is None else (
+        lambda product, k, n: progress("national", f"window {k}/{n}", product, total=n))
+    return national_mosaic(zones, run.map_dir(key), name=run.code, crs=run.config.output_crs, missing=missing,
+                           place=quicklook_place(run), on_window=on_window)
+
+
+def quicklook_place(run: CountryRun) -> str:
+    """How the national quicklook's title names the map: ``<country name> (<code>)``."""
+    return f"{run.config.name} ({run.code})"
 
 
 def check_area_inputs(samples: storage.Location | None, units: storage.Location | None, field: str | None) -> None:

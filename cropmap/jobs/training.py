@@ -34,6 +34,7 @@ from cropmap.core.season import Season
 from cropmap.errors import ConfigError, IncompatibleInputError
 from cropmap.io import downloads, outputs, storage
 from cropmap.ml.checkpoint import load_checkpoint, model_card, save_checkpoint
+from cropmap.jobs.progress import Progress, log_progress
 from cropmap.ml.train import TrainConfig, fit_model
 from cropmap.samples.reference import (
     SamplingOptions,
@@ -44,7 +45,10 @@ from cropmap.samples.reference_labels import is_vector, sample_label_vectors
 from cropmap.stages.cube import open_tile_cube
 
 __all__ = ["TrainingSettings", "TrainingSetResult", "CheckpointResult", "training_points", "training_set",
-           "train_checkpoint"]
+           "train_checkpoint", "TRAIN_STAGE"]
+
+#: The progress stage of a training's epochs (:mod:`cropmap.jobs.progress`): items ``epoch <k>/<n>``.
+TRAIN_STAGE = "train"
 
 
 class TrainingSettings(TrainConfig):
@@ -148,14 +152,18 @@ def _card_of(samples: xr.Dataset, names: list[str], season: Season, scores: dict
 
 
 def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
-                     settings: TrainingSettings = TrainingSettings(), threads: int | None = None) -> CheckpointResult:
+                     settings: TrainingSettings = TrainingSettings(), threads: int | None = None,
+                     progress: Progress | None = None) -> CheckpointResult:
     """Train a model on a sample set of season composites (:func:`training_set`) and save its checkpoint.
 
     The set carries the cubes' season attributes. Both locations may be URLs. A complete checkpoint at
     ``path`` is kept (rerun = resume). ``threads`` caps torch's intra-op threads while training (1 is
-    fastest for a small net on a busy machine).
+    fastest for a small net on a busy machine). ``progress``: told each epoch (stage :data:`TRAIN_STAGE`,
+    item ``epoch <k>/<n>``, status its training loss and validation macro-F1; default: a log line each).
     """
+    report = progress or log_progress
     if storage.exists(path):
+        report(TRAIN_STAGE, "checkpoint", "skipped: already trained", total=1)
         done = load_checkpoint(path)
         return CheckpointResult(str(path), "skipped", done.scores, model_config=done.model_config,
                                 n_parameters=sum(p.numel() for p in done.model.parameters()))
@@ -175,7 +183,11 @@ def train_checkpoint(samples_path: storage.Location, path: storage.Location, *,
             torch.set_num_threads(threads)
         result = fit_model(x, samples["label"].values, window_start=0, n_bins=x.shape[2],
                              n_classes=len(names), config=config, bin_days=season.bin_days,
-                             groups=samples["field"].values if "field" in samples.coords else None)
+                             groups=samples["field"].values if "field" in samples.coords else None,
+                             on_epoch=lambda row: report(
+                                 TRAIN_STAGE, f"epoch {row['epoch'] + 1}/{row['epochs']}",
+                                 f"loss {row['train_loss']:.3f}, validation macro-F1 {row['val_macro_f1']:.3f}",
+                                 total=row["epochs"]))
     finally:
         torch.set_num_threads(before)
     scores = {**result.val_scores, "seconds": round(result.seconds, 1)}

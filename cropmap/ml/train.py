@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -197,13 +198,17 @@ def fit_model(
     config: TrainConfig,
     bin_days: int = 5,
     groups: np.ndarray | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train one model; see the module docstring.
 
     ``x_full``: ``(N, band, T)`` float32 reflectance 0..1, the full-year composite (``T >= window_start +
     n_bins``); ``labels``: ``(N,)`` int in ``0..n_classes-1``. Rows with NaN are dropped. ``groups``:
     ``(N,)`` field ids: the validation split holds out whole fields
-    (:func:`group_split`), else it is stratified by label.
+    (:func:`group_split`), else it is stratified by label. ``on_epoch``: called after each epoch with its
+    :attr:`FitResult.history` row (``epoch`` from 0, ``train_loss``, ``val_loss``, ``val_macro_f1``, ``lr``)
+    and ``epochs``, the run's count: how a job reports progress (``config.progress`` is a tqdm bar on stderr,
+    for scripts).
     """
     t0 = time.perf_counter()
     x_full = np.asarray(x_full, dtype=np.float32)
@@ -271,6 +276,8 @@ def fit_model(
         history.append({"epoch": epoch, "train_loss": total / len(tr), "val_loss": val_loss, "val_macro_f1": f1,
                         "lr": opt.param_groups[0]["lr"]})
         bar.set_postfix(val_f1=f"{f1:.3f}", loss=f"{total / len(tr):.3f}")
+        if on_epoch is not None:
+            on_epoch({**history[-1], "epochs": config.epochs})
         last = epoch == config.epochs - 1
         if ((f1, -val_loss) > (best[0], -best[1]) if config.epoch_choice == "best" else last):
             best = (f1, val_loss)

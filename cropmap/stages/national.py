@@ -31,7 +31,7 @@ import os
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -110,9 +110,11 @@ def national_grid(zone_cogs: Sequence[str | Path], crs: str, *, resolution: floa
 
 def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *, crs: str, product: str,
                        resolution: float = 10.0, window: int = 2048, blocksize: int = 512,
-                       tolerance: float = 0.125, threads: int | None = None) -> Path:
+                       tolerance: float = 0.125, threads: int | None = None,
+                       on_window: Callable[[int, int], None] | None = None) -> Path:
     """Warp the zone COGs of one product (``{epsg: path}``) into a validated COG at ``path`` in ``crs``
-    (see the module docstring for the zone rule); returns ``path``. ``threads`` windows are warped at
+    (see the module docstring for the zone rule); returns ``path``. ``on_window(k, n)``: after the k-th of
+    the n windows is written (a job's progress). ``threads`` windows are warped at
     once (default: the machine's CPUs, at most :data:`MAX_THREADS`); the bytes do not depend on it."""
     if not zone_cogs:
         raise MosaicError(f"no zone COG of {product} to make a national map from")
@@ -146,8 +148,10 @@ def write_national_cog(zone_cogs: Mapping[int, str | Path], path: str | Path, *,
                     "tolerance": tolerance}
             windows = [Window(col, row, min(window, width - col), min(window, height - row))
                        for row in range(0, height, window) for col in range(0, width, window)]
-            for win, data in _warped_windows(zone_cogs, warp, windows, count, threads=threads):
+            for k, (win, data) in enumerate(_warped_windows(zone_cogs, warp, windows, count, threads=threads), 1):
                 dst.write(data, window=win)
+                if on_window is not None:
+                    on_window(k, len(windows))
             dst.update_tags(**tags)
             for b in range(1, count + 1):
                 dst.update_tags(b, **band_tags[b - 1])
@@ -317,14 +321,18 @@ def _model_link(out_dir: storage.Location) -> dict | None:
 
 def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]], out_dir: storage.Location, *,
                     name: str, crs: str, resolution: float = 10.0, window: int = 2048,
-                    missing: Mapping[str, str] | None = None, threads: int | None = None) -> MosaicResult:
+                    missing: Mapping[str, str] | None = None, threads: int | None = None,
+                    place: str | None = None,
+                    on_window: Callable[[str, int, int], None] | None = None) -> MosaicResult:
     """The national COG of every product the zones share (``{epsg: {product: zone COG}}``), then its STAC
     item and quicklook, in ``out_dir`` (a folder or an fsspec URL: remote zone COGs are read from local
     copies and the outputs built in a scratch folder, then uploaded whole, the item last). ``missing``
     (tile or zone -> why): what the run could not map, recorded in the item as a ``partial`` map. The item
     carries the provenance of the zones' items (:func:`_zone_provenance`; zones of different runs are refused
     before any warp) and links the model's MLM item when ``out_dir`` holds one (:data:`MODEL_ITEM`).
-    ``threads``: windows warped at once (:func:`write_national_cog`)."""
+    ``threads``: windows warped at once (:func:`write_national_cog`). ``place``: the quicklook's title names the
+    map by it (the country's name and code), else by the file's. ``on_window(product, k, n)``: after each
+    window, the k-th of the n of all products (a job's progress)."""
     products = [p for p in OVERVIEW_RESAMPLING if all(p in zp for zp in zone_products.values())]
     if "class" not in products:
         raise MosaicError(f"{name}: the zones share no class COG to make a national map from")
@@ -337,12 +345,15 @@ def national_mosaic(zone_products: Mapping[int, Mapping[str, storage.Location]],
             tempfile.TemporaryDirectory(prefix="cropmap-national-") as scratch:
         local_out = out_dir if isinstance(out_dir, Path) else Path(scratch)
         cogs: dict[str, Path] = {}
-        for product in products:
+        for i, product in enumerate(products):
             zones = {e: downloads.local_copy(zp[product]) for e, zp in zone_products.items()}
+            done = (None if on_window is None else  # every product has the same windows: the grid's
+                    lambda k, n, i=i, product=product: on_window(product, i * n + k, len(products) * n))
             cogs[product] = write_national_cog(zones, local_out / f"{name}_{product}.tif", crs=crs, product=product,
-                                               resolution=resolution, window=window, threads=threads)
+                                               resolution=resolution, window=window, threads=threads, on_window=done)
         years = season_years(provenance.start, provenance.end) if provenance.start and provenance.end else None
-        png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png", years=years)
+        png = write_quicklook(cogs["class"], local_out / f"{name}_quicklook.png", years=years,
+                              place=place)
         item = write_stac_item(cogs, local_out / f"{name}.json", name=name, quicklook=png, missing=missing,
                                provenance=provenance, model_link=_model_link(out_dir))
         collection = write_stac_collection(local_out, collection_id=name.split("_")[0])

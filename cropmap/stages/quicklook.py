@@ -1,12 +1,14 @@
 """A quicklook PNG of a class map, read from its overviews: a title (country or map name, season, model,
 the score when the map was scored, and the credit line: the Copernicus Sentinel attribution and the
 map's licence), coordinates in kilometres of the map's CRS, a scale bar and a legend below the map.
-The credit is also the PNG's ``Copyright`` text. Nothing is drawn over the map but the scale bar."""
+The credit is also the PNG's ``Copyright`` text. Nothing is drawn over the map but the scale bar.
+A map scored after its mosaic gets its quicklook drawn again with the score (:func:`rescore_quicklook`)."""
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,15 +19,17 @@ from matplotlib.patches import Patch
 from rasterio.enums import Resampling
 
 from cropmap.core.season import Season
+from cropmap.io import downloads, outputs, storage
 from cropmap.io.outputs import atomic_path
 from cropmap.stages.predict import NODATA
-from cropmap.stages.stac_item import credit_line, scene_years
+from cropmap.stages.stac_assets import multihash_sha256
+from cropmap.stages.stac_item import credit_line, scene_years, season_years
 from cropmap.stages.tile_files import class_legend
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 
-__all__ = ["write_quicklook", "quicklook_title"]
+__all__ = ["write_quicklook", "quicklook_title", "rescore_quicklook"]
 
 
 def _title(stem: str, tags: dict) -> str:
@@ -122,3 +126,32 @@ def write_quicklook(class_cog: str | Path, path: str | Path, *, max_pixels: int 
                                                      "Title": " - ".join(heading.split("\n")[:-1])})
     plt.close(fig)
     return path
+
+
+def rescore_quicklook(out_dir: storage.Location, name: str, *, score: Mapping,
+                      place: str | None = None) -> storage.Location | None:
+    """Draw the quicklook of the map whose STAC item is ``<out_dir>/<name>.json`` again with its ``score``
+    (:func:`write_quicklook`; the credit of the item's datetimes, as its ``cropmap:attribution``) and publish
+    it over the same file, then the item with the quicklook asset's new ``file:size`` and ``file:checksum``
+    (its href is unchanged), the item last. ``out_dir``: a folder or an fsspec URL. Returns the quicklook's
+    location; None when there is no item, or it lists no quicklook."""
+    item_location = storage.join(out_dir, f"{name}.json")
+    if not storage.exists(item_location):
+        return None
+    item = json.loads(storage.read_bytes(item_location))
+    assets = item.get("assets", {})
+    if "quicklook" not in assets or "class" not in assets:
+        return None
+    quicklook = storage.join(out_dir, assets["quicklook"]["href"].removeprefix("./"))
+    class_cog = downloads.local_copy(storage.join(out_dir, assets["class"]["href"].removeprefix("./")))
+    props = item.get("properties", {})
+    start, end = props.get("start_datetime"), props.get("end_datetime")
+    with tempfile.TemporaryDirectory(prefix="cropmap-quicklook-") as tmp:
+        png = write_quicklook(class_cog, Path(tmp) / storage.basename(quicklook), place=place, score=score,
+                              years=season_years(start, end) if start and end else None)
+        asset = assets["quicklook"]
+        if "file:size" in asset or "file:checksum" in asset:  # the item must describe the bytes it points at
+            asset["file:size"], asset["file:checksum"] = png.stat().st_size, multihash_sha256(png)
+        outputs.publish(png, quicklook)
+    outputs.write_text(item_location, json.dumps(item, indent=2) + "\n")
+    return quicklook
