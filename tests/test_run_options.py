@@ -86,16 +86,25 @@ def test_the_map_country_deployment_describes_every_parameter_and_offers_the_kno
     assert choices[0]["enum"] == known_countries() and {"type": "string"} in choices  # a config's path too
 
 
-def test_probabilities_through_the_map_match_the_class_map(demo_run, slim_model, tmp_path):
-    """``predict: {probabilities: true}``: the tiles, the zone and the national mosaic carry a per-class
-    probability COG whose bands are named by class, sum to 100 (uint8 rounding: at most n_classes / 2 off)
-    and whose top band is the class map's class wherever it is not tied."""
+def test_probabilities_and_suggestions_through_the_map(demo_run, slim_model, tmp_path):
+    """``predict: {probabilities: true}``: the zone and the national mosaic carry a per-class probability COG
+    whose bands are named by class, sum to 100 (uint8 rounding: at most n_classes / 2 off) and whose top
+    band is the class map's class (ties aside). ``label_suggestions``: the run proposes that many points to
+    label, the least confident pixel of the map first."""
     from cropmap.jobs.executors import InlineExecutor
     from cropmap.jobs.mapping import map_country
 
     run = demo_run.model_copy(update={"root": str(tmp_path / "run"),
                                       "predict": PredictOptions(probabilities=True, ood=False)})
-    result = map_country(run, InlineExecutor(), model=slim_model, tile_limit=2)
+    result = map_country(run, InlineExecutor(), model=slim_model, tile_limit=2, label_suggestions=6)
+    # labelling suggestions as a product of the run (issue 37 part 4): spaced, least confident first
+    from cropmap.stages.area import SUGGESTION_DESIGN, read_sample
+
+    points = read_sample(result.area["suggestions"])
+    assert len(points) == 6 and (points["design"] == SUGGESTION_DESIGN).all() and not points["reference_class"].any()
+    with rasterio.open(result.mosaic.cogs["confidence"]) as src:
+        confidence = src.read(1)
+    assert points["confidence"].min() == confidence[confidence != 255].min()
     maps = [result.mosaic, *result.zones.values()]
     for mosaic in maps:
         assert set(mosaic.cogs) >= {"class", "confidence", "probability"}, mosaic.cogs

@@ -75,7 +75,8 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
          threads: int, gpu_workers: bool | None, parts: list[str] | None = None, overwrite: bool = False,
          area_samples: str | None = None, admin_units: str | None = None, admin_field: str | None = None,
          dry_run: bool = False, max_tiles: int | None = None, max_dollars: float | None = None,
-         prefect: bool = False, keep_cubes: bool = True, predict: dict | None = None) -> None:
+         prefect: bool = False, keep_cubes: bool = True, predict: dict | None = None,
+         label_suggestions: int = 0) -> None:
     """Every check that needs no tile comes before the local Dask cluster starts (tests/test_cli_startup.py):
     the country, the checkpoint (read before the scenario is prepared: a missing --model does not wait for
     the DEMO's build), the output location, the options, the plan's limits and the catalog (preflight).
@@ -92,7 +93,8 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
         _map_flow(threads, country=country, year=year, model=model, tile_limit=tile_limit, out_dir=out,
                   gpu_workers=gpu_workers, parts=parts, overwrite=overwrite, area_samples=area_samples,
                   admin_units=admin_units, admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles,
-                  max_dollars=max_dollars, keep_cubes=keep_cubes, predict=predict or None)
+                  max_dollars=max_dollars, keep_cubes=keep_cubes, predict=predict or None,
+                  label_suggestions=label_suggestions)
         return
     from cropmap.jobs.cluster import gpu_workers_enabled
     from cropmap.jobs.executors import local_executor
@@ -120,7 +122,8 @@ def _map(country: str, *, model: str | None, year: int | None, out: str | None, 
             tile_progress(len(tile_ids), ("cube", "predict")) as progress:
         result = map_country(run, executor, model=ref, tile_limit=tile_limit, progress=progress,
                              overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-                             admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
+                             admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars,
+                             label_suggestions=label_suggestions)
     _print_map(result, started)
 
 
@@ -205,13 +208,16 @@ def map_(
                                   "auto: bf16 on CUDA, fp32 on CPU)."),
     max_filled_fraction: float = typer.Option(None, "--max-filled-fraction", help="Pixels with a larger share of "
                                               "interpolated bins are nodata (default: the config's, else 0.8)."),
+    label_suggestions: int = typer.Option(0, "--label-suggestions", min=0, help="Propose this many points to label "
+                                          "for training where the map is least sure, spaced: "
+                                          "maps/<key>/area/<country>_suggestions.gpkg (never an area sample)."),
 ) -> None:
     """Map a country with a model: cubes, predictions, per-zone and national COGs, STAC item, quicklook
     (the map-country job, locally)."""
     _map(country, model=model, year=year, out=out, tile_limit=tile_limit, threads=threads, gpu_workers=gpu_workers,
          parts=parts or None, overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
          admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars, prefect=prefect,
-         keep_cubes=keep_cubes, predict={k: v for k, v in {
+         keep_cubes=keep_cubes, label_suggestions=label_suggestions, predict={k: v for k, v in {
              "probabilities": probabilities, "ood": ood, "precision": precision,
              "max_filled_fraction": max_filled_fraction}.items() if v is not None})
 

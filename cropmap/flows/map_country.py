@@ -51,7 +51,7 @@ def map_country(country: KnownCountry | str = DEFAULT_COUNTRY, year: int | None 
                 parts: list[str] | None = None, overwrite: bool = False, area_samples: str | None = None,
                 admin_units: str | None = None, admin_field: str | None = None, dry_run: bool = False,
                 max_tiles: int | None = None, max_dollars: float | None = None, keep_cubes: bool = True,
-                predict: dict[str, Any] | None = None) -> dict:
+                predict: dict[str, Any] | None = None, label_suggestions: int = 0) -> dict:
     """Map a country's crops: tile cubes, predictions, zone and national COGs, STAC items, quicklook.
 
     Args:
@@ -79,6 +79,8 @@ def map_country(country: KnownCountry | str = DEFAULT_COUNTRY, year: int | None 
             (one map-tile task per tile; no cube in the output store).
         predict: Predict options over the config's predict section, e.g. {"probabilities": true, "ood":
             false, "precision": "bf16", "max_filled_fraction": 0.8}.
+        label_suggestions: Propose this many points to label for training where the map is least confident or
+            most out of distribution, spaced (maps/<key>/area/<country>_suggestions.gpkg); never an area sample.
 
     Returns:
         The COGs, STAC item, quicklook, zones, accuracy (when scored), tiles and the printed summary.
@@ -101,7 +103,8 @@ def map_country(country: KnownCountry | str = DEFAULT_COUNTRY, year: int | None 
                 "catalog_problem": plan.catalog_problem, "dollars": round(plan.estimate.dollars, 2)}
     result = mapping.map_country(run, tasks.executor(gpu=gpu), model=ref, tile_limit=tile_limit,
                                  overwrite=overwrite, area_samples=area_samples, admin_units=admin_units,
-                                 admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars)
+                                 admin_field=admin_field, max_tiles=max_tiles, max_dollars=max_dollars,
+                                 label_suggestions=label_suggestions)
     summary, accuracy = result.tiles, result.accuracy
     create_table_artifact(key=f"tiles-{run.code.lower()}", table=summary.table(),
                           description=f"{run.code} {run.year}: {summary.describe()}")

@@ -81,8 +81,10 @@ def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]],
 
 @task(name="area", cache_policy=NONE)
 def area_products(run: CountryRun, key: str, class_map: str, samples: str | None = None, units: str | None = None,
-                  field: str | None = None) -> dict[str, str]:
-    return tiles.area_products(run, key, class_map, samples=samples, units=units, field=field)
+                  field: str | None = None, suggestions: int = 0, confidence: str | None = None,
+                  ood: str | None = None) -> dict[str, str]:
+    return tiles.area_products(run, key, class_map, samples=samples, units=units, field=field,
+                               suggestions=suggestions, confidence=confidence, ood=ood)
 
 
 @task(name="score", cache_policy=NONE)

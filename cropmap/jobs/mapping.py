@@ -253,7 +253,7 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
                 tile_limit: int | None = None,
                 progress: Progress | None = None, overwrite: bool = False, area_samples: str | None = None,
                 admin_units: str | None = None, admin_field: str | None = None, max_tiles: int | None = None,
-                max_dollars: float | None = None) -> MapResult:
+                max_dollars: float | None = None, label_suggestions: int = 0) -> MapResult:
     """Map the run's country with the checkpoint ``model``, resolved once (:func:`~cropmap.jobs.tiles.run_model`:
     the CLI and the flow pass that :class:`~cropmap.stages.model_ref.ModelRef`; a path or URL is resolved here)
     and handed to every check and task; see the module docstring.
@@ -262,7 +262,8 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
     (``mosaic``: the zones', then the national one), the scoring (``score``) and the area products.
     ``area_samples`` (labelled points drawn on this map) and ``admin_units`` (polygons named by their
     ``admin_field``): the area products of the national map (:func:`~cropmap.jobs.tiles.area_products`),
-    made only when no tile or zone failed.
+    made only when no tile or zone failed; so are ``label_suggestions`` points to label for training where the
+    map is least sure (``<code>_suggestions.gpkg`` beside them).
 
     Without ``model``, a run whose scenario supplies training labels trains one first
     (:func:`train_country`); any other run needs one. Before any tile is computed: the checkpoint is
@@ -335,10 +336,13 @@ def map_country(run: CountryRun, executor: Executor, *, model: ModelRef | storag
                                        model=model.location, season_offsets=offsets)
         tell(progress, "score", "map", f"OA {accuracy['oa']:.3f} on {accuracy['n']:,} px")
     area = {}
-    if (area_samples or admin_units) and national is not None and not tiles.failures and not failures:
+    if (area_samples or admin_units or label_suggestions) and national is not None and not tiles.failures \
+            and not failures:
         tell(progress, "area", "area products", STARTED)
-        area = _run(executor, area_products, run, key, str(national.cogs["class"]), samples=area_samples,
-                    units=admin_units, field=admin_field)
+        cogs = {k: str(v) for k, v in national.cogs.items()}
+        area = _run(executor, area_products, run, key, cogs["class"], samples=area_samples, units=admin_units,
+                    field=admin_field, suggestions=label_suggestions, confidence=cogs.get("confidence"),
+                    ood=cogs.get("ood"))
         tell(progress, "area", "area products", "done")
     return MapResult(model.location, key, national, zones, tiles, failures, offsets, accuracy, accuracy_path, training,
                      area)

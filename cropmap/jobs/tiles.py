@@ -193,14 +193,18 @@ def check_area_inputs(samples: storage.Location | None, units: storage.Location 
 
 
 def area_products(run: CountryRun, key: str, class_map: storage.Location, *, samples: storage.Location | None = None,
-                  units: storage.Location | None = None, field: str | None = None) -> dict[str, str]:
+                  units: storage.Location | None = None, field: str | None = None, suggestions: int = 0,
+                  confidence: storage.Location | None = None, ood: storage.Location | None = None) -> dict[str, str]:
     """The area products of the run's national ``class_map``, in ``<maps>/<key>/area/``:
 
     - with ``samples`` (points drawn on THIS map by `cropmap area sample`, ``reference_class`` filled by
       the labellers): the Olofsson et al. (2014) estimates with 95 % CIs, ``<code>_estimates.csv``,
       ``<code>_error_matrix.csv``, ``<code>.md``; a sample drawn on another map is refused;
     - with ``units`` (a polygon layer) and its name ``field``: mapped hectares per class per unit,
-      ``<code>_by_unit.csv`` / ``.md``.
+      ``<code>_by_unit.csv`` / ``.md``;
+    - with ``suggestions`` > 0 (and the map's ``confidence`` COG, its ``ood`` COG when there is one): that many
+      points to label for training where the map is least sure, spaced
+      (:func:`cropmap.stages.label_suggestions.suggest_points`), ``<code>_suggestions.gpkg``.
 
     Returns product name -> location.
     """
@@ -230,6 +234,13 @@ def area_products(run: CountryRun, key: str, class_map: storage.Location, *, sam
         if units is not None:
             written |= write_zonal_report(zonal_areas(local_map, downloads.local_copy(units), field=field), tmp,
                                           class_map=local_map, name=run.code)
+        if suggestions > 0 and confidence is not None:
+            from cropmap.stages.area import write_sample
+            from cropmap.stages.label_suggestions import suggest_points
+
+            points = suggest_points(map_strata(local_map), n=suggestions, confidence=downloads.local_copy(confidence),
+                                    ood=None if ood is None else downloads.local_copy(ood))
+            written["suggestions"] = write_sample(points, Path(tmp) / f"{run.code}_suggestions.gpkg")
         return {k: str(outputs.publish(p, storage.join(out, p.name))) for k, p in written.items()}
 
 
