@@ -208,6 +208,11 @@ def map_(
                                   "auto: bf16 on CUDA, fp32 on CPU)."),
     max_filled_fraction: float = typer.Option(None, "--max-filled-fraction", help="Pixels with a larger share of "
                                               "interpolated bins are nodata (default: the config's, else 0.8)."),
+    smoothing: str = typer.Option(None, "--smoothing", help="none | bayes: sits' Bayesian smoothing of the "
+                                  "probabilities in each zone mosaic before the class decision (default: the "
+                                  "config's, else none: docs/results/smoothing.md)."),
+    smoothing_window: int = typer.Option(None, "--smoothing-window", help="The smoothing window's side in "
+                                         "pixels, odd (default 9)."),
     label_suggestions: int = typer.Option(0, "--label-suggestions", min=0, help="Propose this many points to label "
                                           "for training where the map is least sure, spaced: "
                                           "maps/<key>/area/<country>_suggestions.gpkg (never an area sample)."),
@@ -219,7 +224,8 @@ def map_(
          admin_field=admin_field, dry_run=dry_run, max_tiles=max_tiles, max_dollars=max_dollars, prefect=prefect,
          keep_cubes=keep_cubes, label_suggestions=label_suggestions, predict={k: v for k, v in {
              "probabilities": probabilities, "ood": ood, "precision": precision,
-             "max_filled_fraction": max_filled_fraction}.items() if v is not None})
+             "max_filled_fraction": max_filled_fraction, "smoothing": smoothing,
+             "smoothing_window": smoothing_window}.items() if v is not None})
 
 
 @app.command("train")

@@ -93,8 +93,9 @@ def run_predict_options(config: CountryConfig, given: Mapping[str, Any] | None =
         return PredictOptions(**merged)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "predict"
-        raise ConfigError(f"{config.code}: predict option {where}: {first['msg']} (given {first.get('input')!r}); "
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{config.code}: predict option{'s' if not where else ' ' + where}: {first['msg']} "
+                          f"(given {first.get('input')!r}); "
                           f"options: {', '.join(PredictOptions.model_fields)}") from None
 
 

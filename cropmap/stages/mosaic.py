@@ -12,7 +12,10 @@ Pipeline (memory bounded by a block, never by the country):
    label sidecars as assets) and :func:`write_quicklook` (PNG read from the overviews, with a legend).
 
 Products: ``class``, ``confidence``, ``probability`` (one band per class, when the tiles were predicted
-with ``PredictOptions.probabilities``) and ``ood``, each mosaicked when the tiles have it.
+with ``PredictOptions.probabilities`` or smoothing) and ``ood``, each mosaicked when the tiles have it.
+With spatial smoothing (``PredictOptions.smoothing``, or the ``smoothing`` argument) the class,
+confidence and probability COGs are those of the zone's probabilities smoothed window by window across
+tile edges (:func:`cropmap.stages.smoothing.smooth_zone`); the tile GeoTIFFs stay unsmoothed.
 
 Everything is written to a temporary name and renamed; the outputs hold no timestamps, so a rerun on
 the same tiles writes byte-identical files. With an object store (``s3://...``) for the tiles or the
@@ -22,11 +25,14 @@ way and uploads each output whole (:mod:`cropmap.io.storage`): the COGs are the 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
@@ -36,6 +42,7 @@ from affine import Affine
 from rio_cogeo.cogeo import cog_translate, cog_validate
 from rio_cogeo.profiles import cog_profiles
 
+from cropmap.core.smoothing import BayesSmoothing
 from cropmap.errors import DataNotFoundError, IncompatibleInputError, MosaicError, StorageError
 from cropmap.io import downloads, outputs, storage
 from cropmap.io.storage import is_temporary
@@ -43,6 +50,7 @@ from cropmap.io.outputs import atomic_path, scratch_path
 from cropmap.stages.gis_styles import sidecars, write_gis_styles
 from cropmap.stages.predict import NODATA, RUN_FILE
 from cropmap.stages.quicklook import write_quicklook
+from cropmap.stages.smoothing import SMOOTHED_PRODUCTS, run_smoothing, smooth_zone
 from cropmap.stages.stac_item import write_stac_collection, write_stac_item
 from cropmap.stages.tile_files import colormap_of, list_tiles, tile_tags
 
@@ -242,6 +250,7 @@ def mosaic_tiles(
     quicklook: bool = True,
     tile_ids: Sequence[str] | None = None,
     missing: Mapping[str, str] | None = None,
+    smoothing: BayesSmoothing | None | Literal["run"] = "run",
 ) -> MosaicResult:
     """Mosaic the tile GeoTIFFs of :func:`cropmap.stages.predict.write_tile_predictions` in ``tile_dir`` (only
     those of ``tile_ids`` when given: one UTM zone's, or one run's plan); ``missing`` (tile id -> why)
@@ -253,11 +262,16 @@ def mosaic_tiles(
     an interrupted run are ignored. Either folder may be an fsspec URL (``s3://bucket/...``): remote
     tiles are downloaded to a scratch folder (``$TMPDIR``, about the size of the tiles plus the COGs),
     the mosaic is built there and each output is uploaded whole, the STAC item last.
+
+    ``smoothing``: ``"run"`` smooths as the tiles' ``run.json`` says (``PredictOptions.smoothing``; no
+    ``run.json``: not at all), None never, a :class:`~cropmap.core.smoothing.BayesSmoothing` with it; the
+    class, confidence and probability COGs then come from the smoothed probabilities, which the tiles must
+    hold (:class:`IncompatibleInputError` otherwise).
     """
     tile_dir, out_dir = storage.as_location(tile_dir), storage.as_location(out_dir)
     if not (storage.is_remote(tile_dir) or storage.is_remote(out_dir)):
         return _mosaic_local(tile_dir, out_dir, name=name, products=products, blocksize=blocksize, stac=stac,
-                             quicklook=quicklook, tile_ids=tile_ids, missing=missing)
+                             quicklook=quicklook, tile_ids=tile_ids, missing=missing, smoothing=smoothing)
     with tempfile.TemporaryDirectory(prefix="cropmap-mosaic-") as scratch:
         local_tiles = tile_dir
         if storage.is_remote(tile_dir):
@@ -272,7 +286,8 @@ def mosaic_tiles(
             downloads.fetch(sources + ([run] if storage.exists(run) else []), local_tiles)
         local_out = Path(scratch) / "maps" if storage.is_remote(out_dir) else out_dir
         result = _mosaic_local(local_tiles, local_out, name=name, products=products, blocksize=blocksize,
-                               stac=stac, quicklook=quicklook, tile_ids=tile_ids, missing=missing)
+                               stac=stac, quicklook=quicklook, tile_ids=tile_ids, missing=missing,
+                               smoothing=smoothing)
         if local_out == out_dir:
             return result
 
@@ -288,9 +303,23 @@ def mosaic_tiles(
         return MosaicResult(cogs, publish(result.stac_item), png, result.tile_ids, publish(result.collection))
 
 
+def _smoothed(paths: list[Path], tile_ids: tuple[str, ...], stem: Path, params: BayesSmoothing, blocksize: int,
+              scratch: contextlib.ExitStack) -> dict[str, Path]:
+    """The zone's smoothed class, confidence and probability rasters (scratch files removed by ``scratch``)."""
+    if tuple(p.name.split(".")[0] for p in paths) != tile_ids:
+        raise IncompatibleInputError(f"smoothing needs every tile's probabilities ({stem.parent} holds "
+                                     f"{len(paths)} of {len(tile_ids)}); predict with smoothing on, which writes them")
+    vrt = scratch.enter_context(scratch_path(stem.with_name(f"{stem.name}_smoothing.vrt")))
+    write_vrt(tile_grid(paths), vrt)
+    out = {p: scratch.enter_context(scratch_path(stem.with_name(f"{stem.name}_{p}.smoothed.tif")))
+           for p in SMOOTHED_PRODUCTS}
+    return smooth_zone(vrt, out, params, blocksize=blocksize)
+
+
 def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequence[str] | None, blocksize: int,
                   stac: bool, quicklook: bool, tile_ids: Sequence[str] | None = None,
-                  missing: Mapping[str, str] | None = None) -> MosaicResult:
+                  missing: Mapping[str, str] | None = None,
+                  smoothing: BayesSmoothing | None | Literal["run"] = "run") -> MosaicResult:
     wanted = None if tile_ids is None else set(tile_ids)
 
     def tiles_of(product: str) -> list[Path]:
@@ -314,26 +343,36 @@ def _mosaic_local(tile_dir: Path, out_dir: Path, *, name: str, products: Sequenc
         raise IncompatibleInputError(
             f"{tile_dir}: tiles {', '.join(odd[:5])} were predicted with another checkpoint or options than "
             f"{next(iter(keys))}; rerun `cropmap predict` on all tiles with one checkpoint")
+    params = run_smoothing(tile_dir) if smoothing == "run" else smoothing
     cogs: dict[str, Path] = {}
-    for product in products:
-        paths = tiles_of(product)
-        if tuple(p.name.split(".")[0] for p in paths) != tile_ids:
-            raise IncompatibleInputError(f"{tile_dir}: the {product} tiles differ from the class tiles; rerun predict")
-        grid = tile_grid(paths)
-        tags, _ = tile_tags(paths[0])
-        with rasterio.open(paths[0]) as src:
-            descriptions = [d or "" for d in src.descriptions]
-            band_tags = [src.tags(b) for b in range(1, src.count + 1)]
-        colormap = colormap_of(paths[0]) if product == "class" else None
-        keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "model_season",
-                                     "model_season_year", "season_offset_months", "cropmap_run_key") if k in tags}
-        cog = out_dir / f"{name}_{product}.tif"
-        # the VRT is a step, not an output: a hidden name, removed whatever happens (a killed run's by the next)
-        with scratch_path(out_dir / f"{name}_{product}.vrt") as vrt:
-            write_vrt(grid, vrt, colormap=colormap, band_tags=band_tags, descriptions=descriptions)
-            write_cog(vrt, cog, resampling=OVERVIEW_RESAMPLING[product], blocksize=blocksize, colormap=colormap,
-                      tags={**keep, "product": product, "tiles": str(len(paths))})
-        cogs[product] = cog
+    with contextlib.ExitStack() as scratch:  # the smoothed rasters are steps too: removed whatever happens
+        smoothed = (_smoothed(tiles_of("probability"), tile_ids, out_dir / name, params, blocksize, scratch)
+                    if params is not None else {})
+        for product in products:
+            paths = tiles_of(product)
+            if tuple(p.name.split(".")[0] for p in paths) != tile_ids:
+                raise IncompatibleInputError(
+                    f"{tile_dir}: the {product} tiles differ from the class tiles; rerun predict")
+            grid = tile_grid(paths)
+            if product in smoothed:  # the zone's smoothed raster in place of its tiles: one source, the whole grid
+                grid = dataclasses.replace(grid, paths=(smoothed[product],), offsets=((0, 0),),
+                                           shapes=((grid.height, grid.width),))
+            tags, _ = tile_tags(paths[0])
+            with rasterio.open(paths[0]) as src:
+                descriptions = [d or "" for d in src.descriptions]
+                band_tags = [src.tags(b) for b in range(1, src.count + 1)]
+            colormap = colormap_of(paths[0]) if product == "class" else None
+            keep = {k: tags[k] for k in ("class_names", "model_name", "season", "season_year", "model_season",
+                                         "model_season_year", "season_offset_months", "cropmap_run_key") if k in tags}
+            cog = out_dir / f"{name}_{product}.tif"
+            # the VRT is a step, not an output: a hidden name, removed whatever happens (a killed run's by the next)
+            with scratch_path(out_dir / f"{name}_{product}.vrt") as vrt:
+                write_vrt(grid, vrt, colormap=colormap, band_tags=band_tags, descriptions=descriptions)
+                smoothed_tag = ({"cropmap_smoothing": json.dumps(dataclasses.asdict(params))}
+                                if product in smoothed else {})
+                write_cog(vrt, cog, resampling=OVERVIEW_RESAMPLING[product], blocksize=blocksize, colormap=colormap,
+                          tags={**keep, "product": product, "tiles": str(len(paths)), **smoothed_tag})
+            cogs[product] = cog
     png = write_quicklook(cogs["class"], out_dir / f"{name}_quicklook.png") if quicklook else None
     item = write_stac_item(cogs, out_dir / f"{name}.json", name=name, tile_dir=tile_dir, missing=missing,
                            quicklook=png) if stac else None
