@@ -159,15 +159,20 @@ def test_kubernetes_deployments_name_the_image_and_no_folder_of_the_deployer(pre
     assert deployment["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/cropmap"}}]
     assert str(tmp_path) not in shown.stdout and str(REPO) not in shown.stdout
-    assert {"country", "model", "tile_limit"} <= set(deployment["parameter_openapi_schema"]["properties"])
+    properties = deployment["parameter_openapi_schema"]["properties"]
+    assert {"country", "model", "tile_limit"} <= set(properties)
+    assert all(p.get("description") for p in properties.values()), properties  # what the UI's form shows
 
 
 def test_map_country_demo_deployment(prefect_env, worker, demo_model):
     """The deployment with the session's DEMO model (``--param model=``: no training inside the flow) maps
     the DEMO's first two tiles: a valid class COG, scored (accuracy, confusion table and picture, the
-    model card with this score), its path and OA in the flow run's logs."""
+    model card with this score), its path and OA in the flow run's logs. With ``keep_cubes=false``: each
+    tile is one ``map-tile`` task and no cube is left in the store (the path that keeps them runs through
+    a deployment in the REAL test below and on a cluster in tests/test_cluster_flows.py)."""
     env, home = prefect_env
-    params = ["--param", "country=DEMO", "--param", "tile_limit=2", "--param", f"model={demo_model}"]
+    params = ["--param", "country=DEMO", "--param", "tile_limit=2", "--param", f"model={demo_model}",
+              "--param", "keep_cubes=false"]
     run = _prefect(env, "deployment", "run", "map-country/map-country", *params,
                    "--watch", "--watch-interval", "2", timeout=900)
     logs = _prefect(env, "flow-run", "logs", _run_id(run.stdout)).stdout
@@ -192,6 +197,10 @@ def test_map_country_demo_deployment(prefect_env, worker, demo_model):
     assert f"- DEMO 2017 (" in card and f"oa {round(accuracy['oa'], 4)}" in card and "Intended use" in card
     tiles = sorted((cog.parents[2] / "tiles" / cog.parent.name).glob("*.class.tif"))
     assert len(tiles) == 2
+    assert not list(cog.parents[2].glob("cubes/*.zarr"))
+    runs = json.loads(_prefect(env, "task-run", "ls", "--limit", "200", "-o", "json").stdout)
+    names = sorted(t["name"] for t in runs if t["flow_run_id"] == _run_id(run.stdout))
+    assert [n.split()[0] for n in names if n.split()[0] in ("map", "cube", "predict")] == ["map", "map"], names
     # a rerun skipping the finished tiles: tests/test_cluster_flows.py (a flow process killed then run
     # again, and a rerun into S3), not a second deployment run here
 

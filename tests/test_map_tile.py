@@ -7,11 +7,7 @@ looked at, not what the model says)."""
 
 from __future__ import annotations
 
-import os
 import pickle
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +17,6 @@ import rasterio
 from cropmap.jobs.executors import InlineExecutor
 from cropmap.jobs.mapping import map_country
 from cropmap.jobs.tiles import TileMap
-
-CROPMAP = str(Path(sys.executable).with_name("cropmap"))
 
 
 def _tile_maps(run, key: str) -> dict[str, np.ndarray]:
@@ -102,22 +96,3 @@ def test_a_tile_maps_result_travels_between_processes_with_its_error():
     sent = TileMap(CubeResult("t", "/x/t.zarr", "written"), error=EmptyMapError("tile t: no mapped pixel"))
     got = pickle.loads(pickle.dumps(sent))
     assert got.cube == sent.cube and isinstance(got.error, EmptyMapError) and "no mapped pixel" in str(got.error)
-
-
-@pytest.mark.slow
-def test_map_prefect_no_keep_cubes_runs_map_tile_tasks(demo_paths, slim_model, tmp_path):
-    """The map-country flow (the CLI's ``--prefect``: a temporary Prefect server, the flow's Dask task runner)
-    with ``keep_cubes`` false: its tiles run as ``map-tile`` tasks and no cube is written."""
-    env = {**os.environ, "CROPMAP_DEMO_DIR": str(demo_paths.root), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DASK_LOGGING__DISTRIBUTED": "error"}
-    env.pop("PREFECT_API_URL", None)
-    out = tmp_path / "runs"
-    ran = subprocess.run([CROPMAP, "map", "DEMO", "--prefect", "--no-keep-cubes", "--model", slim_model,
-                          "--out", str(out), "--tile-limit", "1", "--threads", "2"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
-    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
-    logs = ran.stdout + ran.stderr
-    assert re.search(r"Task run 'map \S+' - Finished in state Completed", logs), logs[-3000:]
-    assert "Task run 'cube " not in logs and "Task run 'predict " not in logs, logs[-3000:]
-    assert len(list(out.glob("DEMO/*/tiles/*/*.class.tif"))) == 1
-    assert not list(out.glob("DEMO/*/cubes/*.zarr"))

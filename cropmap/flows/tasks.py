@@ -22,6 +22,7 @@ from cropmap.errors import is_transient
 from cropmap.io.time_limits import time_limit
 from cropmap.jobs import mapping, searches, tiles, training
 from cropmap.jobs.country_run import CountryRun
+from cropmap.jobs.progress import Progress
 from cropmap.jobs.training import CheckpointResult, TrainingSetResult
 from cropmap.settings import get_settings
 from cropmap.stages.cube import CubeResult
@@ -75,8 +76,8 @@ def mosaic_zone(run: CountryRun, key: str, epsg: int, tile_ids: list[str],
 
 @task(name="mosaic-country", cache_policy=NONE)
 def mosaic_country(run: CountryRun, key: str, zones: dict[int, dict[str, str]],
-                   missing: dict[str, str] | None = None) -> MosaicResult:
-    return tiles.mosaic_country(run, key, zones, missing)
+                   missing: dict[str, str] | None = None, progress: Progress | None = None) -> MosaicResult:
+    return tiles.mosaic_country(run, key, zones, missing, progress=progress)
 
 
 @task(name="area", cache_policy=NONE)
@@ -105,8 +106,8 @@ def training_set(reference: str, cube_paths: list[str], path: str, *, region: st
 
 @task(name="train-checkpoint", cache_policy=NONE)
 def train_checkpoint(samples_path: str, path: str, *, settings: training.TrainingSettings = training.TrainingSettings(),
-                     threads: int | None = None) -> CheckpointResult:
-    return training.train_checkpoint(samples_path, path, settings=settings, threads=threads)
+                     threads: int | None = None, progress: Progress | None = None) -> CheckpointResult:
+    return training.train_checkpoint(samples_path, path, settings=settings, threads=threads, progress=progress)
 
 
 def executor(*, gpu: bool = False) -> PrefectExecutor:
