@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cropmap.cli import app
 from cropmap.errors import ConfigError
-from cropmap.io.config import DEFAULT_CONFIGS_DIR, load_country
+from cropmap.io.config import DEFAULT_CONFIGS_DIR, known_countries, load_country
 from cropmap.jobs.country_run import run_key
 from cropmap.scenarios import run_predict_options
 from cropmap.stages.predict_options import PredictOptions
@@ -74,16 +74,23 @@ def test_a_country_given_by_its_config_file(configs, tmp_path):
 
 
 def test_the_map_country_deployment_describes_every_parameter_and_offers_the_known_countries():
-    from prefect.utilities.callables import parameter_schema
+    """The schema ``prefect deploy`` makes from the installed flow, in a fresh process with the package's configs
+    (the codes are read when the flow module is imported, as a deployment's build does)."""
+    import os
+    import subprocess
+    import sys
 
-    from cropmap.flows.map_country import map_country
-    from cropmap.io.config import known_countries
-
-    schema = parameter_schema(map_country).model_dump()
+    code = ("import json; from prefect.utilities.callables import parameter_schema; "
+            "from cropmap.flows.map_country import map_country; "
+            "print(json.dumps(parameter_schema(map_country).model_dump()))")
+    env = {k: v for k, v in os.environ.items() if k != "CROPMAP_CONFIGS_DIR"}
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    schema = json.loads(ran.stdout.strip().splitlines()[-1])
     undescribed = [name for name, p in schema["properties"].items() if not p.get("description")]
     assert undescribed == []
     choices = schema["properties"]["country"]["anyOf"]
-    assert choices[0]["enum"] == known_countries() and {"type": "string"} in choices  # a config's path too
+    assert choices[0]["enum"] == known_countries(DEFAULT_CONFIGS_DIR) and {"type": "string"} in choices
 
 
 def test_probabilities_and_suggestions_through_the_map(demo_run, slim_model, tmp_path):
