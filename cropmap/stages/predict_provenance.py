@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cropmap import __version__
@@ -30,7 +31,7 @@ from cropmap.stages.predict_options import PredictOptions
 if TYPE_CHECKING:
     from cropmap.stages.model_ref import ModelRef
 
-__all__ = ["RUN_FILE", "load_model", "prediction_key", "write_run_file"]
+__all__ = ["RUN_FILE", "load_model", "prediction_key", "write_run_file", "read_run_file"]
 
 #: File with the run's provenance (checkpoint, model card, options), written beside the tiles.
 RUN_FILE = "run.json"
@@ -95,3 +96,9 @@ def write_run_file(model: ModelRef, out_dir: storage.Location, *,
         "software_version": __version__,
     }
     return outputs.write_text(storage.join(out_dir, RUN_FILE), json.dumps(record, indent=2, sort_keys=True))
+
+
+def read_run_file(tile_dir: str | Path | None) -> dict | None:
+    """The ``run.json`` of :func:`write_run_file` in the local folder ``tile_dir``; None when there is none."""
+    path = Path(tile_dir) / RUN_FILE if tile_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else None

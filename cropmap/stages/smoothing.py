@@ -16,7 +16,6 @@ pixel's bands sum to 100 within rounding).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from rasterio.windows import Window
 from cropmap.core.smoothing import BayesSmoothing, bayes_smooth
 from cropmap.stages.inference import NODATA
 from cropmap.stages.predict_options import PredictOptions
-from cropmap.stages.predict_provenance import RUN_FILE
+from cropmap.stages.predict_provenance import read_run_file
 
 __all__ = ["SMOOTHED_PRODUCTS", "run_smoothing", "smooth_zone", "smooth_percent"]
 
@@ -38,10 +37,10 @@ SMOOTHED_PRODUCTS = ("class", "confidence", "probability")
 def run_smoothing(tile_dir: str | Path) -> BayesSmoothing | None:
     """The smoothing of the run whose tiles are in ``tile_dir``: its ``run.json``'s predict options
     (:meth:`PredictOptions.smoother`); None without a ``run.json`` or when the run does not smooth."""
-    run = Path(tile_dir) / RUN_FILE
-    if not run.exists():
+    record = read_run_file(tile_dir)
+    if record is None:
         return None
-    options = json.loads(run.read_text()).get("options") or {}
+    options = record.get("options") or {}
     return PredictOptions(**{k: v for k, v in options.items() if k in PredictOptions.model_fields}).smoother()
 
 

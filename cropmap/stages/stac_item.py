@@ -29,7 +29,8 @@ from cropmap import __version__
 from cropmap.core.season import Season
 from cropmap.errors import IncompatibleInputError, MosaicError
 from cropmap.io.outputs import atomic_path
-from cropmap.stages.predict import NODATA, RUN_FILE
+from cropmap.stages.predict import NODATA
+from cropmap.stages.predict_provenance import read_run_file
 from cropmap.stages.stac_assets import add_file_info, add_product_assets, multihash_sha256
 from cropmap.stages.tile_files import class_legend, list_tiles, tile_tags
 
@@ -230,9 +231,8 @@ def write_stac_item(cogs: dict[str, Path], path: str | Path, *, name: str, tile_
     for key in ("season_year", "model_season_year", "season_offset_months"):
         if str(tags.get(key, "")).strip():
             props[f"cropmap:{key}"] = int(tags[key])
-    run = Path(tile_dir) / RUN_FILE if tile_dir is not None else None
-    if run is not None and run.exists():
-        record = json.loads(run.read_text())
+    record = read_run_file(tile_dir)
+    if record is not None:
         props.update({"cropmap:model_card": record.get("model_card"), "cropmap:options": record.get("options"),
                       "cropmap:run_key": record.get("run_key")})
     if tile_dir is not None:
